@@ -1,0 +1,1 @@
+"""Benchmarks behind `nas bench ...`; results go under results/bench/."""

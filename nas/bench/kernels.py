@@ -1,0 +1,248 @@
+"""`nas bench kernels`: every attention kernel against softmax SDPA over a token sweep.
+
+Which kernel is faster is a property of the device and of N, so this measures it: for
+each token count, each kernel's forward (inference, no autograd) and forward+backward
+(gradients of q, k, v and the kernel's own parameters) are timed with `nas.latency`'s
+timer, and for each kernel the crossover — the smallest swept N from which on it beats
+softmax at every larger swept N — is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from nas import kernels
+from nas.io import atomic_path, write_json, write_text
+from nas.latency import describe_device, measure
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("fwd", "fwd+bwd")
+DEFAULT_TOKENS = tuple(2**i for i in range(6, 15))  # 64 … 16384
+BASELINE = "softmax"
+
+
+@dataclass(frozen=True)
+class KernelBenchConfig:
+    device: str = "cpu"
+    dtype: str = "fp32"
+    head_dim: int = 32
+    heads: int = 4
+    batch_size: int = 1
+    tokens: tuple[int, ...] = DEFAULT_TOKENS
+    kernels: tuple[str, ...] = field(default_factory=lambda: tuple(spec.label for spec in kernels.variants()))
+    modes: tuple[str, ...] = MODES
+    warmup: int = 1
+    repeats: int = 10
+    min_repeats: int = 3
+    max_seconds: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    kernel: str
+    mode: str
+    tokens: int
+    grid: tuple[int, int]
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    repeats: int
+
+
+def token_grid(tokens: int) -> tuple[int, int]:
+    """The most square (H, W) with H·W = tokens and H <= W."""
+    height = max(h for h in range(1, math.isqrt(tokens) + 1) if tokens % h == 0)
+    return height, tokens // height
+
+
+def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> list[BenchRow]:
+    device = torch.device(config.device)
+    dtype = DTYPES[config.dtype]
+    specs = {spec.label: spec for spec in kernels.variants()}
+    labels = [BASELINE] + [label for label in config.kernels if label != BASELINE]
+    rows: list[BenchRow] = []
+    for step, tokens in enumerate(config.tokens, 1):
+        grid = token_grid(tokens)
+        generator = torch.Generator(device="cpu").manual_seed(config.seed + tokens)
+        shape = (config.batch_size, config.heads, tokens, config.head_dim)
+        # Two random input sets, rotated between calls.
+        inputs = [
+            tuple(torch.randn(shape, generator=generator).to(device=device, dtype=dtype) for _ in range(3))
+            for _ in range(2)
+        ]
+        started = time.perf_counter()
+        line = []
+        for label in labels:
+            module = specs[label].build(config.head_dim, config.heads).to(device=device, dtype=dtype)
+            for mode in config.modes:
+                timing = measure(
+                    _step(module, grid, mode),
+                    inputs,
+                    device=device,
+                    warmup=config.warmup,
+                    repeats=config.repeats,
+                    min_repeats=config.min_repeats,
+                    max_seconds=config.max_seconds,
+                )
+                rows.append(BenchRow(label, mode, tokens, grid, timing.median_ms, timing.q1_ms, timing.q3_ms, timing.repeats))
+            line.append(f"{label} {rows[-len(config.modes)].median_ms:.3g}")
+        progress(
+            f"[{step}/{len(config.tokens)}] N={tokens} grid={grid[0]}x{grid[1]} "
+            f"({time.perf_counter() - started:.1f} s), {config.modes[0]} ms: " + ", ".join(line)
+        )
+    return rows
+
+
+def _step(module: kernels.AttentionKernel, grid: tuple[int, int], mode: str) -> Callable[..., object]:
+    if mode == "fwd":
+
+        def forward(q, k, v):
+            with torch.no_grad():
+                return module(q, k, v, grid)
+
+        return forward
+    params = list(module.parameters())
+
+    def forward_backward(q, k, v):
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        out = module(q, k, v, grid)
+        return torch.autograd.grad(out, [q, k, v, *params], torch.ones_like(out))
+
+    return forward_backward
+
+
+def crossovers(rows: Sequence[BenchRow]) -> dict[str, dict[str, int | None]]:
+    """For each kernel and mode: the smallest swept N from which on it is faster than softmax
+    at every larger swept N, or None if it is not faster at the largest N."""
+    time_of = {(r.kernel, r.mode, r.tokens): r.median_ms for r in rows}
+    tokens = sorted({r.tokens for r in rows})
+    result: dict[str, dict[str, int | None]] = {}
+    for kernel in dict.fromkeys(r.kernel for r in rows):
+        if kernel == BASELINE:
+            continue
+        result[kernel] = {}
+        for mode in dict.fromkeys(r.mode for r in rows):
+            crossover = None
+            for n in reversed(tokens):
+                if time_of[(kernel, mode, n)] < time_of[(BASELINE, mode, n)]:
+                    crossover = n
+                else:
+                    break
+            result[kernel][mode] = crossover
+    return result
+
+
+def format_crossover(value: int | None, tokens: Sequence[int]) -> str:
+    if value is None:
+        return f"never (<= {max(tokens)})"
+    return f"<= {value}" if value == min(tokens) else str(value)
+
+
+def format_tables(rows: Sequence[BenchRow]) -> str:
+    tokens = sorted({r.tokens for r in rows})
+    kernel_labels = list(dict.fromkeys(r.kernel for r in rows))
+    time_of = {(r.kernel, r.mode, r.tokens): r.median_ms for r in rows}
+    out = io.StringIO()
+    width = max(len(label) for label in kernel_labels) + 2
+    for mode in dict.fromkeys(r.mode for r in rows):
+        out.write(f"\nmedian latency, {mode} (ms)\n")
+        out.write("tokens".rjust(7) + "".join(label.rjust(width) for label in kernel_labels) + "\n")
+        for n in tokens:
+            out.write(str(n).rjust(7) + "".join(f"{time_of[(label, mode, n)]:{width}.3f}" for label in kernel_labels) + "\n")
+    out.write("\ncrossover: smallest N from which on the kernel beats softmax (swept N only)\n")
+    table = crossovers(rows)
+    modes = list(dict.fromkeys(r.mode for r in rows))
+    out.write("kernel".ljust(width) + "".join(mode.rjust(18) for mode in modes) + "\n")
+    for kernel, by_mode in table.items():
+        out.write(kernel.ljust(width) + "".join(format_crossover(by_mode[m], tokens).rjust(18) for m in modes) + "\n")
+    return out.getvalue()
+
+
+def output_stem(config: KernelBenchConfig) -> str:
+    device = torch.device(config.device)
+    if device.type == "cpu":
+        tag = "cpu"
+    else:
+        tag = "cuda-" + "".join(c if c.isalnum() else "-" for c in torch.cuda.get_device_name(device)).strip("-")
+    return f"kernels_{tag}_{config.dtype}"
+
+
+def write_results(
+    rows: Sequence[BenchRow], config: KernelBenchConfig, out_dir: Path, wall_seconds: float, command: str | None = None
+) -> list[Path]:
+    """CSV of every measurement, a sidecar JSON (machine, protocol, crossovers) and a PNG plot."""
+    stem = out_dir / output_stem(config)
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".json"), stem.with_suffix(".png")]
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["kernel", "mode", "tokens", "grid_h", "grid_w", "median_ms", "q1_ms", "q3_ms", "repeats", "speedup_vs_softmax"])
+    baseline = {(r.mode, r.tokens): r.median_ms for r in rows if r.kernel == BASELINE}
+    for r in rows:
+        speedup = baseline[(r.mode, r.tokens)] / r.median_ms
+        writer.writerow([r.kernel, r.mode, r.tokens, *r.grid, f"{r.median_ms:.6g}", f"{r.q1_ms:.6g}", f"{r.q3_ms:.6g}", r.repeats, f"{speedup:.4g}"])
+    write_text(paths[0], buffer.getvalue())
+
+    write_json(
+        paths[1],
+        {
+            "benchmark": "nas bench kernels",
+            "command": command,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": round(wall_seconds, 1),
+            "machine": describe_device(torch.device(config.device)),
+            "config": asdict(config),
+            "protocol": (
+                f"per (kernel, mode, N): {config.warmup} warm-up call(s), then up to {config.repeats} timed calls "
+                f"(at least {config.min_repeats}, about {config.max_seconds} s); median reported with quartiles; "
+                "two random input sets rotated; fwd under torch.no_grad, fwd+bwd = autograd.grad of q, k, v and "
+                "the kernel's parameters; CUDA: CUDA events + synchronize, CPU: perf_counter"
+            ),
+            "crossover_tokens": crossovers(rows),
+            "crossover_definition": "smallest swept N from which on the kernel's median beats softmax's at every larger swept N; null = not faster at the largest N",
+        },
+    )
+    _plot(rows, config, paths[2])
+    return paths
+
+
+def _plot(rows: Sequence[BenchRow], config: KernelBenchConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(r.mode for r in rows))
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False)
+    name = describe_device(torch.device(config.device))["name"]
+    for ax, mode in zip(axes[0], modes):
+        for kernel in dict.fromkeys(r.kernel for r in rows):
+            points = sorted((r.tokens, r.median_ms) for r in rows if r.kernel == kernel and r.mode == mode)
+            style = {"color": "black", "linewidth": 2.5, "zorder": 3} if kernel == BASELINE else {"linewidth": 1.2}
+            ax.plot(*zip(*points), marker="o", markersize=3, label=kernel, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens N")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{mode}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(
+        f"attention kernels vs softmax SDPA — {name} ({config.device}), {config.dtype}, "
+        f"B={config.batch_size}, heads={config.heads}, d={config.head_dim}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)

@@ -1,0 +1,157 @@
+"""The `nas` command line.
+
+User mistakes raise `NasError`; `main` prints them as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nas.errors import NasError
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+# ---- nas bench kernels ----------------------------------------------------------------------
+
+
+def add_bench_kernels(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.kernels import DEFAULT_TOKENS, DTYPES, MODES, KernelBenchConfig
+
+    defaults = KernelBenchConfig()
+    p = sub.add_parser(
+        "kernels",
+        help="time every attention kernel against softmax SDPA over a token sweep",
+        description="Time every attention kernel (forward and forward+backward) against softmax SDPA over a sweep "
+        "of token counts; print tables and crossovers, write CSV, JSON and PNG under --out.",
+    )
+    p.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:<index> (default: cpu)")
+    p.add_argument("--dtype", default=defaults.dtype, choices=list(DTYPES), help="default: fp32")
+    p.add_argument("--head-dim", type=positive_int, default=defaults.head_dim, help="default: %(default)s")
+    p.add_argument("--heads", type=positive_int, default=defaults.heads, help="default: %(default)s")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default: %(default)s")
+    p.add_argument(
+        "--tokens", type=int_list, default=DEFAULT_TOKENS,
+        help="comma-separated token counts (default: powers of two from 64 to 16384)",
+    )
+    p.add_argument("--kernels", type=str_list, default=defaults.kernels, help="comma-separated kernel labels (default: all)")
+    p.add_argument("--modes", type=str_list, default=MODES, help="fwd, fwd+bwd or both (default: both)")
+    p.add_argument("--warmup", type=positive_int, default=defaults.warmup, help="warm-up calls (default: %(default)s)")
+    p.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="most timed calls (default: %(default)s)")
+    p.add_argument(
+        "--max-seconds", type=positive_float, default=defaults.max_seconds,
+        help="time budget per measurement; at least 3 calls are timed (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_kernels)
+
+
+def run_bench_kernels(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas import kernels
+    from nas.bench import kernels as bench
+    from nas.latency import resolve_device
+
+    valid = [spec.label for spec in kernels.variants()]
+    unknown = [label for label in args.kernels if label not in valid]
+    if unknown:
+        raise NasError(f"--kernels: unknown kernel label(s) {', '.join(unknown)}; valid labels: {', '.join(valid)}")
+    bad_modes = [mode for mode in args.modes if mode not in bench.MODES]
+    if bad_modes:
+        raise NasError(f"--modes: unknown mode(s) {', '.join(bad_modes)}; valid modes: {', '.join(bench.MODES)}")
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config = bench.KernelBenchConfig(
+        device=str(device), dtype=args.dtype, head_dim=args.head_dim, heads=args.heads, batch_size=args.batch_size,
+        tokens=tuple(sorted(set(args.tokens))), kernels=tuple(args.kernels), modes=tuple(args.modes),
+        warmup=args.warmup, repeats=args.repeats, max_seconds=args.max_seconds, seed=args.seed,
+    )
+    print(
+        f"nas bench kernels: {len(config.kernels)} kernels vs softmax on {device} ({config.dtype}, "
+        f"B={config.batch_size}, heads={config.heads}, d={config.head_dim}, {torch.get_num_threads()} threads), "
+        f"N = {', '.join(map(str, config.tokens))}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    rows = bench.run(config, progress=lambda line: print(line, flush=True))
+    wall = time.perf_counter() - started
+    print(bench.format_tables(rows))
+    command = shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas" else None
+    paths = bench.write_results(rows, config, args.out, wall, command)
+    print(f"done in {wall:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas", description="Hardware-aware architecture search for efficient Vision Transformers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = commands.add_parser("bench", help="benchmarks (results under results/bench/)", description="Benchmarks.")
+    benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    add_bench_kernels(benchmarks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except NasError as error:
+        print(f"nas: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Kernel registry: name -> class, plus the named variants the search space chooses from."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+from nas.errors import NasError
+from nas.kernels.base import AttentionKernel
+
+_KERNELS: dict[str, type[AttentionKernel]] = {}
+
+
+def register(cls: type[AttentionKernel]) -> type[AttentionKernel]:
+    """Class decorator: make `cls` available under `cls.name`."""
+    if cls.name in _KERNELS:
+        raise ValueError(f"attention kernel {cls.name!r} is registered twice")
+    _KERNELS[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    """The registered kernel names, in registration order."""
+    return list(_KERNELS)
+
+
+def kernel_class(name: str) -> type[AttentionKernel]:
+    try:
+        return _KERNELS[name]
+    except KeyError:
+        raise NasError(f"unknown attention kernel {name!r}; valid kernels: {', '.join(names())}") from None
+
+
+def options(name: str) -> dict[str, object]:
+    """The options a kernel takes besides head_dim and num_heads, with their defaults."""
+    params = inspect.signature(kernel_class(name).__init__).parameters
+    return {p: params[p].default for p in list(params)[3:]}
+
+
+def get(name: str, head_dim: int, num_heads: int, **kernel_options) -> AttentionKernel:
+    """Build kernel `name` for `num_heads` heads of `head_dim`, e.g.
+    `get("taylor", head_dim=32, num_heads=4, order=2, variant="compact")`."""
+    valid = options(name)
+    for option in kernel_options:
+        if option not in valid:
+            listed = ", ".join(valid) or "none"
+            raise NasError(f"kernel {name!r} has no option {option!r}; its options: {listed}")
+    return _KERNELS[name](head_dim, num_heads, **kernel_options)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A kernel name plus the options that make it a distinct choice (e.g. Taylor order 2, compact)."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Short stable label: `softmax`, `taylor-o2-compact`, ..."""
+        if not self.options:
+            return self.name
+        parts = [self.name]
+        for key, value in self.options.items():
+            parts.append(f"o{value}" if key == "order" else str(value))
+        return "-".join(parts)
+
+    def build(self, head_dim: int, num_heads: int, **extra) -> AttentionKernel:
+        return get(self.name, head_dim, num_heads, **{**self.options, **extra})
+
+
+def variants() -> list[KernelSpec]:
+    """Every distinct kernel choice of the library, in registry order."""
+    return [KernelSpec(name, dict(opts)) for name, cls in _KERNELS.items() for opts in cls.variants]

@@ -1,0 +1,73 @@
+"""`nas bench kernels` on a tiny sweep: outputs, crossovers and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from nas import kernels
+from nas.bench.kernels import BenchRow, crossovers, token_grid
+from nas.cli import main
+
+
+def test_tiny_sweep_writes_csv_json_png(tmp_path, capsys):
+    code = main(
+        ["bench", "kernels", "--tokens", "16,36,64", "--heads", "2", "--head-dim", "8",
+         "--repeats", "3", "--max-seconds", "0.01", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "[3/3] N=64" in printed and "crossover" in printed
+    rows = list(csv.DictReader((tmp_path / "kernels_cpu_fp32.csv").open()))
+    labels = [spec.label for spec in kernels.variants()]
+    assert len(rows) == len(labels) * 2 * 3
+    assert {(r["kernel"], r["mode"], r["tokens"]) for r in rows} == {
+        (label, mode, str(n)) for label in labels for mode in ("fwd", "fwd+bwd") for n in (16, 36, 64)
+    }
+    assert all(float(r["median_ms"]) > 0 and int(r["repeats"]) >= 3 for r in rows)
+    assert all(float(r["speedup_vs_softmax"]) == 1.0 for r in rows if r["kernel"] == "softmax")
+    meta = json.loads((tmp_path / "kernels_cpu_fp32.json").read_text())
+    assert meta["machine"]["torch"] and meta["machine"]["threads"] >= 1
+    assert set(meta["crossover_tokens"]) == set(labels) - {"softmax"}
+    assert (tmp_path / "kernels_cpu_fp32.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def row(kernel, tokens, ms):
+    return BenchRow(kernel, "fwd", tokens, token_grid(tokens), ms, ms, ms, 3)
+
+
+def test_crossover_is_where_the_kernel_wins_from_then_on():
+    softmax = [row("softmax", n, ms) for n, ms in ((64, 1), (256, 4), (1024, 16), (4096, 64))]
+    wins_late = [row("a", n, ms) for n, ms in ((64, 2), (256, 3), (1024, 17), (4096, 20))]  # wins at 256, loses at 1024
+    never = [row("b", n, ms) for n, ms in ((64, 2), (256, 8), (1024, 32), (4096, 65))]
+    always = [row("c", n, 0.5) for n in (64, 256, 1024, 4096)]
+    table = crossovers(softmax + wins_late + never + always)
+    assert table == {"a": {"fwd": 4096}, "b": {"fwd": None}, "c": {"fwd": 64}}
+
+
+def test_token_grid_is_most_square():
+    assert token_grid(64) == (8, 8) and token_grid(128) == (8, 16) and token_grid(15) == (3, 5) and token_grid(7) == (1, 7)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kernels", "softmax,performer"], "unknown kernel label(s) performer; valid labels: softmax, relu"),
+        (["--modes", "bwd"], "unknown mode(s) bwd"),
+        (["--device", "tpu"], "--device 'tpu'"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(tmp_path, capsys, args, message):
+    assert main(["bench", "kernels", "--tokens", "16", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_malformed_numbers_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "kernels", "--tokens", "0,64"])
+    assert exit_info.value.code == 2
+    assert "expected positive integers" in capsys.readouterr().err
