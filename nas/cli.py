@@ -120,9 +120,125 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
     rows = bench.run(config, progress=lambda line: print(line, flush=True))
     wall = time.perf_counter() - started
     print(bench.format_tables(rows))
-    command = shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas" else None
-    paths = bench.write_results(rows, config, args.out, wall, command)
+    paths = bench.write_results(rows, config, args.out, wall, command_line())
     print(f"done in {wall:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+# ---- nas bench supernet ---------------------------------------------------------------------
+
+
+def add_bench_supernet(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.supernet import SupernetBenchConfig
+
+    defaults = SupernetBenchConfig()
+    p = sub.add_parser(
+        "supernet",
+        help="training-step time of subnets inside the supernet vs extracted standalone (CPU)",
+        description="For sampled archs, time one training step inside the supernet and as the extracted standalone "
+        "model (same batch, alternating), print the ratio per arch and the median; write CSV and JSON under --out.",
+    )
+    p.add_argument("--space", default=defaults.space, help="search space name or YAML path (default: %(default)s)")
+    p.add_argument("--archs", type=positive_int, default=defaults.archs, help="sampled archs (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default: %(default)s")
+    p.add_argument("--warmup", type=positive_int, default=defaults.warmup, help="warm-up steps per model (default: %(default)s)")
+    p.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="timed steps per model (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_supernet)
+
+
+def run_bench_supernet(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas.bench import supernet as bench
+    from nas.space import load_space
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    space = load_space(args.space)
+    config = bench.SupernetBenchConfig(
+        space=space.name, archs=args.archs, batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats, seed=args.seed
+    )
+    print(f"nas bench supernet: {config.archs} archs of {space.name}, batch {config.batch_size}, {torch.get_num_threads()} threads", flush=True)
+    rows = bench.run(space, config, progress=lambda line: print(line, flush=True))
+    paths = bench.write_results(rows, config, args.out, command_line())
+    ratios = sorted(row.ratio for row in rows)
+    print(f"median ratio supernet / standalone: {bench.median_ratio(rows):.3f} (range {ratios[0]:.3f}-{ratios[-1]:.3f})")
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
+def command_line() -> str | None:
+    """The command as typed, for the JSON sidecars (None when not run as `nas`)."""
+    return shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas" else None
+
+
+# ---- nas train ------------------------------------------------------------------------------
+
+
+def add_train(commands: argparse._SubParsersAction) -> None:
+    from nas.train import TrainConfig
+
+    defaults = TrainConfig()
+    p = commands.add_parser(
+        "train",
+        help="train a weight-sharing supernet (sandwich rule, in-place distillation)",
+        description="Train the supernet of a search space on a dataset and write supernet.safetensors, its training "
+        "state, the data split and config.yaml into --out. Prints held-out test accuracy of the largest and "
+        "smallest subnets at the end.",
+    )
+    p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
+    p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: embedded digits)")
+    p.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="default: %(default)s")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default: %(default)s")
+    p.add_argument("--lr", type=positive_float, default=defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--random-subnets", type=int, default=defaults.random_subnets, help="random subnets per step besides largest and smallest (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--out", type=Path, required=True, help="run directory, e.g. results/<run>")
+    p.add_argument("--resume", action="store_true", help="continue the supernet checkpoint in --out")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas.data import load_dataset
+    from nas.space import load_space
+    from nas.train import TrainConfig, train_supernet
+
+    if args.random_subnets < 0:
+        raise NasError(f"--random-subnets must be >= 0, got {args.random_subnets}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    space = load_space(args.space)
+    dataset = load_dataset(args.data, space.image_size, space.in_chans)
+    if dataset.num_classes != space.num_classes:
+        print(f"note: the data has {dataset.num_classes} classes; the space's num_classes {space.num_classes} is replaced")
+        space = space.with_num_classes(dataset.num_classes)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, random_subnets=args.random_subnets, seed=args.seed)
+    print(
+        f"nas train: space {space.name} ({space.size():.3g} archs), data {dataset.name} "
+        f"(train {dataset.size('train')}, val {dataset.size('val')}, test {dataset.size('test')}), "
+        f"{config.epochs} epochs, {torch.get_num_threads()} threads -> {args.out}",
+        flush=True,
+    )
+
+    def progress(record: dict) -> None:
+        remaining = (record["epochs"] - record["epoch"]) * record["seconds"]
+        print(
+            f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.3f}  val acc largest "
+            f"{record['val_largest']:.3f} smallest {record['val_smallest']:.3f}  ({record['seconds']:.1f} s, ETA {remaining / 60:.1f} min)",
+            flush=True,
+        )
+
+    summary = train_supernet(space, dataset, config, args.out, resume=args.resume, data_arg=args.data, progress=progress)
+    print(
+        f"done: test top-1 largest {summary['test_largest']:.4f}, smallest {summary['test_smallest']:.4f} "
+        f"({summary['train_seconds_this_run'] / 60:.1f} min); wrote {args.out}/supernet.safetensors"
+    )
     return 0
 
 
@@ -134,9 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nas", description="Hardware-aware architecture search for efficient Vision Transformers."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(commands)
     bench = commands.add_parser("bench", help="benchmarks (results under results/bench/)", description="Benchmarks.")
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     add_bench_kernels(benchmarks)
+    add_bench_supernet(benchmarks)
     return parser
 
 

@@ -17,6 +17,7 @@ from nas.kernels.base import (
     depthwise_conv,
     from_grid,
     linear_attention,
+    linear_attention_macs,
     to_grid,
 )
 from nas.kernels.registry import register
@@ -73,3 +74,9 @@ class AngularAttention(AttentionKernel):
         if self.training and self._aux_weight > 0:
             out = out + self._aux_weight * F.scaled_dot_product_attention(q, k, v).to(dtype)
         return out.to(q.dtype)
+
+    def macs(self, heads: int, grid: Grid) -> int:
+        tokens, d = grid[0] * grid[1], self.head_dim
+        normalize = 2 * 2 * heads * tokens * d
+        local = heads * d * tokens * self.local.kernel_size[0] ** 2
+        return linear_attention_macs(heads, tokens, d, d + 1) + normalize + local

@@ -48,6 +48,11 @@ class AttentionKernel(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, grid: Grid | None) -> Tensor:
         raise NotImplementedError
 
+    def macs(self, heads: int, grid: Grid) -> int:
+        """Multiply-accumulates of one forward for one image, by formula (matmuls, feature
+        maps and convs; elementwise work counted once per element)."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, num_heads={self.num_heads}"
 
@@ -132,6 +137,11 @@ def linear_attention(
     if min_denominator is None:
         return numerator / (denominator + eps)
     return numerator / denominator.clamp(min=min_denominator)
+
+
+def linear_attention_macs(heads: int, tokens: int, head_dim: int, feature_dim: int) -> int:
+    """S = φ(K)ᵀ[V 1] and φ(Q)S (2·N·D·(d+1) per head) plus the final division (N·d)."""
+    return heads * tokens * (2 * feature_dim * (head_dim + 1) + head_dim)
 
 
 def to_grid(x: Tensor, grid: Grid) -> Tensor:

@@ -14,6 +14,7 @@ from nas.kernels.base import (
     depthwise,
     depthwise_conv,
     linear_attention,
+    linear_attention_macs,
 )
 from nas.kernels.registry import register
 
@@ -53,6 +54,12 @@ class FocusedAttention(AttentionKernel):
         per_head = v_c.transpose(2, 3).reshape(batch * heads, head_dim, grid[0], grid[1])
         local = depthwise_conv(per_head, self.local).reshape(batch, heads, head_dim, tokens).transpose(2, 3)
         return (out + local).to(q.dtype)
+
+    def macs(self, heads: int, grid: Grid) -> int:
+        tokens, d = grid[0] * grid[1], self.head_dim
+        features = 2 * 6 * heads * tokens * d  # relu, scale, norm, power, norm, rescale for q and k
+        local = heads * d * tokens * self.local.kernel_size[0] ** 2
+        return linear_attention_macs(heads, tokens, d, d) + features + local
 
     def _features(self, x: Tensor, scale: Tensor) -> Tensor:
         positive = (F.relu(x) + 1e-6) / scale

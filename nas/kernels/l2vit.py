@@ -16,6 +16,7 @@ from nas.kernels.base import (
     depthwise_conv,
     from_grid,
     linear_attention,
+    linear_attention_macs,
     to_grid,
 )
 from nas.kernels.registry import register
@@ -68,3 +69,9 @@ class L2ViTAttention(AttentionKernel):
         y = depthwise_conv(channel_layer_norm(a, self.lcm_norm_in), self.lcm_conv1)
         y = depthwise_conv(channel_layer_norm(F.gelu(y), self.lcm_norm_mid), self.lcm_conv2)
         return from_grid(a + y, heads).to(q.dtype)
+
+    def macs(self, heads: int, grid: Grid) -> int:
+        tokens, d = grid[0] * grid[1], self.head_dim
+        channels = heads * d
+        lcm = 2 * channels * tokens * self.lcm_conv1.kernel_size[0] ** 2 + 3 * channels * tokens  # 2 convs, 2 norms, GELU
+        return linear_attention_macs(heads, tokens, d, d) + 2 * heads * tokens * d + heads * tokens * d + lcm

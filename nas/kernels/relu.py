@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from nas.kernels.base import AttentionKernel, Grid, check_positive, compute_dtype, linear_attention
+from nas.kernels.base import AttentionKernel, Grid, check_positive, compute_dtype, linear_attention, linear_attention_macs
 from nas.kernels.registry import register
 
 
@@ -24,3 +24,7 @@ class ReluAttention(AttentionKernel):
         dtype = compute_dtype(q)
         out = linear_attention([F.relu(q.to(dtype))], [F.relu(k.to(dtype))], v.to(dtype), eps=self.eps)
         return out.to(q.dtype)
+
+    def macs(self, heads: int, grid: Grid) -> int:
+        tokens, d = grid[0] * grid[1], self.head_dim
+        return linear_attention_macs(heads, tokens, d, d) + 2 * heads * tokens * d

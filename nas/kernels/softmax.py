@@ -18,3 +18,7 @@ class SoftmaxAttention(AttentionKernel):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, grid: Grid | None) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v)
+
+    def macs(self, heads: int, grid: Grid) -> int:
+        tokens = grid[0] * grid[1]
+        return 2 * heads * tokens * tokens * self.head_dim  # QKᵀ and AV

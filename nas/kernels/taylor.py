@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nas.errors import NasError
-from nas.kernels.base import AttentionKernel, Grid, check_positive, compute_dtype, linear_attention
+from nas.kernels.base import AttentionKernel, Grid, check_positive, compute_dtype, linear_attention, linear_attention_macs
 from nas.kernels.registry import register
 
 VARIANTS = ("full", "compact")
@@ -85,6 +85,11 @@ class TaylorAttention(AttentionKernel):
             phi_q, phi_k = [1.0, q, self._outer(q)], [1.0, k, self._outer(k)]
             weights = [1.0, self.head_dim**-0.5, 1.0 / (2 * self.head_dim)]
         return linear_attention(phi_q, phi_k, v_c, weights=weights, eps=self.eps).to(v.dtype)
+
+    def macs(self, heads: int, grid: Grid) -> int:
+        tokens, d = grid[0] * grid[1], self.head_dim
+        features = {1: 2 * d, 2: d * d if self.variant == "full" else 5 * d}[self.order]  # per token, q or k
+        return linear_attention_macs(heads, tokens, d, self.feature_dim) + 2 * heads * tokens * features
 
     @staticmethod
     def _unit_square(x: Tensor) -> Tensor:

@@ -32,6 +32,11 @@ class WindowAttention(AttentionKernel):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window_size={self.window_size}"
 
+    def macs(self, heads: int, grid: Grid) -> int:
+        w = min(self.window_size, *grid)
+        padded = -(-grid[0] // w) * w * (-(-grid[1] // w) * w)
+        return 2 * heads * padded * w * w * self.head_dim  # QKᵀ and AV inside each window
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, grid: Grid | None) -> Tensor:
         height, width = grid
         w = min(self.window_size, height, width)

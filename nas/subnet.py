@@ -1,0 +1,121 @@
+"""The standalone ViT of one `Arch`: plain modules, no slicing, no supernet code.
+
+Parameter names follow timm's `VisionTransformer` (class_token=False, global_pool='avg'):
+patch_embed.proj, pos_embed, blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
+mlp.fc2}, fc_norm, head — plus blocks.i.attn.kernel.* for a kernel's own parameters. The
+head pools by averaging the tokens (no class token: kernels with depthwise convs need the
+token grid), then applies fc_norm, as timm does with global_pool='avg'.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from torch import Tensor, nn
+
+from nas.arch import Arch
+from nas.errors import NasError
+from nas.io import atomic_path, write_text
+from nas.kernels import AttentionKernel
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # timm ViT's norm layer
+
+
+class Attention(nn.Module):
+    """qkv projection -> attention kernel on (B, heads, N, head_dim) -> output projection."""
+
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, kernel: AttentionKernel) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.qkv = nn.Linear(embed_dim, 3 * heads * head_dim)
+        self.kernel = kernel
+        self.proj = nn.Linear(heads * head_dim, embed_dim)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        batch, tokens, _ = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = self.kernel(q, k, v, grid)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
+
+
+class Block(nn.Module):
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, hidden_dim: int, kernel: AttentionKernel, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(embed_dim)
+        self.attn = Attention(embed_dim, heads, head_dim, kernel)
+        self.norm2 = LayerNorm(embed_dim)
+        self.mlp = Mlp(embed_dim, hidden_dim, act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), grid))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    """A Vision Transformer whose every block can have its own kernel, heads and MLP width."""
+
+    def __init__(self, arch: Arch, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.arch = arch
+        self.grid = arch.grid
+        e = arch.embed_dim
+        self.patch_embed = PatchEmbed(arch.image_size, arch.patch_size, arch.in_chans, e)
+        self.pos_embed = nn.Parameter(torch.zeros(1, arch.tokens, e))
+        self.blocks = nn.ModuleList(
+            Block(e, layer.heads, arch.head_dim, layer.hidden_dim(e), arch.kernel_spec(i).build(arch.head_dim, layer.heads), drop_path)
+            for i, layer in enumerate(arch.layers)
+        )
+        self.fc_norm = LayerNorm(e)
+        self.head = nn.Linear(e, arch.num_classes)
+        trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x) + self.pos_embed
+        for block in self.blocks:
+            x = block(x, self.grid)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.fc_norm(self.forward_features(x).mean(dim=1)))
+
+
+# ---- safetensors I/O -------------------------------------------------------------------------
+
+
+def save(model: ViT, directory: str | Path) -> None:
+    """Write `arch.json` and `model.safetensors` (atomically) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text(directory / "arch.json", model.arch.to_json() + "\n")
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"arch_digest": model.arch.digest})
+
+
+def load(directory: str | Path) -> ViT:
+    """Rebuild a standalone model from `arch.json` + `model.safetensors` (no pickle involved)."""
+    directory = Path(directory)
+    arch_path, weights_path = directory / "arch.json", directory / "model.safetensors"
+    for path in (arch_path, weights_path):
+        if not path.is_file():
+            raise NasError(f"{path} does not exist; a model directory holds arch.json and model.safetensors")
+    arch = Arch.from_json(arch_path.read_text(), str(arch_path))
+    model = ViT(arch)
+    try:
+        state = load_file(str(weights_path))
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise NasError(f"{weights_path}: not a readable safetensors file ({error})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise NasError(f"{weights_path}: does not match {arch_path} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
+

@@ -1,0 +1,129 @@
+"""Supernet: extraction parity, weight entanglement, timm interop, safetensors round-trip."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nas import subnet, timm_compat
+from nas.errors import NasError
+from nas.space import load_space
+from nas.supernet import SuperNet, extract
+from nas.subnet import ViT
+
+
+def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter (norm scales and biases too) so a wrong slice cannot hide."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return module
+
+
+@pytest.mark.parametrize("name", ["digits-tiny", "deit-tiny", "hires"])
+def test_extracted_model_equals_the_supernet_on_20_random_archs(name):
+    space = load_space(name)
+    torch.manual_seed(0)
+    net = randomized(SuperNet(space)).eval()
+    x = torch.randn(2 if name == "digits-tiny" else 1, space.in_chans, space.image_size, space.image_size)
+    rng = random.Random(42)
+    archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(18)]
+    with torch.no_grad():
+        for arch in archs:
+            standalone = extract(net, arch).eval()
+            assert not any(isinstance(m, SuperNet) for m in standalone.modules())
+            diff = (net(x, arch) - standalone(x)).abs().max().item()
+            assert diff <= 1e-5, f"{arch}: max abs logit difference {diff}"
+
+
+def test_largest_subnet_of_each_kernel_uses_every_weight():
+    space = load_space("digits-tiny")
+    net = SuperNet(space)
+    x = torch.randn(4, 1, 32, 32)
+    for choice in space.kernel_choices():
+        net.zero_grad()
+        arch = space.validate(space.largest(kernel=choice))
+        (net(x, arch) * torch.randn(4, space.num_classes)).sum().backward()
+        for name, param in net.named_parameters():
+            in_kernel = ".kernels." in name
+            if in_kernel and f".kernels.{choice.label}." not in name:
+                assert param.grad is None, f"{name} got a gradient from {choice.label}"
+                continue
+            grad = param.grad
+            assert grad is not None, f"{choice.label}: {name} unused"
+            if name.endswith("qkv.bias") and choice.name in ("softmax", "window"):
+                # Softmax ignores the key bias: q·(k + b) shifts all of a query's logits equally.
+                q_bias, k_bias, v_bias = grad.view(3, -1)
+                assert k_bias.abs().max() <= 1e-6 * v_bias.abs().max()
+                grad = torch.cat([q_bias, v_bias])
+            assert bool((grad != 0).all()), f"{choice.label}: {name} not fully used"
+
+
+def test_smaller_subnet_leaves_the_other_weights_untouched():
+    space = load_space("digits-tiny")
+    torch.manual_seed(0)
+    net = SuperNet(space)
+    arch = space.smallest()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(net(torch.randn(4, 1, 32, 32), arch), torch.arange(4)).backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    optimizer.step()
+    for name, param in net.named_parameters():
+        grad = grads[name]
+        changed = param.detach() != before[name]
+        if grad is None:
+            assert not changed.any(), name
+            continue
+        assert not (changed & (grad == 0)).any(), f"{name}: an entry without gradient changed"
+    # Outside the leading slices nothing was touched: e.g. MLP rows beyond the smallest hidden width.
+    fc1 = net.blocks[0].fc1.weight
+    hidden = arch.layers[0].hidden_dim(arch.embed_dim)
+    assert torch.equal(fc1.detach()[hidden:], before["blocks.0.fc1.weight"][hidden:])
+    assert torch.equal(fc1.detach()[:, arch.embed_dim :], before["blocks.0.fc1.weight"][:, arch.embed_dim :])
+    assert torch.equal(net.blocks[2].fc1.weight.detach(), before["blocks.2.fc1.weight"])  # depth 2 of 4
+
+
+def test_timm_parity_both_ways():
+    space = load_space("deit-tiny")
+    torch.manual_seed(0)
+    ours = randomized(ViT(space.largest())).eval()  # DeiT-Tiny dims: 192 wide, 12 deep, 3 heads of 64
+    x = torch.randn(2, 3, 224, 224)
+    vit = timm_compat.to_timm(ours).eval()
+    with torch.no_grad():
+        assert (ours(x) - vit(x)).abs().max().item() <= 1e-5
+        back = timm_compat.from_timm(randomized(vit, seed=1)).eval()
+        assert (back(x) - vit(x)).abs().max().item() <= 1e-5
+    assert back.arch.to_dict()["layers"] == space.largest().to_dict()["layers"]
+
+
+def test_timm_refuses_archs_it_cannot_express():
+    space = load_space("digits-tiny")
+    with pytest.raises(NasError, match="only softmax-only archs"):
+        timm_compat.to_timm(ViT(space.smallest()))
+
+
+def test_safetensors_round_trip(tmp_path):
+    space = load_space("digits-tiny")
+    arch = space.sample(random.Random(5))
+    model = randomized(ViT(arch)).eval()
+    subnet.save(model, tmp_path)
+    assert load_file(str(tmp_path / "model.safetensors"))  # plain tensors, no pickle
+    again = subnet.load(tmp_path).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert again.arch == arch
+
+
+def test_loading_a_corrupt_weights_file_is_a_clear_error(tmp_path):
+    model = ViT(load_space("digits-tiny").smallest())
+    subnet.save(model, tmp_path)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(NasError, match="not a readable safetensors file"):
+        subnet.load(tmp_path)

@@ -1,0 +1,82 @@
+"""Sandwich-rule training: the loss falls, and a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from nas.cli import main
+from nas.data import load_dataset
+from nas.errors import NasError
+from nas.space import load_space
+from nas.train import TrainConfig, load_supernet, sandwich, step_rng, train_supernet
+
+SPACE = load_space("digits-tiny")
+DATA = load_dataset(None, SPACE.image_size, SPACE.in_chans)
+TINY = TrainConfig(epochs=2, batch_size=128, random_subnets=1, warmup_epochs=1)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_training_lowers_the_loss(tmp_path):
+    x, y = DATA.batch("train", list(range(256)))
+    torch.manual_seed(TINY.seed)
+    from nas.supernet import SuperNet
+
+    with torch.no_grad():
+        before = F.cross_entropy(SuperNet(SPACE)(x, SPACE.largest()), y).item()
+    train_supernet(SPACE, DATA, TrainConfig(epochs=3, batch_size=64, random_subnets=1, warmup_epochs=1), tmp_path)
+    with torch.no_grad():
+        after = F.cross_entropy(load_supernet(tmp_path, SPACE)(x, SPACE.largest()), y).item()
+    assert after < before - 0.05, (before, after)
+    state = json.loads((tmp_path / "train_state.json").read_text())
+    assert state["epochs_done"] == 3 and 0 <= state["final"]["test_largest"] <= 1
+
+
+def test_resume_continues_at_the_saved_step_with_the_same_result(tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train_supernet(SPACE, DATA, TINY, straight)
+
+    def stop_after_first_epoch(record):
+        if record["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_supernet(SPACE, DATA, TINY, interrupted, progress=stop_after_first_epoch)
+    assert json.loads((interrupted / "train_state.json").read_text())["epochs_done"] == 1
+    epochs_seen = []
+    train_supernet(SPACE, DATA, TINY, interrupted, resume=True, progress=lambda r: epochs_seen.append(r["epoch"]))
+    assert epochs_seen == [2]
+    a, b = load_file(str(straight / "supernet.safetensors")), load_file(str(interrupted / "supernet.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_rank_samples_the_same_subnets():
+    for step in (0, 17, 400):
+        assert sandwich(SPACE, step_rng(3, step), 2) == sandwich(SPACE, step_rng(3, step), 2)
+    assert sandwich(SPACE, step_rng(3, 1), 2) != sandwich(SPACE, step_rng(3, 2), 2)
+
+
+def test_refuses_to_overwrite_or_resume_the_wrong_run(tmp_path):
+    train_supernet(SPACE, DATA, TrainConfig(epochs=1, batch_size=256, random_subnets=0), tmp_path)
+    with pytest.raises(NasError, match="already holds a trained supernet; pass --resume"):
+        train_supernet(SPACE, DATA, TrainConfig(epochs=1, batch_size=256, random_subnets=0), tmp_path)
+    with pytest.raises(NasError, match=r"changed: batch_size \(256 -> 128\)"):
+        train_supernet(SPACE, DATA, TrainConfig(epochs=1, batch_size=128, random_subnets=0), tmp_path, resume=True)
+    with pytest.raises(NasError, match="holds no supernet checkpoint"):
+        train_supernet(SPACE, DATA, TINY, tmp_path / "fresh", resume=True)
+
+
+def test_cli_train_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["train", "--space", "nope", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nas: error: unknown search space 'nope'") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such directory" in capsys.readouterr().err
