@@ -1,4 +1,4 @@
-"""`nas bench kernels` on a tiny sweep: outputs, crossovers and clear errors."""
+"""`nas bench kernels` and `nas bench supernet` on tiny settings: outputs, crossovers, clear errors."""
 
 from __future__ import annotations
 
@@ -71,3 +71,12 @@ def test_malformed_numbers_are_refused_by_the_parser(capsys):
         main(["bench", "kernels", "--tokens", "0,64"])
     assert exit_info.value.code == 2
     assert "expected positive integers" in capsys.readouterr().err
+
+
+def test_bench_supernet_reports_ratios(tmp_path, capsys):
+    code = main(["bench", "supernet", "--archs", "2", "--batch-size", "8", "--warmup", "1", "--repeats", "2", "--out", str(tmp_path)])
+    assert code == 0
+    assert "median ratio supernet / standalone" in capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "supernet_digits-tiny_cpu.csv").open()))
+    assert len(rows) == 2 and all(float(r["ratio"]) > 0 for r in rows)
+    assert json.loads((tmp_path / "supernet_digits-tiny_cpu.json").read_text())["median_ratio"] > 0
