@@ -175,6 +175,127 @@ def command_line() -> str | None:
     return shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas" else None
 
 
+# ---- nas latency ----------------------------------------------------------------------------
+
+
+def add_latency(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "latency",
+        help="build and validate a device's latency lookup table",
+        description="Measure every block configuration of a search space on a device (resuming a partial table in "
+        "--out), fit a linear calibration on a few whole models, and validate the predictor on held-out archs.",
+    )
+    p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
+    add_device_options(p)
+    p.add_argument("--calibrate", type=int, default=10, help="whole archs measured for the linear calibration, 0 for none (default: %(default)s)")
+    p.add_argument("--validate", type=int, default=50, help="held-out archs measured to validate, 0 to skip (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration / validation archs (default: %(default)s)")
+    p.add_argument("--ray-address", default=None, help="measure in a Ray profiler actor: 'local' starts a local Ray, 'auto' or an address joins a cluster (default: in this process)")
+    p.add_argument("--accelerator-type", default=None, help="with --ray-address: place the profiler on a node with this Ray accelerator type")
+    p.add_argument("--out", type=Path, required=True, help="the table's JSON file")
+    p.set_defaults(func=run_latency)
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (default: cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="default: %(default)s")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="default: fp32")
+    p.add_argument("--backend", default="eager", choices=["eager", "cuda-graph"], help="default: eager")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
+
+
+def make_profiler(args: argparse.Namespace):
+    import torch
+
+    from nas.latency.profiler import Profiler
+
+    threads = args.threads or torch.get_num_threads()
+    address = getattr(args, "ray_address", None)
+    if address is None:
+        if getattr(args, "accelerator_type", None):
+            raise NasError("--accelerator-type needs --ray-address")
+        return Profiler(args.device, args.dtype, args.batch_size, args.backend, threads)
+    import ray
+
+    from workers.profiler import RemoteProfiler
+
+    ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    return RemoteProfiler(args.device, args.dtype, args.batch_size, args.backend, threads, args.accelerator_type)
+
+
+def run_latency(args: argparse.Namespace) -> int:
+    from nas.bench.latency import summary_line
+    from nas.latency import table as lut
+    from nas.space import load_space
+
+    if args.calibrate < 0 or args.validate < 0:
+        raise NasError("--calibrate and --validate must be >= 0")
+    if 0 < args.calibrate < 3:
+        raise NasError("--calibrate needs at least 3 archs to fit a line (or 0 for none)")
+    space = load_space(args.space)
+    profiler = make_profiler(args)
+    fp = profiler.fingerprint()
+    total = len(list(lut.probe_archs(space)))
+    print(f"nas latency: {space.name} on {fp.device_name} ({fp.device_type}, {fp.dtype}, batch {fp.batch_size}, {fp.backend}"
+          f"{f', {fp.threads} threads' if fp.threads else ''}): {total} measurements (blocks, stem+head per width) -> {args.out}", flush=True)
+    table = lut.build(space, fp, args.out, profiler.measure_probes, progress=lambda line: print(line, flush=True))
+    print(f"table complete: {len(table.entries)} entries, {table.build_seconds:.0f} s of measuring", flush=True)
+    if args.calibrate and table.calibration is None:
+        archs = lut.held_out_archs(space, args.calibrate, args.seed, exclude=set())
+        print(f"calibrating on {len(archs)} whole models...", flush=True)
+        lut.calibrate(table, archs, profiler.measure_models(archs))
+        table.save(args.out)
+    if table.calibration:
+        print(f"calibration: measured ≈ {table.calibration['a']:.4f} × sum of entries + {table.calibration['b']:.4f} ms")
+    if args.validate:
+        exclude = set(table.calibration["archs"]) if table.calibration else set()
+        archs = lut.held_out_archs(space, args.validate, args.seed + 1, exclude)
+        print(f"validating on {len(archs)} held-out whole models...", flush=True)
+        validation = lut.validate(table, archs, profiler.measure_models(archs))
+        table.save(args.out)
+        print("validation: " + summary_line(validation))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_bench_latency(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "latency",
+        help="predicted vs measured latency of held-out archs for a lookup table",
+        description="Measure fresh held-out archs end to end on a table's device (this machine must match its "
+        "fingerprint), print predicted vs measured, write CSV, JSON and a scatter plot under --out.",
+    )
+    p.add_argument("--table", type=Path, required=True, help="a table built by `nas latency`")
+    p.add_argument("--space", default="digits-tiny", help="the table's search space (default: digits-tiny)")
+    p.add_argument("--archs", type=positive_int, default=50, help="held-out archs to measure (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=100, help="default: %(default)s")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:<index> (default: the table's device type)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_latency)
+
+
+def run_bench_latency(args: argparse.Namespace) -> int:
+    from nas.bench import latency as bench
+    from nas.latency import table as lut
+    from nas.latency.profiler import Profiler
+    from nas.space import load_space
+
+    space = load_space(args.space)
+    stored = lut.LatencyTable.load(args.table, space)
+    fp = stored.fingerprint
+    profiler = Profiler(args.device or fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+    table = lut.LatencyTable.load(args.table, space, expect=profiler.fingerprint())
+    exclude = set(table.calibration["archs"]) if table.calibration else set()
+    archs = lut.held_out_archs(space, args.archs, args.seed, exclude)
+    print(f"nas bench latency: {len(archs)} held-out archs of {space.name} on {fp.device_name} ({fp.dtype}, batch {fp.batch_size})", flush=True)
+    validation = lut.validate(table, archs, profiler.measure_models(archs))
+    print(bench.format_points(validation))
+    print(bench.summary_line(validation))
+    paths = bench.write_results(table, validation, args.out, command_line())
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
 # ---- nas train ------------------------------------------------------------------------------
 
 
@@ -251,10 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(commands)
+    add_latency(commands)
     bench = commands.add_parser("bench", help="benchmarks (results under results/bench/)", description="Benchmarks.")
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     add_bench_kernels(benchmarks)
     add_bench_supernet(benchmarks)
+    add_bench_latency(benchmarks)
     return parser
 
 

@@ -82,7 +82,8 @@ class SearchSpace:
 
     # ---- architectures -----------------------------------------------------------------------
 
-    def _arch(self, embed_dim: int, layers: list[LayerChoice]) -> Arch:
+    def make_arch(self, embed_dim: int, layers: list[LayerChoice]) -> Arch:
+        """An arch of this space's fixed fields (not validated: see `validate`)."""
         return Arch(
             embed_dim=embed_dim,
             depth=len(layers),
@@ -92,7 +93,8 @@ class SearchSpace:
         )
 
     @staticmethod
-    def _layer(spec: KernelSpec, heads: int, mlp_ratio: float) -> LayerChoice:
+    def make_layer(spec: KernelSpec, heads: int, mlp_ratio: float) -> LayerChoice:
+        """The layer choice of kernel choice `spec` at these widths."""
         return LayerChoice(spec.name, heads, mlp_ratio, spec.options.get("order"), spec.options.get("variant"))
 
     def sample(self, rng: random.Random, kernel: KernelSpec | None = None) -> Arch:
@@ -101,15 +103,15 @@ class SearchSpace:
         depth = rng.choice(self.depth)
         embed_dim = rng.choice(self.embed_dim)
         layers = [
-            self._layer(kernel or rng.choice(choices), rng.choice(self.heads), rng.choice(self.mlp_ratio))
+            self.make_layer(kernel or rng.choice(choices), rng.choice(self.heads), rng.choice(self.mlp_ratio))
             for _ in range(depth)
         ]
-        return self._arch(embed_dim, layers)
+        return self.make_arch(embed_dim, layers)
 
     def largest(self, kernel: KernelSpec | None = None) -> Arch:
         """Widest and deepest; softmax everywhere (the supernet's teacher) unless `kernel` is given."""
         spec = kernel or KernelSpec(BASELINE_KERNEL)
-        return self._arch(max(self.embed_dim), [self._layer(spec, max(self.heads), max(self.mlp_ratio))] * max(self.depth))
+        return self.make_arch(max(self.embed_dim), [self.make_layer(spec, max(self.heads), max(self.mlp_ratio))] * max(self.depth))
 
     def smallest(self, kernel: KernelSpec | None = None, rng: random.Random | None = None) -> Arch:
         """Narrowest and shallowest. Kernels: `kernel` in every layer; else with `rng` a random
@@ -118,7 +120,7 @@ class SearchSpace:
         if kernel is None and rng is None:
             kernel = next((c for c in choices if c.name != BASELINE_KERNEL), KernelSpec(BASELINE_KERNEL))
         specs = [kernel or rng.choice(choices) for _ in range(min(self.depth))]
-        return self._arch(min(self.embed_dim), [self._layer(spec, min(self.heads), min(self.mlp_ratio)) for spec in specs])
+        return self.make_arch(min(self.embed_dim), [self.make_layer(spec, min(self.heads), min(self.mlp_ratio)) for spec in specs])
 
     def validate(self, arch: Arch) -> Arch:
         """Return `arch` if it belongs to this space, else raise naming the field and the allowed values."""

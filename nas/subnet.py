@@ -78,14 +78,19 @@ class ViT(nn.Module):
                 trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.patch_embed(x) + self.pos_embed
-        for block in self.blocks:
-            x = block(x, self.grid)
-        return x
+    def embed(self, x: Tensor) -> Tensor:
+        """The stem: patch embedding plus position embedding, (B, C, H, W) -> (B, N, E)."""
+        return self.patch_embed(x) + self.pos_embed
+
+    def classify(self, tokens: Tensor) -> Tensor:
+        """The head: average pooling, fc_norm, linear classifier, (B, N, E) -> (B, classes)."""
+        return self.head(self.fc_norm(tokens.mean(dim=1)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.fc_norm(self.forward_features(x).mean(dim=1)))
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x, self.grid)
+        return self.classify(x)
 
 
 # ---- safetensors I/O -------------------------------------------------------------------------

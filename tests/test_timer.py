@@ -57,3 +57,17 @@ def test_cuda_timer_uses_events_and_synchronises(monkeypatch):
     assert len(recorded) == 2 * timing.repeats and synced
     # 2·2048³ flops cannot finish in microseconds: the events really bracket the GPU work.
     assert timing.median_ms > 0.01
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_times_the_same_work():
+    a = torch.randn(2048, 2048, device="cuda")
+    out = torch.empty_like(a)
+    eager = measure(lambda: torch.mm(a, a, out=out), device="cuda", warmup=3, repeats=20, max_seconds=5.0)
+    graph = measure(lambda: torch.mm(a, a, out=out), device="cuda", warmup=3, repeats=20, max_seconds=5.0, cuda_graph=True)
+    assert graph.median_ms == pytest.approx(eager.median_ms, rel=0.5)
+
+
+def test_cuda_graph_needs_cuda():
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA device"):
+        measure(lambda: None, cuda_graph=True)

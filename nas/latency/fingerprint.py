@@ -1,0 +1,63 @@
+"""Device fingerprint: what a latency measurement is only valid for."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from nas.errors import NasError
+from nas.latency.device import describe_device
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("eager", "cuda-graph")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    device_type: str  # cpu or cuda
+    device_name: str  # CPU model or GPU name
+    torch: str
+    cuda: str | None
+    cudnn: int | None
+    dtype: str
+    batch_size: int
+    threads: int | None  # CPU thread count (None on CUDA, where it does not set the kernels' speed)
+    backend: str  # eager or cuda-graph
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Fingerprint:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise NasError(f"not a device fingerprint (expected fields {', '.join(sorted(names))})")
+        return cls(**data)
+
+    def differences(self, other: Fingerprint) -> list[str]:
+        """Human-readable `field: self vs other` for every field that differs."""
+        return [f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}" for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def fingerprint(device: torch.device, dtype: str, batch_size: int, backend: str = "eager") -> Fingerprint:
+    if dtype not in DTYPES:
+        raise NasError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if backend not in BACKENDS:
+        raise NasError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend == "cuda-graph" and device.type != "cuda":
+        raise NasError("--backend cuda-graph needs a CUDA device")
+    if batch_size < 1:
+        raise NasError(f"--batch-size must be >= 1, got {batch_size}")
+    info = describe_device(device)
+    return Fingerprint(
+        device_type=device.type,
+        device_name=info["name"],
+        torch=torch.__version__,
+        cuda=info["cuda"],
+        cudnn=info["cudnn"],
+        dtype=dtype,
+        batch_size=batch_size,
+        threads=torch.get_num_threads() if device.type == "cpu" else None,
+        backend=backend,
+    )

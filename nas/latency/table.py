@@ -1,0 +1,278 @@
+"""The latency lookup table of a search space on one device, and the predictor built on it.
+
+One entry per block configuration the space can produce — (embed_dim, kernel choice,
+heads, mlp_ratio) at the space's tokens and head_dim — plus the stem and the head per
+embed_dim. `predict(arch)` = stem + Σ blocks + head, then an optional per-device linear
+calibration a·x + b fitted on a few end-to-end measurements. Validation measures held-out
+random archs (never the calibration ones) end to end and stores MAPE, the share within
+±10 %, Kendall τ and the worst case.
+
+The table is JSON, written atomically after every entry, so an interrupted build resumes
+without re-measuring what it has. A table whose fingerprint or space differs from what
+is asked for is refused, saying what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nas.arch import Arch
+from nas.errors import NasError
+from nas.io import write_json
+from nas.latency.fingerprint import Fingerprint
+from nas.latency.probe import Protocol, block_timing, stem_and_head_timings
+from nas.space import SearchSpace
+
+FORMAT = "nas-latency-table/1"
+
+
+def space_digest(space: SearchSpace) -> str:
+    """Hash of what shapes the entries (choices and fixed fields), not of name or comments."""
+    shape = {k: v for k, v in space.__dict__.items() if k not in ("name", "description", "source")}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def block_key(embed_dim: int, label: str, heads: int, mlp_ratio: float) -> str:
+    return f"block|e{embed_dim}|{label}|h{heads}|r{mlp_ratio}"
+
+
+def arch_keys(arch: Arch) -> list[str]:
+    """The entries whose sum predicts `arch`."""
+    e = arch.embed_dim
+    blocks = [block_key(e, layer.kernel_spec.label, layer.heads, layer.mlp_ratio) for layer in arch.layers]
+    return [f"stem|e{e}", *blocks, f"head|e{e}"]
+
+
+def probe_archs(space: SearchSpace) -> Iterator[tuple[str, Arch]]:
+    """(key, one-layer arch) for every block configuration, then stem/head per embed dim."""
+    for e in space.embed_dim:
+        for spec in space.kernel_choices():
+            for heads in space.heads:
+                for ratio in space.mlp_ratio:
+                    layer = space.make_layer(spec, heads, ratio)
+                    yield block_key(e, spec.label, heads, layer.mlp_ratio), space.make_arch(e, [layer])
+    for e in space.embed_dim:
+        yield f"stem+head|e{e}", space.make_arch(e, [space.make_layer(space.kernel_choices()[0], min(space.heads), min(space.mlp_ratio))])
+
+
+@dataclass
+class LatencyTable:
+    space: str
+    space_digest: str
+    fingerprint: Fingerprint
+    protocol: dict
+    entries: dict[str, dict] = field(default_factory=dict)  # key -> {"ms", "q1", "q3", "repeats"}
+    calibration: dict | None = None  # {"a", "b", "archs": [digest...], "measured_ms", "predicted_ms"}
+    validation: dict | None = None
+    build_seconds: float = 0.0
+
+    # ---- prediction ----------------------------------------------------------------------
+
+    def raw(self, arch: Arch) -> float:
+        """stem + Σ blocks + head, in ms, before calibration."""
+        missing = [key for key in arch_keys(arch) if key not in self.entries]
+        if missing:
+            raise NasError(f"latency table for {self.space} lacks {missing[0]} (and {len(missing) - 1} more); build it completely with `nas latency`")
+        return sum(self.entries[key]["ms"] for key in arch_keys(arch))
+
+    def predict(self, arch: Arch) -> float:
+        """Predicted latency of `arch` in ms on the table's device."""
+        raw = self.raw(arch)
+        if self.calibration is None:
+            return raw
+        return self.calibration["a"] * raw + self.calibration["b"]
+
+    # ---- persistence ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "space": self.space,
+            "space_digest": self.space_digest,
+            "fingerprint": self.fingerprint.to_dict(),
+            "protocol": self.protocol,
+            "build_seconds": round(self.build_seconds, 2),
+            "calibration": self.calibration,
+            "validation": self.validation,
+            "entries": self.entries,
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, space: SearchSpace | None = None, expect: Fingerprint | None = None) -> LatencyTable:
+        """Read a table; refuse it if it was built for another space or device."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+            table = cls(
+                space=data["space"],
+                space_digest=data["space_digest"],
+                fingerprint=Fingerprint.from_dict(data["fingerprint"]),
+                protocol=data["protocol"],
+                entries=data["entries"],
+                calibration=data.get("calibration"),
+                validation=data.get("validation"),
+                build_seconds=data.get("build_seconds", 0.0),
+            )
+        except OSError as error:
+            raise NasError(f"{path}: cannot read the latency table ({error.strerror})") from None
+        except (ValueError, KeyError, TypeError, NasError) as error:
+            raise NasError(f"{path}: not a valid latency table ({error})") from None
+        if space is not None and (table.space_digest != space_digest(space)):
+            raise NasError(f"{path}: built for search space {table.space!r} as it was then, not for {space.name!r} as it is now; rebuild it")
+        if expect is not None and table.fingerprint != expect:
+            raise NasError(
+                f"{path}: built on another device or setting, refused ("
+                + "; ".join(f"table {d}".replace(" vs ", " vs requested ") for d in table.fingerprint.differences(expect))
+                + ")"
+            )
+        return table
+
+
+# ---- building --------------------------------------------------------------------------------
+
+
+def build(
+    space: SearchSpace,
+    fp: Fingerprint,
+    path: Path,
+    measure_entries: Callable[[list[tuple[str, Arch]]], dict[str, dict]],
+    protocol: Protocol = Protocol(),
+    progress: Callable[[str], None] = print,
+) -> LatencyTable:
+    """Measure every missing entry of `space`'s table into `path`, resuming what is there.
+
+    `measure_entries` measures a chunk of (key, probe arch) pairs on the fingerprint's
+    device: a `Profiler` in this process, or one served by a Ray actor.
+    """
+    if path.exists():
+        table = LatencyTable.load(path, space, fp)
+        if table.protocol != protocol.to_dict():
+            raise NasError(f"{path}: measured with another protocol ({table.protocol}); rebuild into a new file")
+    else:
+        table = LatencyTable(space.name, space_digest(space), fp, protocol.to_dict())
+    todo = [(key, arch) for key, arch in probe_archs(space) if not _have(table, key)]
+    total = len(list(probe_archs(space)))
+    done = total - len(todo)
+    if done:
+        progress(f"resuming {path}: {done}/{total} entries already measured")
+    started, base_seconds = time.perf_counter(), table.build_seconds
+    for i in range(0, len(todo), 8):
+        chunk = todo[i : i + 8]
+        table.entries.update(measure_entries(chunk))
+        done += len(chunk)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / (i + len(chunk)) * (len(todo) - i - len(chunk))
+        table.build_seconds = base_seconds + elapsed
+        table.save(path)
+        progress(f"[{done}/{total}] {chunk[-1][0]}: {table.entries.get(chunk[-1][0], {}).get('ms', float('nan')):.3f} ms  (ETA {eta / 60:.1f} min)")
+    return table
+
+
+def _have(table: LatencyTable, key: str) -> bool:
+    if key.startswith("stem+head|"):
+        e = key.split("|")[1]
+        return f"stem|{e}" in table.entries and f"head|{e}" in table.entries
+    return key in table.entries
+
+
+def _stats(timing) -> dict:
+    return {"ms": timing.median_ms, "q1": timing.q1_ms, "q3": timing.q3_ms, "repeats": timing.repeats}
+
+
+def measure_probes(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol) -> dict[str, dict]:
+    """Entries for (key, probe arch) pairs, measured in this process."""
+    out = {}
+    for key, arch in chunk:
+        if key.startswith("stem+head|"):
+            stem, head = stem_and_head_timings(arch, device, fp, protocol)
+            e = key.split("|")[1]
+            out[f"stem|{e}"], out[f"head|{e}"] = _stats(stem), _stats(head)
+        else:
+            out[key] = _stats(block_timing(arch, device, fp, protocol))
+    return out
+
+
+# ---- calibration and validation -----------------------------------------------------------
+
+
+def held_out_archs(space: SearchSpace, count: int, seed: int, exclude: set[str]) -> list[Arch]:
+    """`count` distinct random archs whose digests are not in `exclude`."""
+    rng = random.Random(f"nas-latency:{seed}")
+    archs: dict[str, Arch] = {}
+    for _ in range(100 * count + 100):
+        if len(archs) == count:
+            break
+        arch = space.sample(rng)
+        if arch.digest not in exclude:
+            archs.setdefault(arch.digest, arch)
+    return list(archs.values())
+
+
+def calibrate(table: LatencyTable, archs: list[Arch], measured: list[float]) -> None:
+    """Least-squares fit measured ≈ a·raw + b, stored in the table."""
+    raw = [table.raw(arch) for arch in archs]
+    n = len(raw)
+    mean_x, mean_y = sum(raw) / n, sum(measured) / n
+    var = sum((x - mean_x) ** 2 for x in raw)
+    a = sum((x - mean_x) * (y - mean_y) for x, y in zip(raw, measured)) / var if var > 0 else 1.0
+    table.calibration = {
+        "a": a,
+        "b": mean_y - a * mean_x,
+        "archs": [arch.digest for arch in archs],
+        "predicted_raw_ms": raw,
+        "measured_ms": measured,
+    }
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's τ-b (ties in either list counted as neither concordant nor discordant)."""
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denominator if denominator else 0.0
+
+
+def validate(table: LatencyTable, archs: list[Arch], measured: list[float]) -> dict:
+    """Prediction quality on `archs` (which must not include calibration archs); stored in the table."""
+    calibration = set(table.calibration["archs"]) if table.calibration else set()
+    overlap = [arch.digest for arch in archs if arch.digest in calibration]
+    if overlap:
+        raise NasError(f"validation archs must be held out from calibration; {len(overlap)} overlap")
+    predicted = [table.predict(arch) for arch in archs]
+    errors = [(p - m) / m for p, m in zip(predicted, measured)]
+    worst = max(range(len(archs)), key=lambda i: abs(errors[i]))
+    table.validation = {
+        "archs": len(archs),
+        "mape": sum(abs(e) for e in errors) / len(errors),
+        "within_10pct": sum(abs(e) <= 0.10 for e in errors) / len(errors),
+        "kendall_tau": kendall_tau(predicted, measured),
+        "worst": {"arch": archs[worst].to_dict(), "digest": archs[worst].digest, "predicted_ms": predicted[worst], "measured_ms": measured[worst], "error": errors[worst]},
+        "points": [{"digest": a.digest, "predicted_ms": p, "measured_ms": m} for a, p, m in zip(archs, predicted, measured)],
+    }
+    return table.validation

@@ -1,0 +1,35 @@
+"""Latency profiler as a Ray actor: build or validate a table on the actor's node's device.
+
+On GPU nodes it reserves one whole GPU (`num_gpus=1`, never a fraction: a shared GPU
+spoils timing), optionally of a given accelerator type, so a search can target a remote
+device; on CPU it reserves as many CPUs as it uses threads.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from nas.arch import Arch
+from nas.latency.fingerprint import Fingerprint
+from nas.latency.probe import Protocol
+from nas.latency.profiler import Profiler
+
+
+class RemoteProfiler:
+    """The `Profiler` interface, served by an actor; each call blocks until it returns."""
+
+    def __init__(self, device: str, dtype: str, batch_size: int, backend: str = "eager", threads: int = 1,
+                 accelerator_type: str | None = None, protocol: Protocol = Protocol()) -> None:
+        options: dict = {"num_gpus": 1, "num_cpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
+        if accelerator_type:
+            options["accelerator_type"] = accelerator_type
+        self.actor = ray.remote(Profiler).options(**options).remote(device, dtype, batch_size, backend, threads, protocol)
+
+    def fingerprint(self) -> Fingerprint:
+        return ray.get(self.actor.fingerprint.remote())
+
+    def measure_probes(self, chunk: list[tuple[str, Arch]]) -> dict[str, dict]:
+        return ray.get(self.actor.measure_probes.remote(chunk))
+
+    def measure_models(self, archs: list[Arch]) -> list[float]:
+        return ray.get(self.actor.measure_models.remote(archs))
