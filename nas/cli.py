@@ -296,6 +296,150 @@ def run_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- nas run / search / report --------------------------------------------------------------
+
+
+def add_run(commands: argparse._SubParsersAction) -> None:
+    from nas.pipeline import RunConfig
+
+    d = RunConfig()
+    p = commands.add_parser(
+        "run",
+        help="the whole pipeline: latency table, supernet training, search (default: digits-tiny on this CPU)",
+        description="Build and validate the device's latency table, train the supernet, and run the Optuna search "
+        "on local Ray (or a cluster), writing everything into --out.",
+    )
+    p.add_argument("--space", default=d.space, help="search space name or YAML path (default: %(default)s)")
+    p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: embedded digits)")
+    p.add_argument("--device", default=d.device, help="device whose latency is optimised: cpu, cuda or cuda:<i> (default: cpu)")
+    p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"], help="default: fp32")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="inference batch size for latency (default: %(default)s)")
+    p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget in ms (default: halfway between the smallest achievable latency and the largest arch's)")
+    p.add_argument("--trials", type=positive_int, default=d.trials, help="default: %(default)s")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="supernet training epochs (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=d.workers, help="Ray Train workers for the supernet; 1 trains in this process (default: %(default)s)")
+    p.add_argument("--evaluators", type=positive_int, default=d.evaluators, help="Ray evaluator actors (default: %(default)s)")
+    p.add_argument("--sampler", default=d.sampler, choices=["nsga2", "tpe", "random"], help="default: %(default)s")
+    p.add_argument("--calibrate", type=int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
+    p.add_argument("--validate", type=int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
+    p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite in --out)")
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<date>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.set_defaults(func=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from nas.pipeline import RunConfig, run
+
+    if args.resume and args.out is None:
+        raise NasError("--resume needs --out: the run directory to continue")
+    out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    config = RunConfig(
+        space=args.space, data=args.data, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        budget_ms=args.budget_ms, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
+        sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=args.storage,
+        calibrate=args.calibrate, validate=args.validate,
+    )
+    started = time.perf_counter()
+    print(f"nas run: {config.space} -> {out}", flush=True)
+    result = run(config, out, args.resume, progress=lambda line: print(line, flush=True))
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; run directory {out}")
+    if not result:
+        print("no feasible arch was found under the budget")
+    return 0
+
+
+def add_search(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "search",
+        help="Optuna search over a trained supernet (Ray evaluator actors)",
+        description="Search a run directory that holds a trained supernet and a latency table (nas train, nas latency "
+        "--out <run>/latency_table.json); writes study.db (or --storage), trials.csv, pareto.csv, pareto.png.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--table", type=Path, default=None, help="latency table (default: <run>/latency_table.json)")
+    p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: none, the whole front)")
+    p.add_argument("--trials", type=positive_int, default=100, help="default: %(default)s")
+    p.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="default: %(default)s")
+    p.add_argument("--third-objective", default=None, choices=["params", "macs"], help="also minimise params or MACs")
+    p.add_argument("--evaluators", type=positive_int, default=2, help="Ray evaluator actors (default: %(default)s)")
+    p.add_argument("--batch", type=positive_int, default=None, help="trials asked per round (default: 2 × evaluators)")
+    p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: local Ray)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///<run>/study.db)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--resume", action="store_true", help="continue the study")
+    p.set_defaults(func=run_search_command)
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    from nas import search
+    from nas.latency.table import LatencyTable
+    from nas.pipeline import TABLE, default_storage, resolve_budget, search_stage
+    from nas.train import WEIGHTS, run_space
+
+    space, _ = run_space(args.run)
+    if not (args.run / WEIGHTS).is_file():
+        raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
+    table_path = args.table or args.run / TABLE
+    if not table_path.is_file():
+        raise NasError(f"{table_path} does not exist; build it with nas latency --space ... --out {table_path}")
+    table = LatencyTable.load(table_path, space)
+    budget = resolve_budget(space, table, args.budget_ms) if args.budget_ms is not None else None
+    config = search.SearchConfig(
+        trials=args.trials, batch=args.batch or 2 * args.evaluators, sampler=args.sampler, seed=args.seed,
+        budget_ms=budget, third_objective=args.third_objective,
+    )
+    storage = args.storage or default_storage(args.run)
+    print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s), "
+          f"budget {budget if budget is not None else 'none'}, storage {search.redact(storage)}", flush=True)
+    _, front = search_stage(args.run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
+                            progress=lambda line: print(line, flush=True))
+    print(search.format_front(front))
+    print(f"wrote {args.run}/trials.csv, pareto.csv, pareto.png")
+    return 0
+
+
+def add_report(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("report", help="redraw a run's Pareto plot and tables from its study",
+                            description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv and pareto.png; print the front.")
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///<run>/study.db)")
+    p.add_argument("--budget-ms", type=positive_float, default=None, help="budget line to draw (default: the run's)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import json
+
+    import optuna
+
+    from nas import search
+    from nas.pipeline import MANIFEST, default_storage
+
+    storage = args.storage or default_storage(args.run)
+    if args.storage is None and not (args.run / "study.db").is_file():
+        raise NasError(f"{args.run} holds no study.db; pass --storage if the study lives elsewhere")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    except KeyError:
+        raise NasError(f"{search.redact(storage)} holds no study named {search.STUDY_NAME}") from None
+    budget = args.budget_ms
+    manifest = args.run / MANIFEST
+    if budget is None and manifest.is_file():
+        budget = json.loads(manifest.read_text())["settings"].get("budget_ms_resolved")
+    front = search.write_outputs(study, args.run, budget)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    print(f"{len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
+    print(search.format_front(front))
+    print(f"wrote {args.run}/trials.csv, pareto.csv, pareto.png")
+    return 0
+
+
 # ---- nas train ------------------------------------------------------------------------------
 
 
@@ -318,6 +462,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--random-subnets", type=int, default=defaults.random_subnets, help="random subnets per step besides largest and smallest (default: %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers; 1 trains in this process (default: %(default)s)")
+    p.add_argument("--ray-address", default=None, help="with --workers > 1: 'auto' or an address to join a Ray cluster (default: local Ray)")
     p.add_argument("--out", type=Path, required=True, help="run directory, e.g. results/<run>")
     p.add_argument("--resume", action="store_true", help="continue the supernet checkpoint in --out")
     p.set_defaults(func=run_train)
@@ -355,7 +501,13 @@ def run_train(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    summary = train_supernet(space, dataset, config, args.out, resume=args.resume, data_arg=args.data, progress=progress)
+    if args.workers > 1:
+        from workers.trainer import train_distributed
+
+        summary = train_distributed(space, args.data, config, args.out, args.workers, args.resume, args.ray_address,
+                                    progress=lambda line: print(line, flush=True))
+    else:
+        summary = train_supernet(space, dataset, config, args.out, resume=args.resume, data_arg=args.data, progress=progress)
     print(
         f"done: test top-1 largest {summary['test_largest']:.4f}, smallest {summary['test_smallest']:.4f} "
         f"({summary['train_seconds_this_run'] / 60:.1f} min); wrote {args.out}/supernet.safetensors"
@@ -371,8 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nas", description="Hardware-aware architecture search for efficient Vision Transformers."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run(commands)
     add_train(commands)
     add_latency(commands)
+    add_search(commands)
+    add_report(commands)
     bench = commands.add_parser("bench", help="benchmarks (results under results/bench/)", description="Benchmarks.")
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     add_bench_kernels(benchmarks)

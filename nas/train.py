@@ -24,6 +24,7 @@ schedule; tensors and plain containers only, loaded with weights_only=True),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -62,6 +63,39 @@ class TrainConfig:
     drop_path: float = 0.0
     augment: bool = True
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Data parallelism across `world_size` ranks of an initialised torch.distributed group.
+
+    Each rank takes its shard of every batch; gradients are averaged by one all-reduce
+    after the sandwich's backward passes. All ranks sample the same subnets, so the set of
+    parameters with a gradient is the same everywhere, and parameters no sampled subnet
+    used (other kernels, wider slices) are skipped on all ranks alike.
+    """
+
+    rank: int
+    world_size: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions[self.rank :: self.world_size]
+
+    def average_gradients(self, net: torch.nn.Module) -> None:
+        import torch.distributed as td
+
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        td.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 def step_rng(seed: int, step: int) -> random.Random:
@@ -105,8 +139,13 @@ def train_supernet(
     resume: bool = False,
     data_arg: str | None = None,
     progress: Callable[[dict], None] = lambda record: None,
+    dist: Distributed | None = None,
 ) -> dict:
-    """Train (or resume) the supernet of `space` into run directory `out`; returns the final summary."""
+    """Train (or resume) the supernet of `space` into run directory `out`; returns the final summary.
+
+    With `dist`, this is one rank of a data-parallel run: every rank calls it with the same
+    arguments, rank 0 alone writes files, and every rank gets `progress` per epoch."""
+    main = dist is None or dist.main
     out = Path(out)
     steps_per_epoch = max(1, dataset.size("train") // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -128,7 +167,7 @@ def train_supernet(
         start_epoch, history = _load_checkpoint(net, optimizer, out, run_config, dataset)
     elif resume:
         raise NasError(f"--resume: {out} holds no supernet checkpoint to continue")
-    else:
+    elif main:
         out.mkdir(parents=True, exist_ok=True)
         save_split(dataset, out / SPLIT)
         write_text(out / CONFIG, yaml.safe_dump(run_config, sort_keys=False))
@@ -139,16 +178,19 @@ def train_supernet(
         epoch_start = time.perf_counter()
         order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         losses = []
+        sampled = hashlib.sha256()
         for b in range(steps_per_epoch):
             step = epoch * steps_per_epoch + b
             rng = step_rng(config.seed, step)
             torch.manual_seed(rng.getrandbits(63))  # drop-path
             augment = torch.Generator().manual_seed(rng.getrandbits(63)) if config.augment else None
-            x, y = dataset.batch("train", order[b * config.batch_size : (b + 1) * config.batch_size], augment)
+            positions = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x, y = dataset.batch("train", dist.shard(positions) if dist else positions, augment)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, config)
             optimizer.zero_grad(set_to_none=True)
             archs = sandwich(space, rng, config.random_subnets)
+            sampled.update("".join(arch.digest for arch in archs).encode())
             logits = net(x, archs[0])
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
@@ -164,6 +206,8 @@ def train_supernet(
                 )
                 sub_loss.backward()
                 step_loss += sub_loss.item()
+            if dist is not None:
+                dist.average_gradients(net)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             optimizer.step()
             losses.append(step_loss)
@@ -175,9 +219,11 @@ def train_supernet(
             "val_largest": accuracy(net, space.largest(), dataset, "val"),
             "val_smallest": accuracy(net, space.smallest(), dataset, "val"),
             "seconds": time.perf_counter() - epoch_start,
+            "subnets_sha256": sampled.hexdigest()[:16],  # the same on every data-parallel rank
         }
         history.append(record)
-        _save_checkpoint(net, optimizer, out, history)
+        if main:
+            _save_checkpoint(net, optimizer, out, history)
         progress(record)
 
     summary = {
@@ -187,7 +233,8 @@ def train_supernet(
         "smallest": space.smallest().to_dict(),
         "train_seconds_this_run": time.perf_counter() - started,
     }
-    _save_checkpoint(net, optimizer, out, history, summary)
+    if main:
+        _save_checkpoint(net, optimizer, out, history, summary)
     return summary
 
 
@@ -224,6 +271,16 @@ def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise NasError(f"{out}: the training checkpoint cannot be read ({error}); start a new run") from None
     return state["epochs_done"], state["history"]
+
+
+def run_space(run_dir: Path) -> tuple[SearchSpace, str]:
+    """The search space (as trained) and the --data argument recorded in a run directory."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise NasError(f"{run_dir} holds no {CONFIG}: train a supernet into it first (nas train --out {run_dir})")
+    config = yaml.safe_load(path.read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["space"].items()}
+    return SearchSpace(**fields), config["data"]
 
 
 def load_supernet(out: Path, space: SearchSpace) -> SuperNet:

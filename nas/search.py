@@ -1,0 +1,305 @@
+"""Multi-objective Optuna search over a trained supernet, under a latency budget.
+
+Objectives: maximise top-1 accuracy (inherited supernet weights, validation split) and
+minimise predicted latency (the device's lookup table); optionally minimise params or
+MACs too. The latency budget is a constraint set on every trial, failed ones included
+(`trial.set_constraint`, latency − budget ≤ 0 is feasible). The loop only asks and
+tells: it asks a batch of trials, hands their archs to `evaluate` (a pool of Ray
+evaluator actors, or a plain function), and tells the results. A trial whose evaluation
+fails or yields NaN is told FAILED, never dropped.
+
+Resumption: trials left RUNNING by a killed process are marked FAILED with
+`interrupted=True` and their parameters re-enqueued, so nothing finished is lost or
+re-run and the study completes to the requested number of trials.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from nas.arch import Arch
+from nas.errors import NasError
+from nas.io import atomic_path, write_text
+from nas.kernels import KernelSpec
+from nas.latency.table import LatencyTable
+from nas.space import SearchSpace
+
+SAMPLERS = ("nsga2", "tpe", "random")
+THIRD_OBJECTIVES = ("params", "macs")
+STUDY_NAME = "nas-search"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    trials: int = 100
+    batch: int = 4
+    sampler: str = "nsga2"
+    seed: int = 0
+    budget_ms: float | None = None
+    third_objective: str | None = None
+
+
+# ---- parameters <-> arch -----------------------------------------------------------------------
+
+
+def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> Arch:
+    """Conditional parameters: depth and embed_dim, then per layer i < depth its kernel,
+    its order (Taylor only) and variant (order 2 only), heads and mlp_ratio."""
+    embed_dim = trial.suggest_categorical("embed_dim", list(space.embed_dim))
+    depth = trial.suggest_categorical("depth", list(space.depth))
+    layers = []
+    for i in range(depth):
+        name = trial.suggest_categorical(f"l{i}_kernel", list(space.kernels))
+        options: dict = {}
+        if any(spec.name == name and "order" in spec.options for spec in space.kernel_choices()):
+            options["order"] = trial.suggest_categorical(f"l{i}_order", list(space.taylor_orders))
+            if options["order"] == 2:
+                options["variant"] = trial.suggest_categorical(f"l{i}_variant", list(space.taylor_variants))
+        heads = trial.suggest_categorical(f"l{i}_heads", list(space.heads))
+        ratio = trial.suggest_categorical(f"l{i}_mlp_ratio", list(space.mlp_ratio))
+        layers.append(space.make_layer(KernelSpec(name, options), heads, ratio))
+    return space.validate(space.make_arch(embed_dim, layers))
+
+
+def arch_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> Arch:
+    return suggest_arch(optuna.trial.FixedTrial(trial.params), space)
+
+
+# ---- study -----------------------------------------------------------------------------------
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise NasError(f"--sampler {name!r}: use one of {', '.join(SAMPLERS)}")
+
+
+def open_study(storage: str, config: SearchConfig, resume: bool) -> optuna.Study:
+    directions = ["maximize", "minimize"] + (["minimize"] if config.third_objective else [])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    except Exception as error:  # noqa: BLE001 — storage backends raise many types
+        raise NasError(f"--storage: cannot open {redact(storage)} ({type(error).__name__}: {error})") from None
+    if STUDY_NAME in names and not resume:
+        raise NasError(f"{redact(storage)} already holds a study; pass --resume to continue it or choose another --out/--storage")
+    if STUDY_NAME not in names and resume:
+        raise NasError(f"--resume: {redact(storage)} holds no study to continue")
+    study = optuna.create_study(
+        storage=storage, study_name=STUDY_NAME, directions=directions, sampler=make_sampler(config.sampler, config.seed), load_if_exists=True
+    )
+    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in directions]:
+        raise NasError("--resume: the study was started with other objectives (--third-objective must match)")
+    return study
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for messages and logs."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished trials that count towards --trials (interrupted ones are re-run instead)."""
+    state = trial.state
+    return state == optuna.trial.TrialState.COMPLETE or (state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get("interrupted"))
+
+
+def recover_interrupted(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a killed process as failed-interrupted and re-enqueue them."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+    return len(stale)
+
+
+Evaluation = dict  # {"accuracy": float, "macs": int, "params": int}
+
+
+def run_search(
+    study: optuna.Study,
+    space: SearchSpace,
+    table: LatencyTable,
+    evaluate: Callable[[list[Arch]], Sequence[Evaluation | BaseException]],
+    config: SearchConfig,
+    progress: Callable[[str], None] = print,
+) -> None:
+    """Ask/tell until `config.trials` trials have finished (COMPLETE or FAILED)."""
+    started = time.perf_counter()
+    while True:
+        done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+        if done >= config.trials:
+            return
+        batch = [study.ask() for _ in range(min(config.batch, config.trials - done))]
+        archs, latencies = [], []
+        for trial in batch:
+            arch = suggest_arch(trial, space)
+            latency = table.predict(arch)
+            trial.set_user_attr("arch", arch.to_dict())
+            trial.set_user_attr("digest", arch.digest)
+            trial.set_user_attr("latency_ms", latency)
+            trial.set_constraint("latency", latency - config.budget_ms if config.budget_ms is not None else 0.0)
+            archs.append(arch)
+            latencies.append(latency)
+        results = evaluate(archs)
+        for trial, arch, latency, result in zip(batch, archs, latencies, results):
+            if isinstance(result, BaseException) or not math.isfinite(result.get("accuracy", math.nan)):
+                reason = repr(result) if isinstance(result, BaseException) else "accuracy is NaN"
+                trial.set_user_attr("failure", reason[:500])
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                progress(f"trial {trial.number} failed: {reason[:200]}")
+                continue
+            for key in ("accuracy", "macs", "params"):
+                trial.set_user_attr(key, result[key])
+            values = [result["accuracy"], latency] + ([result[config.third_objective]] if config.third_objective else [])
+            study.tell(trial, values)
+        done += len(batch)
+        elapsed = time.perf_counter() - started
+        best = _best_feasible(study)
+        progress(
+            f"[{min(done, config.trials)}/{config.trials}] trials finished ({elapsed:.0f} s)"
+            + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
+        )
+
+
+def _feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def _best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if _feasible(t)]
+    return max(complete, key=lambda t: (t.values[0], -t.values[1]), default=None)
+
+
+def pareto_front(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Feasible, complete, non-dominated trials (accuracy up, latency down), by latency."""
+    candidates = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and _feasible(t)]
+
+    def dominates(a, b):
+        return a.values[0] >= b.values[0] and a.values[1] <= b.values[1] and (a.values[0] > b.values[0] or a.values[1] < b.values[1])
+
+    front = [t for t in candidates if not any(dominates(o, t) for o in candidates)]
+    unique = {}
+    for t in sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number)):
+        unique.setdefault((t.values[0], t.values[1]), t)
+    return list(unique.values())
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "macs", "params", "duration_s", "digest", "interrupted", "failure", "arch"]
+
+
+def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
+    duration = trial.duration.total_seconds() if trial.duration else None
+    attrs = trial.user_attrs
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "accuracy": trial.values[0] if trial.values else attrs.get("accuracy"),
+        "latency_ms": attrs.get("latency_ms"),
+        "feasible": _feasible(trial) if trial.constraints else None,
+        "macs": attrs.get("macs"),
+        "params": attrs.get("params"),
+        "duration_s": None if duration is None else round(duration, 3),
+        "digest": attrs.get("digest"),
+        "interrupted": bool(attrs.get("interrupted", False)),
+        "failure": attrs.get("failure", ""),
+        "arch": _compact_json(attrs.get("arch")),
+    }
+
+
+def _compact_json(data) -> str:
+    import json
+
+    return "" if data is None else json.dumps(data, separators=(",", ":"))
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_outputs(study: optuna.Study, run_dir: Path, budget_ms: float | None) -> list[optuna.trial.FrozenTrial]:
+    """trials.csv (every trial), pareto.csv (feasible front) and pareto.png; returns the front."""
+    trials = study.get_trials(deepcopy=False)
+    front = pareto_front(trials)
+    write_text(run_dir / "trials.csv", _csv([trial_row(t) for t in trials]))
+    write_text(run_dir / "pareto.csv", _csv([trial_row(t) for t in front]))
+    _plot(trials, front, budget_ms, run_dir / "pareto.png")
+    return front
+
+
+def format_front(front: Sequence[optuna.trial.FrozenTrial]) -> str:
+    lines = [f"{'trial':>5} {'accuracy':>9} {'latency ms':>11} {'MMACs':>8} {'params':>8}  arch"]
+    for t in front:
+        arch = t.user_attrs["arch"]
+        kinds = ",".join(
+            layer["kernel"] + (f"-o{layer['order']}" if "order" in layer else "") + (f"-{layer['variant']}" if "variant" in layer else "")
+            for layer in arch["layers"]
+        )
+        lines.append(
+            f"{t.number:5d} {t.values[0]:9.4f} {t.values[1]:11.4f} {t.user_attrs['macs'] / 1e6:8.2f} {t.user_attrs['params']:8d}  "
+            f"e{arch['embed_dim']} d{arch['depth']} [{kinds}]"
+        )
+    return "\n".join(lines)
+
+
+def _plot(trials, front, budget_ms: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([t.values[1] for t in complete], [t.values[0] for t in complete], s=12, color="0.7", label=f"trials ({len(complete)})")
+    if front:
+        ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", color="tab:red", markersize=4, label=f"feasible Pareto front ({len(front)})")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="tab:blue", linestyle="--", label=f"budget {budget_ms:.3g} ms")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("top-1 accuracy (validation, inherited weights)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+
+
+def smallest_latency(space: SearchSpace, table: LatencyTable) -> float:
+    """The lowest predicted latency of any arch of the space (blocks are independent per layer)."""
+    best = math.inf
+    for e in space.embed_dim:
+        arch_min = min(
+            table.raw(space.make_arch(e, [space.make_layer(spec, h, r)] * min(space.depth)))
+            for spec in space.kernel_choices()
+            for h in space.heads
+            for r in space.mlp_ratio
+        )
+        best = min(best, arch_min)
+    if table.calibration is None:
+        return best
+    return table.calibration["a"] * best + table.calibration["b"]  # a > 0: the calibration keeps the order

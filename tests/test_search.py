@@ -1,0 +1,165 @@
+"""The Optuna search on local Ray: outputs, kill + resume, dead evaluators, budgets, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nas import search
+from nas.cli import main
+from nas.data import load_dataset
+from nas.latency import table as lut
+from nas.latency.probe import Protocol
+from nas.latency.profiler import Profiler
+from nas.pipeline import TABLE, init_ray
+from nas.space import load_space
+from nas.train import TrainConfig, run_space, train_supernet
+
+FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01)
+ray = pytest.importorskip("ray")
+
+
+def make_run(run_dir: Path) -> Path:
+    """A tiny trained supernet plus a quickly measured latency table."""
+    space = load_space("digits-tiny")
+    dataset = load_dataset(None, space.image_size, space.in_chans)
+    train_supernet(space, dataset, TrainConfig(epochs=1, batch_size=256, random_subnets=0), run_dir)
+    profiler = Profiler("cpu", "fp32", 1, protocol=FAST)
+    lut.build(space, profiler.fingerprint(), run_dir / TABLE, profiler.measure_probes, FAST, progress=lambda line: None)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    init_ray(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, capsys):
+    budget = "0.9"
+    assert main(["search", "--run", str(trained), "--trials", "8", "--evaluators", "2", "--budget-ms", budget]) == 0
+    for name in ("study.db", "trials.csv", "pareto.csv", "pareto.png", "supernet.safetensors", TABLE, "config.yaml"):
+        assert (trained / name).exists(), name
+    rows = list(csv.DictReader((trained / "trials.csv").open()))
+    assert len(rows) == 8 and all(r["state"] in ("COMPLETE", "FAIL") for r in rows)
+    front = list(csv.DictReader((trained / "pareto.csv").open()))
+    assert front, "some trial should be feasible under the budget"
+    points = [(float(r["accuracy"]), float(r["latency_ms"])) for r in front]
+    assert all(r["feasible"] == "True" and float(r["latency_ms"]) <= float(budget) for r in front)
+    for a in points:  # non-dominated
+        assert not any(b != a and b[0] >= a[0] and b[1] <= a[1] for b in points)
+    study = optuna.load_study(study_name=search.STUDY_NAME, storage=f"sqlite:///{trained / 'study.db'}")
+    assert all(t.constraints for t in study.trials), "every trial carries the latency constraint"
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_kill_mid_search_then_resume_keeps_finished_trials(tmp_path):
+    run = make_run(tmp_path / "run")
+    command = [sys.executable, "-m", "nas.cli", "search", "--run", str(run), "--trials", "14", "--evaluators", "1", "--batch", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = f"sqlite:///{run / 'study.db'}"
+    before: dict[int, tuple] = {}
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            time.sleep(1.0)
+            try:
+                study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+            except (KeyError, Exception):  # noqa: BLE001 — not created yet
+                continue
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if len(done) >= 4:
+                before = {t.number: tuple(t.values) for t in done}
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert before, "the search did not get going in time"
+    result = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    after = {t.number: t for t in study.trials}
+    for number, values in before.items():
+        assert after[number].state == optuna.trial.TrialState.COMPLETE and tuple(after[number].values) == values
+    assert sum(search.counted(t) for t in study.trials) == 14
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+    interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
+
+
+def test_dead_evaluator_is_restarted_or_its_trial_recorded_failed(trained, ray_local):
+    from workers.evaluator import EvaluatorPool
+
+    space, _ = run_space(trained)
+    table = lut.LatencyTable.load(trained / TABLE, space)
+    pool = EvaluatorPool(str(trained), 2, max_restarts=1, max_task_retries=1)
+    kills = []
+
+    def evaluate_killing_one(archs):
+        refs = pool.submit(archs)
+        if len(kills) < 2:  # kill an actor while its trial is in flight, twice (restart budget is 1)
+            ray.kill(pool.actors[0], no_restart=False)
+            kills.append(1)
+        return pool.collect(refs)
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    config = search.SearchConfig(trials=8, batch=2, budget_ms=10.0)
+    search.run_search(study, space, table, evaluate_killing_one, config, progress=lambda line: None)
+    pool.shutdown()
+    states = [t.state for t in study.trials]
+    assert len(study.trials) == 8 and optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 6  # the search went on
+    assert all("latency" in t.constraints for t in study.trials), "failed trials keep their constraint"
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert all(t.user_attrs["failure"] for t in failed)
+
+
+def test_nan_accuracy_is_a_failed_trial_not_zero(trained):
+    space, _ = run_space(trained)
+    table = lut.LatencyTable.load(trained / TABLE, space)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    search.run_search(study, space, table, lambda archs: [{"accuracy": float("nan"), "macs": 1, "params": 1}] * len(archs),
+                      search.SearchConfig(trials=2, batch=2), progress=lambda line: None)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert search.pareto_front(study.trials) == []
+
+
+def test_infeasible_budget_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--budget-ms", "0.0001", "--calibrate", "0", "--validate", "0", "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--budget-ms 0.0001 is below the smallest latency any arch of digits-tiny reaches on this device" in err
+    assert not (out / "supernet.safetensors").exists() and not (out / "study.db").exists()
+
+
+def test_storage_password_is_redacted():
+    assert search.redact("postgresql://nas:s3cret@db.local:5432/nas") == "postgresql://nas:***@db.local:5432/nas"
+    assert search.redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
+
+
+def test_ddp_ranks_sample_the_same_subnets(tmp_path):
+    from workers.trainer import train_distributed
+
+    space = load_space("digits-tiny")
+    summary = train_distributed(space, None, TrainConfig(epochs=2, batch_size=256, random_subnets=1), tmp_path, 2, False,
+                                progress=lambda line: None)
+    ray.shutdown()
+    logs = [json.loads((tmp_path / "ray_train" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert len(logs[0]) == 2 and logs[0] == logs[1]
+    assert 0 <= summary["test_largest"] <= 1 and (tmp_path / "supernet.safetensors").exists()

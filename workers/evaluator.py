@@ -1,0 +1,51 @@
+"""A pool of Ray evaluator actors: each holds the supernet and the validation split once.
+
+Ray restarts a dead actor (`max_restarts`) and retries the call on the new one
+(`max_task_retries`). When those are spent, the arch's result is the exception (the search
+records that trial as failed) and the pool replaces the dead actor with a fresh one, so
+later trials run at full capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ray
+
+from nas.arch import Arch
+from nas.evaluate import Evaluator
+
+
+class EvaluatorPool:
+    def __init__(self, run_dir: str, size: int, threads_each: int = 1, max_restarts: int = 3, max_task_retries: int = 2) -> None:
+        remote = ray.remote(Evaluator).options(num_cpus=threads_each, max_restarts=max_restarts, max_task_retries=max_task_retries)
+        self._new_actor = lambda: remote.remote(str(run_dir), threads_each)
+        self.actors = [self._new_actor() for _ in range(size)]
+        self.replaced = 0
+
+    def evaluate(self, archs: Sequence[Arch]) -> list[dict | BaseException]:
+        """Score archs in parallel, round-robin over the actors; failures come back as exceptions."""
+        return self.collect(self.submit(archs))
+
+    def submit(self, archs: Sequence[Arch]) -> list:
+        return [(i % len(self.actors), self.actors[i % len(self.actors)].evaluate.remote(arch)) for i, arch in enumerate(archs)]
+
+    def collect(self, submitted: list) -> list[dict | BaseException]:
+        results: list[dict | BaseException] = []
+        dead: set[int] = set()
+        for index, ref in submitted:
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.ActorDiedError as error:
+                results.append(error)
+                dead.add(index)
+            except (ray.exceptions.RayError, ValueError) as error:
+                results.append(error)
+        for index in dead:
+            self.actors[index] = self._new_actor()
+            self.replaced += 1
+        return results
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)

@@ -1,0 +1,122 @@
+"""Supernet training on Ray Train: `TorchTrainer` with K workers (gloo on CPU, NCCL on GPU).
+
+Each worker runs `nas.train.train_supernet` as one rank of a `Distributed` group: the same
+subnets on every rank (the step's RNG depends only on seed and step), its shard of every
+batch, gradients averaged after each sandwich step. Rank 0 writes the run directory's
+checkpoint each epoch and reports it to Ray Train (checkpoints under <run>/ray_train/);
+every rank reports its epoch metrics, including the hash of the subnets it sampled.
+The driver prints the epochs as they land and keeps Ray's own logging quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from nas.errors import NasError
+from nas.space import SearchSpace
+from nas.train import STATE, STATE_JSON, WEIGHTS, Distributed, TrainConfig, train_supernet
+
+
+def _worker_loop(settings: dict) -> None:
+    import ray.train
+    import torch
+
+    from nas.data import load_dataset
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(settings["threads"])
+    space: SearchSpace = settings["space"]
+    run_dir = Path(settings["run_dir"])
+    dataset = load_dataset(settings["data"], space.image_size, space.in_chans)
+    ranks_dir = run_dir / "ray_train" / "ranks"
+    ranks_dir.mkdir(parents=True, exist_ok=True)
+    log = []
+
+    def report(record: dict) -> None:
+        log.append({"epoch": record["epoch"], "subnets_sha256": record["subnets_sha256"]})
+        (ranks_dir / f"rank-{rank}.json").write_text(json.dumps(log))
+        checkpoint = None
+        if rank == 0:
+            folder = Path(tempfile.mkdtemp())
+            for name in (WEIGHTS, STATE, STATE_JSON):
+                shutil.copy2(run_dir / name, folder / name)
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))}, checkpoint=checkpoint)
+
+    train_supernet(
+        space, dataset, settings["config"], run_dir, resume=settings["resume"], data_arg=settings["data"],
+        progress=report, dist=Distributed(rank, world),
+    )
+
+
+def train_distributed(
+    space: SearchSpace, data: str | None, config: TrainConfig, run_dir: Path, workers: int, resume: bool,
+    ray_address: str | None = None, progress=print, use_gpu: bool = False,
+) -> dict:
+    """Train with `workers` Ray Train workers; returns the final summary (as `train_supernet`)."""
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from nas.pipeline import init_ray
+
+    init_ray(ray_address)
+    for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if workers > cpus:
+        raise NasError(f"--workers {workers}: Ray has {cpus} CPU(s); use at most {cpus}")
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"space": space, "data": data, "config": config, "run_dir": str(run_dir), "resume": resume, "threads": 1}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config=settings,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="supernet", storage_path=str(run_dir / "ray_train"), checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=_fit(trainer)), daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    shown = 0
+    while thread.is_alive():
+        thread.join(timeout=2.0)
+        shown = _show_new_epochs(run_dir, shown, progress)
+    _show_new_epochs(run_dir, shown, progress)
+    result = outcome.get("result")
+    if isinstance(result, BaseException) or result is None or getattr(result, "error", None):
+        error = result if isinstance(result, BaseException) else getattr(result, "error", "no result")
+        raise NasError(f"distributed training failed: {error}")
+    state = json.loads((run_dir / STATE_JSON).read_text())
+    if not state.get("final"):
+        raise NasError(f"distributed training ended without a final summary in {run_dir / STATE_JSON}")
+    progress(f"Ray Train: {workers} workers, {time.perf_counter() - started:.0f} s including start-up and tear-down")
+    return state["final"]
+
+
+def _fit(trainer):
+    try:
+        return trainer.fit()
+    except Exception as error:  # noqa: BLE001 — surfaced by the driver as one clear error
+        return error
+
+
+def _show_new_epochs(run_dir: Path, shown: int, progress) -> int:
+    try:
+        history = json.loads((run_dir / STATE_JSON).read_text())["history"]
+    except (OSError, ValueError, KeyError):
+        return shown
+    for record in history[shown:]:
+        progress(
+            f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.3f}  val acc largest "
+            f"{record['val_largest']:.3f} smallest {record['val_smallest']:.3f}  ({record['seconds']:.1f} s)"
+        )
+    return max(shown, len(history))
