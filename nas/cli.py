@@ -440,6 +440,79 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- nas bench search -----------------------------------------------------------------------
+
+
+def add_bench_search(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.search import SearchBenchConfig
+
+    d = SearchBenchConfig()
+    p = sub.add_parser(
+        "search",
+        help="hypervolume of NSGA-II / TPE vs random search; evaluator throughput",
+        description="On a run with a trained supernet and latency table: run T trials per sampler and seed in fresh "
+        "in-memory studies, compare the hypervolume of the feasible fronts, and time 1 vs 2 evaluator actors.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="run directory with supernet.safetensors and latency_table.json")
+    p.add_argument("--trials", type=positive_int, default=d.trials, help="trials per study (default: %(default)s)")
+    p.add_argument("--seeds", type=int_list_any, default=d.seeds, help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--samplers", type=str_list, default=d.samplers, help="default: nsga2,tpe,random")
+    p.add_argument("--budget-ms", type=positive_float, default=None, help="default: the run's budget (manifest), else the default rule")
+    p.add_argument("--ref-accuracy", type=float, default=d.ref_accuracy, help="accuracy of the hypervolume reference point (default: %(default)s)")
+    p.add_argument("--evaluators", type=positive_int, default=2, help="evaluator actors for the searches (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_search)
+
+
+def int_list_any(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def run_bench_search(args: argparse.Namespace) -> int:
+    import json
+
+    from nas.bench import search as bench
+    from nas.latency.table import LatencyTable
+    from nas.pipeline import MANIFEST, TABLE, init_ray, resolve_budget
+    from nas.search import SAMPLERS
+    from nas.train import WEIGHTS, run_space
+    from workers.evaluator import EvaluatorPool
+
+    bad = [s for s in args.samplers if s not in SAMPLERS]
+    if bad:
+        raise NasError(f"--samplers: unknown {', '.join(bad)}; use {', '.join(SAMPLERS)}")
+    if "random" not in args.samplers:
+        raise NasError("--samplers must include random: it is the baseline")
+    space, _ = run_space(args.run)
+    if not (args.run / WEIGHTS).is_file():
+        raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
+    table = LatencyTable.load(args.run / TABLE, space)
+    budget = args.budget_ms
+    if budget is None and (args.run / MANIFEST).is_file():
+        budget = json.loads((args.run / MANIFEST).read_text())["settings"].get("budget_ms_resolved")
+    budget = resolve_budget(space, table, budget)
+    config = bench.SearchBenchConfig(trials=args.trials, seeds=tuple(args.seeds), samplers=tuple(args.samplers), ref_accuracy=args.ref_accuracy)
+    print(f"nas bench search: {space.name}, {config.trials} trials × seeds {list(config.seeds)} × {list(config.samplers)}, "
+          f"budget {budget} ms, reference point (accuracy {config.ref_accuracy}, latency {budget} ms)", flush=True)
+    init_ray(None)
+    pool = EvaluatorPool(str(args.run), args.evaluators)
+    try:
+        rows = bench.run_samplers(space, table, pool, budget, config, progress=lambda line: print(line, flush=True))
+    finally:
+        pool.shutdown()
+    summary = bench.summarize(rows)
+    for sampler, stats in summary.items():
+        print(f"{sampler:7s} hypervolume mean {stats['mean']:.5f} ± {stats['stdev']:.5f} (min {stats['min']:.5f}, max {stats['max']:.5f})")
+    rates = bench.throughput(space, lambda size: EvaluatorPool(str(args.run), size), archs=config.throughput_archs)
+    print("evaluation throughput: " + ", ".join(f"{size} evaluator(s) {rate:.1f} archs/s" for size, rate in rates.items()))
+    paths = bench.write_results(rows, summary, rates, config, space.name, budget, args.out, command_line())
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
 # ---- nas train ------------------------------------------------------------------------------
 
 
@@ -533,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_kernels(benchmarks)
     add_bench_supernet(benchmarks)
     add_bench_latency(benchmarks)
+    add_bench_search(benchmarks)
     return parser
 
 

@@ -19,6 +19,7 @@ import csv
 import io
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +81,26 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+        with warnings.catch_warnings():  # multivariate/group are marked experimental; we want them (conditional params)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise NasError(f"--sampler {name!r}: use one of {', '.join(SAMPLERS)}")
 
 
+def normalize_storage(url: str) -> str:
+    """`postgresql://` means SQLAlchemy's psycopg2 driver; use psycopg 3 when only it is installed."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
 def open_study(storage: str, config: SearchConfig, resume: bool) -> optuna.Study:
+    storage = normalize_storage(storage)
     directions = ["maximize", "minimize"] + (["minimize"] if config.third_objective else [])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -103,6 +117,13 @@ def open_study(storage: str, config: SearchConfig, resume: bool) -> optuna.Study
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in directions]:
         raise NasError("--resume: the study was started with other objectives (--third-objective must match)")
     return study
+
+
+def open_study_in_memory(config: SearchConfig) -> optuna.Study:
+    """A throw-away study (benchmarks), same objectives and sampler as `open_study`."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = ["maximize", "minimize"] + (["minimize"] if config.third_objective else [])
+    return optuna.create_study(directions=directions, sampler=make_sampler(config.sampler, config.seed))
 
 
 def redact(url: str) -> str:

@@ -153,6 +153,26 @@ def test_storage_password_is_redacted():
     assert search.redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
 
 
+def test_postgresql_storage(trained, ray_local, capsys):
+    url = os.environ.get("NAS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server: .ci/run starts one and sets NAS_TEST_POSTGRES_URL when it can")
+    storage = search.normalize_storage(url)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    except Exception as error:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL at {search.redact(url)} is not reachable: {error}")
+    if search.STUDY_NAME in names:
+        optuna.delete_study(study_name=search.STUDY_NAME, storage=storage)
+    assert main(["search", "--run", str(trained), "--trials", "4", "--evaluators", "1", "--storage", url]) == 0
+    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[-1]
+    printed = capsys.readouterr().out
+    assert f":{password}@" not in printed and ":***@" in printed
+    optuna.delete_study(study_name=search.STUDY_NAME, storage=storage)
+
+
 def test_ddp_ranks_sample_the_same_subnets(tmp_path):
     from workers.trainer import train_distributed
 
@@ -163,3 +183,21 @@ def test_ddp_ranks_sample_the_same_subnets(tmp_path):
     logs = [json.loads((tmp_path / "ray_train" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert len(logs[0]) == 2 and logs[0] == logs[1]
     assert 0 <= summary["test_largest"] <= 1 and (tmp_path / "supernet.safetensors").exists()
+
+
+def test_hypervolume_of_a_front():
+    from nas.bench.search import hypervolume
+
+    # reference (accuracy 0.5, latency 4): two points dominate 3×0.3 + 1×(0.9-0.8) = 1.0
+    assert hypervolume([(0.8, 1.0), (0.9, 3.0)], 0.5, 4.0) == pytest.approx(0.9 + 0.1)
+    assert hypervolume([(0.8, 1.0), (0.7, 2.0)], 0.5, 4.0) == pytest.approx(0.9)  # dominated point adds nothing
+    assert hypervolume([(0.4, 1.0), (0.9, 5.0)], 0.5, 4.0) == 0.0  # outside the reference box
+
+
+def test_bench_search_runs_on_a_tiny_setting(trained, ray_local, tmp_path, capsys):
+    assert main(["bench", "search", "--run", str(trained), "--trials", "4", "--seeds", "0,1", "--budget-ms", "2.0",
+                 "--evaluators", "1", "--ref-accuracy", "0.0", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "search_digits-tiny.json").read_text())
+    assert set(data["hypervolume"]) == {"nsga2", "tpe", "random"}
+    assert set(data["throughput_archs_per_second"]) == {"1_evaluators", "2_evaluators"}
+    assert "hypervolume mean" in capsys.readouterr().out
