@@ -513,6 +513,80 @@ def run_bench_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- nas select / export ---------------------------------------------------------------------
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one budget")
+    return values
+
+
+def add_select(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("select", help="the most accurate archs of a run under latency budgets",
+                            description="Print the most accurate feasible arch(s) of a finished run under each budget, with "
+                            "predicted latency, validation accuracy, MACs, params and the arch JSON.")
+    p.add_argument("--run", type=Path, required=True, help="run directory (with trials.csv and latency_table.json)")
+    p.add_argument("--budget-ms", type=float_list, required=True, help="one budget or several, comma-separated (e.g. 0.6,0.8,1)")
+    p.add_argument("--top", type=positive_int, default=1, help="archs per budget (default: %(default)s)")
+    p.add_argument("--device", default=None, help="the device the run's latencies were measured on, to select for it from another machine")
+    p.set_defaults(func=run_select)
+
+
+def run_select(args: argparse.Namespace) -> int:
+    import json
+
+    from nas.select import check_device, load_candidates, select
+
+    fp, _ = check_device(args.run, args.device)
+    candidates = load_candidates(args.run)
+    print(f"nas select: {len(candidates)} complete trials of {args.run}; latencies on {fp.device_name} ({fp.dtype}, batch {fp.batch_size})")
+    for budget in args.budget_ms:
+        chosen = select(candidates, budget, args.top)
+        print(f"\nbudget {budget} ms:")
+        for rank, c in enumerate(chosen, 1):
+            print(f"  #{rank} trial {c.trial}: val top-1 {c.accuracy:.4f}, predicted {c.latency_ms:.4f} ms, "
+                  f"{c.macs / 1e6:.2f} MMACs, {c.params} params, arch {c.arch.digest}")
+            print("     " + json.dumps(c.arch.to_dict(), separators=(",", ":")))
+    return 0
+
+
+def add_export(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("export", help="a found arch as a standalone model (safetensors, ONNX, TorchScript)",
+                            description="Write arch.json, model.safetensors, model.onnx, model.pt and metadata.json for one "
+                            "trial of a run, or for the best one under a budget.")
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial number")
+    which.add_argument("--budget-ms", type=positive_float, help="export the most accurate arch within this budget")
+    p.add_argument("--out", type=Path, required=True, help="export directory (refused if it exists, unless --overwrite)")
+    p.add_argument("--format", type=str_list, default=("safetensors", "onnx", "torchscript"), help="default: safetensors,onnx,torchscript")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the standalone model on the run's data first (default: 0)")
+    p.add_argument("--device", default=None, help="the device the run's latencies were measured on, to export for it from another machine")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from nas.export import export
+    from nas.select import by_trial, load_candidates, select
+
+    candidates = load_candidates(args.run)
+    candidate = by_trial(candidates, args.trial) if args.trial is not None else select(candidates, args.budget_ms)[0]
+    print(f"nas export: trial {candidate.trial} of {args.run} -> {args.out}", flush=True)
+    meta = export(args.run, candidate, args.out, tuple(args.format), args.finetune_epochs, args.overwrite, args.device,
+                  progress=lambda line: print(line, flush=True))
+    latency = meta["latency"]
+    measured = f"{latency['measured_ms']:.4f} ms measured ({latency['error']:+.1%})" if latency["measured_ms"] else latency["note"]
+    print(f"latency: {latency['predicted_ms']:.4f} ms predicted, {measured}")
+    print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} into {args.out}")
+    return 0
+
+
 # ---- nas train ------------------------------------------------------------------------------
 
 
@@ -600,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_latency(commands)
     add_search(commands)
+    add_select(commands)
+    add_export(commands)
     add_report(commands)
     bench = commands.add_parser("bench", help="benchmarks (results under results/bench/)", description="Benchmarks.")
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")

@@ -9,6 +9,7 @@ inside `blocks.i.attn.kernel`) is replaced by the kernel's formula (`AttentionKe
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,15 +30,17 @@ class Cost:
 
 
 def count(arch: Arch) -> Cost:
-    from fvcore.nn import FlopCountAnalysis
-
     model = ViT(arch).eval()
     x = torch.randn(1, arch.in_chans, arch.image_size, arch.image_size)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    analysis = FlopCountAnalysis(model, x)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    by_module = analysis.by_module()
-    macs = analysis.total()
+    with warnings.catch_warnings():  # fvcore scripts and traces with torch.jit, which warns that it is deprecated
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+
+        analysis = FlopCountAnalysis(model, x)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        by_module = analysis.by_module()
+        macs = analysis.total()
     kernel_macs = 0
     for i, block in enumerate(model.blocks):
         macs -= by_module.get(f"blocks.{i}.attn.kernel", 0)

@@ -6,7 +6,9 @@ Stages of `nas run`, each writing its files into the run directory that the next
   2. train    — the supernet (supernet.safetensors + training state), in this process or,
                 with --workers K > 1, on Ray Train;
   3. search   — the Optuna study (study.db) over Ray evaluator actors; trials.csv,
-                pareto.csv, pareto.png.
+                pareto.csv, pareto.png;
+  4. export   — the best feasible arch under the budget as a standalone model in
+                exports/best/ (safetensors, ONNX, TorchScript, metadata.json).
 manifest.json records versions, the device fingerprint, the seed, the settings, and the
 wall time and completion of each stage.
 """
@@ -252,6 +254,18 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         )
     manifest.data["result"] = result
     manifest.save()
+
+    # 4. export
+    if best is not None and not manifest.done("export"):
+        from nas.export import export
+        from nas.select import by_trial, load_candidates
+
+        started = time.perf_counter()
+        progress("== export: the best feasible arch -> exports/best")
+        meta = export(run_dir, by_trial(load_candidates(run_dir), best.number), run_dir / "exports" / "best", overwrite=True, progress=progress)
+        manifest.record("export", time.perf_counter() - started, True, latency=meta["latency"]["measured_ms"])
+        result["export"] = {"dir": "exports/best", "predicted_ms": meta["latency"]["predicted_ms"], "measured_ms": meta["latency"]["measured_ms"]}
+        manifest.save()
     return result or {}
 
 

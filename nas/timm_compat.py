@@ -1,18 +1,46 @@
-"""Softmax-only archs <-> timm's `VisionTransformer` (class_token=False, global_pool='avg').
+"""timm interop: softmax-only archs <-> timm's `VisionTransformer`, and any exported
+arch through `timm.create_model("vit_nas", ...)`.
 
 Our standalone `ViT` uses timm's parameter names, so conversion is a state-dict copy once
-the shapes agree. An arch maps onto timm when every layer is softmax with the same heads
-and MLP ratio and heads·head_dim = embed_dim (timm's attention width is the embed dim).
+the shapes agree. An arch maps onto timm's VisionTransformer (class_token=False,
+global_pool='avg') when every layer is softmax with the same heads and MLP ratio and
+heads·head_dim = embed_dim (timm's attention width is the embed dim).
+
+Importing this module registers the timm model `vit_nas`:
+
+    import nas.timm_compat, timm
+    model = timm.create_model("vit_nas", arch="export/arch.json", checkpoint_path="export/model.safetensors")
 """
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
+
+from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
 from nas.arch import Arch, LayerChoice
 from nas.errors import NasError
 from nas.subnet import ViT
+
+
+@register_model
+def vit_nas(pretrained: bool = False, arch: Arch | dict | str | Path | None = None, **kwargs) -> ViT:
+    """timm entry point for an exported arch: `arch` is an Arch, its dict, an arch.json path
+    or an export directory. Weights come through timm's `checkpoint_path=` (safetensors)."""
+    if pretrained:
+        raise NasError("vit_nas has no hub weights; pass checkpoint_path='<export>/model.safetensors'")
+    if arch is None:
+        raise NasError("timm.create_model('vit_nas', ...) needs arch=<arch.json or export directory>")
+    if isinstance(arch, (str, Path)):
+        path = Path(arch) / "arch.json" if Path(arch).is_dir() else Path(arch)
+        arch = Arch.from_json(path.read_text(), str(path))
+    elif isinstance(arch, dict):
+        arch = Arch.from_dict(arch)
+    unused = [k for k in kwargs if not k.startswith("pretrained_cfg") and k not in ("cache_dir",)]
+    if unused:
+        raise NasError(f"vit_nas takes arch= only; the arch fixes {', '.join(unused)}")
+    return ViT(arch)
 
 
 def check_timm_compatible(arch: Arch) -> None:
@@ -73,8 +101,3 @@ def from_timm(vit: VisionTransformer) -> ViT:
         raise NasError(f"timm model does not map onto a standalone ViT (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.train(vit.training)
 
-
-@torch.no_grad()
-def same_logits(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
-    """Largest absolute logit difference of two models on `x` (eval mode)."""
-    return (a.eval()(x) - b.eval()(x)).abs().max().item()

@@ -16,26 +16,13 @@ import pytest
 
 from nas import search
 from nas.cli import main
-from nas.data import load_dataset
 from nas.latency import table as lut
-from nas.latency.probe import Protocol
-from nas.latency.profiler import Profiler
 from nas.pipeline import TABLE, init_ray
 from nas.space import load_space
-from nas.train import TrainConfig, run_space, train_supernet
+from nas.train import TrainConfig, run_space
+from runs import make_run
 
-FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01)
 ray = pytest.importorskip("ray")
-
-
-def make_run(run_dir: Path) -> Path:
-    """A tiny trained supernet plus a quickly measured latency table."""
-    space = load_space("digits-tiny")
-    dataset = load_dataset(None, space.image_size, space.in_chans)
-    train_supernet(space, dataset, TrainConfig(epochs=1, batch_size=256, random_subnets=0), run_dir)
-    profiler = Profiler("cpu", "fp32", 1, protocol=FAST)
-    lut.build(space, profiler.fingerprint(), run_dir / TABLE, profiler.measure_probes, FAST, progress=lambda line: None)
-    return run_dir
 
 
 @pytest.fixture(scope="module")

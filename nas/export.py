@@ -1,0 +1,182 @@
+"""Export a found architecture as a standalone model directory.
+
+    <out>/arch.json           the Arch (canonical fields)
+    <out>/model.safetensors   weights inherited from the supernet (optionally fine-tuned)
+    <out>/model.onnx          ONNX (torch.onnx dynamo exporter, dynamic batch)
+    <out>/model.pt            TorchScript (traced)
+    <out>/metadata.json       arch hash, source run/trial, accuracies, predicted and measured
+                              latency with the fingerprint, MACs, params, versions
+
+Files are written into a temporary directory that is renamed into place, so an export is
+complete or absent. `nas.load(<out>)` rebuilds the model from arch.json + safetensors
+without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nas import flops, subnet
+from nas.data import Dataset, check_split, load_dataset
+from nas.errors import NasError
+from nas.io import write_json
+from nas.select import Candidate, check_device
+from nas.subnet import ViT
+from nas.supernet import extract
+from nas.train import SPLIT, load_supernet, run_space
+
+FORMATS = ("safetensors", "onnx", "torchscript")
+
+
+@torch.no_grad()
+def model_accuracy(model: ViT, dataset: Dataset, split: str, batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, dataset.size(split), batch_size):
+        x, y = dataset.batch(split, list(range(start, min(start + batch_size, dataset.size(split)))))
+        correct += (model(x).argmax(-1) == y).sum().item()
+    return correct / dataset.size(split)
+
+
+def finetune(model: ViT, dataset: Dataset, epochs: int, seed: int = 0, lr: float = 3e-4, batch_size: int = 64, progress=print) -> None:
+    """Standalone training on the run's train split (AdamW, cosine, light augmentation)."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    steps = max(1, dataset.size("train") // batch_size) * epochs
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        losses = []
+        for b in range(max(1, dataset.size("train") // batch_size)):
+            augment = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + b)
+            x, y = dataset.batch("train", order[b * batch_size : (b + 1) * batch_size], augment)
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        progress(f"fine-tune epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f}")
+    model.eval()
+
+
+def to_onnx(model: ViT, path: Path) -> None:
+    arch = model.arch
+    example = torch.randn(2, arch.in_chans, arch.image_size, arch.image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=18, verbose=False,
+            external_data=False,
+        )
+
+
+def to_torchscript(model: ViT, path: Path) -> None:
+    arch = model.arch
+    example = torch.randn(2, arch.in_chans, arch.image_size, arch.image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model.eval(), example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def export(
+    run_dir: Path,
+    candidate: Candidate,
+    out_dir: Path,
+    formats: tuple[str, ...] = FORMATS,
+    finetune_epochs: int = 0,
+    overwrite: bool = False,
+    device: str | None = None,
+    progress=print,
+) -> dict:
+    """Write the standalone model of `candidate` into `out_dir`; returns the metadata."""
+    from nas.latency.profiler import Profiler
+    from nas.latency.table import LatencyTable
+    from nas.pipeline import versions
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or "safetensors" not in formats:
+        raise NasError(f"--format: use a comma-separated subset of {', '.join(FORMATS)} that includes safetensors")
+    if out_dir.exists() and not overwrite:
+        raise NasError(f"{out_dir} already exists; pass --overwrite to replace it or choose another --out")
+    if finetune_epochs < 0:
+        raise NasError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    fp, measurable = check_device(run_dir, device)
+    space, data = run_space(run_dir)
+    arch = space.validate(candidate.arch)
+    dataset = load_dataset(None if data == "digits" else data, space.image_size, space.in_chans)
+    check_split(dataset, run_dir / SPLIT)
+    table = LatencyTable.load(run_dir / "latency_table.json", space)
+
+    model = extract(load_supernet(run_dir, space), arch).eval()
+    inherited = {"val": model_accuracy(model, dataset, "val"), "test": model_accuracy(model, dataset, "test")}
+    progress(f"trial {candidate.trial}: inherited weights, val top-1 {inherited['val']:.4f}, test {inherited['test']:.4f}")
+    finetuned, kept = None, "inherited"
+    if finetune_epochs:
+        tuned = copy.deepcopy(model)
+        finetune(tuned, dataset, finetune_epochs, progress=progress)
+        finetuned = {"val": model_accuracy(tuned, dataset, "val"), "test": model_accuracy(tuned, dataset, "test")}
+        progress(f"fine-tuned {finetune_epochs} epoch(s): val top-1 {finetuned['val']:.4f}, test {finetuned['test']:.4f}")
+        if finetuned["val"] >= inherited["val"]:
+            model, kept = tuned, "finetuned"
+        else:
+            progress("fine-tuning lowered validation accuracy: the inherited weights are exported")
+
+    measured_ms, measure_note = None, None
+    if measurable:
+        profiler = Profiler(fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+        if profiler.fingerprint() == fp:
+            measured_ms = profiler.measure_models([arch])[0]
+        else:
+            measure_note = "this machine's fingerprint differs from the run's: " + "; ".join(fp.differences(profiler.fingerprint()))
+    else:
+        measure_note = f"not measured: this machine is not {fp.device_name}"
+    predicted_ms = table.predict(arch)
+    cost = flops.count(arch)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        subnet.save(model, staging)
+        started = time.perf_counter()
+        if "onnx" in formats:
+            to_onnx(model, staging / "model.onnx")
+        if "torchscript" in formats:
+            to_torchscript(model, staging / "model.pt")
+        metadata = {
+            "arch_digest": arch.digest,
+            "source": {"run": str(run_dir), "trial": candidate.trial},
+            "accuracy": {"split_of": dataset.name, "inherited": inherited, "finetuned": finetuned,
+                         "finetune_epochs": finetune_epochs, "exported_weights": kept},
+            "latency": {"predicted_ms": predicted_ms, "measured_ms": measured_ms, "note": measure_note,
+                        "error": None if measured_ms is None else (predicted_ms - measured_ms) / measured_ms,
+                        "fingerprint": fp.to_dict(), "protocol": table.protocol},
+            "macs": cost.macs,
+            "params": cost.params,
+            "formats": list(formats),
+            "export_seconds": round(time.perf_counter() - started, 2),
+            "versions": versions(),
+        }
+        write_json(staging / "metadata.json", metadata)
+        os.chmod(staging, 0o755)
+        for path in staging.iterdir():
+            os.chmod(path, 0o644)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return metadata

@@ -1,0 +1,25 @@
+"""Shared test helper: a tiny trained run directory (supernet + quickly measured latency table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nas.data import load_dataset
+from nas.latency import table as lut
+from nas.latency.probe import Protocol
+from nas.latency.profiler import Profiler
+from nas.pipeline import TABLE
+from nas.space import load_space
+from nas.train import TrainConfig, train_supernet
+
+FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01)
+
+
+def make_run(run_dir: Path) -> Path:
+    """digits-tiny trained for one epoch, and its latency table measured with a fast protocol."""
+    space = load_space("digits-tiny")
+    dataset = load_dataset(None, space.image_size, space.in_chans)
+    train_supernet(space, dataset, TrainConfig(epochs=1, batch_size=256, random_subnets=0), run_dir)
+    profiler = Profiler("cpu", "fp32", 1, protocol=FAST)
+    lut.build(space, profiler.fingerprint(), run_dir / TABLE, profiler.measure_probes, FAST, progress=lambda line: None)
+    return run_dir
