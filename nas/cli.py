@@ -215,11 +215,10 @@ def make_profiler(args: argparse.Namespace):
         if getattr(args, "accelerator_type", None):
             raise NasError("--accelerator-type needs --ray-address")
         return Profiler(args.device, args.dtype, args.batch_size, args.backend, threads)
-    import ray
-
+    from nas.pipeline import init_ray
     from workers.profiler import RemoteProfiler
 
-    ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    init_ray(None if address == "local" else address)
     return RemoteProfiler(args.device, args.dtype, args.batch_size, args.backend, threads, args.accelerator_type)
 
 
@@ -425,9 +424,11 @@ def run_report(args: argparse.Namespace) -> int:
         raise NasError(f"{args.run} holds no study.db; pass --storage if the study lives elsewhere")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+        study = optuna.load_study(study_name=search.STUDY_NAME, storage=search.normalize_storage(storage))
     except KeyError:
         raise NasError(f"{search.redact(storage)} holds no study named {search.STUDY_NAME}") from None
+    except Exception as error:  # noqa: BLE001 — a corrupt database raises SQLAlchemy / sqlite errors
+        raise NasError(f"{search.redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt") from None
     budget = args.budget_ms
     manifest = args.run / MANIFEST
     if budget is None and manifest.is_file():
@@ -665,8 +666,16 @@ def run_train(args: argparse.Namespace) -> int:
 # ---- entry point ----------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`nas <command>: error: ...`), like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="nas", description="Hardware-aware architecture search for efficient Vision Transformers."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -99,7 +99,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     if address is None:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        # A local instance serves nobody else: whatever dashboard/agent Ray starts listens on loopback only.
+        ray.init(num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", **kwargs)
     else:
         try:
             ray.init(address=address, **kwargs)
@@ -116,8 +117,10 @@ def search_stage(run_dir: Path, space, table, config, storage: str, resume: bool
     import ray
 
     from nas import search
+    from nas.train import check_supernet
     from workers.evaluator import EvaluatorPool
 
+    check_supernet(run_dir, space)  # a corrupt or truncated checkpoint fails here, once, with one clear line
     init_ray(ray_address)
     available = int(ray.cluster_resources().get("CPU", 0))
     if evaluators > available:
@@ -154,12 +157,8 @@ def resolve_budget(space, table, budget_ms: float | None) -> float:
 
 def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     """The whole pipeline; returns the manifest's result section."""
-    from nas import search
     from nas.data import load_dataset
-    from nas.latency import table as lut
-    from nas.latency.profiler import Profiler
     from nas.space import load_space
-    from nas.train import TrainConfig, train_supernet
 
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise NasError(f"{run_dir} already exists and is not empty; pass --resume to continue that run or choose another --out")
@@ -167,11 +166,33 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         raise NasError(f"--resume: {run_dir} holds no run (no {MANIFEST})")
     if config.workers < 1 or config.evaluators < 1 or config.trials < 1 or config.epochs < 1:
         raise NasError("--workers, --evaluators, --trials and --epochs must be >= 1")
+    if config.ray_address is None:
+        for flag, count in (("--workers", config.workers), ("--evaluators", config.evaluators)):
+            if count > (os.cpu_count() or 1):
+                raise NasError(f"{flag} {count}: the local Ray instance has {os.cpu_count()} CPU(s); use at most that, or join a cluster with --ray-address")
     space = load_space(config.space)
     dataset = load_dataset(config.data, space.image_size, space.in_chans)  # validates --data before any work
     if dataset.num_classes != space.num_classes:
         space = space.with_num_classes(dataset.num_classes)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _stages(config, run_dir, space, dataset, progress)
+    except NasError:
+        # A user error before any training (e.g. an infeasible budget) leaves nothing behind.
+        if created and not (run_dir / "train_state.json").exists():
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _stages(config: RunConfig, run_dir: Path, space, dataset, progress) -> dict:
+    from nas import search
+    from nas.latency import table as lut
+    from nas.latency.profiler import Profiler
+    from nas.train import TrainConfig, train_supernet
+
     manifest = Manifest(run_dir, {**asdict(config), "storage": search.redact(config.storage) if config.storage else None})
     manifest.save()
 
@@ -230,6 +251,10 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         manifest.record("search", time.perf_counter() - started, False)
     manifest.record("search", 0.0, True)
     progress(search.format_front(front))
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL" and not t.user_attrs.get("interrupted")]
+    if failed:
+        progress(f"{len(failed)} trial(s) failed and are recorded as such in trials.csv: "
+                 + "; ".join(f"trial {t.number}: {t.user_attrs.get('failure', '?')[:120]}" for t in failed[:5]))
 
     # the best feasible arch under the budget, scored on the held-out test split
     from nas.train import accuracy, load_supernet
@@ -247,6 +272,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
             "test_accuracy": accuracy(net, arch, dataset, "test"),
             "predicted_latency_ms": best.values[1],
             "budget_ms": budget,
+            "failed_trials": [t.number for t in failed],
         }
         progress(
             f"best feasible arch (trial {best.number}): test top-1 {result['test_accuracy']:.4f}, "

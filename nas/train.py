@@ -60,6 +60,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     distill_weight: float = 0.5
     distill_ramp: float = 0.25
+    max_bad_steps: int = 5  # consecutive non-finite losses before training stops
     drop_path: float = 0.0
     augment: bool = True
     seed: int = 0
@@ -84,6 +85,11 @@ class Distributed:
 
     def shard(self, positions: torch.Tensor) -> torch.Tensor:
         return positions[self.rank :: self.world_size]
+
+    def all_reduce_max(self, tensor: torch.Tensor) -> None:
+        import torch.distributed as td
+
+        td.all_reduce(tensor, op=td.ReduceOp.MAX)
 
     def average_gradients(self, net: torch.nn.Module) -> None:
         import torch.distributed as td
@@ -174,7 +180,9 @@ def train_supernet(
 
     net.train()
     started = time.perf_counter()
+    bad_in_a_row = 0
     for epoch in range(start_epoch, config.epochs):
+        skipped = 0
         epoch_start = time.perf_counter()
         order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         losses = []
@@ -193,19 +201,37 @@ def train_supernet(
             sampled.update("".join(arch.digest for arch in archs).encode())
             logits = net(x, archs[0])
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            if not torch.isfinite(loss):
-                raise NasError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-            loss.backward()
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
             teacher = F.softmax(logits.detach(), dim=-1)
             weight = config.distill_weight * min(1.0, step / max(1.0, config.distill_ramp * total_steps))
             step_loss = loss.item()
-            for arch in archs[1:]:
+            for arch in archs[1:] if finite else []:
                 student = net(x, arch)
                 sub_loss = weight * _soft_cross_entropy(student, teacher) + (1 - weight) * F.cross_entropy(
                     student, y, label_smoothing=config.label_smoothing
                 )
+                if not torch.isfinite(sub_loss):
+                    finite = False
+                    break
                 sub_loss.backward()
                 step_loss += sub_loss.item()
+            if dist is not None:  # every rank must agree to skip, or the all-reduce would hang
+                flag = torch.tensor([0.0 if finite else 1.0])
+                dist.all_reduce_max(flag)
+                finite = flag.item() == 0.0
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= config.max_bad_steps:
+                    raise NasError(
+                        f"training stopped: {bad_in_a_row} consecutive steps with a non-finite loss (last at step {step}); "
+                        "lower --lr or check the data for NaN/Inf"
+                    )
+                continue
+            bad_in_a_row = 0
             if dist is not None:
                 dist.average_gradients(net)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -215,7 +241,8 @@ def train_supernet(
             "epoch": epoch + 1,
             "epochs": config.epochs,
             "step": (epoch + 1) * steps_per_epoch,
-            "loss": sum(losses) / len(losses),
+            "loss": sum(losses) / len(losses) if losses else float("nan"),
+            "skipped_steps": skipped,
             "val_largest": accuracy(net, space.largest(), dataset, "val"),
             "val_smallest": accuracy(net, space.smallest(), dataset, "val"),
             "seconds": time.perf_counter() - epoch_start,
@@ -284,6 +311,17 @@ def run_space(run_dir: Path) -> tuple[SearchSpace, str]:
 
 
 def load_supernet(out: Path, space: SearchSpace) -> SuperNet:
+    """The trained supernet of a run directory; a corrupt, truncated or mismatched file is a NasError."""
+    path = Path(out) / WEIGHTS
+    if not path.is_file():
+        raise NasError(f"{path} does not exist; train the supernet first (nas train --out {out})")
     net = SuperNet(space)
-    net.load_state_dict(load_file(str(Path(out) / WEIGHTS)))
+    try:
+        net.load_state_dict(load_file(str(path)))
+    except Exception as error:  # noqa: BLE001 — safetensors and torch raise several types here
+        raise NasError(f"{path}: not a readable supernet checkpoint for this space ({type(error).__name__}: {str(error)[:200]})") from None
     return net.eval()
+
+
+def check_supernet(out: Path, space: SearchSpace) -> None:
+    load_supernet(out, space)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ray
 
 from nas.arch import Arch
+from nas.errors import NasError
 from nas.latency.fingerprint import Fingerprint
 from nas.latency.probe import Protocol
 from nas.latency.profiler import Profiler
@@ -21,15 +22,26 @@ class RemoteProfiler:
     def __init__(self, device: str, dtype: str, batch_size: int, backend: str = "eager", threads: int = 1,
                  accelerator_type: str | None = None, protocol: Protocol = Protocol()) -> None:
         options: dict = {"num_gpus": 1, "num_cpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
+        options.update(max_restarts=2, max_task_retries=2)  # a dead profiler is restarted and its chunk re-measured
         if accelerator_type:
             options["accelerator_type"] = accelerator_type
         self.actor = ray.remote(Profiler).options(**options).remote(device, dtype, batch_size, backend, threads, protocol)
 
     def fingerprint(self) -> Fingerprint:
-        return ray.get(self.actor.fingerprint.remote())
+        return self._get(self.actor.fingerprint.remote())
 
     def measure_probes(self, chunk: list[tuple[str, Arch]]) -> dict[str, dict]:
-        return ray.get(self.actor.measure_probes.remote(chunk))
+        return self._get(self.actor.measure_probes.remote(chunk))
 
     def measure_models(self, archs: list[Arch]) -> list[float]:
-        return ray.get(self.actor.measure_models.remote(archs))
+        return self._get(self.actor.measure_models.remote(archs))
+
+    @staticmethod
+    def _get(ref):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as error:
+            raise NasError(
+                f"the latency profiler failed after its restarts and retries ({type(error).__name__}); the entries "
+                "measured so far are kept: run the same command with --resume (nas run) or again (nas latency)"
+            ) from None
