@@ -62,17 +62,11 @@ class LayerChoice:
         return data
 
 
-@dataclass(frozen=True, eq=False)
-class Arch:
-    embed_dim: int
-    depth: int
-    layers: tuple[LayerChoice, ...]
+class PatchGrid:
+    """The token grid of an `image_size` / `patch_size` pair (Arch and SearchSpace have both)."""
+
     image_size: int
     patch_size: int
-    in_chans: int
-    num_classes: int
-    head_dim: int
-    kernel_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -82,6 +76,19 @@ class Arch:
     @property
     def tokens(self) -> int:
         return self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True, eq=False)
+class Arch(PatchGrid):
+    embed_dim: int
+    depth: int
+    layers: tuple[LayerChoice, ...]
+    image_size: int
+    patch_size: int
+    in_chans: int
+    num_classes: int
+    head_dim: int
+    kernel_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def kernel_spec(self, layer: int) -> KernelSpec:
         """The layer's kernel with its choice options plus the space's fixed options."""

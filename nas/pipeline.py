@@ -177,7 +177,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _stages(config, run_dir, space, dataset, progress)
+        return _stages(config, run_dir, space, dataset, resume, progress)
     except NasError:
         # A user error before any training (e.g. an infeasible budget) leaves nothing behind.
         if created and not (run_dir / "train_state.json").exists():
@@ -187,7 +187,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         raise
 
 
-def _stages(config: RunConfig, run_dir: Path, space, dataset, progress) -> dict:
+def _stages(config: RunConfig, run_dir: Path, space, dataset, resume: bool, progress) -> dict:
     from nas import search
     from nas.latency import table as lut
     from nas.latency.profiler import Profiler

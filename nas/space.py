@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from nas import kernels
-from nas.arch import FIXED_FIELDS, Arch, LayerChoice
+from nas.arch import FIXED_FIELDS, Arch, LayerChoice, PatchGrid
 from nas.errors import NasError
 from nas.kernels import KernelSpec
 
@@ -29,7 +29,7 @@ OPTIONAL = ("description", "taylor", "kernel_options")
 
 
 @dataclass(frozen=True)
-class SearchSpace:
+class SearchSpace(PatchGrid):
     name: str
     image_size: int
     patch_size: int
@@ -48,15 +48,6 @@ class SearchSpace:
     source: str = ""
 
     # ---- derived ---------------------------------------------------------------------------
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.patch_size
-        return side, side
-
-    @property
-    def tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
 
     def kernel_choices(self) -> list[KernelSpec]:
         """Every per-layer kernel choice: a name plus order/variant where the kernel has them."""

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -188,3 +187,18 @@ def test_bench_search_runs_on_a_tiny_setting(trained, ray_local, tmp_path, capsy
     assert set(data["hypervolume"]) == {"nsga2", "tpe", "random"}
     assert set(data["throughput_archs_per_second"]) == {"1_evaluators", "2_evaluators"}
     assert "hypervolume mean" in capsys.readouterr().out
+
+
+def test_run_with_an_explicit_storage_url(tmp_path, capsys):
+    from test_faults import tiny_space_file
+
+    storage = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    out = tmp_path / "run"
+    args = ["run", "--space", str(tiny_space_file(tmp_path)), "--epochs", "1", "--trials", "3", "--evaluators", "1",
+            "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--storage", storage, "--out", str(out)]
+    assert main(args) == 0
+    assert not (out / "study.db").exists() and (tmp_path / "elsewhere.db").exists()
+    assert len(optuna.load_study(study_name=search.STUDY_NAME, storage=storage).trials) == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["storage"] == storage and manifest["stages"]["search"]["completed"]
+    ray.shutdown()
