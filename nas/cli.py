@@ -622,7 +622,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from nas.data import load_dataset
     from nas.space import load_space
-    from nas.train import TrainConfig, train_supernet
+    from nas.train import TrainConfig, format_epoch, train_supernet
 
     if args.random_subnets < 0:
         raise NasError(f"--random-subnets must be >= 0, got {args.random_subnets}")
@@ -643,11 +643,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     def progress(record: dict) -> None:
         remaining = (record["epochs"] - record["epoch"]) * record["seconds"]
-        print(
-            f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.3f}  val acc largest "
-            f"{record['val_largest']:.3f} smallest {record['val_smallest']:.3f}  ({record['seconds']:.1f} s, ETA {remaining / 60:.1f} min)",
-            flush=True,
-        )
+        print(f"{format_epoch(record)}, ETA {remaining / 60:.1f} min", flush=True)
 
     if args.workers > 1:
         from workers.trainer import train_distributed

@@ -191,7 +191,7 @@ def _stages(config: RunConfig, run_dir: Path, space, dataset, resume: bool, prog
     from nas import search
     from nas.latency import table as lut
     from nas.latency.profiler import Profiler
-    from nas.train import TrainConfig, train_supernet
+    from nas.train import TrainConfig, format_epoch, train_supernet
 
     manifest = Manifest(run_dir, {**asdict(config), "storage": search.redact(config.storage) if config.storage else None})
     manifest.save()
@@ -233,7 +233,7 @@ def _stages(config: RunConfig, run_dir: Path, space, dataset, resume: bool, prog
 
                 summary = train_distributed(space, config.data, train_config, run_dir, config.workers, train_resume, config.ray_address, progress)
             else:
-                summary = train_supernet(space, dataset, train_config, run_dir, resume=train_resume, data_arg=config.data, progress=_epoch_printer(progress))
+                summary = train_supernet(space, dataset, train_config, run_dir, resume=train_resume, data_arg=config.data, progress=lambda record: progress(format_epoch(record)))
         finally:
             manifest.record("train", time.perf_counter() - started, False)
         manifest.record("train", 0.0, True, test_largest=summary["test_largest"], test_smallest=summary["test_smallest"])
@@ -294,12 +294,3 @@ def _stages(config: RunConfig, run_dir: Path, space, dataset, resume: bool, prog
         manifest.save()
     return result or {}
 
-
-def _epoch_printer(progress):
-    def show(record: dict) -> None:
-        progress(
-            f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.3f}  val acc largest "
-            f"{record['val_largest']:.3f} smallest {record['val_smallest']:.3f}  ({record['seconds']:.1f} s)"
-        )
-
-    return show

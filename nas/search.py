@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 import warnings
@@ -249,8 +250,6 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
 
 
 def _compact_json(data) -> str:
-    import json
-
     return "" if data is None else json.dumps(data, separators=(",", ":"))
 
 

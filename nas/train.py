@@ -104,6 +104,15 @@ class Distributed:
             offset += g.numel()
 
 
+def format_epoch(record: dict) -> str:
+    """One progress line per epoch (CLI, pipeline and Ray trainer alike)."""
+    skipped = f", {record['skipped_steps']} non-finite steps skipped" if record.get("skipped_steps") else ""
+    return (
+        f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.3f}  val acc largest "
+        f"{record['val_largest']:.3f} smallest {record['val_smallest']:.3f}  ({record['seconds']:.1f} s{skipped})"
+    )
+
+
 def step_rng(seed: int, step: int) -> random.Random:
     """The RNG of one step: the same on every data-parallel rank, and after a resume."""
     return random.Random(f"nas-train:{seed}:{step}")

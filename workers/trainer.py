@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nas.errors import NasError
 from nas.space import SearchSpace
-from nas.train import STATE, STATE_JSON, WEIGHTS, Distributed, TrainConfig, train_supernet
+from nas.train import STATE, STATE_JSON, WEIGHTS, Distributed, TrainConfig, format_epoch, train_supernet
 
 
 def _worker_loop(settings: dict) -> None:
@@ -115,8 +115,5 @@ def _show_new_epochs(run_dir: Path, shown: int, progress) -> int:
     except (OSError, ValueError, KeyError):
         return shown
     for record in history[shown:]:
-        progress(
-            f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.3f}  val acc largest "
-            f"{record['val_largest']:.3f} smallest {record['val_smallest']:.3f}  ({record['seconds']:.1f} s)"
-        )
+        progress(format_epoch(record))
     return max(shown, len(history))
