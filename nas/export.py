@@ -103,7 +103,7 @@ def export(
 ) -> dict:
     """Write the standalone model of `candidate` into `out_dir`; returns the metadata."""
     from nas.latency.profiler import Profiler
-    from nas.latency.table import LatencyTable
+    from nas.latency.table import TABLE_FILE, LatencyTable
     from nas.pipeline import versions
 
     unknown = [f for f in formats if f not in FORMATS]
@@ -118,7 +118,7 @@ def export(
     arch = space.validate(candidate.arch)
     dataset = load_dataset(None if data == "digits" else data, space.image_size, space.in_chans)
     check_split(dataset, run_dir / SPLIT)
-    table = LatencyTable.load(run_dir / "latency_table.json", space)
+    table = LatencyTable.load(run_dir / TABLE_FILE, space)
 
     model = extract(load_supernet(run_dir, space), arch).eval()
     inherited = {"val": model_accuracy(model, dataset, "val"), "test": model_accuracy(model, dataset, "test")}

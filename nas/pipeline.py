@@ -26,8 +26,8 @@ from pathlib import Path
 
 from nas.errors import NasError
 from nas.io import write_json
+from nas.latency.table import TABLE_FILE as TABLE
 
-TABLE = "latency_table.json"
 MANIFEST = "manifest.json"
 
 

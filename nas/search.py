@@ -32,6 +32,7 @@ from nas.errors import NasError
 from nas.io import atomic_path, write_text
 from nas.kernels import KernelSpec
 from nas.latency.table import LatencyTable
+from nas.select import TRIALS
 from nas.space import SearchSpace
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -265,7 +266,7 @@ def write_outputs(study: optuna.Study, run_dir: Path, budget_ms: float | None) -
     """trials.csv (every trial), pareto.csv (feasible front) and pareto.png; returns the front."""
     trials = study.get_trials(deepcopy=False)
     front = pareto_front(trials)
-    write_text(run_dir / "trials.csv", _csv([trial_row(t) for t in trials]))
+    write_text(run_dir / TRIALS, _csv([trial_row(t) for t in trials]))
     write_text(run_dir / "pareto.csv", _csv([trial_row(t) for t in front]))
     _plot(trials, front, budget_ms, run_dir / "pareto.png")
     return front

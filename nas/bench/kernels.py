@@ -23,6 +23,7 @@ import torch
 from nas import kernels
 from nas.io import atomic_path, write_json, write_text
 from nas.latency import describe_device, measure
+from nas.latency.device import device_tag
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd")
@@ -170,11 +171,8 @@ def format_tables(rows: Sequence[BenchRow]) -> str:
 
 def output_stem(config: KernelBenchConfig) -> str:
     device = torch.device(config.device)
-    if device.type == "cpu":
-        tag = "cpu"
-    else:
-        tag = "cuda-" + "".join(c if c.isalnum() else "-" for c in torch.cuda.get_device_name(device)).strip("-")
-    return f"kernels_{tag}_{config.dtype}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return f"kernels_{device_tag(device.type, name)}_{config.dtype}"
 
 
 def write_results(

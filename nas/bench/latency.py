@@ -13,13 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from nas.io import atomic_path, write_json, write_text
+from nas.latency.device import device_tag
 from nas.latency.table import LatencyTable
 
 
 def output_stem(table: LatencyTable) -> str:
     fp = table.fingerprint
-    device = "cpu" if fp.device_type == "cpu" else "cuda-" + "".join(c if c.isalnum() else "-" for c in fp.device_name).strip("-")
-    return f"latency_{table.space}_{device}_{fp.dtype}_b{fp.batch_size}"
+    return f"latency_{table.space}_{device_tag(fp.device_type, fp.device_name)}_{fp.dtype}_b{fp.batch_size}"
 
 
 def format_points(validation: dict, limit: int = 60) -> str:

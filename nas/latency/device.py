@@ -28,6 +28,13 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def device_tag(device_type: str, name: str) -> str:
+    """`cpu` or `cuda-<GPU name>` with non-alphanumerics as dashes, for file names."""
+    if device_type == "cpu":
+        return "cpu"
+    return "cuda-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as info:

@@ -33,6 +33,7 @@ from nas.latency.probe import Protocol, block_timing, stem_and_head_timings
 from nas.space import SearchSpace
 
 FORMAT = "nas-latency-table/1"
+TABLE_FILE = "latency_table.json"  # its name in a run directory
 
 
 def space_digest(space: SearchSpace) -> str:
@@ -164,8 +165,9 @@ def build(
             raise NasError(f"{path}: measured with another protocol ({table.protocol}); rebuild into a new file")
     else:
         table = LatencyTable(space.name, space_digest(space), fp, protocol.to_dict())
-    todo = [(key, arch) for key, arch in probe_archs(space) if not _have(table, key)]
-    total = len(list(probe_archs(space)))
+    probes = list(probe_archs(space))
+    todo = [(key, arch) for key, arch in probes if not _have(table, key)]
+    total = len(probes)
     done = total - len(todo)
     if done:
         progress(f"resuming {path}: {done}/{total} entries already measured")
