@@ -31,35 +31,28 @@ def _number(value: float) -> float | int:
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """The choices of one transformer block."""
+    """The choices of one transformer block: a kernel with its choice options (those its
+    class declares in `variants`, e.g. Taylor's order and variant), heads and MLP ratio."""
 
     kernel: str
     heads: int
     mlp_ratio: float
-    order: int | None = None  # expansion order, only for kernels that have one (taylor)
-    variant: str | None = None  # order-2 feature map (taylor: full or compact)
+    options: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mlp_ratio", _number(self.mlp_ratio))
+        object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
 
     @property
     def kernel_spec(self) -> KernelSpec:
-        """Kernel name and the options that make this choice (order, variant)."""
-        options = {k: v for k, v in (("order", self.order), ("variant", self.variant)) if v is not None}
-        return KernelSpec(self.kernel, options)
+        """Kernel name and the options that make this choice (e.g. order, variant)."""
+        return KernelSpec(self.kernel, dict(self.options))
 
     def hidden_dim(self, embed_dim: int) -> int:
         return int(round(embed_dim * self.mlp_ratio))
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"kernel": self.kernel}
-        if self.order is not None:
-            data["order"] = self.order
-        if self.variant is not None:
-            data["variant"] = self.variant
-        data["heads"] = self.heads
-        data["mlp_ratio"] = self.mlp_ratio
-        return data
+        return {"kernel": self.kernel, **dict(self.options), "heads": self.heads, "mlp_ratio": self.mlp_ratio}
 
 
 class PatchGrid:
@@ -164,20 +157,28 @@ def _int(value: Any, what: str) -> int:
 def _layer(data: Any, where: str) -> LayerChoice:
     if not isinstance(data, dict):
         raise NasError(f"{where}: a layer must be an object with kernel, heads, mlp_ratio")
-    unknown = sorted(set(data) - {"kernel", "order", "variant", "heads", "mlp_ratio"})
-    if unknown:
-        raise NasError(f"{where}: unknown field(s) {', '.join(unknown)}")
     for name in ("kernel", "heads", "mlp_ratio"):
         if name not in data:
             raise NasError(f"{where}: missing field '{name}'")
+    kernel = str(data["kernel"])
+    choice_options = {key for variant in _declared_variants(kernel) for key in variant}
+    unknown = sorted(set(data) - {"kernel", "heads", "mlp_ratio"} - choice_options)
+    if unknown:
+        raise NasError(f"{where}: unknown field(s) {', '.join(unknown)}"
+                       + (f" (kernel {kernel!r} chooses {', '.join(sorted(choice_options))})" if choice_options else ""))
     ratio = data["mlp_ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
         raise NasError(f"{where}: field 'mlp_ratio' must be a number, got {ratio!r}")
-    order = data.get("order")
-    return LayerChoice(
-        kernel=str(data["kernel"]),
-        heads=_int(data["heads"], f"{where}: field 'heads'"),
-        mlp_ratio=ratio,
-        order=None if order is None else _int(order, f"{where}: field 'order'"),
-        variant=data.get("variant"),
-    )
+    options = {key: data[key] for key in sorted(choice_options) if key in data}
+    for key, value in options.items():
+        allowed = [v[key] for v in _declared_variants(kernel) if key in v]
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            raise NasError(f"{where}: field '{key}' is {value!r}; kernel {kernel!r} takes {', '.join(map(repr, dict.fromkeys(allowed)))}")
+    return LayerChoice(kernel=kernel, heads=_int(data["heads"], f"{where}: field 'heads'"), mlp_ratio=ratio, options=tuple(options.items()))
+
+
+def _declared_variants(kernel: str) -> tuple[dict, ...]:
+    """The choice option sets kernel `kernel` declares; none for an unknown kernel (the space names it)."""
+    from nas import kernels
+
+    return kernels.kernel_class(kernel).variants if kernel in kernels.names() else ({},)

@@ -39,6 +39,7 @@ class Dataset:
     image_size: int
     mean: Tensor | None = None
     std: Tensor | None = None
+    translate: bool = True  # training augmentation: random shifts (off where objects sit on the patch grid)
 
     def __post_init__(self) -> None:
         train = self._float(self.images[self.split["train"]])
@@ -67,9 +68,19 @@ class Dataset:
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
-        if generator is not None:
+        if generator is not None and self.translate:
             x = random_translate(x, max(1, self.image_size // 16), generator)
         return x, self.labels[index]
+
+
+    @torch.no_grad()
+    def top1(self, forward, split: str, batch_size: int = 256) -> float:
+        """Top-1 accuracy of `forward` (images -> logits) on `split`."""
+        correct = 0
+        for start in range(0, self.size(split), batch_size):
+            x, y = self.batch(split, list(range(start, min(start + batch_size, self.size(split)))))
+            correct += (forward(x).argmax(-1) == y).sum().item()
+        return correct / self.size(split)
 
 
 def random_translate(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
@@ -167,8 +178,23 @@ def load_image_folder(root: Path, image_size: int, in_chans: int) -> tuple[Tenso
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
 
 
+EMBEDDED = ("digits", "odd-one-out")
+
+
 def load_dataset(data: str | None, image_size: int, in_chans: int) -> Dataset:
-    """`None` or "digits": the embedded digits; else a CIFAR-10 python folder or an ImageFolder path."""
+    """`None` or "digits": the embedded digits; "odd-one-out": the embedded odd-one-out task
+    (nas/odd_one_out.py); else a CIFAR-10 python folder or an ImageFolder path."""
+    if data == "odd-one-out":
+        from nas import odd_one_out
+
+        images, labels, split = odd_one_out.generate()
+        classes = [str(c) for c in range(10)]
+        if image_size != odd_one_out.CANVAS or in_chans != 1:
+            raise NasError(
+                f"--data odd-one-out: its images are {odd_one_out.CANVAS}x{odd_one_out.CANVAS}x1, but the search space takes "
+                f"{image_size}x{image_size}x{in_chans}; use --space odd-one-out"
+            )
+        return Dataset("odd-one-out", images, labels, classes, split, image_size, translate=False)
     if data in (None, "digits"):
         images, labels, classes = load_digits()
         split, name = random_split(len(labels)), "digits"

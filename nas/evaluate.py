@@ -13,8 +13,8 @@ import torch
 
 from nas import flops
 from nas.arch import Arch
-from nas.data import check_split, load_dataset
-from nas.train import SPLIT, accuracy, load_supernet, run_space
+from nas.rundir import RunDir
+from nas.train import accuracy
 
 
 class Evaluator:
@@ -23,11 +23,10 @@ class Evaluator:
     def __init__(self, run_dir: str | Path, threads: int | None = None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
-        run_dir = Path(run_dir)
-        self.space, data = run_space(run_dir)
-        self.dataset = load_dataset(None if data == "digits" else data, self.space.image_size, self.space.in_chans)
-        check_split(self.dataset, run_dir / SPLIT)
-        self.net = load_supernet(run_dir, self.space)
+        run = RunDir(run_dir)
+        self.space, data = run.space_and_data()
+        self.dataset = run.dataset(self.space, data)
+        self.net = run.supernet(self.space)
 
     def evaluate(self, arch: Arch) -> dict:
         arch = self.space.validate(arch)

@@ -26,25 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from nas import flops, subnet
-from nas.data import Dataset, check_split, load_dataset
+from nas.data import Dataset
 from nas.errors import NasError
 from nas.io import write_json
+from nas.rundir import RunDir, versions
 from nas.select import Candidate, check_device
 from nas.subnet import ViT
 from nas.supernet import extract
-from nas.train import SPLIT, load_supernet, run_space
 
 FORMATS = ("safetensors", "onnx", "torchscript")
-
-
-@torch.no_grad()
-def model_accuracy(model: ViT, dataset: Dataset, split: str, batch_size: int = 256) -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, dataset.size(split), batch_size):
-        x, y = dataset.batch(split, list(range(start, min(start + batch_size, dataset.size(split)))))
-        correct += (model(x).argmax(-1) == y).sum().item()
-    return correct / dataset.size(split)
 
 
 def finetune(model: ViT, dataset: Dataset, epochs: int, seed: int = 0, lr: float = 3e-4, batch_size: int = 64, progress=print) -> None:
@@ -103,8 +93,6 @@ def export(
 ) -> dict:
     """Write the standalone model of `candidate` into `out_dir`; returns the metadata."""
     from nas.latency.profiler import Profiler
-    from nas.latency.table import TABLE_FILE, LatencyTable
-    from nas.pipeline import versions
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or "safetensors" not in formats:
@@ -114,20 +102,21 @@ def export(
     if finetune_epochs < 0:
         raise NasError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     fp, measurable = check_device(run_dir, device)
-    space, data = run_space(run_dir)
+    run = RunDir(run_dir)
+    space, data = run.space_and_data()
     arch = space.validate(candidate.arch)
-    dataset = load_dataset(None if data == "digits" else data, space.image_size, space.in_chans)
-    check_split(dataset, run_dir / SPLIT)
-    table = LatencyTable.load(run_dir / TABLE_FILE, space)
+    dataset = run.dataset(space, data)
+    table = run.table(space)
 
-    model = extract(load_supernet(run_dir, space), arch).eval()
-    inherited = {"val": model_accuracy(model, dataset, "val"), "test": model_accuracy(model, dataset, "test")}
+    model = extract(run.supernet(space), arch).eval()
+    inherited = {"val": dataset.top1(model, "val"), "test": dataset.top1(model, "test")}
     progress(f"trial {candidate.trial}: inherited weights, val top-1 {inherited['val']:.4f}, test {inherited['test']:.4f}")
     finetuned, kept = None, "inherited"
     if finetune_epochs:
         tuned = copy.deepcopy(model)
         finetune(tuned, dataset, finetune_epochs, progress=progress)
-        finetuned = {"val": model_accuracy(tuned, dataset, "val"), "test": model_accuracy(tuned, dataset, "test")}
+        tuned.eval()
+        finetuned = {"val": dataset.top1(tuned, "val"), "test": dataset.top1(tuned, "test")}
         progress(f"fine-tuned {finetune_epochs} epoch(s): val top-1 {finetuned['val']:.4f}, test {finetuned['test']:.4f}")
         if finetuned["val"] >= inherited["val"]:
             model, kept = tuned, "finetuned"

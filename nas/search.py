@@ -15,24 +15,17 @@ re-run and the study completes to the requested number of trials.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 
 from nas.arch import Arch
 from nas.errors import NasError
-from nas.io import atomic_path, write_text
-from nas.kernels import KernelSpec
 from nas.latency.table import LatencyTable
-from nas.select import TRIALS
 from nas.space import SearchSpace
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -44,7 +37,7 @@ STUDY_NAME = "nas-search"
 class SearchConfig:
     trials: int = 100
     batch: int = 4
-    sampler: str = "nsga2"
+    sampler: str = "tpe"
     seed: int = 0
     budget_ms: float | None = None
     third_objective: str | None = None
@@ -54,26 +47,23 @@ class SearchConfig:
 
 
 def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> Arch:
-    """Conditional parameters: depth and embed_dim, then per layer i < depth its kernel,
-    its order (Taylor only) and variant (order 2 only), heads and mlp_ratio."""
+    """Conditional parameters: depth and embed_dim, then per layer i < depth its kernel
+    choice (a label such as `taylor-o2-compact`), heads and mlp_ratio."""
     embed_dim = trial.suggest_categorical("embed_dim", list(space.embed_dim))
     depth = trial.suggest_categorical("depth", list(space.depth))
+    choices = {spec.label: spec for spec in space.kernel_choices()}
     layers = []
     for i in range(depth):
-        name = trial.suggest_categorical(f"l{i}_kernel", list(space.kernels))
-        options: dict = {}
-        if any(spec.name == name and "order" in spec.options for spec in space.kernel_choices()):
-            options["order"] = trial.suggest_categorical(f"l{i}_order", list(space.taylor_orders))
-            if options["order"] == 2:
-                options["variant"] = trial.suggest_categorical(f"l{i}_variant", list(space.taylor_variants))
+        spec = choices[trial.suggest_categorical(f"l{i}_kernel", list(choices))]
         heads = trial.suggest_categorical(f"l{i}_heads", list(space.heads))
         ratio = trial.suggest_categorical(f"l{i}_mlp_ratio", list(space.mlp_ratio))
-        layers.append(space.make_layer(KernelSpec(name, options), heads, ratio))
+        layers.append(space.make_layer(spec, heads, ratio))
     return space.validate(space.make_arch(embed_dim, layers))
 
 
 def arch_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> Arch:
-    return suggest_arch(optuna.trial.FixedTrial(trial.params), space)
+    """The arch a trial evaluated, from the one place it is stored (the `arch` attribute)."""
+    return space.validate(Arch.from_dict(trial.user_attrs["arch"], f"trial {trial.number}"))
 
 
 # ---- study -----------------------------------------------------------------------------------
@@ -203,18 +193,18 @@ def run_search(
         )
 
 
-def _feasible(trial: optuna.trial.FrozenTrial) -> bool:
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(value <= 0 for value in trial.constraints.values())
 
 
 def _best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if _feasible(t)]
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if feasible(t)]
     return max(complete, key=lambda t: (t.values[0], -t.values[1]), default=None)
 
 
 def pareto_front(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Feasible, complete, non-dominated trials (accuracy up, latency down), by latency."""
-    candidates = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and _feasible(t)]
+    candidates = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)]
 
     def dominates(a, b):
         return a.values[0] >= b.values[0] and a.values[1] <= b.values[1] and (a.values[0] > b.values[0] or a.values[1] < b.values[1])
@@ -224,90 +214,6 @@ def pareto_front(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.tria
     for t in sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number)):
         unique.setdefault((t.values[0], t.values[1]), t)
     return list(unique.values())
-
-
-# ---- outputs ---------------------------------------------------------------------------------
-
-TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "macs", "params", "duration_s", "digest", "interrupted", "failure", "arch"]
-
-
-def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
-    duration = trial.duration.total_seconds() if trial.duration else None
-    attrs = trial.user_attrs
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "accuracy": trial.values[0] if trial.values else attrs.get("accuracy"),
-        "latency_ms": attrs.get("latency_ms"),
-        "feasible": _feasible(trial) if trial.constraints else None,
-        "macs": attrs.get("macs"),
-        "params": attrs.get("params"),
-        "duration_s": None if duration is None else round(duration, 3),
-        "digest": attrs.get("digest"),
-        "interrupted": bool(attrs.get("interrupted", False)),
-        "failure": attrs.get("failure", ""),
-        "arch": _compact_json(attrs.get("arch")),
-    }
-
-
-def _compact_json(data) -> str:
-    return "" if data is None else json.dumps(data, separators=(",", ":"))
-
-
-def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_outputs(study: optuna.Study, run_dir: Path, budget_ms: float | None) -> list[optuna.trial.FrozenTrial]:
-    """trials.csv (every trial), pareto.csv (feasible front) and pareto.png; returns the front."""
-    trials = study.get_trials(deepcopy=False)
-    front = pareto_front(trials)
-    write_text(run_dir / TRIALS, _csv([trial_row(t) for t in trials]))
-    write_text(run_dir / "pareto.csv", _csv([trial_row(t) for t in front]))
-    _plot(trials, front, budget_ms, run_dir / "pareto.png")
-    return front
-
-
-def format_front(front: Sequence[optuna.trial.FrozenTrial]) -> str:
-    lines = [f"{'trial':>5} {'accuracy':>9} {'latency ms':>11} {'MMACs':>8} {'params':>8}  arch"]
-    for t in front:
-        arch = t.user_attrs["arch"]
-        kinds = ",".join(
-            layer["kernel"] + (f"-o{layer['order']}" if "order" in layer else "") + (f"-{layer['variant']}" if "variant" in layer else "")
-            for layer in arch["layers"]
-        )
-        lines.append(
-            f"{t.number:5d} {t.values[0]:9.4f} {t.values[1]:11.4f} {t.user_attrs['macs'] / 1e6:8.2f} {t.user_attrs['params']:8d}  "
-            f"e{arch['embed_dim']} d{arch['depth']} [{kinds}]"
-        )
-    return "\n".join(lines)
-
-
-def _plot(trials, front, budget_ms: float | None, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.scatter([t.values[1] for t in complete], [t.values[0] for t in complete], s=12, color="0.7", label=f"trials ({len(complete)})")
-    if front:
-        ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", color="tab:red", markersize=4, label=f"feasible Pareto front ({len(front)})")
-    if budget_ms is not None:
-        ax.axvline(budget_ms, color="tab:blue", linestyle="--", label=f"budget {budget_ms:.3g} ms")
-    ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("top-1 accuracy (validation, inherited weights)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
 
 
 def smallest_latency(space: SearchSpace, table: LatencyTable) -> float:

@@ -19,9 +19,7 @@ from nas.arch import Arch
 from nas.errors import NasError
 from nas.latency.device import cpu_name
 from nas.latency.fingerprint import Fingerprint
-from nas.latency.table import TABLE_FILE
-
-TRIALS = "trials.csv"  # written by nas.search
+from nas.rundir import TABLE, TRIALS
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ def local_devices() -> list[str]:
 
 
 def run_fingerprint(run_dir: Path) -> Fingerprint:
-    path = Path(run_dir) / TABLE_FILE
+    path = Path(run_dir) / TABLE
     try:
         return Fingerprint.from_dict(json.loads(path.read_text())["fingerprint"])
     except (OSError, ValueError, KeyError) as error:

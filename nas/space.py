@@ -2,8 +2,10 @@
 
 A space fixes the input (image_size, patch_size, in_chans, num_classes), the head
 dimension and per-kernel options, and lists the choices: global `embed_dim` and `depth`;
-per layer a kernel (Taylor layers also choose `order`, and for order 2 a `variant`),
-`heads` and `mlp_ratio`. Choices are independent (AutoFormer style): a layer's attention
+per layer a kernel choice, `heads` and `mlp_ratio`. A kernel choice is a kernel plus one of
+the option sets its class declares in `variants` (Taylor: order 1, order 2 full, order 2
+compact); a section named after the kernel limits them, e.g.
+`taylor: {order: [2], variant: [compact]}`. Choices are independent (AutoFormer style): a layer's attention
 width heads·head_dim need not equal embed_dim, but the widest attention may not exceed
 the widest embedding.
 """
@@ -25,7 +27,8 @@ from nas.kernels import KernelSpec
 
 BASELINE_KERNEL = "softmax"  # the largest subnet (the supernet's teacher) uses it everywhere
 REQUIRED = ("name", *FIXED_FIELDS, "embed_dim", "depth", "heads", "mlp_ratio", "kernels")
-OPTIONAL = ("description", "taylor", "kernel_options")
+OPTIONAL = ("description", "kernel_options", "data", "epochs")  # plus a section per kernel with choice options
+EMBEDDED_DATA = ("digits", "odd-one-out")
 
 
 @dataclass(frozen=True)
@@ -41,26 +44,24 @@ class SearchSpace(PatchGrid):
     heads: tuple[int, ...]
     mlp_ratio: tuple[float, ...]
     kernels: tuple[str, ...]
-    taylor_orders: tuple[int, ...] = (1, 2)
-    taylor_variants: tuple[str, ...] = ("full", "compact")
+    choice_limits: dict[str, dict[str, tuple]] = field(default_factory=dict)  # kernel -> option -> allowed values
     kernel_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     source: str = ""
+    data: str = "digits"  # the embedded dataset used when no --data is given
+    epochs: int = 100  # supernet training epochs when no --epochs is given
 
     # ---- derived ---------------------------------------------------------------------------
 
     def kernel_choices(self) -> list[KernelSpec]:
-        """Every per-layer kernel choice: a name plus order/variant where the kernel has them."""
+        """Every per-layer kernel choice: each listed kernel with each option set its class
+        declares (`variants`) that the space's limits admit."""
         choices = []
         for name in self.kernels:
-            if "order" not in kernels.options(name):
-                choices.append(KernelSpec(name))
-                continue
-            for order in self.taylor_orders:
-                if order == 2 and "variant" in kernels.options(name):
-                    choices.extend(KernelSpec(name, {"order": 2, "variant": v}) for v in self.taylor_variants)
-                else:
-                    choices.append(KernelSpec(name, {"order": order}))
+            limits = self.choice_limits.get(name, {})
+            for variant in kernels.kernel_class(name).variants:
+                if all(variant[key] in allowed for key, allowed in limits.items() if key in variant):
+                    choices.append(KernelSpec(name, dict(variant)))
         return choices
 
     def size(self) -> int:
@@ -86,7 +87,7 @@ class SearchSpace(PatchGrid):
     @staticmethod
     def make_layer(spec: KernelSpec, heads: int, mlp_ratio: float) -> LayerChoice:
         """The layer choice of kernel choice `spec` at these widths."""
-        return LayerChoice(spec.name, heads, mlp_ratio, spec.options.get("order"), spec.options.get("variant"))
+        return LayerChoice(spec.name, heads, mlp_ratio, tuple(spec.options.items()))
 
     def sample(self, rng: random.Random, kernel: KernelSpec | None = None) -> Arch:
         """A uniformly random arch (depth, then each layer's choices independently)."""
@@ -99,10 +100,12 @@ class SearchSpace(PatchGrid):
         ]
         return self.make_arch(embed_dim, layers)
 
-    def largest(self, kernel: KernelSpec | None = None) -> Arch:
-        """Widest and deepest; softmax everywhere (the supernet's teacher) unless `kernel` is given."""
-        spec = kernel or KernelSpec(BASELINE_KERNEL)
-        return self.make_arch(max(self.embed_dim), [self.make_layer(spec, max(self.heads), max(self.mlp_ratio))] * max(self.depth))
+    def largest(self, kernel: KernelSpec | None = None, rng: random.Random | None = None) -> Arch:
+        """Widest and deepest. Kernels: `kernel` in every layer; else with `rng` a random kernel
+        per layer; else softmax everywhere."""
+        choices = self.kernel_choices()
+        specs = [kernel or (rng.choice(choices) if rng else KernelSpec(BASELINE_KERNEL)) for _ in range(max(self.depth))]
+        return self.make_arch(max(self.embed_dim), [self.make_layer(spec, max(self.heads), max(self.mlp_ratio)) for spec in specs])
 
     def smallest(self, kernel: KernelSpec | None = None, rng: random.Random | None = None) -> Arch:
         """Narrowest and shallowest. Kernels: `kernel` in every layer; else with `rng` a random
@@ -128,15 +131,12 @@ class SearchSpace(PatchGrid):
         for i, layer in enumerate(arch.layers):
             at = f"{where}: layers[{i}]"
             _check_in(layer.kernel, self.kernels, f"{at}.kernel")
-            has_order = "order" in kernels.options(layer.kernel)
-            if has_order:
-                _check_in(layer.order, self.taylor_orders, f"{at}.order")
-                if layer.order == 2:
-                    _check_in(layer.variant, self.taylor_variants, f"{at}.variant")
-                elif layer.variant is not None:
-                    raise NasError(f"{at}.variant: only order 2 has a variant; remove it for order {layer.order}")
-            elif layer.order is not None or layer.variant is not None:
-                raise NasError(f"{at}: kernel {layer.kernel!r} has no expansion order; remove 'order'/'variant'")
+            allowed = [spec for spec in self.kernel_choices() if spec.name == layer.kernel]
+            if layer.kernel_spec not in allowed:
+                raise NasError(
+                    f"{at}: kernel {layer.kernel!r} with options {dict(layer.options) or 'none'} is not a choice of this space; "
+                    f"its choices: {'; '.join(str(spec.options or 'no options') for spec in allowed)}"
+                )
             _check_in(layer.heads, self.heads, f"{at}.heads")
             _check_in(layer.mlp_ratio, self.mlp_ratio, f"{at}.mlp_ratio")
         return arch
@@ -190,8 +190,8 @@ def parse_space(data: Any, source: str) -> SearchSpace:
         if name not in data:
             raise fail(name, "missing", f"add '{name}:' (required fields: {', '.join(REQUIRED)})")
     for name in data:
-        if name not in REQUIRED + OPTIONAL:
-            raise fail(name, "unknown field", f"remove it or use one of {', '.join(REQUIRED + OPTIONAL)}")
+        if name not in REQUIRED + OPTIONAL and name not in kernels.names():
+            raise fail(name, "unknown field", f"remove it or use one of {', '.join(REQUIRED + OPTIONAL)}, or a kernel's name for its choice options")
 
     def positive_int(name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -237,18 +237,29 @@ def parse_space(data: Any, source: str) -> SearchSpace:
     if len(set(names)) != len(names):
         raise fail("kernels", "a kernel is listed twice", "list each kernel once")
 
-    orders, variants = (1, 2), ("full", "compact")
-    taylor = data.get("taylor", {}) or {}
-    if not isinstance(taylor, dict) or set(taylor) - {"order", "variant"}:
-        raise fail("taylor", f"{taylor!r} is not a mapping with 'order' and/or 'variant'", "write e.g. taylor: {order: [1, 2], variant: [full, compact]}")
-    if "order" in taylor:
-        orders = tuple(taylor["order"]) if isinstance(taylor["order"], list) else (taylor["order"],)
-        if not orders or any(o not in (1, 2) or isinstance(o, bool) for o in orders):
-            raise fail("taylor.order", f"{taylor['order']!r} is not a non-empty subset of [1, 2]", "use orders 1 and/or 2")
-    if "variant" in taylor:
-        variants = tuple(taylor["variant"]) if isinstance(taylor["variant"], list) else (taylor["variant"],)
-        if not variants or any(v not in ("full", "compact") for v in variants):
-            raise fail("taylor.variant", f"{taylor['variant']!r} is not a non-empty subset of [full, compact]", "use full and/or compact")
+    limits = {}
+    for name in names:
+        if name not in data:
+            continue
+        declared = kernels.kernel_class(name).variants
+        keys = {key for variant in declared for key in variant}
+        section = data[name]
+        example = {key: sorted({v[key] for v in declared if key in v}, key=str) for key in sorted(keys)}
+        if not keys or not isinstance(section, dict) or set(section) - keys:
+            raise fail(name, f"{section!r} is not a mapping of {name}'s choice options", f"write e.g. {name}: {example}" if keys else f"remove it: {name} has no choice options")
+        limits[name] = {}
+        for key, values in section.items():
+            values = tuple(values) if isinstance(values, list) else (values,)
+            if not values or any(not any(type(v) is type(a) and v == a for a in example[key]) for v in values):
+                raise fail(f"{name}.{key}", f"{section[key]!r} is not a non-empty subset of {example[key]}", f"use values from {example[key]}")
+            limits[name][key] = values
+    for name in data:
+        if name in kernels.names() and name not in names:
+            raise fail(name, "choice options for a kernel the space does not list", f"remove it or add {name} to kernels")
+
+    embedded_data = data.get("data", "digits")
+    if embedded_data not in EMBEDDED_DATA:
+        raise fail("data", f"{embedded_data!r} is not an embedded dataset", f"use one of {', '.join(EMBEDDED_DATA)} (users' data is given with --data)")
 
     options = data.get("kernel_options", {}) or {}
     if not isinstance(options, dict):
@@ -256,7 +267,8 @@ def parse_space(data: Any, source: str) -> SearchSpace:
     for name, opts in options.items():
         if name not in names:
             raise fail(f"kernel_options.{name}", "options for a kernel the space does not list", f"remove it or add {name} to kernels")
-        valid = [o for o in kernels.options(name) if o not in ("order", "variant")]
+        chosen = {key for variant in kernels.kernel_class(name).variants for key in variant}
+        valid = [o for o in kernels.options(name) if o not in chosen]
         if not isinstance(opts, dict) or any(o not in valid for o in opts):
             raise fail(f"kernel_options.{name}", f"{opts!r} has options {name} does not take", f"use options from: {', '.join(valid) or 'none'}")
         try:
@@ -271,10 +283,11 @@ def parse_space(data: Any, source: str) -> SearchSpace:
         heads=heads,
         mlp_ratio=ratios,
         kernels=tuple(names),
-        taylor_orders=tuple(sorted(orders)),
-        taylor_variants=tuple(variants),
+        choice_limits=limits,
         kernel_options={k: dict(v) for k, v in options.items()},
         description=str(data.get("description", "")),
         source=source,
+        data=embedded_data,
+        epochs=positive_int("epochs", data.get("epochs", 100)),
         **fixed,
     )

@@ -42,10 +42,10 @@ from nas.arch import Arch
 from nas.data import Dataset, check_split, save_split
 from nas.errors import NasError
 from nas.io import atomic_path, write_json, write_text
+from nas.rundir import CONFIG, SPLIT, STATE, STATE_JSON, WEIGHTS, space_record
 from nas.space import SearchSpace
 from nas.supernet import SuperNet
 
-WEIGHTS, STATE, STATE_JSON, SPLIT, CONFIG = "supernet.safetensors", "train_state.pt", "train_state.json", "split.json", "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite losses before training stops
     drop_path: float = 0.0
     augment: bool = True
+    teacher: str = "fair"  # label-trained widest path: "fair" = a random kernel per layer each step; "softmax" = softmax everywhere
     seed: int = 0
 
 
@@ -109,7 +110,8 @@ def format_epoch(record: dict) -> str:
     skipped = f", {record['skipped_steps']} non-finite steps skipped" if record.get("skipped_steps") else ""
     return (
         f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.3f}  val acc largest "
-        f"{record['val_largest']:.3f} smallest {record['val_smallest']:.3f}  ({record['seconds']:.1f} s{skipped})"
+        f"{record['val_largest']:.3f} smallest {record['val_smallest']:.3f}  ({record['seconds']:.1f} s{skipped}, "
+        f"ETA {(record['epochs'] - record['epoch']) * record['seconds'] / 60:.1f} min)"
     )
 
 
@@ -118,9 +120,21 @@ def step_rng(seed: int, step: int) -> random.Random:
     return random.Random(f"nas-train:{seed}:{step}")
 
 
-def sandwich(space: SearchSpace, rng: random.Random, random_subnets: int) -> list[Arch]:
-    """[largest, smallest widths with random kernels, random subnets...] for one step."""
-    return [space.largest(), space.smallest(rng=rng)] + [space.sample(rng) for _ in range(random_subnets)]
+TEACHERS = ("fair", "softmax")
+
+
+def sandwich(space: SearchSpace, rng: random.Random, random_subnets: int, teacher: str = "fair") -> list[Arch]:
+    """[largest widths, smallest widths, random subnets...] for one step.
+
+    The smallest widths take a random kernel per layer. The largest widths (trained on the
+    labels, the teacher of the others) take softmax everywhere with teacher="softmax", or a
+    random kernel per layer with teacher="fair": then every kernel is trained on the labels
+    at full width as often as any other, instead of only imitating softmax, which made
+    the supernet overrate softmax-heavy archs and underrate the rest."""
+    if teacher not in TEACHERS:
+        raise NasError(f"teacher {teacher!r}: use one of {', '.join(TEACHERS)}")
+    largest = space.largest() if teacher == "softmax" else space.largest(rng=rng)
+    return [largest, space.smallest(rng=rng)] + [space.sample(rng) for _ in range(random_subnets)]
 
 
 def lr_at(step: int, total: int, warmup: int, config: TrainConfig) -> float:
@@ -130,16 +144,13 @@ def lr_at(step: int, total: int, warmup: int, config: TrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-@torch.no_grad()
 def accuracy(net: SuperNet, arch: Arch, dataset: Dataset, split: str, batch_size: int = 256) -> float:
+    """Top-1 of subnet `arch` with the supernet's weights (eval mode) on `split`."""
     was_training = net.training
     net.eval()
-    correct = 0
-    for start in range(0, dataset.size(split), batch_size):
-        x, y = dataset.batch(split, list(range(start, min(start + batch_size, dataset.size(split)))))
-        correct += (net(x, arch).argmax(-1) == y).sum().item()
+    top1 = dataset.top1(lambda x: net(x, arch), split, batch_size)
     net.train(was_training)
-    return correct / dataset.size(split)
+    return top1
 
 
 def _soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
@@ -172,7 +183,7 @@ def train_supernet(
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
     )
-    run_config = {"space": asdict_space(space), "data": data_arg or "digits", "train": asdict(config)}
+    run_config = {"space": space_record(space), "data": data_arg or "digits", "train": asdict(config)}
 
     history: list[dict] = []
     start_epoch = 0
@@ -206,7 +217,7 @@ def train_supernet(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, config)
             optimizer.zero_grad(set_to_none=True)
-            archs = sandwich(space, rng, config.random_subnets)
+            archs = sandwich(space, rng, config.random_subnets, config.teacher)
             sampled.update("".join(arch.digest for arch in archs).encode())
             logits = net(x, archs[0])
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -274,11 +285,6 @@ def train_supernet(
     return summary
 
 
-def asdict_space(space: SearchSpace) -> dict:
-    data = asdict(space)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-
-
 def _save_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, history: list[dict], final: dict | None = None) -> None:
     with atomic_path(out / WEIGHTS) as tmp:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
@@ -307,30 +313,3 @@ def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise NasError(f"{out}: the training checkpoint cannot be read ({error}); start a new run") from None
     return state["epochs_done"], state["history"]
-
-
-def run_space(run_dir: Path) -> tuple[SearchSpace, str]:
-    """The search space (as trained) and the --data argument recorded in a run directory."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise NasError(f"{run_dir} holds no {CONFIG}: train a supernet into it first (nas train --out {run_dir})")
-    config = yaml.safe_load(path.read_text())
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["space"].items()}
-    return SearchSpace(**fields), config["data"]
-
-
-def load_supernet(out: Path, space: SearchSpace) -> SuperNet:
-    """The trained supernet of a run directory; a corrupt, truncated or mismatched file is a NasError."""
-    path = Path(out) / WEIGHTS
-    if not path.is_file():
-        raise NasError(f"{path} does not exist; train the supernet first (nas train --out {out})")
-    net = SuperNet(space)
-    try:
-        net.load_state_dict(load_file(str(path)))
-    except Exception as error:  # noqa: BLE001 — safetensors and torch raise several types here
-        raise NasError(f"{path}: not a readable supernet checkpoint for this space ({type(error).__name__}: {str(error)[:200]})") from None
-    return net.eval()
-
-
-def check_supernet(out: Path, space: SearchSpace) -> None:
-    load_supernet(out, space)

@@ -8,11 +8,11 @@ from nas.data import load_dataset
 from nas.latency import table as lut
 from nas.latency.probe import Protocol
 from nas.latency.profiler import Profiler
-from nas.pipeline import TABLE
+from nas.rundir import TABLE
 from nas.space import load_space
 from nas.train import TrainConfig, train_supernet
 
-FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01)
+FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01, passes=2)
 
 
 def make_run(run_dir: Path) -> Path:

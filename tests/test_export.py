@@ -15,10 +15,10 @@ import nas
 from nas.cli import main
 from nas.errors import NasError
 from nas.export import export
-from nas.search import TRIAL_COLUMNS
+from nas.report import TRIAL_COLUMNS
+from nas.rundir import RunDir
 from nas.select import by_trial, load_candidates, select
 from nas.supernet import extract
-from nas.train import load_supernet, run_space
 from runs import make_run
 
 
@@ -36,7 +36,7 @@ def write_trials(run_dir, rows):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = make_run(tmp_path_factory.mktemp("run"))
-    space, _ = run_space(run_dir)
+    space, _ = RunDir(run_dir).space_and_data()
     rng = random.Random(3)
     archs = [space.sample(rng) for _ in range(5)]
     write_trials(run_dir, [
@@ -115,10 +115,10 @@ def test_export_writes_every_file(exported):
 
 def test_exported_logits_equal_the_supernet(exported):
     run, candidate, out, _ = exported
-    space, _ = run_space(run)
+    space, _ = RunDir(run).space_and_data()
     x = torch.randn(3, space.in_chans, space.image_size, space.image_size)
     with torch.no_grad():
-        expected = load_supernet(run, space)(x, candidate.arch)
+        expected = RunDir(run).supernet(space)(x, candidate.arch)
         assert (nas.load(out).eval()(x) - expected).abs().max().item() <= 1e-5
 
 
@@ -175,11 +175,10 @@ def test_finetuning_never_exports_lower_validation_accuracy(run, tmp_path):
         assert accuracy["exported_weights"] == "finetuned"
     else:  # reported honestly, and the better (inherited) weights are the ones exported
         assert accuracy["exported_weights"] == "inherited"
-    space, _ = run_space(run)
-    inherited = extract(load_supernet(run, space), candidate.arch).eval()
+    space, _ = RunDir(run).space_and_data()
+    inherited = extract(RunDir(run).supernet(space), candidate.arch).eval()
     exported_model = nas.load(tmp_path / "tuned").eval()
     from nas.data import load_dataset
-    from nas.export import model_accuracy
 
     data = load_dataset(None, space.image_size, space.in_chans)
-    assert model_accuracy(exported_model, data, "val") >= model_accuracy(inherited, data, "val")
+    assert data.top1(exported_model, "val") >= data.top1(inherited, "val")

@@ -80,7 +80,8 @@ def manifest(run: Path) -> dict:
 
 def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
     run = tmp_path / "run"
-    command = nas_run("--epochs", "1", "--trials", "2", "--evaluators", "1", "--calibrate", "3", "--validate", "3", "--out", str(run))
+    command = nas_run("--space", "digits-tiny", "--epochs", "1", "--trials", "2", "--evaluators", "1", "--calibrate", "3", "--validate", "3",
+                      "--budget-ms", "1000", "--out", str(run))
     table_path = run / "latency_table.json"
     kill_when(command, lambda: len(json.loads(table_path.read_text())["entries"]) >= 24)
     before = json.loads(table_path.read_text())["entries"]
@@ -94,7 +95,7 @@ def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
 def test_kill_during_training_continues_from_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "20", "--trials", "2", "--evaluators", "1",
-                      "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
     state = run / "train_state.json"
     kill_when(command, lambda: json.loads(state.read_text())["epochs_done"] >= 3)
     done_before = json.loads(state.read_text())["epochs_done"]
@@ -112,7 +113,7 @@ def test_kill_during_the_search_keeps_every_finished_trial(tmp_path):
 
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "10", "--evaluators", "1",
-                      "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
     storage = f"sqlite:///{run / 'study.db'}"
 
     def finished():
@@ -151,7 +152,7 @@ def test_kill_during_export_leaves_it_complete_or_absent(tmp_path):
 def test_dead_profiler_actor_is_restarted_and_its_work_retried():
     ray = pytest.importorskip("ray")
     from nas.latency import table as lut
-    from nas.pipeline import init_ray
+    from workers.cluster import init_ray
     from nas.space import parse_space
     from workers.profiler import RemoteProfiler
 
@@ -331,7 +332,7 @@ def test_no_unsafe_deserialisation_in_the_code():
 def test_local_ray_dashboard_listens_on_loopback_only():
     ray = pytest.importorskip("ray")
     psutil = pytest.importorskip("psutil")
-    from nas.pipeline import init_ray
+    from workers.cluster import init_ray
 
     init_ray(None, num_cpus=1)
     try:
@@ -346,10 +347,11 @@ def test_local_ray_dashboard_listens_on_loopback_only():
 
 
 def test_storage_password_never_reaches_the_manifest(tmp_path):
-    from nas.pipeline import Manifest, RunConfig
+    from nas.pipeline import RunConfig
+    from nas.rundir import Manifest, RunDir
     from nas.search import redact
 
     config = RunConfig(storage="postgresql://nas:hunter2@db.example:5432/nas")
-    Manifest(tmp_path, {**config.__dict__, "storage": redact(config.storage)}).save()
+    Manifest(RunDir(tmp_path), {**config.__dict__, "storage": redact(config.storage)}).save()
     text = (tmp_path / "manifest.json").read_text()
     assert "hunter2" not in text and "nas:***@db.example" in text

@@ -16,9 +16,10 @@ import pytest
 from nas import search
 from nas.cli import main
 from nas.latency import table as lut
-from nas.pipeline import TABLE, init_ray
+from nas.rundir import TABLE, RunDir
 from nas.space import load_space
-from nas.train import TrainConfig, run_space
+from nas.train import TrainConfig
+from workers.cluster import init_ray
 from runs import make_run
 
 ray = pytest.importorskip("ray")
@@ -37,7 +38,10 @@ def trained(tmp_path_factory):
 
 
 def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, capsys):
-    budget = "0.9"
+    from nas.pipeline import default_budget
+
+    space, _ = RunDir(trained).space_and_data()
+    budget = str(default_budget(space, lut.LatencyTable.load(trained / TABLE, space))[0])  # from the measured table, never a constant
     assert main(["search", "--run", str(trained), "--trials", "8", "--evaluators", "2", "--budget-ms", budget]) == 0
     for name in ("study.db", "trials.csv", "pareto.csv", "pareto.png", "supernet.safetensors", TABLE, "config.yaml"):
         assert (trained / name).exists(), name
@@ -52,6 +56,18 @@ def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, 
     study = optuna.load_study(study_name=search.STUDY_NAME, storage=f"sqlite:///{trained / 'study.db'}")
     assert all(t.constraints for t in study.trials), "every trial carries the latency constraint"
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_a_search_with_no_feasible_trial_fails_with_one_line(trained, ray_local, capsys, tmp_path):
+    space, _ = RunDir(trained).space_and_data()
+    table = lut.LatencyTable.load(trained / TABLE, space)
+    floor = search.smallest_latency(space, table)  # only the single fastest configuration is feasible
+    storage = f"sqlite:///{tmp_path / 'other.db'}"
+    code = main(["search", "--run", str(trained), "--trials", "4", "--sampler", "random", "--evaluators", "1",
+                 "--budget-ms", f"{floor:.6f}", "--storage", storage])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "no trial met the budget" in err[0] and "the fastest trial was predicted at" in err[0] and "would admit about half" in err[0]
 
 
 def test_kill_mid_search_then_resume_keeps_finished_trials(tmp_path):
@@ -91,7 +107,7 @@ def test_kill_mid_search_then_resume_keeps_finished_trials(tmp_path):
 def test_dead_evaluator_is_restarted_or_its_trial_recorded_failed(trained, ray_local):
     from workers.evaluator import EvaluatorPool
 
-    space, _ = run_space(trained)
+    space, _ = RunDir(trained).space_and_data()
     table = lut.LatencyTable.load(trained / TABLE, space)
     pool = EvaluatorPool(str(trained), 2, max_restarts=1, max_task_retries=1)
     kills = []
@@ -116,7 +132,7 @@ def test_dead_evaluator_is_restarted_or_its_trial_recorded_failed(trained, ray_l
 
 
 def test_nan_accuracy_is_a_failed_trial_not_zero(trained):
-    space, _ = run_space(trained)
+    space, _ = RunDir(trained).space_and_data()
     table = lut.LatencyTable.load(trained / TABLE, space)
     study = optuna.create_study(directions=["maximize", "minimize"])
     search.run_search(study, space, table, lambda archs: [{"accuracy": float("nan"), "macs": 1, "params": 1}] * len(archs),
@@ -127,7 +143,7 @@ def test_nan_accuracy_is_a_failed_trial_not_zero(trained):
 
 def test_infeasible_budget_is_refused_before_training(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", "--budget-ms", "0.0001", "--calibrate", "0", "--validate", "0", "--out", str(out)])
+    code = main(["run", "--space", "digits-tiny", "--budget-ms", "0.0001", "--calibrate", "0", "--validate", "0", "--out", str(out)])
     assert code == 2
     err = capsys.readouterr().err
     assert "--budget-ms 0.0001 is below the smallest latency any arch of digits-tiny reaches on this device" in err
@@ -181,12 +197,14 @@ def test_hypervolume_of_a_front():
 
 
 def test_bench_search_runs_on_a_tiny_setting(trained, ray_local, tmp_path, capsys):
-    assert main(["bench", "search", "--run", str(trained), "--trials", "4", "--seeds", "0,1", "--budget-ms", "2.0",
+    assert main(["bench", "search", "--run", str(trained), "--trials", "4", "--seeds", "0,1", "--reference-archs", "20",
                  "--evaluators", "1", "--ref-accuracy", "0.0", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "search_digits-tiny.json").read_text())
     assert set(data["hypervolume"]) == {"nsga2", "tpe", "random"}
     assert set(data["throughput_archs_per_second"]) == {"1_evaluators", "2_evaluators"}
-    assert "hypervolume mean" in capsys.readouterr().out
+    assert data["reference_front"]["archs"] == 20 and data["reference_front"]["hypervolume"] > 0
+    assert all(0 <= stats["share_mean"] for stats in data["hypervolume"].values())
+    assert "of the reference on average" in capsys.readouterr().out
 
 
 def test_run_with_an_explicit_storage_url(tmp_path, capsys):

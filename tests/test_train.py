@@ -13,7 +13,8 @@ from nas.cli import main
 from nas.data import load_dataset
 from nas.errors import NasError
 from nas.space import load_space
-from nas.train import TrainConfig, load_supernet, sandwich, step_rng, train_supernet
+from nas.rundir import RunDir
+from nas.train import TrainConfig, sandwich, step_rng, train_supernet
 
 SPACE = load_space("digits-tiny")
 DATA = load_dataset(None, SPACE.image_size, SPACE.in_chans)
@@ -33,7 +34,7 @@ def test_training_lowers_the_loss(tmp_path):
         before = F.cross_entropy(SuperNet(SPACE)(x, SPACE.largest()), y).item()
     train_supernet(SPACE, DATA, TrainConfig(epochs=3, batch_size=64, random_subnets=1, warmup_epochs=1), tmp_path)
     with torch.no_grad():
-        after = F.cross_entropy(load_supernet(tmp_path, SPACE)(x, SPACE.largest()), y).item()
+        after = F.cross_entropy(RunDir(tmp_path).supernet(SPACE)(x, SPACE.largest()), y).item()
     assert after < before - 0.05, (before, after)
     state = json.loads((tmp_path / "train_state.json").read_text())
     assert state["epochs_done"] == 3 and 0 <= state["final"]["test_largest"] <= 1

@@ -25,6 +25,7 @@ class RemoteProfiler:
         options.update(max_restarts=2, max_task_retries=2)  # a dead profiler is restarted and its chunk re-measured
         if accelerator_type:
             options["accelerator_type"] = accelerator_type
+        self.protocol = protocol
         self.actor = ray.remote(Profiler).options(**options).remote(device, dtype, batch_size, backend, threads, protocol)
 
     def fingerprint(self) -> Fingerprint:
@@ -35,6 +36,9 @@ class RemoteProfiler:
 
     def measure_models(self, archs: list[Arch]) -> list[float]:
         return self._get(self.actor.measure_models.remote(archs))
+
+    def reference(self) -> float:
+        return self._get(self.actor.reference.remote())
 
     @staticmethod
     def _get(ref):

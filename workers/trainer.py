@@ -20,7 +20,8 @@ from pathlib import Path
 
 from nas.errors import NasError
 from nas.space import SearchSpace
-from nas.train import STATE, STATE_JSON, WEIGHTS, Distributed, TrainConfig, format_epoch, train_supernet
+from nas.rundir import RAY_TRAIN, STATE, STATE_JSON, WEIGHTS
+from nas.train import Distributed, TrainConfig, format_epoch, train_supernet
 
 
 def _worker_loop(settings: dict) -> None:
@@ -35,7 +36,7 @@ def _worker_loop(settings: dict) -> None:
     space: SearchSpace = settings["space"]
     run_dir = Path(settings["run_dir"])
     dataset = load_dataset(settings["data"], space.image_size, space.in_chans)
-    ranks_dir = run_dir / "ray_train" / "ranks"
+    ranks_dir = run_dir / RAY_TRAIN / "ranks"
     ranks_dir.mkdir(parents=True, exist_ok=True)
     log = []
 
@@ -61,18 +62,15 @@ def train_distributed(
     ray_address: str | None = None, progress=print, use_gpu: bool = False,
 ) -> dict:
     """Train with `workers` Ray Train workers; returns the final summary (as `train_supernet`)."""
-    import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from nas.pipeline import init_ray
+    from workers.cluster import init_ray, require_cpus
 
     init_ray(ray_address)
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    cpus = int(ray.cluster_resources().get("CPU", 0))
-    if workers > cpus:
-        raise NasError(f"--workers {workers}: Ray has {cpus} CPU(s); use at most {cpus}")
+    require_cpus("workers", workers)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {"space": space, "data": data, "config": config, "run_dir": str(run_dir), "resume": resume, "threads": 1}
@@ -80,7 +78,7 @@ def train_distributed(
         _worker_loop,
         train_loop_config=settings,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name="supernet", storage_path=str(run_dir / "ray_train"), checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        run_config=RunConfig(name="supernet", storage_path=str(run_dir / RAY_TRAIN), checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=_fit(trainer)), daemon=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nas.io import atomic_path, write_json, write_text
 from nas.latency.device import device_tag
-from nas.latency.table import LatencyTable
+from nas.latency.table import LatencyTable, summary_line  # noqa: F401  (summary_line: re-exported for the CLI)
 
 
 def output_stem(table: LatencyTable) -> str:
@@ -28,15 +28,6 @@ def format_points(validation: dict, limit: int = 60) -> str:
         error = (point["predicted_ms"] - point["measured_ms"]) / point["measured_ms"]
         lines.append(f"{point['digest']:16} {point['predicted_ms']:13.4f} {point['measured_ms']:12.4f} {error:+8.1%}")
     return "\n".join(lines)
-
-
-def summary_line(validation: dict) -> str:
-    worst = validation["worst"]
-    return (
-        f"{validation['archs']} held-out archs: MAPE {validation['mape']:.1%}, within ±10% {validation['within_10pct']:.0%}, "
-        f"Kendall tau {validation['kendall_tau']:.3f}, worst {worst['error']:+.1%} "
-        f"({worst['predicted_ms']:.3f} ms predicted vs {worst['measured_ms']:.3f} ms measured)"
-    )
 
 
 def write_results(table: LatencyTable, validation: dict, out_dir: Path, command: str | None) -> list[Path]:

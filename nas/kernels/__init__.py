@@ -12,7 +12,19 @@ The math of every kernel is in shared/KERNELS.md and in each class's docstring.
 from nas.kernels.base import AttentionKernel
 from nas.kernels.registry import KernelSpec, get, kernel_class, names, options, register, variants
 
-# Importing the modules registers the kernels, in this order.
+# Importing the modules registers the kernels: the built-in ones in this order, then any
+# other module of this package (a new kernel is one new module).
 from nas.kernels import softmax, relu, angular, taylor, focused, l2vit, window  # noqa: E402, F401  isort: skip
+
+
+def _import_other_modules() -> None:
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_other_modules()
 
 __all__ = ["AttentionKernel", "KernelSpec", "get", "kernel_class", "names", "options", "register", "variants"]

@@ -30,8 +30,11 @@ class AttentionKernel(nn.Module):
 
     name: ClassVar[str]
     needs_grid: ClassVar[bool] = False
-    # The option sets that are distinct search-space choices (e.g. Taylor's orders).
+    # The option sets that are distinct search-space choices (e.g. Taylor's orders). This is
+    # the one declaration that the space YAML, Arch validation, Optuna's parameters, labels
+    # and latency-table keys derive from.
     variants: ClassVar[tuple[dict, ...]] = ({},)
+    label_prefixes: ClassVar[dict[str, str]] = {}  # e.g. {"order": "o"}: label taylor-o2-compact
 
     def __init__(self, head_dim: int, num_heads: int) -> None:
         super().__init__()

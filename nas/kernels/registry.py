@@ -60,10 +60,8 @@ class KernelSpec:
         """Short stable label: `softmax`, `taylor-o2-compact`, ..."""
         if not self.options:
             return self.name
-        parts = [self.name]
-        for key, value in self.options.items():
-            parts.append(f"o{value}" if key == "order" else str(value))
-        return "-".join(parts)
+        prefixes = kernel_class(self.name).label_prefixes if self.name in _KERNELS else {}
+        return "-".join([self.name] + [f"{prefixes.get(key, '')}{self.options[key]}" for key in sorted(self.options)])
 
     def build(self, head_dim: int, num_heads: int, **extra) -> AttentionKernel:
         return get(self.name, head_dim, num_heads, **{**self.options, **extra})

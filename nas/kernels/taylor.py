@@ -33,6 +33,7 @@ class TaylorAttention(AttentionKernel):
 
     name = "taylor"
     variants = ({"order": 1}, {"order": 2, "variant": "full"}, {"order": 2, "variant": "compact"})
+    label_prefixes = {"order": "o"}
 
     def __init__(
         self,

@@ -2,7 +2,9 @@
 
 Every piece is built with the standalone subnet modules (`nas.subnet`), in eval mode,
 converted to the fingerprint's dtype, and timed under `torch.no_grad` on random inputs
-(two sets, rotated) with `nas.latency.timer`.
+(two sets, rotated) with `nas.latency.timer`. A piece becomes a *unit*: a callable that
+runs one timed pass (a few calls after a short warm-up) and returns its median in ms.
+`nas.latency.robust` interleaves the passes of many units and combines them.
 """
 
 from __future__ import annotations
@@ -14,67 +16,106 @@ import torch
 
 from nas.arch import Arch
 from nas.latency.fingerprint import DTYPES, Fingerprint
-from nas.latency.timer import Timing, measure
+from nas.latency.timer import measure
 from nas.subnet import Block, ViT
+
+Unit = Callable[[], float]  # one timed pass -> median milliseconds per call
 
 
 @dataclass(frozen=True)
 class Protocol:
+    """How a table is measured. Each unit is timed in `passes` interleaved passes (round-robin
+    over the units of a chunk, not one unit's calls back to back), each pass at most `repeats`
+    calls or about `max_seconds`. On CPU an entry is the minimum of its per-pass medians
+    (interference only slows a pass down); on CUDA the median of them. A unit whose passes
+    spread more than `max_dispersion` ((max - min) / min) is re-timed, at most `remeasure`
+    more rounds. A fixed reference probe is re-timed after every chunk: when it runs more
+    than `drift_threshold` slower than its best, the chunk is measured again later. Entries of
+    the same kernel that are faster at a wider width (beyond `monotone_tolerance`) are
+    re-measured once."""
+
     warmup: int = 5
-    repeats: int = 200
-    min_repeats: int = 10
-    max_seconds: float = 0.5
+    repeats: int = 40
+    min_repeats: int = 5
+    max_seconds: float = 0.1
     input_sets: int = 2
+    passes: int = 5
+    max_dispersion: float = 0.2
+    remeasure: int = 2
+    drift_threshold: float = 0.15
+    monotone_tolerance: float = 0.1
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "statistic": "median", "inputs": "random normal, rotated", "mode": "eval, torch.no_grad"}
+        return {**asdict(self), "statistic": "CPU: min over passes of per-pass medians; CUDA: median of per-pass medians",
+                "inputs": "random normal, rotated", "mode": "eval, torch.no_grad"}
 
 
-def _timed(fn: Callable, make_input: Callable[[], torch.Tensor], device: torch.device, fp: Fingerprint, protocol: Protocol) -> Timing:
+def _unit(fn: Callable, make_input: Callable[[], torch.Tensor], device: torch.device, fp: Fingerprint, protocol: Protocol) -> Unit:
     inputs = [(make_input(),) for _ in range(protocol.input_sets)]
+    warmed = []
 
     @torch.no_grad()
     def run(x):
         return fn(x)
 
-    return measure(
-        run,
-        inputs,
-        device=device,
-        warmup=protocol.warmup,
-        repeats=protocol.repeats,
-        min_repeats=protocol.min_repeats,
-        max_seconds=protocol.max_seconds,
-        cuda_graph=fp.backend == "cuda-graph",
-    )
+    def one_pass() -> float:
+        warmup = 1 if warmed else protocol.warmup
+        warmed.append(True)
+        return measure(
+            run, inputs, device=device, warmup=warmup, repeats=protocol.repeats, min_repeats=protocol.min_repeats,
+            max_seconds=protocol.max_seconds, cuda_graph=fp.backend == "cuda-graph",
+        ).median_ms
+
+    return one_pass
 
 
 def _prepare(module: torch.nn.Module, device: torch.device, fp: Fingerprint) -> torch.nn.Module:
     return module.to(device=device, dtype=DTYPES[fp.dtype]).eval()
 
 
-def block_timing(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> Timing:
+def block_unit(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> Unit:
     """The first transformer block of `arch`, at its embed dim, tokens and head dim."""
     layer = arch.layers[0]
     kernel = arch.kernel_spec(0).build(arch.head_dim, layer.heads)
     block = _prepare(Block(arch.embed_dim, layer.heads, arch.head_dim, layer.hidden_dim(arch.embed_dim), kernel), device, fp)
     shape = (fp.batch_size, arch.tokens, arch.embed_dim)
-    return _timed(lambda x: block(x, arch.grid), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)
+    return _unit(lambda x: block(x, arch.grid), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)
 
 
-def stem_and_head_timings(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> tuple[Timing, Timing]:
+def stem_and_head_units(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> tuple[Unit, Unit]:
     """Patch + position embedding, and pooling + norm + classifier, at the arch's embed dim."""
     model = _prepare(ViT(arch), device, fp)
     dtype = DTYPES[fp.dtype]
     image = (fp.batch_size, arch.in_chans, arch.image_size, arch.image_size)
     tokens = (fp.batch_size, arch.tokens, arch.embed_dim)
-    stem = _timed(model.embed, lambda: torch.randn(image, device=device, dtype=dtype), device, fp, protocol)
-    head = _timed(model.classify, lambda: torch.randn(tokens, device=device, dtype=dtype), device, fp, protocol)
+    stem = _unit(model.embed, lambda: torch.randn(image, device=device, dtype=dtype), device, fp, protocol)
+    head = _unit(model.classify, lambda: torch.randn(tokens, device=device, dtype=dtype), device, fp, protocol)
     return stem, head
 
 
-def model_timing(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> Timing:
+def model_unit(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> Unit:
     """The whole standalone model of `arch`, end to end."""
     model = _prepare(ViT(arch), device, fp)
     image = (fp.batch_size, arch.in_chans, arch.image_size, arch.image_size)
-    return _timed(model, lambda: torch.randn(image, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)
+    return _unit(model, lambda: torch.randn(image, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)
+
+
+def probe_units(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol) -> dict[str, Unit]:
+    """Table entries' units: a block probe is one entry, a stem+head probe two (stem|e, head|e)."""
+    units: dict[str, Unit] = {}
+    for key, arch in chunk:
+        if key.startswith("stem+head|"):
+            e = key.split("|")[1]
+            units[f"stem|{e}"], units[f"head|{e}"] = stem_and_head_units(arch, device, fp, protocol)
+        else:
+            units[key] = block_unit(arch, device, fp, protocol)
+    return units
+
+
+def reference_unit(device: torch.device, fp: Fingerprint, protocol: Protocol) -> Unit:
+    """The drift probe: a fixed softmax block (64 tokens, embed 64, 2 heads of 32), whatever the space."""
+    from nas.kernels import get
+
+    block = _prepare(Block(64, 2, 32, 128, get("softmax", 32, 2)), device, fp)
+    shape = (fp.batch_size, 64, 64)
+    return _unit(lambda x: block(x, (8, 8)), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)

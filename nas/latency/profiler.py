@@ -11,7 +11,8 @@ import torch
 from nas.arch import Arch
 from nas.latency.device import resolve_device
 from nas.latency.fingerprint import Fingerprint, fingerprint
-from nas.latency.probe import Protocol, model_timing
+from nas.latency.probe import Protocol, model_unit, reference_unit
+from nas.latency.robust import DriftProbe, measure_units, measure_with_drift
 from nas.latency.table import measure_probes
 
 
@@ -22,6 +23,7 @@ class Profiler:
         self.device = resolve_device(device)
         self.protocol = protocol
         self._fingerprint = fingerprint(self.device, dtype, batch_size, backend)
+        self._reference = None
 
     def fingerprint(self) -> Fingerprint:
         return self._fingerprint
@@ -29,6 +31,23 @@ class Profiler:
     def measure_probes(self, chunk: list[tuple[str, Arch]]) -> dict[str, dict]:
         return measure_probes(chunk, self.device, self._fingerprint, self.protocol)
 
+    def reference(self) -> float:
+        """One pass of the fixed drift probe (ms)."""
+        if self._reference is None:
+            self._reference = reference_unit(self.device, self._fingerprint, self.protocol)
+        return self._reference()
+
     def measure_models(self, archs: list[Arch]) -> list[float]:
-        """Median end-to-end latency (ms) of each arch's standalone model."""
-        return [model_timing(arch, self.device, self._fingerprint, self.protocol).median_ms for arch in archs]
+        """End-to-end latency (ms) of each arch's standalone model, with the table's protocol:
+        interleaved passes, outliers re-timed, chunks re-measured when the machine ran slow."""
+        cuda = self.device.type == "cuda"
+        keys = [f"{i}:{arch.digest}" for i, arch in enumerate(archs)]
+        by_key = dict(zip(keys, archs))
+
+        def chunk_entries(chunk: list[str]) -> dict:
+            units = {key: model_unit(by_key[key], self.device, self._fingerprint, self.protocol) for key in chunk}
+            return measure_units(units, self.protocol, cuda)
+
+        probe = DriftProbe(self.reference, self.protocol)
+        entries = measure_with_drift([keys[i : i + 8] for i in range(0, len(keys), 8)], chunk_entries, probe, self.protocol, cuda)
+        return [entries[key]["ms"] for key in keys]

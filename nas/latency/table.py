@@ -29,16 +29,17 @@ from nas.arch import Arch
 from nas.errors import NasError
 from nas.io import write_json
 from nas.latency.fingerprint import Fingerprint
-from nas.latency.probe import Protocol, block_timing, stem_and_head_timings
+from nas.latency.probe import Protocol, probe_units
+from nas.latency.robust import DriftProbe, measure_units, measure_with_drift, merge, width_inconsistencies
 from nas.space import SearchSpace
 
 FORMAT = "nas-latency-table/1"
-TABLE_FILE = "latency_table.json"  # its name in a run directory
 
 
 def space_digest(space: SearchSpace) -> str:
     """Hash of what shapes the entries (choices and fixed fields), not of name or comments."""
-    shape = {k: v for k, v in space.__dict__.items() if k not in ("name", "description", "source")}
+    shape = {k: v for k, v in space.__dict__.items() if k not in ("name", "description", "source", "data", "epochs", "choice_limits")}
+    shape["kernel_choices"] = [spec.label for spec in space.kernel_choices()]
     return hashlib.sha256(json.dumps(shape, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -71,10 +72,12 @@ class LatencyTable:
     space_digest: str
     fingerprint: Fingerprint
     protocol: dict
-    entries: dict[str, dict] = field(default_factory=dict)  # key -> {"ms", "q1", "q3", "repeats"}
+    entries: dict[str, dict] = field(default_factory=dict)  # key -> {"ms", "dispersion", "passes", "remeasured"}
     calibration: dict | None = None  # {"a", "b", "archs": [digest...], "measured_ms", "predicted_ms"}
     validation: dict | None = None
     build_seconds: float = 0.0
+    drift: list = field(default_factory=list)  # chunks measured while the reference probe ran slow (re-measured)
+    checks: dict = field(default_factory=dict)  # width-consistency re-measurement
 
     # ---- prediction ----------------------------------------------------------------------
 
@@ -104,6 +107,8 @@ class LatencyTable:
             "build_seconds": round(self.build_seconds, 2),
             "calibration": self.calibration,
             "validation": self.validation,
+            "drift": self.drift,
+            "checks": self.checks,
             "entries": self.entries,
         }
 
@@ -127,7 +132,10 @@ class LatencyTable:
                 calibration=data.get("calibration"),
                 validation=data.get("validation"),
                 build_seconds=data.get("build_seconds", 0.0),
+                drift=data.get("drift", []),
+                checks=data.get("checks", {}),
             )
+            _check_entries(table.entries)
         except OSError as error:
             raise NasError(f"{path}: cannot read the latency table ({error.strerror})") from None
         except (ValueError, KeyError, TypeError, NasError) as error:
@@ -143,6 +151,15 @@ class LatencyTable:
         return table
 
 
+def _check_entries(entries) -> None:
+    if not isinstance(entries, dict):
+        raise ValueError("'entries' is not a mapping")
+    for key, entry in entries.items():
+        value = entry.get("ms") if isinstance(entry, dict) else entry
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"entry {key!r} is {value!r} ms; every entry must be a positive, finite number of milliseconds: rebuild the table")
+
+
 # ---- building --------------------------------------------------------------------------------
 
 
@@ -153,11 +170,14 @@ def build(
     measure_entries: Callable[[list[tuple[str, Arch]]], dict[str, dict]],
     protocol: Protocol = Protocol(),
     progress: Callable[[str], None] = print,
+    reference: Callable[[], float] | None = None,
 ) -> LatencyTable:
     """Measure every missing entry of `space`'s table into `path`, resuming what is there.
 
     `measure_entries` measures a chunk of (key, probe arch) pairs on the fingerprint's
-    device: a `Profiler` in this process, or one served by a Ray actor.
+    device: a `Profiler` in this process, or one served by a Ray actor. With `reference`
+    (one pass of the drift probe, in ms), chunks measured while the machine ran slow are
+    measured again (nas.latency.robust).
     """
     if path.exists():
         table = LatencyTable.load(path, space, fp)
@@ -172,16 +192,48 @@ def build(
     if done:
         progress(f"resuming {path}: {done}/{total} entries already measured")
     started, base_seconds = time.perf_counter(), table.build_seconds
-    for i in range(0, len(todo), 8):
-        chunk = todo[i : i + 8]
-        table.entries.update(measure_entries(chunk))
-        done += len(chunk)
+    cuda = fp.device_type == "cuda"
+    probe = DriftProbe(reference, protocol) if reference else None
+    measured = [0]
+
+    def save(chunk, entries) -> None:
+        table.entries.update(entries)
+        measured[0] += len(chunk)
         elapsed = time.perf_counter() - started
-        eta = elapsed / (i + len(chunk)) * (len(todo) - i - len(chunk))
+        eta = elapsed / measured[0] * max(0, len(todo) - measured[0])
         table.build_seconds = base_seconds + elapsed
         table.save(path)
-        progress(f"[{done}/{total}] {chunk[-1][0]}: {table.entries.get(chunk[-1][0], {}).get('ms', float('nan')):.3f} ms  (ETA {eta / 60:.1f} min)")
+        redo = " (re-measured: the machine ran slow)" if measured[0] > len(todo) else ""
+        progress(f"[{min(done + measured[0], total)}/{total}] {chunk[-1][0]}: {_measured(table, chunk[-1][0])}{redo}  (ETA {eta / 60:.1f} min)")
+
+    chunks = [todo[i : i + 8] for i in range(0, len(todo), 8)]
+    measure_with_drift(chunks, measure_entries, probe, protocol, cuda, save, table.drift)
+    if todo and not table.checks:
+        _recheck_widths(table, dict(probes), measure_entries, protocol, cuda, progress)
+        table.build_seconds = base_seconds + time.perf_counter() - started
+        table.save(path)
     return table
+
+
+def _recheck_widths(table: LatencyTable, probes: dict, measure_entries, protocol: Protocol, cuda: bool, progress) -> None:
+    """Re-measure, once, block entries that are slower than the same kernel at a wider width."""
+    pairs = width_inconsistencies(table.entries, protocol.monotone_tolerance)
+    keys = sorted({key for pair in pairs for key in pair})
+    if keys:
+        progress(f"{len(pairs)} width inconsistencies (a kernel faster at a wider width): re-measuring {len(keys)} entries")
+        for i in range(0, len(keys), 8):
+            for key, entry in measure_entries([(k, probes[k]) for k in keys[i : i + 8]]).items():
+                table.entries[key] = merge(table.entries.get(key), entry, cuda)
+    left = width_inconsistencies(table.entries, protocol.monotone_tolerance)
+    table.checks = {"width_inconsistencies": len(pairs), "remeasured": keys, "left": [list(p) for p in left]}
+
+
+def _measured(table: LatencyTable, key: str) -> str:
+    """What a probe measured, for the progress line (a stem+head probe fills two entries)."""
+    if key.startswith("stem+head|"):
+        e = key.split("|")[1]
+        return f"stem {table.entries[f'stem|{e}']['ms']:.3f} ms + head {table.entries[f'head|{e}']['ms']:.3f} ms"
+    return f"{table.entries[key]['ms']:.3f} ms"
 
 
 def _have(table: LatencyTable, key: str) -> bool:
@@ -191,21 +243,9 @@ def _have(table: LatencyTable, key: str) -> bool:
     return key in table.entries
 
 
-def _stats(timing) -> dict:
-    return {"ms": timing.median_ms, "q1": timing.q1_ms, "q3": timing.q3_ms, "repeats": timing.repeats}
-
-
 def measure_probes(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol) -> dict[str, dict]:
-    """Entries for (key, probe arch) pairs, measured in this process."""
-    out = {}
-    for key, arch in chunk:
-        if key.startswith("stem+head|"):
-            stem, head = stem_and_head_timings(arch, device, fp, protocol)
-            e = key.split("|")[1]
-            out[f"stem|{e}"], out[f"head|{e}"] = _stats(stem), _stats(head)
-        else:
-            out[key] = _stats(block_timing(arch, device, fp, protocol))
-    return out
+    """Entries for (key, probe arch) pairs, measured in this process in interleaved passes."""
+    return measure_units(probe_units(chunk, device, fp, protocol), protocol, fp.device_type == "cuda")
 
 
 # ---- calibration and validation -----------------------------------------------------------
@@ -278,3 +318,12 @@ def validate(table: LatencyTable, archs: list[Arch], measured: list[float]) -> d
         "points": [{"digest": a.digest, "predicted_ms": p, "measured_ms": m} for a, p, m in zip(archs, predicted, measured)],
     }
     return table.validation
+
+
+def summary_line(validation: dict) -> str:
+    worst = validation["worst"]
+    return (
+        f"{validation['archs']} held-out archs: MAPE {validation['mape']:.1%}, within ±10% {validation['within_10pct']:.0%}, "
+        f"Kendall tau {validation['kendall_tau']:.3f}, worst {worst['error']:+.1%} "
+        f"({worst['predicted_ms']:.3f} ms predicted vs {worst['measured_ms']:.3f} ms measured)"
+    )

@@ -1,0 +1,296 @@
+"""`nas bench fidelity`: does the supernet rank archs as standalone training does?
+
+K archs of a run's space, stratified over predicted latency (the run's table) and
+kernel mix, always with the largest and the smallest, are each trained standalone from
+scratch with a short stated schedule and S seeds, on the run's own training split, and
+scored on its validation split — the split the search ranks archs on with inherited
+weights. Reported: Kendall τ and Spearman ρ between inherited and standalone accuracy
+(mean over seeds) with bootstrap 90 % intervals (archs resampled), the seed noise (the
+standard deviation of one arch's standalone accuracy across seeds), the span of the
+standalone accuracies, and the bias (inherited − standalone) by kernel, width and depth.
+
+Standalone runs are independent: they run in `jobs` processes of one thread each. A
+previous result (`reuse`) supplies the standalone accuracies of archs it already trained
+with the same schedule, so two supernets can be compared on the same standalone figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas.arch import Arch
+from nas.io import write_json, write_text
+from nas.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The standalone training recipe: AdamW, linear warm-up, cosine decay, label smoothing."""
+
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    label_smoothing: float = 0.1
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    archs: int = 16
+    seeds: int = 2
+    schedule: Schedule = Schedule()
+    jobs: int = 2
+    bootstrap: int = 2000
+    seed: int = 0
+
+
+# ---- choosing archs ----------------------------------------------------------------------------
+
+
+def stratified_archs(space: SearchSpace, latency: Callable[[Arch], float], count: int, seed: int, pool: int = 2000) -> list[Arch]:
+    """The largest, the smallest, then one arch per predicted-latency quantile bin of a random
+    pool, each bin favouring a different kernel (the arch with the largest share of layers
+    using that kernel), so that kernels, widths and latencies are all covered."""
+    rng = random.Random(f"fidelity:{seed}")
+    chosen = [space.largest(), space.smallest()]
+    candidates = sorted({a.digest: a for a in (space.sample(rng) for _ in range(pool))}.values(), key=latency)
+    labels = [spec.label for spec in space.kernel_choices()]
+    bins = max(0, count - len(chosen))
+    taken = {a.digest for a in chosen}
+    for i in range(bins):
+        part = candidates[i * len(candidates) // bins : (i + 1) * len(candidates) // bins]
+        label = labels[i % len(labels)]
+        share = lambda a: sum(layer.kernel_spec.label == label for layer in a.layers) / a.depth  # noqa: E731
+        best = max((a for a in part if a.digest not in taken), key=lambda a: (share(a), -abs(latency(a))), default=None)
+        if best is not None:
+            chosen.append(best)
+            taken.add(best.digest)
+    return chosen[:count]
+
+
+# ---- standalone training -------------------------------------------------------------------------
+
+_DATASET = None
+
+
+def _init_worker(data: str, image_size: int, in_chans: int, split: dict) -> None:
+    global _DATASET
+    from nas.data import load_dataset
+
+    torch.set_num_threads(1)
+    _DATASET = load_dataset(data, image_size, in_chans)
+    _DATASET.split = split  # exactly the run's split
+
+
+def train_standalone(arch_json: str, seed: int, schedule: Schedule, dataset=None) -> dict:
+    """Train `arch` from scratch with `schedule`; its validation top-1 and the wall time."""
+    from nas.subnet import ViT
+
+    dataset = dataset or _DATASET
+    arch = Arch.from_json(arch_json)
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    model = ViT(arch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    batches = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(schedule.steps):
+        warm = min(1.0, (step + 1) / schedule.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr * warm * 0.5 * (1 + math.cos(math.pi * step / schedule.steps))
+        positions = torch.randint(0, dataset.size("train"), (schedule.batch_size,), generator=batches)
+        x, y = dataset.batch("train", positions, batches)
+        loss = F.cross_entropy(model(x), y, label_smoothing=schedule.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    top1 = dataset.top1(model, "val")
+    return {"accuracy": top1, "seconds": time.perf_counter() - started, "final_loss": loss.item()}
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+def rank_statistics(inherited: list[float], standalone: list[float], bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Kendall τ (b, tie-corrected) and Spearman ρ with bootstrap 90 % intervals over archs."""
+    from scipy.stats import kendalltau, spearmanr
+
+    x, y = np.asarray(inherited, dtype=float), np.asarray(standalone, dtype=float)
+
+    def both(i: np.ndarray) -> tuple[float, float]:
+        return float(kendalltau(x[i], y[i]).statistic), float(spearmanr(x[i], y[i]).statistic)
+
+    tau, rho = both(np.arange(len(x)))
+    rng = np.random.default_rng(seed)
+    samples = [both(rng.integers(0, len(x), len(x))) for _ in range(bootstrap)]
+    taus = np.array([s[0] for s in samples if np.isfinite(s[0])])
+    rhos = np.array([s[1] for s in samples if np.isfinite(s[1])])
+    interval = lambda v: [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))] if len(v) else [math.nan, math.nan]  # noqa: E731
+    return {"kendall_tau": tau, "kendall_tau_90": interval(taus), "spearman_rho": rho, "spearman_rho_90": interval(rhos)}
+
+
+def bias_tables(rows: list[dict]) -> dict:
+    """Mean (inherited − standalone) in points: by kernel (each arch weighted by its share of
+    layers using the kernel), by embed_dim and by depth."""
+    by_kernel: dict[str, list[float]] = {}
+    weights: dict[str, float] = {}
+    by_embed: dict[str, list[float]] = {}
+    by_depth: dict[str, list[float]] = {}
+    for row in rows:
+        arch = Arch.from_json(row["arch"])
+        gap = 100 * (row["inherited"] - row["standalone"])
+        for layer in arch.layers:
+            label = layer.kernel_spec.label
+            by_kernel.setdefault(label, []).append(gap / arch.depth)
+            weights[label] = weights.get(label, 0.0) + 1 / arch.depth
+        by_embed.setdefault(str(arch.embed_dim), []).append(gap)
+        by_depth.setdefault(str(arch.depth), []).append(gap)
+    return {
+        "kernel": {k: {"bias_points": sum(v) / weights[k], "weight_archs": round(weights[k], 3)} for k, v in sorted(by_kernel.items())},
+        "embed_dim": {k: {"bias_points": statistics.fmean(v), "archs": len(v)} for k, v in sorted(by_embed.items(), key=lambda kv: int(kv[0]))},
+        "depth": {k: {"bias_points": statistics.fmean(v), "archs": len(v)} for k, v in sorted(by_depth.items(), key=lambda kv: int(kv[0]))},
+    }
+
+
+def summarize(rows: list[dict], config: FidelityConfig) -> dict:
+    inherited = [r["inherited"] for r in rows]
+    standalone = [r["standalone"] for r in rows]
+    per_arch_sd = [statistics.stdev(r["seeds"]) for r in rows if len(r["seeds"]) > 1]
+    span = max(standalone) - min(standalone)
+    noise = statistics.fmean(per_arch_sd) if per_arch_sd else math.nan
+    return {
+        **rank_statistics(inherited, standalone, config.bootstrap, config.seed),
+        "archs": len(rows),
+        "standalone_span_points": 100 * span,
+        "seed_sd_points": 100 * noise,
+        "seed_sd_over_span": noise / span if span > 0 else math.nan,
+        "bias": bias_tables(rows),
+    }
+
+
+# ---- the bench -----------------------------------------------------------------------------------
+
+
+def reusable(path: Path | None, schedule: Schedule) -> dict[tuple[str, int], float]:
+    """(digest, seed) -> standalone accuracy from an earlier fidelity JSON with the same schedule."""
+    if path is None:
+        return {}
+    data = json.loads(Path(path).read_text())
+    if data.get("config", {}).get("schedule") != asdict(schedule):
+        return {}
+    return {(row["digest"], int(seed)): acc for row in data["archs"] for seed, acc in zip(row["seed_ids"], row["seeds"])}
+
+
+def run(run_dir: Path, config: FidelityConfig, reuse: Path | None = None, progress: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+    from nas.rundir import TABLE, RunDir
+    from nas.train import accuracy
+
+    run = RunDir(run_dir)
+    space, data = run.space_and_data()
+    dataset = run.dataset(space, data)
+    net = run.supernet(space)
+    table = run.table(space) if run.has(TABLE) else None
+    if table is None:
+        from nas import flops
+
+        progress(f"note: {run_dir} has no {TABLE}; archs are stratified by MACs instead of predicted latency")
+    latency = table.predict if table else (lambda arch: float(flops.count(arch).macs))
+    archs = stratified_archs(space, latency, config.archs, config.seed)
+    known = reusable(reuse, config.schedule)
+    jobs = [(a, s) for a in archs for s in range(config.seeds) if (a.digest, s) not in known]
+    progress(
+        f"fidelity: {len(archs)} archs x {config.seeds} seed(s), {config.schedule.steps} steps of batch "
+        f"{config.schedule.batch_size} each; {len(jobs)} standalone run(s) in {config.jobs} process(es)"
+        + (f", {len(archs) * config.seeds - len(jobs)} reused" if known else "")
+    )
+    results = dict(known)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(config.jobs, initializer=_init_worker, initargs=(data, space.image_size, space.in_chans, dataset.split)) as ex:
+        futures = {ex.submit(train_standalone, a.to_json(), s, config.schedule): (a, s) for a, s in jobs}
+        for done, future in enumerate(futures, 1):
+            arch, seed = futures[future]
+            out = future.result()
+            results[(arch.digest, seed)] = out["accuracy"]
+            eta = (time.perf_counter() - started) / done * (len(jobs) - done)
+            progress(f"[{done}/{len(jobs)}] {arch!r} seed {seed}: standalone {out['accuracy']:.4f} ({out['seconds']:.0f} s; ETA {eta / 60:.1f} min)")
+    rows = []
+    for arch in archs:
+        seeds = [results[(arch.digest, s)] for s in range(config.seeds)]
+        rows.append({
+            "digest": arch.digest, "arch": arch.to_json(indent=None), "latency": latency(arch),
+            "inherited": accuracy(net, arch, dataset, "val"), "standalone": statistics.fmean(seeds),
+            "seeds": seeds, "seed_ids": list(range(config.seeds)),
+        })
+    return rows, summarize(rows, config)
+
+
+def write(rows: list[dict], summary: dict, config: FidelityConfig, space_name: str, out: Path, command: str | None, machine: dict) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"fidelity_{space_name}"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["digest", "latency", "inherited", "standalone", "seeds", "arch"])
+    for r in rows:
+        writer.writerow([r["digest"], f"{r['latency']:.6g}", f"{r['inherited']:.4f}", f"{r['standalone']:.4f}", " ".join(f"{s:.4f}" for s in r["seeds"]), r["arch"]])
+    write_text(stem.with_suffix(".csv"), buffer.getvalue())
+    write_json(stem.with_suffix(".json"), {
+        "command": command, "machine": machine, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(config), "summary": summary, "archs": rows,
+    })
+    _plot(rows, summary, stem.with_suffix(".png"))
+    return [stem.with_suffix(s) for s in (".csv", ".json", ".png")]
+
+
+def _plot(rows: list[dict], summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nas.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for r in rows:
+        ax.errorbar(r["inherited"], r["standalone"], yerr=[[r["standalone"] - min(r["seeds"])], [max(r["seeds"]) - r["standalone"]]], fmt="o", color="tab:blue", ms=4, capsize=2)
+    ax.set_xlabel("inherited accuracy (supernet weights, val)")
+    ax.set_ylabel("standalone accuracy (trained from scratch, val; seed range)")
+    lo, hi = summary["kendall_tau_90"]
+    ax.set_title(f"Kendall τ {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], Spearman ρ {summary['spearman_rho']:.2f}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+
+
+def format_summary(summary: dict) -> str:
+    lo, hi = summary["kendall_tau_90"]
+    rlo, rhi = summary["spearman_rho_90"]
+    lines = [
+        f"Kendall tau {summary['kendall_tau']:.3f} (90% CI {lo:.3f}..{hi:.3f}), Spearman rho {summary['spearman_rho']:.3f} "
+        f"(90% CI {rlo:.3f}..{rhi:.3f}) over {summary['archs']} archs",
+        f"standalone span {summary['standalone_span_points']:.1f} points, seed sd {summary['seed_sd_points']:.2f} points "
+        f"({summary['seed_sd_over_span']:.2f} of the span)",
+        "bias (inherited - standalone, points) by kernel: "
+        + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["kernel"].items()),
+        "by embed_dim: " + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["embed_dim"].items())
+        + "; by depth: " + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["depth"].items()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""`nas bench kernels`, `nas bench supernet`, `nas bench latency`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from nas.commands.common import command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
+from nas.errors import NasError
+
+
+def add_bench_kernels(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.kernels import DEFAULT_TOKENS, DTYPES, MODES, KernelBenchConfig
+
+    defaults = KernelBenchConfig()
+    p = sub.add_parser(
+        "kernels",
+        help="time every attention kernel against softmax SDPA over a token sweep",
+        description="Time every attention kernel (forward and forward+backward) against softmax SDPA over a sweep "
+        "of token counts; print tables and crossovers, write CSV, JSON and PNG under --out.",
+    )
+    p.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:<index> (default: cpu)")
+    p.add_argument("--dtype", default=defaults.dtype, choices=list(DTYPES), help="default: fp32")
+    p.add_argument("--head-dim", type=positive_int, default=defaults.head_dim, help="default: %(default)s")
+    p.add_argument("--heads", type=positive_int, default=defaults.heads, help="default: %(default)s")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default: %(default)s")
+    p.add_argument(
+        "--tokens", type=int_list, default=DEFAULT_TOKENS,
+        help="comma-separated token counts (default: powers of two from 64 to 16384)",
+    )
+    p.add_argument("--kernels", type=str_list, default=defaults.kernels, help="comma-separated kernel labels (default: all)")
+    p.add_argument("--modes", type=str_list, default=MODES, help="fwd, fwd+bwd or both (default: both)")
+    p.add_argument("--warmup", type=positive_int, default=defaults.warmup, help="warm-up calls (default: %(default)s)")
+    p.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="most timed calls (default: %(default)s)")
+    p.add_argument(
+        "--max-seconds", type=positive_float, default=defaults.max_seconds,
+        help="time budget per measurement; at least 3 calls are timed (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_kernels)
+
+
+def run_bench_kernels(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas import kernels
+    from nas.bench import kernels as bench
+    from nas.latency import resolve_device
+
+    valid = [spec.label for spec in kernels.variants()]
+    unknown = [label for label in args.kernels if label not in valid]
+    if unknown:
+        raise NasError(f"--kernels: unknown kernel label(s) {', '.join(unknown)}; valid labels: {', '.join(valid)}")
+    bad_modes = [mode for mode in args.modes if mode not in bench.MODES]
+    if bad_modes:
+        raise NasError(f"--modes: unknown mode(s) {', '.join(bad_modes)}; valid modes: {', '.join(bench.MODES)}")
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config = bench.KernelBenchConfig(
+        device=str(device), dtype=args.dtype, head_dim=args.head_dim, heads=args.heads, batch_size=args.batch_size,
+        tokens=tuple(sorted(set(args.tokens))), kernels=tuple(args.kernels), modes=tuple(args.modes),
+        warmup=args.warmup, repeats=args.repeats, max_seconds=args.max_seconds, seed=args.seed,
+    )
+    print(
+        f"nas bench kernels: {len(config.kernels)} kernels vs softmax on {device} ({config.dtype}, "
+        f"B={config.batch_size}, heads={config.heads}, d={config.head_dim}, {torch.get_num_threads()} threads), "
+        f"N = {', '.join(map(str, config.tokens))}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    rows = bench.run(config, progress=lambda line: print(line, flush=True))
+    wall = time.perf_counter() - started
+    print(bench.format_tables(rows))
+    paths = bench.write_results(rows, config, args.out, wall, command_line())
+    print(f"done in {wall:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def add_bench_supernet(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.supernet import SupernetBenchConfig
+
+    defaults = SupernetBenchConfig()
+    p = sub.add_parser(
+        "supernet",
+        help="training-step time of subnets inside the supernet vs extracted standalone (CPU)",
+        description="For sampled archs, time one training step inside the supernet and as the extracted standalone "
+        "model (same batch, alternating), print the ratio per arch and the median; write CSV and JSON under --out.",
+    )
+    p.add_argument("--space", default=defaults.space, help="search space name or YAML path (default: %(default)s)")
+    p.add_argument("--archs", type=positive_int, default=defaults.archs, help="sampled archs (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default: %(default)s")
+    p.add_argument("--warmup", type=positive_int, default=defaults.warmup, help="warm-up steps per model (default: %(default)s)")
+    p.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="timed steps per model (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_supernet)
+
+
+def run_bench_supernet(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas.bench import supernet as bench
+    from nas.space import load_space
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    space = load_space(args.space)
+    config = bench.SupernetBenchConfig(
+        space=space.name, archs=args.archs, batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats, seed=args.seed
+    )
+    print(f"nas bench supernet: {config.archs} archs of {space.name}, batch {config.batch_size}, {torch.get_num_threads()} threads", flush=True)
+    rows = bench.run(space, config, progress=lambda line: print(line, flush=True))
+    paths = bench.write_results(rows, config, args.out, command_line())
+    ratios = sorted(row.ratio for row in rows)
+    print(f"median ratio supernet / standalone: {bench.median_ratio(rows):.3f} (range {ratios[0]:.3f}-{ratios[-1]:.3f})")
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
+def add_bench_latency(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "latency",
+        help="predicted vs measured latency of held-out archs for a lookup table",
+        description="Measure fresh held-out archs end to end on a table's device (this machine must match its "
+        "fingerprint), print predicted vs measured, write CSV, JSON and a scatter plot under --out.",
+    )
+    p.add_argument("--table", type=Path, default=None, help="a table built by `nas latency` (not with --interference)")
+    p.add_argument("--interference", action="store_true", help="build a table quietly and one next to a competing CPU load (one busy core "
+                   "during the first third of the build); validate both on the same held-out archs")
+    p.add_argument("--runs", type=positive_int, default=1, help="with --interference: repetitions, for the spread (default: %(default)s)")
+    p.add_argument("--space", default="digits-tiny", help="the table's search space (default: digits-tiny)")
+    p.add_argument("--archs", type=positive_int, default=50, help="held-out archs to measure (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=100, help="default: %(default)s")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:<index> (default: the table's device type)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_latency)
+
+
+def run_bench_latency(args: argparse.Namespace) -> int:
+    from nas.bench import latency as bench
+    from nas.latency import table as lut
+    from nas.latency.profiler import Profiler
+    from nas.space import load_space
+
+    if args.interference:
+        return run_bench_interference(args)
+    if args.table is None:
+        raise NasError("--table is required (or pass --interference)")
+    space = load_space(args.space)
+    stored = lut.LatencyTable.load(args.table, space)
+    fp = stored.fingerprint
+    profiler = Profiler(args.device or fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+    table = lut.LatencyTable.load(args.table, space, expect=profiler.fingerprint())
+    exclude = set(table.calibration["archs"]) if table.calibration else set()
+    archs = lut.held_out_archs(space, args.archs, args.seed, exclude)
+    print(f"nas bench latency: {len(archs)} held-out archs of {space.name} on {fp.device_name} ({fp.dtype}, batch {fp.batch_size})", flush=True)
+    validation = lut.validate(table, archs, profiler.measure_models(archs))
+    print(bench.format_points(validation))
+    print(bench.summary_line(validation))
+    paths = bench.write_results(table, validation, args.out, command_line())
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
+def run_bench_interference(args: argparse.Namespace) -> int:
+    import statistics
+
+    import torch
+
+    from nas.bench import interference
+    from nas.io import write_json
+    from nas.latency import describe_device
+    from nas.latency.profiler import Profiler
+    from nas.space import load_space
+
+    if args.table is not None:
+        raise NasError("--interference builds its own tables: drop --table")
+    space = load_space(args.space)
+    profiler = Profiler(args.device or "cpu", "fp32", 1)
+    print(f"nas bench latency --interference: {space.name} on {profiler.fingerprint().device_name}, {args.runs} run(s), "
+          f"{args.archs} held-out archs", flush=True)
+    results = []
+    for run in range(args.runs):
+        result = interference.run(space, profiler, args.archs, args.seed + 10 * run, progress=lambda line: print(line, flush=True))
+        print(interference.format_run(result), flush=True)
+        results.append(result)
+    spread = {
+        name: {key: {"min": min(r[name][key] for r in results), "max": max(r[name][key] for r in results),
+                     "median": statistics.median(r[name][key] for r in results)}
+               for key in ("build_seconds", "mape", "within_10pct", "kendall_tau")}
+        for name in ("quiet", "interfered")
+    }
+    ratio = [r["interfered"]["build_seconds"] / r["quiet"]["build_seconds"] for r in results]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"latency_interference_{space.name}_cpu_fp32_b1.json"
+    write_json(path, {"benchmark": "nas bench latency --interference", "command": command_line(),
+                      "machine": describe_device(torch.device("cpu")), "protocol": profiler.protocol.to_dict(),
+                      "runs": results, "spread": spread, "build_time_ratio": ratio})
+    print(f"interfered / quiet build time: {', '.join(f'{x:.2f}' for x in ratio)}; wrote {path}")
+    return 0

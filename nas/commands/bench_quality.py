@@ -1,0 +1,135 @@
+"""`nas bench search`, `nas bench fidelity`: is the search's answer true?"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from nas.commands.common import command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
+from nas.errors import NasError
+
+
+def add_bench_search(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.search import SearchBenchConfig
+
+    d = SearchBenchConfig()
+    p = sub.add_parser(
+        "search",
+        help="hypervolume of NSGA-II / TPE vs random search; evaluator throughput",
+        description="On a run with a trained supernet and latency table: run T trials per sampler and seed in fresh "
+        "in-memory studies, compare the hypervolume of the feasible fronts, and time 1 vs 2 evaluator actors.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="run directory with supernet.safetensors and latency_table.json")
+    p.add_argument("--trials", type=positive_int, default=d.trials, help="trials per study (default: %(default)s)")
+    p.add_argument("--seeds", type=int_list_any, default=d.seeds, help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--samplers", type=str_list, default=d.samplers, help="default: tpe,nsga2,random")
+    p.add_argument("--budget-ms", type=positive_float, default=None, help="default: the run's budget (manifest), else the default rule")
+    p.add_argument("--ref-accuracy", type=float, default=None, help="accuracy of the hypervolume reference point (default: the median accuracy of the feasible reference archs)")
+    p.add_argument("--reference-archs", type=positive_int, default=d.reference_archs, help="random archs of the brute-force reference front (default: %(default)s)")
+    p.add_argument("--evaluators", type=positive_int, default=2, help="evaluator actors for the searches (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_search)
+
+
+def run_bench_search(args: argparse.Namespace) -> int:
+    from nas.bench import search as bench
+    from nas.pipeline import resolve_budget
+    from nas.rundir import WEIGHTS, RunDir
+    from nas.search import SAMPLERS
+    from workers.cluster import init_ray
+    from workers.evaluator import EvaluatorPool
+
+    bad = [s for s in args.samplers if s not in SAMPLERS]
+    if bad:
+        raise NasError(f"--samplers: unknown {', '.join(bad)}; use {', '.join(SAMPLERS)}")
+    if "random" not in args.samplers:
+        raise NasError("--samplers must include random: it is the baseline")
+    run = RunDir(args.run)
+    space, _ = run.space_and_data()
+    if not run.has(WEIGHTS):
+        raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
+    table = run.table(space)
+    budget = resolve_budget(space, table, args.budget_ms if args.budget_ms is not None else run.budget(), lambda line: print(line, flush=True))
+    config = bench.SearchBenchConfig(trials=args.trials, seeds=tuple(args.seeds), samplers=tuple(args.samplers),
+                                     ref_accuracy=args.ref_accuracy, reference_archs=args.reference_archs)
+    print(f"nas bench search: {space.name}, {config.trials} trials × seeds {list(config.seeds)} × {list(config.samplers)}, "
+          f"budget {budget} ms, reference: {config.reference_archs} random archs", flush=True)
+    init_ray(None)
+    pool = EvaluatorPool(str(args.run), args.evaluators)
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    try:
+        evaluate = bench.CachedEvaluate(pool)
+        points = bench.reference_points(space, table, evaluate, config.reference_archs, progress=say)
+        front = bench.front_of(points, budget)
+        feasible = sorted(acc for acc, lat in points if lat <= budget)
+        if not feasible:
+            raise NasError(f"none of the {len(points)} reference archs is within the budget of {budget} ms; raise --budget-ms")
+        ref_accuracy = config.ref_accuracy if config.ref_accuracy is not None else feasible[len(feasible) // 2]
+        reference_hv = bench.hypervolume(front, ref_accuracy, budget)
+        print(f"reference front: {len(front)} archs from {len(points)} random ({len(feasible)} feasible); reference point "
+              f"accuracy {ref_accuracy:.4f}; hypervolume {reference_hv:.5f}", flush=True)
+        rows = bench.run_samplers(space, table, pool, budget, config, ref_accuracy, reference_hv, evaluate, progress=say)
+    finally:
+        pool.shutdown()
+    summary = bench.summarize(rows)
+    for sampler, stats in summary.items():
+        print(f"{sampler:7s} hypervolume {stats['share_mean']:.1%} of the reference on average (min {stats['share_min']:.1%}, "
+              f"max {stats['share_max']:.1%}; absolute {stats['mean']:.5f} ± {stats['stdev']:.5f})")
+    rates = bench.throughput(space, lambda size: EvaluatorPool(str(args.run), size), archs=config.throughput_archs)
+    print("evaluation throughput: " + ", ".join(f"{size} evaluator(s) {rate:.1f} archs/s" for size, rate in rates.items()))
+    reference = {"archs": len(points), "feasible": len(feasible), "ref_accuracy": ref_accuracy, "hypervolume": reference_hv,
+                 "front": [{"accuracy": a, "latency_ms": l} for a, l in front]}
+    import torch
+
+    from nas.latency import describe_device
+
+    paths = bench.write_results(rows, summary, rates, config, space.name, budget, args.out, command_line(), reference,
+                                describe_device(torch.device("cpu")))
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
+def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.fidelity import FidelityConfig, Schedule
+
+    d, s = FidelityConfig(), Schedule()
+    p = sub.add_parser(
+        "fidelity",
+        help="does the supernet rank archs as standalone training does? (Kendall tau, per-kernel bias)",
+        description="Train K archs of a run (stratified over predicted latency and kernel mix, with the largest and "
+        "the smallest) standalone from scratch with S seeds, and compare their validation accuracy with the "
+        "supernet's inherited accuracy: Kendall tau and Spearman rho with bootstrap 90%% intervals, seed noise, "
+        "bias by kernel / width / depth. Writes fidelity_<space>.{csv,json,png} under --out.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="run directory with a trained supernet (and latency_table.json)")
+    p.add_argument("--archs", type=positive_int, default=d.archs, help="archs to train standalone (default: %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=d.seeds, help="seeds per arch (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=s.steps, help="standalone training steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=s.batch_size, help="default: %(default)s")
+    p.add_argument("--lr", type=positive_float, default=s.lr, help="default: %(default)s")
+    p.add_argument("--jobs", type=positive_int, default=d.jobs, help="parallel standalone runs, one thread each (default: %(default)s)")
+    p.add_argument("--reuse", type=Path, default=None, help="an earlier fidelity JSON: reuse its standalone results for the same archs and schedule")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the choice of archs and the bootstrap (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_fidelity)
+
+
+def run_bench_fidelity(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas.bench import fidelity
+    from nas.latency import describe_device
+    from nas.rundir import RunDir
+
+    if args.reuse is not None and not args.reuse.is_file():
+        raise NasError(f"--reuse {args.reuse}: no such file")
+    space, _ = RunDir(args.run).space_and_data()
+    schedule = fidelity.Schedule(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    config = fidelity.FidelityConfig(archs=args.archs, seeds=args.seeds, schedule=schedule, jobs=args.jobs, seed=args.seed)
+    started = time.perf_counter()
+    rows, summary = fidelity.run(args.run, config, args.reuse, progress=lambda line: print(line, flush=True))
+    print(fidelity.format_summary(summary))
+    paths = fidelity.write(rows, summary, config, space.name, args.out, command_line(), describe_device(torch.device("cpu")))
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; wrote {', '.join(map(str, paths))}")
+    return 0

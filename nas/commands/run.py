@@ -1,0 +1,157 @@
+"""`nas run`, `nas search`, `nas report`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from nas.commands.common import add_fit_options, command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
+from nas.errors import NasError
+
+
+def add_run(commands: argparse._SubParsersAction) -> None:
+    from nas.pipeline import RunConfig
+
+    d = RunConfig()
+    p = commands.add_parser(
+        "run",
+        help="the whole pipeline: latency table, supernet training, search, export (default: odd-one-out on this CPU)",
+        description="Build and validate the device's latency table, train the supernet, and run the Optuna search "
+        "on local Ray (or a cluster), writing everything into --out.",
+    )
+    p.add_argument("--space", default=d.space, help="search space name or YAML path (default: %(default)s)")
+    p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)")
+    p.add_argument("--device", default=d.device, help="device whose latency is optimised: cpu, cuda or cuda:<i> (default: cpu)")
+    p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"], help="default: fp32")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="inference batch size for latency (default: %(default)s)")
+    p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget in ms (default: the median predicted latency of 2,000 random archs: about half the space is feasible)")
+    p.add_argument("--trials", type=positive_int, default=d.trials, help="default: %(default)s")
+    p.add_argument("--epochs", type=positive_int, default=None, help="supernet training epochs (default: the space's)")
+    p.add_argument("--workers", type=positive_int, default=d.workers, help="Ray Train workers for the supernet; 1 trains in this process (default: %(default)s)")
+    p.add_argument("--evaluators", type=positive_int, default=d.evaluators, help="Ray evaluator actors (default: %(default)s)")
+    p.add_argument("--sampler", default=d.sampler, choices=["tpe", "nsga2", "random"], help="default: %(default)s")
+    p.add_argument("--calibrate", type=int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
+    p.add_argument("--validate", type=int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
+    add_fit_options(p)
+    p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite in --out)")
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<date>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.set_defaults(func=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from nas.pipeline import RunConfig, run
+
+    if args.resume and args.out is None:
+        raise NasError("--resume needs --out: the run directory to continue")
+    out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    config = RunConfig(
+        space=args.space, data=args.data, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        budget_ms=args.budget_ms, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
+        sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=args.storage,
+        calibrate=args.calibrate, validate=args.validate, max_mape=args.max_mape, min_tau=args.min_tau,
+        accept_poor_fit=args.accept_poor_fit,
+    )
+    started = time.perf_counter()
+    print(f"nas run: {config.space} -> {out}", flush=True)
+    result = run(config, out, args.resume, progress=lambda line: print(line, flush=True))
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; run directory {out}")
+    if not result:
+        print("no feasible arch was found under the budget")
+    return 0
+
+
+def add_search(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "search",
+        help="Optuna search over a trained supernet (Ray evaluator actors)",
+        description="Search a run directory that holds a trained supernet and a latency table (nas train, nas latency "
+        "--out <run>/latency_table.json); writes study.db (or --storage), trials.csv, pareto.csv, pareto.png.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--table", type=Path, default=None, help="latency table (default: <run>/latency_table.json)")
+    p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: none, the whole front)")
+    p.add_argument("--trials", type=positive_int, default=100, help="default: %(default)s")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"], help="default: %(default)s")
+    p.add_argument("--third-objective", default=None, choices=["params", "macs"], help="also minimise params or MACs")
+    p.add_argument("--evaluators", type=positive_int, default=2, help="Ray evaluator actors (default: %(default)s)")
+    p.add_argument("--batch", type=positive_int, default=None, help="trials asked per round (default: 2 × evaluators)")
+    p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: local Ray)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///<run>/study.db)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--resume", action="store_true", help="continue the study")
+    p.set_defaults(func=run_search_command)
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    from nas import report, search
+    from nas.latency.table import LatencyTable
+    from nas.pipeline import resolve_budget
+    from nas.rundir import TABLE, WEIGHTS, RunDir
+    from nas.stages import search_stage
+
+    run = RunDir(args.run)
+    space, _ = run.space_and_data()
+    if not run.has(WEIGHTS):
+        raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
+    table_path = args.table or run.path(TABLE)
+    if not table_path.is_file():
+        raise NasError(f"{table_path} does not exist; build it with nas latency --space ... --out {table_path}")
+    table = LatencyTable.load(table_path, space)
+    budget = resolve_budget(space, table, args.budget_ms) if args.budget_ms is not None else None
+    config = search.SearchConfig(
+        trials=args.trials, batch=args.batch or 2 * args.evaluators, sampler=args.sampler, seed=args.seed,
+        budget_ms=budget, third_objective=args.third_objective,
+    )
+    storage = args.storage or run.default_storage()
+    print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s), "
+          f"budget {budget if budget is not None else 'none'}, storage {search.redact(storage)}", flush=True)
+    study, front = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
+                                progress=lambda line: print(line, flush=True))
+    print(report.format_front(front))
+    print(f"wrote {args.run}/trials.csv, pareto.csv, pareto.png")
+    if budget is not None and not front:
+        from nas.pipeline import no_feasible_trial
+
+        raise no_feasible_trial(study, budget)
+    return 0
+
+
+def add_report(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("report", help="redraw a run's Pareto plot and tables from its study",
+                            description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv and pareto.png; print the front.")
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///<run>/study.db)")
+    p.add_argument("--budget-ms", type=positive_float, default=None, help="budget line to draw (default: the run's)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import optuna
+
+    from nas import report, search
+    from nas.rundir import STUDY, RunDir
+
+    run = RunDir(args.run)
+    storage = args.storage or run.default_storage()
+    if args.storage is None and not run.has(STUDY):
+        raise NasError(f"{args.run} holds no study.db; pass --storage if the study lives elsewhere")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=search.STUDY_NAME, storage=search.normalize_storage(storage))
+    except KeyError:
+        raise NasError(f"{search.redact(storage)} holds no study named {search.STUDY_NAME}") from None
+    except Exception as error:  # noqa: BLE001 — a corrupt database raises SQLAlchemy / sqlite errors
+        raise NasError(f"{search.redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt") from None
+    budget = args.budget_ms if args.budget_ms is not None else run.budget()
+    front = report.write_outputs(study, run, budget)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    print(f"{len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
+    print(report.format_front(front))
+    print(f"wrote {args.run}/trials.csv, pareto.csv, pareto.png")
+    return 0

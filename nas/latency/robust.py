@@ -1,0 +1,128 @@
+"""Measurements that stay true next to a noisy neighbour.
+
+A shared machine slows some calls down (another job, throttling, a notebook), never speeds
+them up. So each unit (a table entry or a whole model) is timed in several passes,
+interleaved round-robin over the units of a chunk, so that a burst of interference hits
+one pass of many units rather than every pass of one; on CPU the entry is the minimum of
+its per-pass medians, on CUDA (events, a dedicated device) the median of them. A unit
+whose passes disagree by more than `max_dispersion` is re-timed. Around every chunk a
+fixed reference probe is re-timed: a chunk measured while the reference ran slower than
+its best by more than `drift_threshold` is measured again later, and the lower figures
+kept. Finally, entries of one kernel that are faster at a wider width than at a narrower
+one (beyond `monotone_tolerance`) are re-measured once.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+
+from nas.latency.probe import Protocol, Unit
+
+Entry = dict  # {"ms", "dispersion", "passes", "remeasured"}
+
+
+def dispersion(medians: list[float]) -> float:
+    low = min(medians)
+    return (max(medians) - low) / low if low > 0 else float("inf")
+
+
+def measure_units(units: dict[str, Unit], protocol: Protocol, cuda: bool) -> dict[str, Entry]:
+    """Each unit's entry from `protocol.passes` interleaved passes, outliers re-timed."""
+    rounds = {key: [] for key in units}
+    for _ in range(protocol.passes):
+        for key, unit in units.items():
+            rounds[key].append(unit())
+    out = {}
+    for key, unit in units.items():
+        every, latest, again = list(rounds[key]), rounds[key], 0
+        while dispersion(latest) > protocol.max_dispersion and again < protocol.remeasure:
+            latest = [unit() for _ in range(protocol.passes)]
+            every += latest
+            again += 1
+        out[key] = {"ms": statistics.median(latest) if cuda else min(every), "dispersion": round(dispersion(latest), 4), "passes": len(every), "remeasured": again}
+    return out
+
+
+def merge(old: Entry | None, new: Entry, cuda: bool) -> Entry:
+    """A re-measured entry: on CPU the lower figure stands (interference only adds time)."""
+    if old is None or cuda or new["ms"] <= old["ms"]:
+        keep = dict(new)
+    else:
+        keep = dict(old)
+    keep["passes"] = new["passes"] + (old["passes"] if old else 0)
+    keep["remeasured"] = (old["remeasured"] + 1) if old else new["remeasured"]
+    return keep
+
+
+class DriftProbe:
+    """Times the reference unit; `slow()` says whether the machine runs slower than its best."""
+
+    def __init__(self, reference: Callable[[], float], protocol: Protocol) -> None:
+        self.reference, self.protocol = reference, protocol
+        self.best = min(reference() for _ in range(3))
+        self.last = self.best
+
+    def check(self) -> float:
+        """Time the reference now; returns the ratio to the best seen."""
+        self.last = min(self.reference() for _ in range(2))
+        self.best = min(self.best, self.last)
+        return self.last / self.best
+
+    def slow(self, ratio: float) -> bool:
+        return ratio > 1 + self.protocol.drift_threshold
+
+
+def measure_with_drift(
+    chunks: Iterable[list],
+    measure_chunk: Callable[[list], dict[str, Entry]],
+    probe: DriftProbe | None,
+    protocol: Protocol,
+    cuda: bool,
+    done: Callable[[list, dict[str, Entry]], None] = lambda chunk, entries: None,
+    drift_log: list | None = None,
+) -> dict[str, Entry]:
+    """Measure chunk by chunk; a chunk during which the reference was slow is queued again
+    (at most `protocol.remeasure` times) and its entries merged. `done(chunk, entries)` is
+    called after every chunk (the table saves its progress there)."""
+    results: dict[str, Entry] = {}
+    queue = [(list(chunk), 0) for chunk in chunks]
+    before = probe.check() if probe else 1.0
+    while queue:
+        chunk, attempt = queue.pop(0)
+        measured = measure_chunk(chunk)
+        for key, entry in measured.items():
+            results[key] = merge(results.get(key), entry, cuda)
+        after = probe.check() if probe else 1.0
+        if probe and (probe.slow(before) or probe.slow(after)) and attempt < protocol.remeasure:
+            queue.append((chunk, attempt + 1))
+            if drift_log is not None:
+                drift_log.append({"ratio_before": round(before, 3), "ratio_after": round(after, 3), "entries": sorted(measured), "attempt": attempt + 1})
+        before = after
+        done(chunk, {k: results[k] for k in measured})
+    return results
+
+
+def width_inconsistencies(entries: dict[str, Entry], tolerance: float) -> list[tuple[str, str]]:
+    """(narrower, wider) block entries of one kernel where the narrower is slower by more than
+    `tolerance`, along embed_dim, heads and mlp_ratio (keys `block|e<E>|<label>|h<H>|r<R>`)."""
+    blocks = {}
+    for key, entry in entries.items():
+        parts = key.split("|")
+        if parts[0] == "block":
+            blocks[(int(parts[1][1:]), parts[2], int(parts[3][1:]), float(parts[4][1:]))] = (key, entry["ms"])
+    pairs = []
+    for (e, label, h, r), (key, ms) in blocks.items():
+        for wider in ((e2, label, h, r) for e2 in {k[0] for k in blocks} if e2 > e):
+            pairs += _slower(blocks, key, ms, wider, tolerance)
+        for wider in ((e, label, h2, r) for h2 in {k[2] for k in blocks} if h2 > h):
+            pairs += _slower(blocks, key, ms, wider, tolerance)
+        for wider in ((e, label, h, r2) for r2 in {k[3] for k in blocks} if r2 > r):
+            pairs += _slower(blocks, key, ms, wider, tolerance)
+    return pairs
+
+
+def _slower(blocks: dict, key: str, ms: float, wider: tuple, tolerance: float) -> list[tuple[str, str]]:
+    if wider in blocks and ms > blocks[wider][1] * (1 + tolerance):
+        return [(key, blocks[wider][0])]
+    return []

@@ -1,0 +1,98 @@
+"""Reporting a study: trials.csv (every trial), pareto.csv (the feasible front), pareto.png,
+and the front as a printed table. Arches are read back with the one codec (`Arch.from_dict`
+of the trial's `arch` attribute, the same JSON as the CSV column and arch.json).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+
+from nas.arch import Arch
+from nas.io import atomic_path, write_text
+from nas.rundir import PARETO_CSV, PARETO_PNG, TRIALS, RunDir
+from nas.search import feasible
+from nas.search import pareto_front
+
+TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "macs", "params", "duration_s", "digest", "interrupted", "failure", "arch"]
+
+
+def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
+    duration = trial.duration.total_seconds() if trial.duration else None
+    attrs = trial.user_attrs
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "accuracy": trial.values[0] if trial.values else attrs.get("accuracy"),
+        "latency_ms": attrs.get("latency_ms"),
+        "feasible": feasible(trial) if trial.constraints else None,
+        "macs": attrs.get("macs"),
+        "params": attrs.get("params"),
+        "duration_s": None if duration is None else round(duration, 3),
+        "digest": attrs.get("digest"),
+        "interrupted": bool(attrs.get("interrupted", False)),
+        "failure": attrs.get("failure", ""),
+        "arch": _compact_json(attrs.get("arch")),
+    }
+
+
+def _compact_json(data) -> str:
+    return "" if data is None else json.dumps(data, separators=(",", ":"))
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_outputs(study: optuna.Study, run: RunDir, budget_ms: float | None) -> list[optuna.trial.FrozenTrial]:
+    """trials.csv (every trial), pareto.csv (feasible front) and pareto.png; returns the front."""
+    trials = study.get_trials(deepcopy=False)
+    front = pareto_front(trials)
+    write_text(run.path(TRIALS), _csv([trial_row(t) for t in trials]))
+    write_text(run.path(PARETO_CSV), _csv([trial_row(t) for t in front]))
+    _plot(trials, front, budget_ms, run.path(PARETO_PNG))
+    return front
+
+
+def format_front(front: Sequence[optuna.trial.FrozenTrial]) -> str:
+    lines = [f"{'trial':>5} {'accuracy':>9} {'latency ms':>11} {'MMACs':>8} {'params':>8}  arch"]
+    for t in front:
+        arch = Arch.from_dict(t.user_attrs["arch"])
+        kinds = ",".join(layer.kernel_spec.label for layer in arch.layers)
+        lines.append(
+            f"{t.number:5d} {t.values[0]:9.4f} {t.values[1]:11.4f} {t.user_attrs['macs'] / 1e6:8.2f} {t.user_attrs['params']:8d}  "
+            f"e{arch.embed_dim} d{arch.depth} [{kinds}]"
+        )
+    return "\n".join(lines)
+
+
+def _plot(trials, front, budget_ms: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([t.values[1] for t in complete], [t.values[0] for t in complete], s=12, color="0.7", label=f"trials ({len(complete)})")
+    if front:
+        ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", color="tab:red", markersize=4, label=f"feasible Pareto front ({len(front)})")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="tab:blue", linestyle="--", label=f"budget {budget_ms:.3g} ms")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("top-1 accuracy (validation, inherited weights)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)

@@ -1,0 +1,171 @@
+"""The run directory: the interface between the stages, and the only code that knows its layout.
+
+    config.yaml            the space as trained, the data reference, the training settings
+    split.json             the train / val / test split, drawn once
+    supernet.safetensors   supernet weights; train_state.pt (optimizer), train_state.json (progress)
+    latency_table.json     the device's lookup table (+ calibration and validation)
+    study.db               the Optuna study (SQLite) unless an external storage was given
+    trials.csv, pareto.csv, pareto.png
+    exports/<name>/        standalone models
+    manifest.json          versions, settings, device fingerprint, stage records, result
+
+Every stage reads and writes through `RunDir`; files are written atomically (nas.io).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from nas.errors import NasError
+from nas.io import write_json
+
+CONFIG = "config.yaml"
+SPLIT = "split.json"
+WEIGHTS = "supernet.safetensors"
+STATE = "train_state.pt"
+STATE_JSON = "train_state.json"
+TABLE = "latency_table.json"
+STUDY = "study.db"
+TRIALS = "trials.csv"
+PARETO_CSV = "pareto.csv"
+PARETO_PNG = "pareto.png"
+MANIFEST = "manifest.json"
+EXPORTS = "exports"
+RAY_TRAIN = "ray_train"
+
+
+def versions() -> dict:
+    names = ["torch", "timm", "optuna", "ray", "numpy", "fvcore", "vit-nas"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return {"python": platform.python_version(), **found}
+
+
+def space_record(space) -> dict:
+    """The space as plain YAML-able data (config.yaml); `RunDir.space_and_data` reads it back."""
+    from dataclasses import asdict
+
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(asdict(space))
+
+
+class RunDir:
+    """One run directory; `path(name)` for a file, typed readers for what stages exchange."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    def has(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    # ---- readers ----------------------------------------------------------------------------
+
+    def space_and_data(self):
+        """The search space (as trained) and the data reference recorded in config.yaml."""
+        from nas.space import SearchSpace
+
+        if not self.has(CONFIG):
+            raise NasError(f"{self.root} holds no {CONFIG}: train a supernet into it first (nas train --out {self.root})")
+        config = yaml.safe_load(self.path(CONFIG).read_text())
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["space"].items()}
+        limits = fields.get("choice_limits") or {}
+        if "taylor_orders" in fields:  # runs written before kernels declared their choices
+            limits = {"taylor": {"order": fields.pop("taylor_orders"), "variant": fields.pop("taylor_variants")}}
+        fields["choice_limits"] = {k: {o: tuple(v) for o, v in opts.items()} for k, opts in limits.items()}
+        return SearchSpace(**fields), config["data"]
+
+    def supernet(self, space):
+        """The trained supernet; a missing, corrupt, truncated or mismatched file is a NasError."""
+        from safetensors.torch import load_file
+
+        from nas.supernet import SuperNet
+
+        path = self.path(WEIGHTS)
+        if not path.is_file():
+            raise NasError(f"{path} does not exist; train the supernet first (nas train --out {self.root})")
+        net = SuperNet(space)
+        try:
+            net.load_state_dict(load_file(str(path)))
+        except Exception as error:  # noqa: BLE001 — safetensors and torch raise several types here
+            raise NasError(f"{path}: not a readable supernet checkpoint for this space ({type(error).__name__}: {str(error)[:200]})") from None
+        return net.eval()
+
+    def dataset(self, space, data: str):
+        """The run's dataset with the split it was trained on (refused if the data changed)."""
+        from nas.data import check_split, load_dataset
+
+        dataset = load_dataset(data, space.image_size, space.in_chans)
+        check_split(dataset, self.path(SPLIT))
+        return dataset
+
+    def table(self, space, expect=None):
+        from nas.latency.table import LatencyTable
+
+        if not self.has(TABLE):
+            raise NasError(f"{self.path(TABLE)} does not exist; build it with nas latency --space ... --out {self.path(TABLE)}")
+        return LatencyTable.load(self.path(TABLE), space, expect=expect)
+
+    def budget(self) -> float | None:
+        """The budget the run resolved (manifest), if any."""
+        if not self.has(MANIFEST):
+            return None
+        return self.manifest_data().get("settings", {}).get("budget_ms_resolved")
+
+    def manifest_data(self) -> dict:
+        try:
+            return json.loads(self.path(MANIFEST).read_text())
+        except (OSError, ValueError) as error:
+            raise NasError(f"{self.path(MANIFEST)}: cannot read the run's manifest ({error})") from None
+
+    def default_storage(self) -> str:
+        return f"sqlite:///{self.root.resolve() / STUDY}"
+
+
+class Manifest:
+    """manifest.json, rewritten (atomically) whenever a stage starts or ends."""
+
+    def __init__(self, run: RunDir, settings: dict) -> None:
+        self.path = run.path(MANIFEST)
+        previous = run.manifest_data() if run.has(MANIFEST) else {}
+        self.data = {
+            "created": previous.get("created", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+            "versions": versions(),
+            "settings": settings,
+            "fingerprint": previous.get("fingerprint"),
+            "stages": previous.get("stages", {}),
+            "result": previous.get("result"),
+        }
+
+    def done(self, stage: str) -> bool:
+        return bool(self.data["stages"].get(stage, {}).get("completed"))
+
+    def record(self, stage: str, seconds: float, completed: bool, **extra) -> None:
+        entry = self.data["stages"].get(stage, {"seconds": 0.0})
+        entry.update(seconds=round(entry.get("seconds", 0.0) + seconds, 2), completed=completed, **extra)
+        self.data["stages"][stage] = entry
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)

@@ -1,0 +1,149 @@
+"""The stages of a search, below the CLI: used by `nas run` and by the single commands alike.
+
+    latency_stage   build the device's lookup table, calibrate it, validate it
+    train_stage     train the supernet, in this process or on Ray Train
+    search_stage    the Optuna study over Ray evaluator actors; trials.csv, pareto.*
+    export_stage    a chosen arch as a standalone model (nas.export)
+
+Each reads and writes the run directory through `nas.rundir`. Ray is imported only where a
+stage hands work to `workers/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nas.errors import NasError
+from nas.rundir import STATE_JSON, RunDir
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What a latency table must reach on its held-out validation archs to be searched on."""
+
+    max_mape: float = 0.10
+    min_tau: float = 0.85
+    accept_poor: bool = False
+
+    def misses(self, validation: dict) -> list[str]:
+        out = []
+        if validation["mape"] > self.max_mape:
+            out.append(f"MAPE {validation['mape']:.1%} > {self.max_mape:.0%}")
+        if validation["kendall_tau"] < self.min_tau:
+            out.append(f"Kendall tau {validation['kendall_tau']:.3f} < {self.min_tau}")
+        return out
+
+
+def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, seed: int, progress=print, revalidate: bool = False,
+                  fit: Fit = Fit()):
+    """Build (or resume) the table at `out`, fit the calibration on `calibrate` whole models and
+    validate on `validate` held-out ones (each step skipped when already done, except the
+    validation with `revalidate`); returns it. A table that misses `fit` has its worst
+    offenders re-measured once; if it still misses, it is refused (NasError) unless
+    `fit.accept_poor`."""
+    from nas.latency import table as lut
+
+    if calibrate < 0 or validate < 0:
+        raise NasError("--calibrate and --validate must be >= 0")
+    if 0 < calibrate < 3:
+        raise NasError("--calibrate needs at least 3 archs to fit a line (or 0 for none)")
+    table = lut.build(space, profiler.fingerprint(), out, profiler.measure_probes, profiler.protocol, progress=progress, reference=profiler.reference)
+    if calibrate and table.calibration is None:
+        archs = lut.held_out_archs(space, calibrate, seed, exclude=set())
+        progress(f"calibrating on {len(archs)} whole models...")
+        lut.calibrate(table, archs, profiler.measure_models(archs))
+        table.save(out)
+    if table.calibration:
+        progress(f"calibration: measured ≈ {table.calibration['a']:.4f} × sum of entries + {table.calibration['b']:.4f} ms")
+    if validate and (table.validation is None or revalidate):
+        exclude = set(table.calibration["archs"]) if table.calibration else set()
+        archs = lut.held_out_archs(space, validate, seed + 1, exclude)
+        progress(f"validating on {len(archs)} held-out whole models...")
+        measured = profiler.measure_models(archs)
+        validation = lut.validate(table, archs, measured)
+        missed = fit.misses(validation)
+        if missed:
+            progress(f"!! the latency table misses its validation targets ({', '.join(missed)}): re-measuring the worst offenders once")
+            _remeasure_worst(table, space, archs, measured, profiler, progress)
+            validation = lut.validate(table, archs, measured)
+        validation.update(passed=not fit.misses(validation), thresholds={"max_mape": fit.max_mape, "min_tau": fit.min_tau})
+        table.save(out)
+    if table.validation:
+        progress("latency predictor: " + lut.summary_line(table.validation))
+        if table.validation.get("passed") is False:
+            message = (f"the latency table {out} failed validation ({', '.join(fit.misses(table.validation))}): its predictions "
+                       "cannot be trusted for a search")
+            if not fit.accept_poor:
+                raise NasError(message + "; rebuild it on a quieter machine (delete the file) or pass --accept-poor-fit")
+            progress(f"!! warning: {message}; going on because of --accept-poor-fit")
+    return table
+
+
+def _remeasure_worst(table, space, archs: list, measured: list[float], profiler, progress, count: int = 5) -> None:
+    """The `count` worst-predicted validation archs: their table entries and their whole models
+    measured again (the lower figures kept on CPU, the new ones on CUDA)."""
+    from nas.latency import table as lut
+    from nas.latency.robust import merge
+
+    cuda = table.fingerprint.device_type == "cuda"
+    errors = [abs(table.predict(a) - m) / m for a, m in zip(archs, measured)]
+    worst = sorted(range(len(archs)), key=lambda i: -errors[i])[:count]
+    keys = sorted({key for i in worst for key in lut.arch_keys(archs[i])})
+    probes = {}
+    for key, arch in lut.probe_archs(space):
+        if key in keys or (key.startswith("stem+head|") and f"stem|{key.split('|')[1]}" in keys):
+            probes[key] = arch
+    entries = profiler.measure_probes(list(probes.items()))
+    for key, entry in entries.items():
+        table.entries[key] = merge(table.entries.get(key), entry, cuda)
+    again = profiler.measure_models([archs[i] for i in worst])
+    for i, ms in zip(worst, again):
+        measured[i] = ms if cuda else min(measured[i], ms)
+    progress(f"re-measured {len(entries)} entries and {len(worst)} whole models")
+
+
+def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, resume: bool, ray_address: str | None, progress=print) -> dict:
+    """Train (or continue) the supernet into the run directory; returns the final summary."""
+    from nas.train import format_epoch, train_supernet
+
+    if workers > 1:
+        from workers.trainer import train_distributed
+
+        return train_distributed(space, data, config, run.root, workers, resume, ray_address, progress)
+    return train_supernet(space, dataset, config, run.root, resume=resume, data_arg=data, progress=lambda record: progress(format_epoch(record)))
+
+
+def resumable_training(run: RunDir) -> bool:
+    return run.has(STATE_JSON)
+
+
+def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print):
+    """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png."""
+    from nas import report, search
+    from workers.cluster import init_ray, require_cpus
+    from workers.evaluator import EvaluatorPool
+
+    run.supernet(space)  # a corrupt or truncated checkpoint fails here, once, with one clear line
+    init_ray(ray_address)
+    require_cpus("evaluators", evaluators)
+    study = search.open_study(storage, config, resume)
+    if resume:
+        interrupted = search.recover_interrupted(study)
+        if interrupted:
+            progress(f"resuming: {interrupted} trial(s) interrupted by the last run are re-enqueued")
+    pool = EvaluatorPool(str(run.root), evaluators)
+    try:
+        search.run_search(study, space, table, pool.evaluate, config, progress)
+    finally:
+        pool.shutdown()
+    front = report.write_outputs(study, run, config.budget_ms)
+    return study, front
+
+
+def export_stage(run: RunDir, trial: int, out: Path, progress=print, **options) -> dict:
+    """Export complete trial `trial` of the run (from trials.csv) into `out`; returns the metadata."""
+    from nas.export import export
+    from nas.select import by_trial, load_candidates
+
+    return export(run.root, by_trial(load_candidates(run.root), trial), out, progress=progress, **options)

@@ -1,0 +1,115 @@
+"""Latency tables that stay true next to a noisy neighbour: outliers re-timed, drift detected,
+inconsistent widths re-measured, bad entries refused, poor fits refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nas.cli import main
+from nas.errors import NasError
+from nas.latency import table as lut
+from nas.latency.probe import Protocol
+from nas.latency.robust import DriftProbe, measure_units, measure_with_drift, width_inconsistencies
+from test_latency import SPACE, TINY, built_table
+
+PROTOCOL = Protocol(passes=5, max_dispersion=0.2, remeasure=2, drift_threshold=0.15)
+
+
+def spiky(true_ms: float, spikes: set[int], factor: float = 6.0):
+    """A unit that returns `true_ms` (±1 %) except on the calls numbered in `spikes`."""
+    calls = []
+
+    def unit() -> float:
+        calls.append(1)
+        n = len(calls)
+        return true_ms * (factor if n in spikes else 1.0 + 0.01 * (n % 2))
+
+    unit.calls = calls
+    return unit
+
+
+def test_an_injected_outlier_is_detected_remeasured_and_stored_near_its_true_value():
+    units = {"steady": spiky(1.0, set()), "spiked": spiky(2.0, {2, 3, 4, 5})}  # four of five passes spiked
+    entries = measure_units(units, PROTOCOL, cuda=False)
+    assert entries["steady"]["remeasured"] == 0 and entries["steady"]["passes"] == 5
+    assert entries["spiked"]["remeasured"] >= 1 and len(units["spiked"].calls) > 5
+    assert entries["spiked"]["ms"] == pytest.approx(2.0, rel=0.02)
+    assert entries["spiked"]["dispersion"] <= PROTOCOL.max_dispersion
+
+
+def test_interleaved_passes_round_robin_over_the_units():
+    order = []
+    units = {k: (lambda k=k: order.append(k) or 1.0) for k in ("a", "b", "c")}
+    measure_units(units, PROTOCOL, cuda=False)
+    assert order[:6] == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_a_chunk_measured_while_the_machine_ran_slow_is_measured_again():
+    slow = {"on": False}
+    reference = lambda: 3.0 if slow["on"] else 1.0  # noqa: E731
+    probe = DriftProbe(reference, PROTOCOL)
+    measured = []
+
+    def measure_chunk(chunk):
+        measured.append(list(chunk))
+        factor = 5.0 if slow["on"] else 1.0
+        if len(measured) == 1:
+            slow["on"] = True  # interference starts during the first chunk...
+        elif len(measured) == 2:
+            slow["on"] = False  # ...and is gone after the second
+        return {key: {"ms": factor * 1.0, "dispersion": 0.0, "passes": 5, "remeasured": 0} for key in chunk}
+
+    log = []
+    entries = measure_with_drift([["a", "b"], ["c"]], measure_chunk, probe, PROTOCOL, cuda=False, drift_log=log)
+    assert measured[0] == ["a", "b"] and ["a", "b"] in measured[2:] and ["c"] in measured[2:]
+    assert all(entry["ms"] == pytest.approx(1.0) for entry in entries.values())
+    assert log and log[0]["ratio_after"] == pytest.approx(3.0)
+
+
+def test_a_kernel_faster_at_a_wider_width_is_flagged():
+    entries = {
+        "block|e32|softmax|h1|r1": {"ms": 0.5}, "block|e64|softmax|h1|r1": {"ms": 0.55},
+        "block|e32|relu|h1|r1": {"ms": 12.1}, "block|e64|relu|h1|r1": {"ms": 0.6},  # a spike at the narrow width
+    }
+    assert width_inconsistencies(entries, 0.1) == [("block|e32|relu|h1|r1", "block|e64|relu|h1|r1")]
+
+
+def test_a_built_table_records_dispersion_remeasurement_and_checks(tmp_path):
+    table = built_table(tmp_path / "t.json")
+    assert all({"ms", "dispersion", "passes", "remeasured"} <= set(entry) for entry in table.entries.values())
+    assert "width_inconsistencies" in table.checks and isinstance(table.drift, list)
+
+
+@pytest.mark.parametrize("bad", [-5.0, float("nan"), "fast", 0, True])
+def test_loading_a_table_with_a_bad_entry_fails_with_one_line_naming_it(tmp_path, bad):
+    built_table(tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    key = sorted(data["entries"])[3]
+    data["entries"][key]["ms"] = bad
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(NasError) as error:
+        lut.LatencyTable.load(tmp_path / "bad.json", SPACE)
+    message = str(error.value)
+    assert key in message and "positive, finite number of milliseconds" in message and "\n" not in message
+
+
+def test_validation_below_threshold_exits_non_zero_unless_accepted(tmp_path, capsys, monkeypatch):
+    from nas.commands import models
+    from nas.latency.profiler import Profiler
+    from test_latency import FAST
+
+    monkeypatch.setattr(models, "make_profiler", lambda args: Profiler("cpu", "fp32", 1, protocol=FAST))  # fast timing, same logic
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(json.dumps(TINY))
+    out = tmp_path / "table.json"
+    args = ["latency", "--space", str(space_file), "--calibrate", "3", "--validate", "4", "--min-tau", "1.01", "--out", str(out)]
+    assert main(args) == 2  # no table can reach tau > 1
+    captured = capsys.readouterr()
+    assert "misses its validation targets" in captured.out
+    error = captured.err.strip().splitlines()
+    assert len(error) == 1 and "failed validation" in error[0] and "--accept-poor-fit" in error[0]
+    assert json.loads(out.read_text())["validation"]["passed"] is False
+    assert main(args + ["--accept-poor-fit"]) == 0
+    assert "going on because of --accept-poor-fit" in capsys.readouterr().out
