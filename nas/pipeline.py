@@ -41,7 +41,7 @@ class RunConfig:
     validate: int = 50
     max_mape: float = 0.10  # the latency table's validation targets (nas.stages.Fit)
     min_tau: float = 0.85
-    accept_poor_fit: bool = False
+    accept_poor_fit: bool = True  # warn and go on; False (--strict-fit) stops on a table that failed validation
     seed: int = 0
     ray_address: str | None = None  # None: a local Ray instance
     storage: str | None = None  # None: sqlite:///<run>/study.db

@@ -108,6 +108,9 @@ def open_study(storage: str, config: SearchConfig, resume: bool) -> optuna.Study
     )
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in directions]:
         raise NasError("--resume: the study was started with other objectives (--third-objective must match)")
+    with warnings.catch_warnings():  # experimental in Optuna 5; optuna-dashboard then shows "accuracy" and "latency_ms"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metric_names(config))
     return study
 
 
@@ -116,6 +119,10 @@ def open_study_in_memory(config: SearchConfig) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize", "minimize"] + (["minimize"] if config.third_objective else [])
     return optuna.create_study(directions=directions, sampler=make_sampler(config.sampler, config.seed))
+
+
+def metric_names(config: SearchConfig) -> list[str]:
+    return ["accuracy", "latency_ms"] + ([config.third_objective] if config.third_objective else [])
 
 
 def redact(url: str) -> str:

@@ -76,7 +76,7 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
                        "cannot be trusted for a search")
             if not fit.accept_poor:
                 raise NasError(message + "; rebuild it on a quieter machine (delete the file) or pass --accept-poor-fit")
-            progress(f"!! warning: {message}; going on because of --accept-poor-fit")
+            progress(f"!! warning: {message}; going on (nas latency would refuse it without --accept-poor-fit; nas run stops with --strict-fit)")
     return table
 
 

@@ -112,4 +112,4 @@ def test_validation_below_threshold_exits_non_zero_unless_accepted(tmp_path, cap
     assert len(error) == 1 and "failed validation" in error[0] and "--accept-poor-fit" in error[0]
     assert json.loads(out.read_text())["validation"]["passed"] is False
     assert main(args + ["--accept-poor-fit"]) == 0
-    assert "going on because of --accept-poor-fit" in capsys.readouterr().out
+    assert "!! warning" in capsys.readouterr().out

@@ -26,8 +26,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     if address is None:
-        # A local instance serves nobody else: whatever dashboard/agent Ray starts listens on loopback only.
-        ray.init(num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", **kwargs)
+        # Our own local instance, whatever other instances, address files or RAY_ADDRESS exist ("local" never
+        # joins one); it serves nobody else: whatever dashboard/agent Ray starts listens on loopback only.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", **kwargs)
     else:
         try:
             ray.init(address=address, **kwargs)

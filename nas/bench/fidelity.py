@@ -23,6 +23,7 @@ import math
 import random
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -139,7 +140,9 @@ def rank_statistics(inherited: list[float], standalone: list[float], bootstrap: 
 
     tau, rho = both(np.arange(len(x)))
     rng = np.random.default_rng(seed)
-    samples = [both(rng.integers(0, len(x), len(x))) for _ in range(bootstrap)]
+    with warnings.catch_warnings():  # a resample may repeat one arch only: its τ is undefined (NaN) and dropped
+        warnings.simplefilter("ignore")
+        samples = [both(rng.integers(0, len(x), len(x))) for _ in range(bootstrap)]
     taus = np.array([s[0] for s in samples if np.isfinite(s[0])])
     rhos = np.array([s[1] for s in samples if np.isfinite(s[1])])
     interval = lambda v: [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))] if len(v) else [math.nan, math.nan]  # noqa: E731

@@ -33,7 +33,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default=d.sampler, choices=["tpe", "nsga2", "random"], help="default: %(default)s")
     p.add_argument("--calibrate", type=int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
     p.add_argument("--validate", type=int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
-    add_fit_options(p)
+    add_fit_options(p, lenient=True)
     p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
     p.add_argument("--storage", default=None, help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite in --out)")
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
@@ -55,7 +55,7 @@ def run_run(args: argparse.Namespace) -> int:
         budget_ms=args.budget_ms, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
         sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=args.storage,
         calibrate=args.calibrate, validate=args.validate, max_mape=args.max_mape, min_tau=args.min_tau,
-        accept_poor_fit=args.accept_poor_fit,
+        accept_poor_fit=not args.strict_fit,
     )
     started = time.perf_counter()
     print(f"nas run: {config.space} -> {out}", flush=True)

@@ -209,16 +209,17 @@ def build(
     chunks = [todo[i : i + 8] for i in range(0, len(todo), 8)]
     measure_with_drift(chunks, measure_entries, probe, protocol, cuda, save, table.drift)
     if todo and not table.checks:
-        _recheck_widths(table, dict(probes), measure_entries, protocol, cuda, progress)
+        _recheck_widths(table, dict(probes), {key for key, _ in todo}, measure_entries, protocol, cuda, progress)
         table.build_seconds = base_seconds + time.perf_counter() - started
         table.save(path)
     return table
 
 
-def _recheck_widths(table: LatencyTable, probes: dict, measure_entries, protocol: Protocol, cuda: bool, progress) -> None:
-    """Re-measure, once, block entries that are slower than the same kernel at a wider width."""
+def _recheck_widths(table: LatencyTable, probes: dict, fresh: set, measure_entries, protocol: Protocol, cuda: bool, progress) -> None:
+    """Re-measure, once, block entries that are slower than the same kernel at a wider width —
+    those measured in this session (`fresh`): a resumed build keeps what an earlier one finished."""
     pairs = width_inconsistencies(table.entries, protocol.monotone_tolerance)
-    keys = sorted({key for pair in pairs for key in pair})
+    keys = sorted({key for pair in pairs for key in pair if key in fresh})
     if keys:
         progress(f"{len(pairs)} width inconsistencies (a kernel faster at a wider width): re-measuring {len(keys)} entries")
         for i in range(0, len(keys), 8):
