@@ -75,7 +75,8 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
             message = (f"the latency table {out} failed validation ({', '.join(fit.misses(table.validation))}): its predictions "
                        "cannot be trusted for a search")
             if not fit.accept_poor:
-                raise NasError(message + "; rebuild it on a quieter machine (delete the file) or pass --accept-poor-fit")
+                raise NasError(message + "; rebuild it on a quieter machine (delete the file), or pass --accept-poor-fit (nas latency) / "
+                               "leave out --strict-fit (nas run)")
             progress(f"!! warning: {message}; going on (nas latency would refuse it without --accept-poor-fit; nas run stops with --strict-fit)")
     return table
 
