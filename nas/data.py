@@ -178,7 +178,7 @@ def load_image_folder(root: Path, image_size: int, in_chans: int) -> tuple[Tenso
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
 
 
-EMBEDDED = ("digits", "odd-one-out")
+EMBEDDED = ("digits", "odd-one-out")  # the datasets a space may name as its default (`data:`)
 
 
 def load_dataset(data: str | None, image_size: int, in_chans: int) -> Dataset:

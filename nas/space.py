@@ -22,13 +22,13 @@ import yaml
 
 from nas import kernels
 from nas.arch import FIXED_FIELDS, Arch, LayerChoice, PatchGrid
+from nas.data import EMBEDDED
 from nas.errors import NasError
 from nas.kernels import KernelSpec
 
 BASELINE_KERNEL = "softmax"  # the largest subnet (the supernet's teacher) uses it everywhere
 REQUIRED = ("name", *FIXED_FIELDS, "embed_dim", "depth", "heads", "mlp_ratio", "kernels")
 OPTIONAL = ("description", "kernel_options", "data", "epochs")  # plus a section per kernel with choice options
-EMBEDDED_DATA = ("digits", "odd-one-out")
 
 
 @dataclass(frozen=True)
@@ -258,8 +258,8 @@ def parse_space(data: Any, source: str) -> SearchSpace:
             raise fail(name, "choice options for a kernel the space does not list", f"remove it or add {name} to kernels")
 
     embedded_data = data.get("data", "digits")
-    if embedded_data not in EMBEDDED_DATA:
-        raise fail("data", f"{embedded_data!r} is not an embedded dataset", f"use one of {', '.join(EMBEDDED_DATA)} (users' data is given with --data)")
+    if embedded_data not in EMBEDDED:
+        raise fail("data", f"{embedded_data!r} is not an embedded dataset", f"use one of {', '.join(EMBEDDED)} (users' data is given with --data)")
 
     options = data.get("kernel_options", {}) or {}
     if not isinstance(options, dict):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nas.io import atomic_path, write_json, write_text
 from nas.latency.device import device_tag
-from nas.latency.table import LatencyTable, summary_line  # noqa: F401  (summary_line: re-exported for the CLI)
+from nas.latency.table import LatencyTable
 
 
 def output_stem(table: LatencyTable) -> str:

@@ -161,7 +161,7 @@ def run_bench_latency(args: argparse.Namespace) -> int:
     print(f"nas bench latency: {len(archs)} held-out archs of {space.name} on {fp.device_name} ({fp.dtype}, batch {fp.batch_size})", flush=True)
     validation = lut.validate(table, archs, profiler.measure_models(archs))
     print(bench.format_points(validation))
-    print(bench.summary_line(validation))
+    print(lut.summary_line(validation))
     paths = bench.write_results(table, validation, args.out, command_line())
     print(f"wrote {', '.join(map(str, paths))}")
     return 0
