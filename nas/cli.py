@@ -44,17 +44,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hide_secrets() -> None:
+    """A storage password typed on the command line: replaced by *** in this process's title (the process
+    list, and the entrypoint Ray records for the job) as early as possible; NAS_STORAGE_URL avoids it entirely."""
+    from nas.storage import redact_text
+
+    line = " ".join(sys.argv)
+    if redact_text(line) == line:
+        return
+    try:
+        import ray._raylet
+
+        ray._raylet.setproctitle(redact_text(line))
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: stages stop where they can be resumed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if argv is None:
+        hide_secrets()
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return func(args)
     except NasError as error:
         print(f"nas: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("nas: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        why = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        print(f"nas: {why}; finished work is kept (run the same command with --resume to continue)", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,20 @@ def to_torchscript(model: ViT, path: Path) -> None:
         torch.jit.save(traced, str(path))
 
 
+def preprocessing(dataset, arch) -> dict:
+    """What a model input is, as trained: images scaled to [0, 1], resized (bilinear, antialiased) to the
+    arch's size, normalised with the training split's per-channel mean and std. timm's keys."""
+    return {
+        "input_size": [arch.in_chans, arch.image_size, arch.image_size],
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": [round(float(v), 6) for v in dataset.mean.flatten()],
+        "std": [round(float(v), 6) for v in dataset.std.flatten()],
+        "pixel_range": [0.0, 1.0],
+    }
+
+
 def export(
     run_dir: Path,
     candidate: Candidate,
@@ -152,6 +166,8 @@ def export(
             "latency": {"predicted_ms": predicted_ms, "measured_ms": measured_ms, "note": measure_note,
                         "error": None if measured_ms is None else (predicted_ms - measured_ms) / measured_ms,
                         "fingerprint": fp.to_dict(), "protocol": table.protocol},
+            "preprocessing": preprocessing(dataset, arch),
+            "classes": list(dataset.classes),
             "macs": cost.macs,
             "params": cost.params,
             "formats": list(formats),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nas.errors import NasError
 from nas.rundir import EXPORTS, MANIFEST, STUDY, Manifest, RunDir
-from nas.stages import Fit, latency_stage, resumable_training, search_stage, train_stage
+from nas.stages import Fit, check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "fp32"
     batch_size: int = 1
-    budget_ms: float | None = None  # None: the median predicted latency of random archs (default_budget)
+    budget_ms: float | None = None  # None: the budget_quantile of the predicted latency of random archs (default_budget)
+    budget_quantile: float = 0.5
     trials: int = 100
     epochs: int | None = None  # None: the space's default
     workers: int = 1
@@ -44,7 +45,27 @@ class RunConfig:
     accept_poor_fit: bool = True  # warn and go on; False (--strict-fit) stops on a table that failed validation
     seed: int = 0
     ray_address: str | None = None  # None: a local Ray instance
-    storage: str | None = None  # None: sqlite:///<run>/study.db
+    storage: str | None = None  # None: sqlite:///<run>/study.db (the CLI also reads NAS_STORAGE_URL)
+    connect_timeout: float = 30.0  # seconds to reach --storage and --ray-address before any work
+
+
+# On --resume, these must equal the run's: they change what the run computes. --trials may grow
+# (the study is extended); the others (workers once trained, evaluators, Ray address, fit targets) only
+# change how it runs.
+RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "budget_ms", "budget_quantile", "epochs", "sampler", "seed", "calibrate", "validate", "storage")
+
+
+def resume_changes(previous: dict, settings: dict, trained: bool) -> dict:
+    """The settings of a resumed run that differ from the run's manifest: {name: (before, now)}.
+    A NasError lists those that would change its results."""
+    keys = RESULT_SETTINGS + (() if trained else ("workers",))
+    refused = {k: (previous[k], settings[k]) for k in keys if k in previous and previous[k] != settings.get(k)}
+    if refused:
+        listed = "; ".join(f"--{k.replace('_', '-')} was {before!r}, now {now!r}" for k, (before, now) in refused.items())
+        raise NasError(f"--resume with other settings would mix results: {listed}. Resume with the run's settings, or start "
+                       "a new run with another --out")
+    return {k: (previous[k], settings.get(k)) for k in settings if k in previous and previous[k] != settings.get(k)
+            and k not in ("connect_timeout",)}
 
 
 BUDGET_SAMPLES = 2000  # random archs whose predicted latencies define the default budget
@@ -67,11 +88,11 @@ def default_budget(space, table, seed: int = 0, samples: int = BUDGET_SAMPLES, q
     )
 
 
-def resolve_budget(space, table, budget_ms: float | None, progress=lambda line: None) -> float:
+def resolve_budget(space, table, budget_ms: float | None, progress=lambda line: None, quantile: float = BUDGET_QUANTILE) -> float:
     from nas.search import smallest_latency
 
     if budget_ms is None:
-        budget, line = default_budget(space, table)
+        budget, line = default_budget(space, table, quantile=quantile)
         progress(line)
         return budget
     floor = smallest_latency(space, table)
@@ -99,21 +120,38 @@ def no_feasible_trial(study, budget: float) -> NasError:
     )
 
 
+def settings_record(config: RunConfig) -> dict:
+    """The settings as manifest.json records them: the storage URL without its password."""
+    from nas.storage import redact
+
+    return {**asdict(config), "storage": redact(config.storage) if config.storage else None}
+
+
 def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     """The whole pipeline; returns the manifest's result section."""
     from nas.data import load_dataset
     from nas.space import load_space
     from workers.cluster import check_local_capacity
 
+    check_out_dir(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise NasError(f"{run_dir} already exists and is not empty; pass --resume to continue that run or choose another --out")
     if resume and not (run_dir / MANIFEST).exists():
         raise NasError(f"--resume: {run_dir} holds no run (no {MANIFEST})")
     if config.workers < 1 or config.evaluators < 1 or config.trials < 1 or (config.epochs is not None and config.epochs < 1):
         raise NasError("--workers, --evaluators, --trials and --epochs must be >= 1")
+    if not 0 < config.budget_quantile <= 1:
+        raise NasError(f"--budget-quantile must be in (0, 1], got {config.budget_quantile}")
+    if config.calibrate < 0 or config.validate < 0:
+        raise NasError("--calibrate and --validate must be >= 0")
     check_local_capacity(config.ray_address, workers=config.workers, evaluators=config.evaluators)
     space = load_space(config.space)
     config = replace(config, data=config.data or space.data, epochs=config.epochs or space.epochs)
+    changes = {}
+    if resume:
+        previous = RunDir(run_dir).manifest_data()
+        changes = resume_changes(previous.get("settings", {}), settings_record(config), trained=bool(previous.get("stages", {}).get("train", {}).get("completed")))
+    check_connections(config.ray_address, config.storage, config.connect_timeout, progress)
     dataset = load_dataset(config.data, space.image_size, space.in_chans)  # validates --data before any work
     if dataset.num_classes != space.num_classes:
         space = space.with_num_classes(dataset.num_classes)
@@ -121,7 +159,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     run = RunDir(run_dir)
     try:
-        return _stages(config, run, space, dataset, resume, progress)
+        return _stages(config, run, space, dataset, resume, changes, progress)
     except NasError:
         # A user error before any training (e.g. an infeasible budget) leaves nothing behind.
         if created and not resumable_training(run):
@@ -131,13 +169,16 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         raise
 
 
-def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, progress) -> dict:
+def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress) -> dict:
     from nas import report, search
     from nas.latency.profiler import Profiler
     from nas.rundir import TABLE
     from nas.train import TrainConfig, accuracy
 
-    manifest = Manifest(run, {**asdict(config), "storage": search.redact(config.storage) if config.storage else None})
+    manifest = Manifest(run, settings_record(config))
+    if changes:
+        manifest.data.setdefault("resumed_with", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changes})
+        progress("resuming with " + ", ".join(f"--{k.replace('_', '-')} {before!r} -> {now!r}" for k, (before, now) in changes.items()))
     manifest.save()
 
     # 1. latency
@@ -148,7 +189,7 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, progre
     progress(f"== latency: {space.name} on {fp.device_name} ({fp.device_type}, {fp.dtype}, batch {fp.batch_size})")
     fit = Fit(config.max_mape, config.min_tau, config.accept_poor_fit)
     table = latency_stage(space, profiler, run.path(TABLE), config.calibrate, config.validate, config.seed, progress, fit=fit)
-    budget = resolve_budget(space, table, config.budget_ms, progress)
+    budget = resolve_budget(space, table, config.budget_ms, progress, config.budget_quantile)
     manifest.data["settings"]["budget_ms_resolved"] = budget
     manifest.record("latency", time.perf_counter() - started, True, entries=len(table.entries))
     progress(f"latency budget: {budget} ms (smallest achievable {search.smallest_latency(space, table):.4f} ms)")
@@ -203,18 +244,22 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, progre
         "failed_trials": [t.number for t in failed],
     }
     progress(f"best feasible arch (trial {best.number}): test top-1 {result['test_accuracy']:.4f}, predicted {best.values[1]:.4f} ms <= budget {budget} ms")
+    previous = manifest.data.get("result") or {}
+    if manifest.done("export") and previous.get("trial") == best.number and previous.get("export"):
+        result["export"] = previous["export"]  # exports/best already holds this trial
     manifest.data["result"] = result
     manifest.save()
 
-    # 4. export
-    if not manifest.done("export"):
+    # 4. export (again when an extended search found a better arch than the one exported)
+    if "export" not in result:
         from nas.stages import export_stage
 
         started = time.perf_counter()
-        progress(f"== export: the best feasible arch -> {EXPORTS}/best")
+        progress(f"== export: the best feasible arch (trial {best.number}) -> {EXPORTS}/best")
+        manifest.record("export", 0.0, False)
         meta = export_stage(run, best.number, run.path(EXPORTS) / "best", progress=progress, overwrite=True)
-        manifest.record("export", time.perf_counter() - started, True, latency=meta["latency"]["measured_ms"])
-        result["export"] = {"dir": "exports/best", "predicted_ms": meta["latency"]["predicted_ms"], "measured_ms": meta["latency"]["measured_ms"]}
-        manifest.save()
+        result["export"] = {"dir": "exports/best", "trial": best.number, "predicted_ms": meta["latency"]["predicted_ms"],
+                            "measured_ms": meta["latency"]["measured_ms"]}
+        manifest.record("export", time.perf_counter() - started, True, trial=best.number, latency=meta["latency"]["measured_ms"])
     return result or {}
 

@@ -15,11 +15,11 @@ import optuna
 
 from nas.arch import Arch
 from nas.io import atomic_path, write_text
-from nas.rundir import PARETO_CSV, PARETO_PNG, TRIALS, RunDir
+from nas.rundir import PARETO_CSV, PARETO_PNG, TRIALS
 from nas.search import feasible
 from nas.search import pareto_front
 
-TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "macs", "params", "duration_s", "digest", "interrupted", "failure", "arch"]
+TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "macs", "params", "duration_s", "digest", "reused_from", "interrupted", "failure", "arch"]
 
 
 def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
@@ -35,6 +35,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
         "params": attrs.get("params"),
         "duration_s": None if duration is None else round(duration, 3),
         "digest": attrs.get("digest"),
+        "reused_from": attrs.get("reused_from", ""),
         "interrupted": bool(attrs.get("interrupted", False)),
         "failure": attrs.get("failure", ""),
         "arch": _compact_json(attrs.get("arch")),
@@ -53,13 +54,14 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(study: optuna.Study, run: RunDir, budget_ms: float | None) -> list[optuna.trial.FrozenTrial]:
-    """trials.csv (every trial), pareto.csv (feasible front) and pareto.png; returns the front."""
+def write_outputs(study: optuna.Study, out: Path, budget_ms: float | None) -> list[optuna.trial.FrozenTrial]:
+    """trials.csv (every trial), pareto.csv (feasible front) and pareto.png in `out`; returns the front."""
     trials = study.get_trials(deepcopy=False)
     front = pareto_front(trials)
-    write_text(run.path(TRIALS), _csv([trial_row(t) for t in trials]))
-    write_text(run.path(PARETO_CSV), _csv([trial_row(t) for t in front]))
-    _plot(trials, front, budget_ms, run.path(PARETO_PNG))
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / TRIALS, _csv([trial_row(t) for t in trials]))
+    write_text(out / PARETO_CSV, _csv([trial_row(t) for t in front]))
+    _plot(trials, front, budget_ms, out / PARETO_PNG)
     return front
 
 

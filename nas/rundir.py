@@ -142,6 +142,27 @@ class RunDir:
     def default_storage(self) -> str:
         return f"sqlite:///{self.root.resolve() / STUDY}"
 
+    def owns_storage(self, storage: str) -> bool:
+        """Whether `storage` holds this run's own study: study.db in the run, or the storage that
+        manifest.json records (compared without passwords)."""
+        from nas.storage import redact
+
+        if storage == self.default_storage():
+            return True
+        recorded = self.manifest_data().get("settings", {}).get("storage") if self.has(MANIFEST) else None
+        return recorded is not None and recorded == redact(storage)
+
+    def report_dir(self, storage: str, report_dir: Path | None) -> Path:
+        """Where a study's trials.csv and pareto.* go: the run for its own study; elsewhere only when named."""
+        from nas.storage import redact
+
+        if report_dir is not None:
+            return Path(report_dir)
+        if self.owns_storage(storage):
+            return self.root
+        raise NasError(f"--storage {redact(storage)} is not this run's own study, so its trials.csv and pareto.* would replace "
+                       f"the run's: pass --report-dir DIR for them (--report-dir {self.root} to make them the run's)")
+
 
 class Manifest:
     """manifest.json, rewritten (atomically) whenever a stage starts or ends."""

@@ -8,6 +8,10 @@ tells: it asks a batch of trials, hands their archs to `evaluate` (a pool of Ray
 evaluator actors, or a plain function), and tells the results. A trial whose evaluation
 fails or yields NaN is told FAILED, never dropped.
 
+Each arch is evaluated at most once per study: a trial whose arch already has a finished
+result (an earlier trial, or another trial of the same batch) reuses it (`reused_from`).
+A resumed or extended study continues the sampler's sequence (`continued_seed`).
+
 Resumption: trials left RUNNING by a killed process are marked FAILED with
 `interrupted=True` and their parameters re-enqueued, so nothing finished is lost or
 re-run and the study completes to the requested number of trials.
@@ -27,10 +31,13 @@ from nas.arch import Arch
 from nas.errors import NasError
 from nas.latency.table import LatencyTable
 from nas.space import SearchSpace
+from nas.storage import check as check_storage
+from nas.storage import normalize, redact
 
 SAMPLERS = ("nsga2", "tpe", "random")
 THIRD_OBJECTIVES = ("params", "macs")
 STUDY_NAME = "nas-search"
+DASHBOARD_CONSTRAINTS = "constraints"
 
 
 @dataclass(frozen=True)
@@ -81,24 +88,10 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise NasError(f"--sampler {name!r}: use one of {', '.join(SAMPLERS)}")
 
 
-def normalize_storage(url: str) -> str:
-    """`postgresql://` means SQLAlchemy's psycopg2 driver; use psycopg 3 when only it is installed."""
-    if url.startswith("postgresql://"):
-        import importlib.util
-
-        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
-            return "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
-
-
 def open_study(storage: str, config: SearchConfig, resume: bool) -> optuna.Study:
-    storage = normalize_storage(storage)
     directions = ["maximize", "minimize"] + (["minimize"] if config.third_objective else [])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    except Exception as error:  # noqa: BLE001 — storage backends raise many types
-        raise NasError(f"--storage: cannot open {redact(storage)} ({type(error).__name__}: {error})") from None
+    names = check_storage(storage)
+    storage = normalize(storage)
     if STUDY_NAME in names and not resume:
         raise NasError(f"{redact(storage)} already holds a study; pass --resume to continue it or choose another --out/--storage")
     if STUDY_NAME not in names and resume:
@@ -108,10 +101,21 @@ def open_study(storage: str, config: SearchConfig, resume: bool) -> optuna.Study
     )
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in directions]:
         raise NasError("--resume: the study was started with other objectives (--third-objective must match)")
+    told = len(study.get_trials(deepcopy=False))
+    if told:  # a resumed or extended study continues the sampler's sequence instead of replaying it
+        study.sampler = make_sampler(config.sampler, continued_seed(config.seed, told))
     with warnings.catch_warnings():  # experimental in Optuna 5; optuna-dashboard then shows "accuracy" and "latency_ms"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(metric_names(config))
     return study
+
+
+def continued_seed(seed: int, told: int) -> int:
+    """The sampler seed of a study that already holds `told` trials: a function of both, so a
+    resumed study neither replays the first trials nor depends on how often it was resumed at the same point."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{told}".encode()).digest()[:4], "little")
 
 
 def open_study_in_memory(config: SearchConfig) -> optuna.Study:
@@ -125,16 +129,6 @@ def metric_names(config: SearchConfig) -> list[str]:
     return ["accuracy", "latency_ms"] + ([config.third_objective] if config.third_objective else [])
 
 
-def redact(url: str) -> str:
-    """A storage URL without its password, for messages and logs."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
-
-
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
     """Finished trials that count towards --trials (interrupted ones are re-run instead)."""
     state = trial.state
@@ -145,10 +139,14 @@ def recover_interrupted(study: optuna.Study) -> int:
     """Mark trials left RUNNING by a killed process as failed-interrupted and re-enqueue them."""
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for trial in stale:
-        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=False)
+        _interrupt(study, trial._trial_id, trial.params)
     return len(stale)
+
+
+def _interrupt(study: optuna.Study, trial_id: int, params: dict) -> None:
+    study._storage.set_trial_user_attr(trial_id, "interrupted", True)
+    study._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(params, skip_if_exists=False)
 
 
 Evaluation = dict  # {"accuracy": float, "macs": int, "params": int}
@@ -165,9 +163,11 @@ def run_search(
     """Ask/tell until `config.trials` trials have finished (COMPLETE or FAILED)."""
     started = time.perf_counter()
     while True:
-        done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        done = sum(counted(t) for t in trials)
         if done >= config.trials:
             return
+        finished = {t.user_attrs["digest"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs}
         batch = [study.ask() for _ in range(min(config.batch, config.trials - done))]
         archs, latencies = [], []
         for trial in batch:
@@ -176,11 +176,28 @@ def run_search(
             trial.set_user_attr("arch", arch.to_dict())
             trial.set_user_attr("digest", arch.digest)
             trial.set_user_attr("latency_ms", latency)
-            trial.set_constraint("latency", latency - config.budget_ms if config.budget_ms is not None else 0.0)
+            slack = latency - config.budget_ms if config.budget_ms is not None else 0.0
+            trial.set_constraint("latency", slack)
+            # optuna-dashboard (0.21) reads constraints from the list format of Optuna < 5; Optuna reads both.
+            study._storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, [slack])
             archs.append(arch)
             latencies.append(latency)
-        results = evaluate(archs)
-        for trial, arch, latency, result in zip(batch, archs, latencies, results):
+        # Each arch is evaluated once: one already finished in the study, or twice in this batch, reuses that result.
+        fresh = list({a.digest: a for a in archs if a.digest not in finished}.values())
+        try:
+            evaluated = dict(zip((a.digest for a in fresh), evaluate(fresh) if fresh else []))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the batch is marked interrupted and re-run on --resume
+            for trial in batch:
+                _interrupt(study, trial._trial_id, trial.params)
+            progress(f"stopped: {len(batch)} running trial(s) marked interrupted; --resume re-runs them")
+            raise
+        for trial, arch, latency in zip(batch, archs, latencies):
+            if arch.digest in finished:
+                earlier = finished[arch.digest]
+                result = {key: earlier.user_attrs[key] for key in ("accuracy", "macs", "params")}
+                trial.set_user_attr("reused_from", earlier.number)
+            else:
+                result = evaluated[arch.digest]
             if isinstance(result, BaseException) or not math.isfinite(result.get("accuracy", math.nan)):
                 reason = repr(result) if isinstance(result, BaseException) else "accuracy is NaN"
                 trial.set_user_attr("failure", reason[:500])
@@ -194,8 +211,10 @@ def run_search(
         done += len(batch)
         elapsed = time.perf_counter() - started
         best = _best_feasible(study)
+        reused = len(batch) - len(fresh)
         progress(
             f"[{min(done, config.trials)}/{config.trials}] trials finished ({elapsed:.0f} s)"
+            + (f"; {reused} repeated arch(s) reused earlier results" if reused else "")
             + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
         )
 

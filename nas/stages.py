@@ -35,6 +35,52 @@ class Fit:
         return out
 
 
+def check_out_dir(path: Path, flag: str = "--out") -> None:
+    """Before any work: `path` is (or can become) a directory this process can write into."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NasError(f"{flag} {path} is a file, not a directory; choose another {flag}")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NasError(f"{flag} {path}: {probe} is a file, so the directory cannot be created; choose another {flag}")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as error:
+        raise NasError(f"{flag} {path}: cannot write into {probe} ({error.strerror or error}); choose a writable {flag}") from None
+
+
+def check_out_file(path: Path, flag: str = "--out") -> None:
+    """Before any work: `path` is not a directory and its directory is writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise NasError(f"{flag} {path} is a directory; name a file, e.g. {path / 'latency_table.json'}")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NasError(f"{flag} {path}: {ancestor} is a file, so the directory cannot be created; choose another {flag}")
+    check_out_dir(path.parent, flag)
+
+
+def check_connections(ray_address: str | None, storage: str | None, timeout_s: float, progress=print) -> None:
+    """Before any work: the Ray cluster and the Optuna storage the run will use answer within `timeout_s`."""
+    from nas.storage import check, redact
+
+    if ray_address is not None:
+        from workers.cluster import check_ray_address
+
+        progress(f"checking --ray-address {ray_address} (timeout {timeout_s:.0f} s)...")
+        cpus = check_ray_address(ray_address, timeout_s)
+        progress(f"Ray cluster at {ray_address}: {cpus} CPU(s)")
+    if storage is not None and not storage.startswith("sqlite:"):  # a local file is opened with the study
+        check(storage, timeout_s)
+        progress(f"storage {redact(storage)}: reachable")
+
+
 def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, seed: int, progress=print, revalidate: bool = False,
                   fit: Fit = Fit()):
     """Build (or resume) the table at `out`, fit the calibration on `calibrate` whole models and
@@ -119,14 +165,16 @@ def resumable_training(run: RunDir) -> bool:
     return run.has(STATE_JSON)
 
 
-def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print):
-    """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png."""
+def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print,
+                 report_dir: Path | None = None):
+    """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png into
+    `report_dir` (default: the run directory)."""
     from nas import report, search
     from workers.cluster import init_ray, require_cpus
     from workers.evaluator import EvaluatorPool
 
     run.supernet(space)  # a corrupt or truncated checkpoint fails here, once, with one clear line
-    init_ray(ray_address)
+    init_ray(ray_address, progress=progress)
     require_cpus("evaluators", evaluators)
     study = search.open_study(storage, config, resume)
     if resume:
@@ -138,7 +186,7 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
         search.run_search(study, space, table, pool.evaluate, config, progress)
     finally:
         pool.shutdown()
-    front = report.write_outputs(study, run, config.budget_ms)
+    front = report.write_outputs(study, report_dir or run.root, config.budget_ms)
     return study, front
 
 

@@ -14,6 +14,7 @@ Importing this module registers the timm model `vit_nas`:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from timm.models import register_model
@@ -32,15 +33,37 @@ def vit_nas(pretrained: bool = False, arch: Arch | dict | str | Path | None = No
         raise NasError("vit_nas has no hub weights; pass checkpoint_path='<export>/model.safetensors'")
     if arch is None:
         raise NasError("timm.create_model('vit_nas', ...) needs arch=<arch.json or export directory>")
+    metadata = {}
     if isinstance(arch, (str, Path)):
         path = Path(arch) / "arch.json" if Path(arch).is_dir() else Path(arch)
         arch = Arch.from_json(path.read_text(), str(path))
+        if (path.parent / "metadata.json").is_file():
+            metadata = json.loads((path.parent / "metadata.json").read_text())
     elif isinstance(arch, dict):
         arch = Arch.from_dict(arch)
     unused = [k for k in kwargs if not k.startswith("pretrained_cfg") and k not in ("cache_dir",)]
     if unused:
         raise NasError(f"vit_nas takes arch= only; the arch fixes {', '.join(unused)}")
-    return ViT(arch)
+    model = ViT(arch)
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg(arch, metadata)
+    return model
+
+
+def pretrained_cfg(arch: Arch, metadata: dict) -> dict:
+    """timm's data config of an export (what `timm.data.resolve_data_config(model=...)` reads): input size,
+    interpolation and crop from the arch and the export's metadata.json, mean/std of the training data and
+    class names where the export recorded them (an arch alone has no mean/std: timm then assumes ImageNet's)."""
+    cfg = {"architecture": "vit_nas", "input_size": (arch.in_chans, arch.image_size, arch.image_size), "interpolation": "bilinear",
+           "crop_pct": 1.0, "crop_mode": "center", "num_classes": arch.num_classes, "first_conv": "patch_embed.proj", "classifier": "head"}
+    prep = metadata.get("preprocessing") or {}
+    for key in ("interpolation", "crop_pct", "crop_mode"):
+        if key in prep:
+            cfg[key] = prep[key]
+    if "mean" in prep and "std" in prep:
+        cfg["mean"], cfg["std"] = tuple(prep["mean"]), tuple(prep["std"])
+    if metadata.get("classes"):
+        cfg["label_names"] = list(metadata["classes"])
+    return cfg
 
 
 def check_timm_compatible(arch: Arch) -> None:

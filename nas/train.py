@@ -310,6 +310,7 @@ def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
         state = json.loads((out / STATE_JSON).read_text())
         net.load_state_dict(load_file(str(out / WEIGHTS)))
         optimizer.load_state_dict(torch.load(out / STATE, weights_only=True)["optimizer"])
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise NasError(f"{out}: the training checkpoint cannot be read ({error}); start a new run") from None
+    except Exception as error:  # noqa: BLE001 — OSError, JSON, torch and safetensors (SafetensorError) errors alike
+        raise NasError(f"{out}: the training checkpoint cannot be read ({type(error).__name__}: {str(error)[:200]}); "
+                       "start a new run (another --out)") from None
     return state["epochs_done"], state["history"]

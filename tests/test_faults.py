@@ -78,10 +78,11 @@ def manifest(run: Path) -> dict:
 # ---- 1. SIGKILL at each stage of nas run, then --resume ------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
     run = tmp_path / "run"
     command = nas_run("--space", "digits-tiny", "--epochs", "1", "--trials", "2", "--evaluators", "1", "--calibrate", "3", "--validate", "3",
-                      "--budget-ms", "1000", "--out", str(run))
+                      "--budget-quantile", "1", "--out", str(run))
     table_path = run / "latency_table.json"
     kill_when(command, lambda: len(json.loads(table_path.read_text())["entries"]) >= 24)
     before = json.loads(table_path.read_text())["entries"]
@@ -92,10 +93,11 @@ def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
     assert all(manifest(run)["stages"][s]["completed"] for s in ("latency", "train", "search"))
 
 
+@pytest.mark.slow
 def test_kill_during_training_continues_from_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "20", "--trials", "2", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(run))
     state = run / "train_state.json"
     kill_when(command, lambda: json.loads(state.read_text())["epochs_done"] >= 3)
     done_before = json.loads(state.read_text())["epochs_done"]
@@ -108,12 +110,13 @@ def test_kill_during_training_continues_from_the_last_checkpoint(tmp_path):
     assert manifest(run)["stages"]["train"]["completed"]
 
 
+@pytest.mark.slow
 def test_kill_during_the_search_keeps_every_finished_trial(tmp_path):
     import optuna
 
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "10", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(run))
     storage = f"sqlite:///{run / 'study.db'}"
 
     def finished():
@@ -132,10 +135,11 @@ def test_kill_during_the_search_keeps_every_finished_trial(tmp_path):
     assert len(counted) == 10
 
 
+@pytest.mark.slow
 def test_kill_during_export_leaves_it_complete_or_absent(tmp_path):
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "4", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(run))
     exports = run / "exports"
     kill_when(command, lambda: exports.is_dir() and any(p.name.startswith(".best.tmp-") for p in exports.iterdir()))
     best = exports / "best"
@@ -230,7 +234,7 @@ CASES = {
     "inconsistent widths": (lambda t: ["run", "--space", bad_yaml(t, heads=[1, 8])], "exceeds the widest embed_dim"),
     "missing dataset": (lambda t: ["run", "--data", str(t / "nope")], "no such directory"),
     "wrong channels": (lambda t: ["run", "--space", "deit-tiny"], "images have 1 channel(s), but the search space takes in_chans=3"),
-    "budget <= 0": (lambda t: ["run", "--budget-ms", "-1"], "expected a positive number"),
+    "budget <= 0": (lambda t: ["run", "--budget-ms", "-1"], "expected a positive finite number"),
     "too many workers": (lambda t: ["run", "--workers", str((os.cpu_count() or 1) + 1)], "the local Ray instance has"),
 }
 

@@ -153,9 +153,10 @@ def test_cli_builds_calibrates_and_validates(tmp_path, capsys):
 
 def test_ray_profiler_actor_measures_on_its_node():
     ray = pytest.importorskip("ray")
+    from workers.cluster import init_ray
     from workers.profiler import RemoteProfiler
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    init_ray(None, num_cpus=1)  # our own local instance, whatever else runs on this machine
     try:
         remote = RemoteProfiler("cpu", "fp32", 1, threads=1, protocol=FAST)
         fp = remote.fingerprint()

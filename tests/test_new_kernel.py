@@ -18,7 +18,6 @@ from nas.kernels import AttentionKernel, registry
 from nas.latency import table as lut
 from nas.latency.profiler import Profiler
 from nas.report import write_outputs
-from nas.rundir import RunDir
 from nas.select import load_candidates
 from nas.space import load_space
 from nas.supernet import SuperNet, extract
@@ -81,7 +80,7 @@ def test_a_new_kernel_with_an_option_is_searched_end_to_end(pooled_kernel, tmp_p
     modes = {layer.kernel_spec.label for t in trials for layer in search.arch_of(t, space).layers}
     assert {"test-pooled-mean", "test-pooled-max"} <= modes
     # The one codec: what the study, trials.csv and arch.json store reads back to the same arch.
-    write_outputs(study, RunDir(tmp_path), None)
+    write_outputs(study, tmp_path, None)
     stored = {c.trial: c.arch for c in load_candidates(tmp_path)}
     for t in trials:
         arch = search.arch_of(t, space)

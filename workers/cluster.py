@@ -1,10 +1,25 @@
-"""Ray start-up and capacity checks: the one place that starts or joins Ray."""
+"""Ray start-up and capacity checks: the one place that starts or joins Ray.
+
+Without --ray-address, the product starts its own local Ray instance (address="local"),
+whatever other instances, stale address files or RAY_ADDRESS exist, bound to loopback.
+With --ray-address (auto, host:port or ray://host:port) it joins that cluster without
+passing local resources, after `check_ray_address` has probed it, within a timeout, in a
+child process: a dead address, a cluster that wants an auth token, or one that does not
+answer is one clear line after at most the timeout, and Ctrl-C stops the wait.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 from nas.errors import NasError
+
+CONNECT_TIMEOUT_S = 30.0
+AUTH_HINT = ("the cluster uses token authentication (on by default for `ray start --head` in current Ray): copy the head's "
+             "token (~/.ray/auth_token on the head) and pass it as RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file>")
 
 
 def check_local_capacity(ray_address: str | None, **counts: int) -> None:
@@ -17,23 +32,79 @@ def check_local_capacity(ray_address: str | None, **counts: int) -> None:
             raise NasError(f"--{flag} {count}: the local Ray instance has {cpus} CPU(s); use at most that, or join a cluster with --ray-address")
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join `address` (auto or a URL), or start a local Ray instance with no dashboard."""
+_PROBE = """
+import sys, ray
+ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+print("CPUS", int(ray.cluster_resources().get("CPU", 0)), flush=True)
+"""
+
+
+def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+    """Before any work: the Ray cluster at `address` answers within `timeout_s`; returns its CPU count."""
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    if target != "auto":
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise NasError(f"--ray-address {address!r}: expected auto, host:port or ray://host:port")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 10.0)).close()
+        except OSError as error:
+            raise NasError(f"--ray-address {address}: no Ray cluster answers there ({error.strerror or error}); "
+                           "start one with `ray start --head` or check the address") from None
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True, timeout=timeout_s,
+                               env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        output, stdout = probe.stdout + probe.stderr, probe.stdout
+    except subprocess.TimeoutExpired as expired:
+        output, stdout = _text(expired.stdout) + _text(expired.stderr), None
+    if stdout is not None:
+        for line in stdout.splitlines():
+            if line.startswith("CPUS "):
+                return int(line.split()[1])
+    if "Unauthenticated" in output or "InvalidAuthToken" in output:
+        raise NasError(f"--ray-address {address}: {AUTH_HINT}")
+    if stdout is None:
+        raise NasError(f"--ray-address {address}: the cluster did not accept a connection within {timeout_s:.0f} s; check the "
+                       "address, that this machine reaches the head's ports, and (for a head started with `ray start --head`) "
+                       "RAY_AUTH_TOKEN")
+    last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), f"exit status {probe.returncode}")
+    raise NasError(f"--ray-address {address}: cannot join the Ray cluster ({last[:200]})")
+
+
+def _text(data) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, progress=None) -> None:
+    """Join `address` (auto or a URL), or start our own local Ray instance with no dashboard."""
     import ray
 
     if ray.is_initialized():
         return
+    import signal
+    import threading
+
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     if address is None:
         # Our own local instance, whatever other instances, address files or RAY_ADDRESS exist ("local" never
-        # joins one); it serves nobody else: whatever dashboard/agent Ray starts listens on loopback only.
+        # joins one). No dashboard; Ray's own gRPC services bind every interface (Ray has no option to restrict them).
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", **kwargs)
     else:
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as error:
-            raise NasError(f"--ray-address {address}: no Ray cluster there ({error})") from None
+            raise NasError(f"--ray-address {address}: cannot join the Ray cluster ({str(error)[:200]}); if it was started with "
+                           f"`ray start --head`, {AUTH_HINT}") from None
+    # Ray's core worker installs a crash handler for SIGTERM (a C++ stack dump, then abort): ours comes back,
+    # so SIGTERM stops like Ctrl-C (nas.cli) and Ray shuts down through its normal exit path.
+    if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+    if progress is not None:
+        context = ray.get_runtime_context()
+        where = "a local Ray instance of its own" if address is None else f"the Ray cluster at {address}"
+        progress(f"Ray: {where} (gcs {getattr(context, 'gcs_address', '?')}, {int(ray.cluster_resources().get('CPU', 0))} CPU(s))")
 
 
 def require_cpus(flag: str, count: int) -> None:

@@ -36,7 +36,7 @@ class EvaluatorPool:
         for index, ref in submitted:
             try:
                 results.append(ray.get(ref))
-            except ray.exceptions.ActorDiedError as error:
+            except ray.exceptions.RayActorError as error:  # the actor died (ActorDiedError in newer Ray is one)
                 results.append(error)
                 dead.add(index)
             except (ray.exceptions.RayError, ValueError) as error:

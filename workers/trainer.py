@@ -43,13 +43,15 @@ def _worker_loop(settings: dict) -> None:
     def report(record: dict) -> None:
         log.append({"epoch": record["epoch"], "subnets_sha256": record["subnets_sha256"]})
         (ranks_dir / f"rank-{rank}.json").write_text(json.dumps(log))
-        checkpoint = None
-        if rank == 0:
-            folder = Path(tempfile.mkdtemp())
+        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        # Ray Train persists the checkpoint into storage_path during report; the staging copy is then removed.
+        with tempfile.TemporaryDirectory(prefix="nas-checkpoint-") as folder:
             for name in (WEIGHTS, STATE, STATE_JSON):
-                shutil.copy2(run_dir / name, folder / name)
-            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-        ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))}, checkpoint=checkpoint)
+                shutil.copy2(run_dir / name, Path(folder) / name)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     train_supernet(
         space, dataset, settings["config"], run_dir, resume=settings["resume"], data_arg=settings["data"],
@@ -77,7 +79,7 @@ def train_distributed(
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config=settings,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+        scaling_config=_scaling(ScalingConfig, workers, use_gpu),
         run_config=RunConfig(name="supernet", storage_path=str(run_dir / RAY_TRAIN), checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     outcome: dict = {}
@@ -98,6 +100,15 @@ def train_distributed(
         raise NasError(f"distributed training ended without a final summary in {run_dir / STATE_JSON}")
     progress(f"Ray Train: {workers} workers, {time.perf_counter() - started:.0f} s including start-up and tear-down")
     return state["final"]
+
+
+def _scaling(ScalingConfig, workers: int, use_gpu: bool):
+    """K workers of one CPU each and nothing else: Ray Train before its v2 (Ray < 2.4x) also reserves a CPU for
+    its trainer actor unless told not to, which would need K + 1 CPUs; v2 has no such actor and refuses the field."""
+    try:
+        return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}, trainer_resources={"CPU": 0})
+    except DeprecationWarning:
+        return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1})
 
 
 def _fit(trainer):

@@ -38,8 +38,8 @@ def _positive(cast, what: str):
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive finite {what}, got {text!r}")
         return value
 
     parse.__name__ = f"positive_{cast.__name__}"
@@ -47,6 +47,16 @@ def _positive(cast, what: str):
 
 
 positive_int = _positive(int, "integer")
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 positive_float = _positive(float, "number")
 
 
@@ -62,7 +72,9 @@ def float_list(text: str) -> tuple[float, ...]:
 
 def command_line() -> str | None:
     """The command as typed, for the JSON sidecars (None when not run as `nas`)."""
-    return shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas" else None
+    from nas.storage import redact_text
+
+    return redact_text(shlex.join(["nas", *sys.argv[1:]])) if Path(sys.argv[0]).name == "nas" else None
 
 
 def add_fit_options(p, lenient: bool = False) -> None:
@@ -81,3 +93,10 @@ def fit_of(args):
 
     accept = not args.strict_fit if hasattr(args, "strict_fit") else args.accept_poor_fit
     return Fit(max_mape=args.max_mape, min_tau=args.min_tau, accept_poor=accept)
+
+
+def add_connection_options(p, storage_default: str) -> None:
+    """--storage (or NAS_STORAGE_URL) and --connect-timeout."""
+    p.add_argument("--storage", default=None, help=f"Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, "
+                   f"in the environment variable NAS_STORAGE_URL, so it is not in the process list (default: {storage_default})")
+    p.add_argument("--connect-timeout", type=positive_float, default=30.0, help="seconds to reach --storage and --ray-address before any work (default: %(default)s)")

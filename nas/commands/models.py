@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.commands.common import add_fit_options, fit_of, command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
+from nas.commands.common import add_fit_options, fit_of, float_list, non_negative_int, positive_float, positive_int, str_list
 from nas.errors import NasError
 
 
@@ -43,8 +43,13 @@ def run_train(args: argparse.Namespace) -> int:
     from nas.space import load_space
     from nas.train import TrainConfig
 
+    from nas.stages import check_connections, check_out_dir
+
     if args.random_subnets < 0:
         raise NasError(f"--random-subnets must be >= 0, got {args.random_subnets}")
+    check_out_dir(args.out)
+    if args.workers > 1:
+        check_connections(args.ray_address, None, 30.0, progress=lambda line: print(line, flush=True))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     space = load_space(args.space)
@@ -63,10 +68,20 @@ def run_train(args: argparse.Namespace) -> int:
     )
 
     from nas.rundir import RunDir
-    from nas.stages import train_stage
+    from nas.stages import resumable_training, train_stage
 
-    summary = train_stage(space, args.data, dataset, config, RunDir(args.out), args.workers, args.resume, args.ray_address,
-                          progress=lambda line: print(line, flush=True))
+    run = RunDir(args.out)
+    created, had = not args.out.exists(), set(args.out.iterdir()) if args.out.is_dir() else set()
+    try:
+        summary = train_stage(space, args.data, dataset, config, run, args.workers, args.resume, args.ray_address,
+                              progress=lambda line: print(line, flush=True))
+    except NasError:
+        if not args.resume and not resumable_training(run):  # stopped before the first checkpoint: leave nothing behind
+            import shutil
+
+            for path in [args.out] if created else set(args.out.iterdir()) - had:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     print(
         f"done: test top-1 largest {summary['test_largest']:.4f}, smallest {summary['test_smallest']:.4f} "
         f"({summary['train_seconds_this_run'] / 60:.1f} min); wrote {args.out}/supernet.safetensors"
@@ -83,8 +98,8 @@ def add_latency(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
     add_device_options(p)
-    p.add_argument("--calibrate", type=int, default=10, help="whole archs measured for the linear calibration, 0 for none (default: %(default)s)")
-    p.add_argument("--validate", type=int, default=50, help="held-out archs measured to validate, 0 to skip (default: %(default)s)")
+    p.add_argument("--calibrate", type=non_negative_int, default=10, help="whole archs measured for the linear calibration, 0 for none (default: %(default)s)")
+    p.add_argument("--validate", type=non_negative_int, default=50, help="held-out archs measured to validate, 0 to skip (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration / validation archs (default: %(default)s)")
     add_fit_options(p)
     p.add_argument("--ray-address", default=None, help="measure in a Ray profiler actor: 'local' starts a local Ray, 'auto' or an address joins a cluster (default: in this process)")
@@ -122,10 +137,9 @@ def make_profiler(args: argparse.Namespace):
 def run_latency(args: argparse.Namespace) -> int:
     from nas.latency import table as lut
     from nas.space import load_space
-    from nas.stages import latency_stage
+    from nas.stages import check_out_file, latency_stage
 
-    if args.calibrate < 0 or args.validate < 0:
-        raise NasError("--calibrate and --validate must be >= 0")
+    check_out_file(args.out)
     if 0 < args.calibrate < 3:
         raise NasError("--calibrate needs at least 3 archs to fit a line (or 0 for none)")
     space = load_space(args.space)
@@ -179,7 +193,7 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     which.add_argument("--budget-ms", type=positive_float, help="export the most accurate arch within this budget")
     p.add_argument("--out", type=Path, required=True, help="export directory (refused if it exists, unless --overwrite)")
     p.add_argument("--format", type=str_list, default=("safetensors", "onnx", "torchscript"), help="default: safetensors,onnx,torchscript")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the standalone model on the run's data first (default: 0)")
+    p.add_argument("--finetune-epochs", type=non_negative_int, default=0, help="fine-tune the standalone model on the run's data first (default: 0)")
     p.add_argument("--device", default=None, help="the device the run's latencies were measured on, to export for it from another machine")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run_export)
@@ -188,7 +202,9 @@ def add_export(commands: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from nas.export import export
     from nas.select import by_trial, load_candidates, select
+    from nas.stages import check_out_dir
 
+    check_out_dir(args.out)
     candidates = load_candidates(args.run)
     candidate = by_trial(candidates, args.trial) if args.trial is not None else select(candidates, args.budget_ms)[0]
     print(f"nas export: trial {candidate.trial} of {args.run} -> {args.out}", flush=True)

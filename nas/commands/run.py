@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from nas.commands.common import add_fit_options, command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
+from nas.commands.common import add_connection_options, add_fit_options, non_negative_int, positive_float, positive_int
 from nas.errors import NasError
 
 
@@ -26,16 +26,18 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"], help="default: fp32")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="inference batch size for latency (default: %(default)s)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget in ms (default: the median predicted latency of 2,000 random archs: about half the space is feasible)")
+    p.add_argument("--budget-quantile", type=positive_float, default=d.budget_quantile, help="without --budget-ms: the budget admits about "
+                   "this share of random archs (0-1; 1 admits all; default: %(default)s)")
     p.add_argument("--trials", type=positive_int, default=d.trials, help="default: %(default)s")
     p.add_argument("--epochs", type=positive_int, default=None, help="supernet training epochs (default: the space's)")
     p.add_argument("--workers", type=positive_int, default=d.workers, help="Ray Train workers for the supernet; 1 trains in this process (default: %(default)s)")
     p.add_argument("--evaluators", type=positive_int, default=d.evaluators, help="Ray evaluator actors (default: %(default)s)")
     p.add_argument("--sampler", default=d.sampler, choices=["tpe", "nsga2", "random"], help="default: %(default)s")
-    p.add_argument("--calibrate", type=int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
-    p.add_argument("--validate", type=int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
+    p.add_argument("--calibrate", type=non_negative_int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
+    p.add_argument("--validate", type=non_negative_int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
     add_fit_options(p, lenient=True)
     p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite in --out)")
+    add_connection_options(p, "sqlite in --out")
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
@@ -49,16 +51,19 @@ def run_run(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise NasError("--resume needs --out: the run directory to continue")
+    from nas.storage import resolve
+
     out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    storage, source = resolve(args.storage)
     config = RunConfig(
         space=args.space, data=args.data, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-        budget_ms=args.budget_ms, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
-        sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=args.storage,
+        budget_ms=args.budget_ms, budget_quantile=args.budget_quantile, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
+        sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=storage,
         calibrate=args.calibrate, validate=args.validate, max_mape=args.max_mape, min_tau=args.min_tau,
-        accept_poor_fit=not args.strict_fit,
+        accept_poor_fit=not args.strict_fit, connect_timeout=args.connect_timeout,
     )
     started = time.perf_counter()
-    print(f"nas run: {config.space} -> {out}", flush=True)
+    print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
     result = run(config, out, args.resume, progress=lambda line: print(line, flush=True))
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; run directory {out}")
     if not result:
@@ -82,7 +87,9 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluators", type=positive_int, default=2, help="Ray evaluator actors (default: %(default)s)")
     p.add_argument("--batch", type=positive_int, default=None, help="trials asked per round (default: 2 × evaluators)")
     p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: local Ray)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///<run>/study.db)")
+    add_connection_options(p, "sqlite:///<run>/study.db")
+    p.add_argument("--report-dir", type=Path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
+                   "required for a study in another --storage)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--resume", action="store_true", help="continue the study")
     p.set_defaults(func=run_search_command)
@@ -93,10 +100,14 @@ def run_search_command(args: argparse.Namespace) -> int:
     from nas.latency.table import LatencyTable
     from nas.pipeline import resolve_budget
     from nas.rundir import TABLE, WEIGHTS, RunDir
-    from nas.stages import search_stage
+    from nas.stages import check_connections, check_out_dir, search_stage
+    from nas.storage import redact, resolve
 
     run = RunDir(args.run)
     space, _ = run.space_and_data()
+    storage = resolve(args.storage)[0] or run.default_storage()
+    report_dir = run.report_dir(storage, args.report_dir)  # refused before any work when the study is not the run's
+    check_out_dir(report_dir, "--report-dir")
     if not run.has(WEIGHTS):
         raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
     table_path = args.table or run.path(TABLE)
@@ -108,13 +119,14 @@ def run_search_command(args: argparse.Namespace) -> int:
         trials=args.trials, batch=args.batch or 2 * args.evaluators, sampler=args.sampler, seed=args.seed,
         budget_ms=budget, third_objective=args.third_objective,
     )
-    storage = args.storage or run.default_storage()
+    progress = lambda line: print(line, flush=True)  # noqa: E731
+    check_connections(args.ray_address, storage, args.connect_timeout, progress)
     print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s), "
-          f"budget {budget if budget is not None else 'none'}, storage {search.redact(storage)}", flush=True)
+          f"budget {budget if budget is not None else 'none'}, storage {redact(storage)}", flush=True)
     study, front = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
-                                progress=lambda line: print(line, flush=True))
+                                progress=progress, report_dir=report_dir)
     print(report.format_front(front))
-    print(f"wrote {args.run}/trials.csv, pareto.csv, pareto.png")
+    print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
     if budget is not None and not front:
         from nas.pipeline import no_feasible_trial
 
@@ -126,7 +138,9 @@ def add_report(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("report", help="redraw a run's Pareto plot and tables from its study",
                             description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv and pareto.png; print the front.")
     p.add_argument("--run", type=Path, required=True, help="run directory")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///<run>/study.db)")
+    add_connection_options(p, "sqlite:///<run>/study.db")
+    p.add_argument("--report-dir", type=Path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
+                   "required for a study in another --storage)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="budget line to draw (default: the run's)")
     p.set_defaults(func=run_report)
 
@@ -136,22 +150,29 @@ def run_report(args: argparse.Namespace) -> int:
 
     from nas import report, search
     from nas.rundir import STUDY, RunDir
+    from nas.stages import check_out_dir
+    from nas.storage import check, normalize, redact, resolve, sqlite_study_names
 
     run = RunDir(args.run)
-    storage = args.storage or run.default_storage()
-    if args.storage is None and not run.has(STUDY):
+    flag = resolve(args.storage)[0]
+    storage = flag or run.default_storage()
+    if flag is None and not run.has(STUDY):
         raise NasError(f"{args.run} holds no study.db; pass --storage if the study lives elsewhere")
+    report_dir = run.report_dir(storage, args.report_dir)
+    check_out_dir(report_dir, "--report-dir")
+    # A report only reads the study: an SQLite file is opened read-only (Optuna would write its schema into an empty one).
+    names = sqlite_study_names(storage) if storage.startswith("sqlite:///") else check(storage, args.connect_timeout)
+    if search.STUDY_NAME not in names:
+        raise NasError(f"{redact(storage)} holds no study named {search.STUDY_NAME}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=search.STUDY_NAME, storage=search.normalize_storage(storage))
-    except KeyError:
-        raise NasError(f"{search.redact(storage)} holds no study named {search.STUDY_NAME}") from None
+        study = optuna.load_study(study_name=search.STUDY_NAME, storage=normalize(storage))
     except Exception as error:  # noqa: BLE001 — a corrupt database raises SQLAlchemy / sqlite errors
-        raise NasError(f"{search.redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt") from None
+        raise NasError(f"{redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt") from None
     budget = args.budget_ms if args.budget_ms is not None else run.budget()
-    front = report.write_outputs(study, run, budget)
+    front = report.write_outputs(study, report_dir, budget)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     print(f"{len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
     print(report.format_front(front))
-    print(f"wrote {args.run}/trials.csv, pareto.csv, pareto.png")
+    print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
     return 0

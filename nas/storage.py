@@ -1,0 +1,107 @@
+"""Optuna storage URLs: where they come from, how they are shown, and whether they answer.
+
+A storage URL may carry a password (`postgresql://user:pw@host/db`, or a query parameter such
+as `?password=pw`). It can be given in the environment variable NAS_STORAGE_URL instead of
+--storage, so that it never appears in the process list, in shell history or as the Ray job's
+entrypoint; every message, manifest and log shows it through `redact`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from urllib.parse import parse_qsl, urlencode
+
+from nas.errors import NasError
+
+ENV = "NAS_STORAGE_URL"
+CONNECT_TIMEOUT_S = 30.0
+SECRET_KEYS = ("password", "passwd", "pwd", "pass", "secret", "token", "sslpassword", "api_key", "apikey")
+_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+)")
+
+
+def redact(url: str) -> str:
+    """The URL with the password of `user:password@` and of secret query parameters replaced by ***."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    path, sep, query = rest.partition("?")
+    if "@" in path:
+        credentials, host = path.rsplit("@", 1)
+        if ":" in credentials:
+            credentials = credentials.split(":", 1)[0] + ":***"
+        path = f"{credentials}@{host}"
+    if sep:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() in SECRET_KEYS else v) for k, v in pairs], safe="*/:")
+    return f"{scheme}://{path}{sep}{query}"
+
+
+def redact_text(text: str) -> str:
+    """Every URL inside `text` (an error message, a command line) redacted."""
+    return _URL.sub(lambda m: redact(m.group(1)), text)
+
+
+def resolve(flag: str | None) -> tuple[str | None, str]:
+    """The storage URL from --storage, else from NAS_STORAGE_URL, else None; and where it came from."""
+    if flag:
+        return flag, "--storage"
+    env = os.environ.get(ENV, "").strip()
+    if env:
+        return env, ENV
+    return None, "default"
+
+
+def normalize(url: str) -> str:
+    """`postgresql://` means SQLAlchemy's psycopg2 driver; use psycopg 3 when only it is installed."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
+    """Connect to the storage before any work; the names of the studies it holds. A server that does
+    not answer within `timeout_s`, or refuses, is one NasError line (the password redacted)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    outcome: dict = {}
+
+    def connect() -> None:
+        try:
+            outcome["names"] = [s.study_name for s in optuna.get_all_study_summaries(normalize(url))]
+        except BaseException as error:  # noqa: BLE001 — storage backends raise many types
+            outcome["error"] = error
+
+    worker = threading.Thread(target=connect, name="storage-check", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise NasError(f"--storage {redact(url)}: no answer within {timeout_s:.0f} s; is the database server running and reachable?")
+    if "error" in outcome:
+        error = outcome["error"]
+        detail = redact_text(str(error).strip().splitlines()[0] if str(error).strip() else "")[:200]
+        raise NasError(f"--storage {redact(url)}: cannot open it ({type(error).__name__}: {detail})")
+    return outcome["names"]
+
+
+def sqlite_study_names(url: str) -> list[str]:
+    """The study names in an SQLite storage, read without writing to it (no schema is created)."""
+    import sqlite3
+
+    path = url[len("sqlite:///"):]
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "studies" not in tables:
+                return []
+            return [row[0] for row in connection.execute("SELECT study_name FROM studies")]
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise NasError(f"{url}: cannot read the study ({type(error).__name__}: {error}); the file may be corrupt") from None

@@ -1,0 +1,359 @@
+"""Resume, storage and cluster connections never corrupt a run; mistakes are one line.
+
+One test (or parametrised case) per defect of README's "Reliability" guarantees: resume with
+changed settings, extended studies, password redaction and NAS_STORAGE_URL, connection checks
+with a timeout, stale Ray state, foreign studies, traceback cases, SIGTERM, Ray Train temp
+files, small ones (empty study.db, dashboard constraints, export preprocessing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nas import search
+from nas.cli import main
+from nas.rundir import RunDir
+from runs import make_run
+from test_faults import REPO, copy_run, exit_code, nas_run, tiny_space_file
+
+ray = pytest.importorskip("ray")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never says a word (a hung database or Ray head)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield server.getsockname()[1]
+    server.close()
+
+
+# ---- 1 + 2 + 3: resume with changed settings; extended studies; NAS_STORAGE_URL ------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny finished `nas run` whose study lives in the storage NAS_STORAGE_URL names."""
+    root = tmp_path_factory.mktemp("resume")
+    storage = f"sqlite:///{root / 'elsewhere.db'}"
+    env = {**os.environ, "NAS_STORAGE_URL": storage}
+    command = nas_run("--space", str(tiny_space_file(root)), "--epochs", "1", "--trials", "4", "--evaluators", "1",
+                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(root / "run"))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return root / "run", command, env, storage
+
+
+@pytest.mark.slow
+def test_resume_with_a_changed_budget_is_refused_and_changes_nothing(finished_run):
+    run, command, env, _ = finished_run
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = subprocess.run(command + ["--resume", "--budget-ms", "5", "--seed", "3"], capture_output=True, text=True, timeout=300,
+                            cwd=REPO, env=env)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--budget-ms was None, now 5.0" in result.stderr and "--seed was 0, now 3" in result.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_continues_the_sampler_and_keeps_the_export_consistent(finished_run):
+    run, command, env, storage = finished_run
+    extended = [*command[:command.index("--trials") + 1], "8", *command[command.index("--trials") + 2:], "--resume"]
+    result = subprocess.run(extended, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == 8 and not (run / "study.db").exists()
+    assert [t.params for t in trials[4:]] != [t.params for t in trials[:4]], "the sampler replayed its first trials"
+    by_digest: dict[str, optuna.trial.FrozenTrial] = {}
+    for trial in trials:  # an arch seen before reuses that result instead of being evaluated again
+        digest = trial.user_attrs["digest"]
+        if digest in by_digest:
+            assert trial.user_attrs["reused_from"] == by_digest[digest].number and trial.values == by_digest[digest].values
+        by_digest.setdefault(digest, trial)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["resumed_with"][-1]["changed"] == {"trials": [4, 8]}
+    assert manifest["settings"]["storage"] == storage
+    exported = json.loads((run / "exports" / "best" / "metadata.json").read_text())["source"]["trial"]
+    assert manifest["result"]["trial"] == exported == manifest["result"]["export"]["trial"]
+
+
+def test_an_extended_study_never_evaluates_an_arch_twice(tmp_path):
+    from nas.space import parse_space
+    from test_faults import TINY_SPACE
+
+    space = parse_space(TINY_SPACE, "tiny.yaml")
+    evaluated: list[str] = []
+
+    def evaluate(archs):
+        evaluated.extend(a.digest for a in archs)
+        return [{"accuracy": random.Random(a.digest).random(), "macs": 1, "params": 1} for a in archs]
+
+    class Table:  # a latency predictor is all the loop needs
+        def predict(self, arch):
+            return float(arch.embed_dim * arch.depth)
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    for trials, resume in ((20, False), (60, True)):
+        config = search.SearchConfig(trials=trials, batch=4, sampler="random", seed=0)
+        study = search.open_study(storage, config, resume)
+        search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)
+    assert len(study.trials) == 60
+    assert len(evaluated) == len(set(evaluated)), "an arch was evaluated twice"
+    assert len(evaluated) < 60, "a space of 312 archs sampled 60 times repeats some: they were reused"
+    first = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+    assert first[20:40] != first[:20]
+
+
+def test_storage_url_from_the_environment_and_every_redacted_form(tmp_path, monkeypatch):
+    from nas.pipeline import RunConfig, settings_record
+    from nas.storage import resolve
+
+    monkeypatch.setenv("NAS_STORAGE_URL", "postgresql://nas@db/nas?password=hunter2")
+    assert resolve(None) == ("postgresql://nas@db/nas?password=hunter2", "NAS_STORAGE_URL")
+    assert resolve("sqlite:///x.db")[0] == "sqlite:///x.db"  # the flag wins
+    for url in ("postgresql://nas:hunter2@db:5432/nas", "postgresql://nas@db/nas?sslmode=require&password=hunter2"):
+        assert "hunter2" not in json.dumps(settings_record(RunConfig(storage=url)))
+
+
+# ---- 4: connections checked first, with a timeout ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag, address, message", [
+    ("--ray-address", "127.0.0.1:1", "--ray-address 127.0.0.1:1: no Ray cluster answers there"),
+    ("--storage", "postgresql://nas:hunter2@127.0.0.1:1/nas", "--storage postgresql://nas:***@127.0.0.1:1/nas: cannot open it"),
+    ("--ray-address", "silent", "did not accept a connection within 3 s"),
+    ("--storage", "silent", "no answer within 3 s"),
+])
+def test_unreachable_ray_or_storage_fails_within_the_timeout_before_any_work(flag, address, message, silent_server, tmp_path, capsys):
+    if address == "silent":
+        address = f"127.0.0.1:{silent_server}" if flag == "--ray-address" else f"postgresql://nas:hunter2@127.0.0.1:{silent_server}/nas"
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    code = exit_code(["run", "--space", str(tiny_space_file(tmp_path)), flag, address, "--connect-timeout", "3", "--out", str(out)])
+    assert code == 2 and time.perf_counter() - started < 30
+    err = one_line_error(capsys)
+    assert message in err and "hunter2" not in err
+    assert not out.exists()
+
+
+# ---- 5: stale Ray state does not stop a local run ----------------------------------------------------------
+
+
+def test_a_stale_address_file_and_a_foreign_local_instance_do_not_stop_a_local_run(tmp_path):
+    foreign = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); "
+                                "print(ray.get_runtime_context().gcs_address, flush=True); time.sleep(120)"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    saved = address_file.read_bytes() if address_file.exists() else None
+    try:
+        foreign_gcs = foreign.stdout.readline().strip()
+        assert foreign_gcs
+        address_file.parent.mkdir(parents=True, exist_ok=True)
+        address_file.write_text("127.0.0.1:1")  # left behind by a `ray start --head` killed by a signal
+        probe = ("from workers.cluster import init_ray\nimport ray\ninit_ray(None, 1, progress=print)\n"
+                 "print('GCS', ray.get_runtime_context().gcs_address)\nray.shutdown()")
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO,
+                                env={**os.environ, "RAY_ADDRESS": foreign_gcs})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "a local Ray instance of its own" in result.stdout
+        ours = next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("GCS "))
+        assert ours != foreign_gcs
+    finally:
+        if saved is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_bytes(saved)
+        os.killpg(foreign.pid, signal.SIGKILL)
+        foreign.wait()
+
+
+# ---- 6: another study's outputs do not replace the run's ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+def test_search_in_another_storage_leaves_the_runs_outputs_alone(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "copy")
+    (run / "trials.csv").write_text("the run's own\n")
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert exit_code(["search", "--run", str(run), "--trials", "2", "--evaluators", "1", "--storage", other]) == 2
+    assert "is not this run's own study" in one_line_error(capsys) and not (tmp_path / "other.db").exists()
+    report = tmp_path / "report"
+    assert main(["search", "--run", str(run), "--trials", "2", "--evaluators", "1", "--storage", other, "--report-dir", str(report)]) == 0
+    ray.shutdown()
+    assert (run / "trials.csv").read_text() == "the run's own\n"
+    assert len((report / "trials.csv").read_text().splitlines()) == 3
+    assert main(["report", "--run", str(run), "--storage", other, "--report-dir", str(report)]) == 0
+    assert (run / "trials.csv").read_text() == "the run's own\n"
+
+
+# ---- 7: one line, exit 2, nothing written -----------------------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _study(run: Path) -> None:
+    optuna.create_study(storage=f"sqlite:///{run / 'study.db'}", study_name=search.STUDY_NAME, directions=["maximize", "minimize"])
+
+
+READ_ONLY = "/proc/nas-read-only/out"  # nobody, root included, can create anything under /proc
+
+CASES = {
+    "run --out is a file": (lambda t, r: (t / "f").write_text("x") and ["run", "--out", str(t / "f")], "is a file, not a directory"),
+    "run --out read-only": (lambda t, r: ["run", "--out", READ_ONLY], "cannot write into /proc"),
+    "train --out read-only": (lambda t, r: ["train", "--out", READ_ONLY], "cannot write into /proc"),
+    "export --out read-only": (lambda t, r: ["export", "--run", str(r), "--trial", "0", "--out", READ_ONLY], "cannot write into /proc"),
+    "report read-only": (lambda t, r: _study(r) or ["report", "--run", str(r), "--report-dir", READ_ONLY], "cannot write into /proc"),
+    "latency --out under a file": (lambda t, r: (t / "afile").write_text("x") and ["latency", "--out", str(t / "afile" / "t.json")], "is a file, so the directory cannot be created"),
+    "train --resume, truncated supernet": (lambda t, r: _truncate(r / "supernet.safetensors") or ["train", "--out", str(r), "--resume", "--epochs", "1", "--batch-size", "256", "--random-subnets", "0"], "the training checkpoint cannot be read"),
+    "run --resume, truncated manifest": (lambda t, r: (r / "manifest.json").write_text('{"settings": {') and ["run", "--out", str(r), "--resume"], "cannot read the run's manifest"),
+    "--calibrate -1": (lambda t, r: ["run", "--calibrate", "-1", "--out", str(t / "run")], "expected an integer >= 0"),
+    "--validate -1": (lambda t, r: ["latency", "--validate", "-1", "--out", str(t / "t.json")], "expected an integer >= 0"),
+    "--lr inf": (lambda t, r: ["train", "--lr", "inf", "--out", str(t / "run")], "expected a positive finite number"),
+    "report on an empty study.db": (lambda t, r: (r / "study.db").write_bytes(b"") or ["report", "--run", str(r)], "holds no study named nas-search"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_former_traceback_is_one_line_and_writes_nothing(case, trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "copy")
+    (run / "trials.csv").write_text("number,state,accuracy,latency_ms,macs,params,arch\n")
+    make_args, message = CASES[case]
+    args = make_args(tmp_path, run)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert exit_code(args) == 2
+    assert message in one_line_error(capsys)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+# ---- 8: SIGTERM, Ray Train's temp files ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
+    import psutil
+
+    run = tmp_path / "run"
+    command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "1", "--trials", "12", "--evaluators", "1",
+                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(run))
+    storage = f"sqlite:///{run / 'study.db'}"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+    def complete() -> int:
+        study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert process.poll() is None, "the run ended before SIGTERM"
+        try:
+            if (run / "study.db").exists() and complete() >= 2:
+                break
+        except (KeyError, ValueError, Exception):  # noqa: BLE001 — the study is being created
+            pass
+        time.sleep(0.1)
+    ray_children = [p for p in psutil.Process(process.pid).children(recursive=True) if "ray" in " ".join(p.cmdline()).lower()]
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    assert "nas: stopped by SIGTERM" in err and "Aborted" not in err and "stack trace" not in err.lower()
+    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
+    _, alive = psutil.wait_procs(ray_children, timeout=30)
+    assert not alive, f"Ray processes outlived the driver: {[p.pid for p in alive]}"
+    result = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    assert sum(search.counted(t) for t in study.trials) == 12
+
+
+@pytest.mark.slow
+def test_ray_train_leaves_no_checkpoint_copies_in_the_temp_folder(tmp_path):
+    from nas.space import load_space
+    from nas.train import TrainConfig
+    from workers.trainer import train_distributed
+
+    def copies() -> set[Path]:
+        return {p for p in Path(tempfile.gettempdir()).glob("*/supernet.safetensors")}
+
+    before = copies()
+    train_distributed(load_space("digits-tiny"), None, TrainConfig(epochs=2, batch_size=256, random_subnets=0), tmp_path / "run", 2, False,
+                      progress=lambda line: None)
+    ray.shutdown()
+    assert copies() - before == set()
+    assert (tmp_path / "run" / "supernet.safetensors").exists()
+
+
+# ---- 9 + 12: what optuna-dashboard and timm read --------------------------------------------------------------
+
+
+def test_constraints_are_stored_where_optuna_dashboard_reads_them(tmp_path):
+    from nas.space import parse_space
+    from test_faults import TINY_SPACE
+
+    space = parse_space(TINY_SPACE, "tiny.yaml")
+
+    class Table:
+        def predict(self, arch):
+            return float(arch.embed_dim)
+
+    config = search.SearchConfig(trials=4, batch=2, sampler="random", budget_ms=12.0)  # embed 8 feasible, 16 not: a property of this Table
+    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, resume=False)
+    search.run_search(study, space, Table(), lambda archs: [{"accuracy": 0.5, "macs": 1, "params": 1}] * len(archs), config, lambda line: None)
+    for trial in study.trials:
+        slack = trial.user_attrs["latency_ms"] - 12.0
+        assert trial.system_attrs[search.DASHBOARD_CONSTRAINTS] == [slack]  # optuna-dashboard's key and format
+        assert search.feasible(trial) == (slack <= 0)
+    assert study.metric_names == ["accuracy", "latency_ms"]
+
+
+def test_export_carries_its_preprocessing_for_timm(trained, tmp_path):
+    import timm
+    import timm.data
+
+    import nas.timm_compat  # noqa: F401 — registers vit_nas
+    from nas.export import export
+    from nas.select import Candidate
+
+    space, data = RunDir(trained).space_and_data()
+    arch = space.smallest()
+    out = tmp_path / "export"
+    meta = export(trained, Candidate(0, 0.0, 0.0, 0, 0, arch), out, formats=("safetensors",), progress=lambda line: None)
+    dataset = RunDir(trained).dataset(space, data)
+    assert meta["classes"] == dataset.classes and meta["preprocessing"]["input_size"] == [1, space.image_size, space.image_size]
+    model = timm.create_model("vit_nas", arch=str(out), checkpoint_path=str(out / "model.safetensors"))
+    config = timm.data.resolve_data_config(model=model)
+    assert config["input_size"] == (1, space.image_size, space.image_size)
+    assert config["mean"] == pytest.approx(tuple(dataset.mean.flatten().tolist()), abs=1e-5)
+    assert config["std"] == pytest.approx(tuple(dataset.std.flatten().tolist()), abs=1e-5)
+    assert model.pretrained_cfg["label_names"] == dataset.classes
