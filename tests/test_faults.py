@@ -81,15 +81,15 @@ def manifest(run: Path) -> dict:
 @pytest.mark.slow
 def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
     run = tmp_path / "run"
-    command = nas_run("--space", "digits-tiny", "--epochs", "1", "--trials", "2", "--evaluators", "1", "--calibrate", "3", "--validate", "3",
-                      "--budget-quantile", "1", "--out", str(run))
+    command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "1", "--trials", "2", "--evaluators", "1", "--calibrate", "3",
+                      "--validate", "3", "--budget-quantile", "1", "--out", str(run))
     table_path = run / "latency_table.json"
-    kill_when(command, lambda: len(json.loads(table_path.read_text())["entries"]) >= 24)
+    kill_when(command, lambda: len(json.loads(table_path.read_text())["entries"]) >= 8)  # the first chunk of 8 is saved
     before = json.loads(table_path.read_text())["entries"]
-    assert 24 <= len(before) < 249
     resume(command)
     after = json.loads(table_path.read_text())["entries"]
-    assert len(after) == 249 and all(after[key] == value for key, value in before.items())  # not re-measured
+    assert 8 <= len(before) < len(after)  # killed part-way; completed by the resume
+    assert all(after[key] == value for key, value in before.items())  # not re-measured
     assert all(manifest(run)["stages"][s]["completed"] for s in ("latency", "train", "search"))
 
 

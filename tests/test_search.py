@@ -204,6 +204,7 @@ def test_hypervolume_of_a_front():
     assert hypervolume([(0.4, 1.0), (0.9, 5.0)], 0.5, 4.0) == 0.0  # outside the reference box
 
 
+@pytest.mark.slow
 def test_bench_search_runs_on_a_tiny_setting(trained, ray_local, tmp_path, capsys):
     assert main(["bench", "search", "--run", str(trained), "--trials", "4", "--seeds", "0,1", "--reference-archs", "20",
                  "--evaluators", "1", "--ref-accuracy", "0.0", "--out", str(tmp_path)]) == 0
@@ -215,6 +216,7 @@ def test_bench_search_runs_on_a_tiny_setting(trained, ray_local, tmp_path, capsy
     assert "of the reference on average" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_run_with_an_explicit_storage_url(tmp_path, capsys):
     from test_faults import tiny_space_file
 
