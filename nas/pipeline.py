@@ -21,6 +21,7 @@ from pathlib import Path
 
 from nas.errors import NasError
 from nas.rundir import EXPORTS, MANIFEST, STUDY, Manifest, RunDir
+from nas.storage import CONNECT_TIMEOUT_S
 from nas.stages import Fit, check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
 
 
@@ -46,7 +47,7 @@ class RunConfig:
     seed: int = 0
     ray_address: str | None = None  # None: a local Ray instance
     storage: str | None = None  # None: sqlite:///<run>/study.db (the CLI also reads NAS_STORAGE_URL)
-    connect_timeout: float = 30.0  # seconds to reach --storage and --ray-address before any work
+    connect_timeout: float = CONNECT_TIMEOUT_S
 
 
 # On --resume, these must equal the run's: they change what the run computes. --trials may grow
@@ -142,8 +143,6 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         raise NasError("--workers, --evaluators, --trials and --epochs must be >= 1")
     if not 0 < config.budget_quantile <= 1:
         raise NasError(f"--budget-quantile must be in (0, 1], got {config.budget_quantile}")
-    if config.calibrate < 0 or config.validate < 0:
-        raise NasError("--calibrate and --validate must be >= 0")
     check_local_capacity(config.ray_address, workers=config.workers, evaluators=config.evaluators)
     space = load_space(config.space)
     config = replace(config, data=config.data or space.data, epochs=config.epochs or space.epochs)

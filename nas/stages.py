@@ -42,9 +42,7 @@ def check_out_dir(path: Path, flag: str = "--out") -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NasError(f"{flag} {path} is a file, not a directory; choose another {flag}")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
+    probe = _nearest_existing(path)
     if not probe.is_dir():
         raise NasError(f"{flag} {path}: {probe} is a file, so the directory cannot be created; choose another {flag}")
     try:
@@ -58,12 +56,16 @@ def check_out_file(path: Path, flag: str = "--out") -> None:
     path = Path(path)
     if path.is_dir():
         raise NasError(f"{flag} {path} is a directory; name a file, e.g. {path / 'latency_table.json'}")
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    ancestor = _nearest_existing(path.parent)
     if not ancestor.is_dir():
         raise NasError(f"{flag} {path}: {ancestor} is a file, so the directory cannot be created; choose another {flag}")
     check_out_dir(path.parent, flag)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def check_connections(ray_address: str | None, storage: str | None, timeout_s: float, progress=print) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 from nas.errors import NasError
 
 ENV = "NAS_STORAGE_URL"
-CONNECT_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 30.0  # seconds to reach a storage or a Ray cluster before any work (--connect-timeout)
 SECRET_KEYS = ("password", "passwd", "pwd", "pass", "secret", "token", "sslpassword", "api_key", "apikey")
 _URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+)")
 

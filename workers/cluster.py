@@ -1,7 +1,7 @@
 """Ray start-up and capacity checks: the one place that starts or joins Ray.
 
 Without --ray-address, the product starts its own local Ray instance (address="local"),
-whatever other instances, stale address files or RAY_ADDRESS exist, bound to loopback.
+whatever other instances, stale address files or RAY_ADDRESS exist, with no dashboard.
 With --ray-address (auto, host:port or ray://host:port) it joins that cluster without
 passing local resources, after `check_ray_address` has probed it, within a timeout, in a
 child process: a dead address, a cluster that wants an auth token, or one that does not
@@ -16,8 +16,8 @@ import subprocess
 import sys
 
 from nas.errors import NasError
+from nas.storage import CONNECT_TIMEOUT_S
 
-CONNECT_TIMEOUT_S = 30.0
 AUTH_HINT = ("the cluster uses token authentication (on by default for `ray start --head` in current Ray): copy the head's "
              "token (~/.ray/auth_token on the head) and pass it as RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file>")
 

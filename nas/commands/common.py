@@ -99,4 +99,6 @@ def add_connection_options(p, storage_default: str) -> None:
     """--storage (or NAS_STORAGE_URL) and --connect-timeout."""
     p.add_argument("--storage", default=None, help=f"Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, "
                    f"in the environment variable NAS_STORAGE_URL, so it is not in the process list (default: {storage_default})")
-    p.add_argument("--connect-timeout", type=positive_float, default=30.0, help="seconds to reach --storage and --ray-address before any work (default: %(default)s)")
+    from nas.storage import CONNECT_TIMEOUT_S
+
+    p.add_argument("--connect-timeout", type=positive_float, default=CONNECT_TIMEOUT_S, help="seconds to reach --storage and --ray-address before any work (default: %(default)s)")

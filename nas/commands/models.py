@@ -49,7 +49,9 @@ def run_train(args: argparse.Namespace) -> int:
         raise NasError(f"--random-subnets must be >= 0, got {args.random_subnets}")
     check_out_dir(args.out)
     if args.workers > 1:
-        check_connections(args.ray_address, None, 30.0, progress=lambda line: print(line, flush=True))
+        from nas.storage import CONNECT_TIMEOUT_S
+
+        check_connections(args.ray_address, None, CONNECT_TIMEOUT_S, progress=lambda line: print(line, flush=True))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     space = load_space(args.space)
