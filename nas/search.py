@@ -168,55 +168,66 @@ def run_search(
         if done >= config.trials:
             return
         finished = {t.user_attrs["digest"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs}
-        batch = [study.ask() for _ in range(min(config.batch, config.trials - done))]
-        archs, latencies = [], []
-        for trial in batch:
-            arch = suggest_arch(trial, space)
-            latency = table.predict(arch)
-            trial.set_user_attr("arch", arch.to_dict())
-            trial.set_user_attr("digest", arch.digest)
-            trial.set_user_attr("latency_ms", latency)
-            slack = latency - config.budget_ms if config.budget_ms is not None else 0.0
-            trial.set_constraint("latency", slack)
-            # optuna-dashboard (0.21) reads constraints from the list format of Optuna < 5; Optuna reads both.
-            study._storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, [slack])
-            archs.append(arch)
-            latencies.append(latency)
-        # Each arch is evaluated once: one already finished in the study, or twice in this batch, reuses that result.
-        fresh = list({a.digest: a for a in archs if a.digest not in finished}.values())
+        batch: list[optuna.Trial] = []
         try:
-            evaluated = dict(zip((a.digest for a in fresh), evaluate(fresh) if fresh else []))
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the batch is marked interrupted and re-run on --resume
-            for trial in batch:
+            reused = _run_batch(study, space, table, evaluate, config, min(config.batch, config.trials - done), finished, batch, progress)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, wherever it lands: the batch is marked interrupted, re-run on --resume
+            running = [t for t in batch if study._storage.get_trial(t._trial_id).state == optuna.trial.TrialState.RUNNING]
+            for trial in running:
                 _interrupt(study, trial._trial_id, trial.params)
-            progress(f"stopped: {len(batch)} running trial(s) marked interrupted; --resume re-runs them")
+            progress(f"stopped: {len(running)} running trial(s) marked interrupted; --resume re-runs them")
             raise
-        for trial, arch, latency in zip(batch, archs, latencies):
-            if arch.digest in finished:
-                earlier = finished[arch.digest]
-                result = {key: earlier.user_attrs[key] for key in ("accuracy", "macs", "params")}
-                trial.set_user_attr("reused_from", earlier.number)
-            else:
-                result = evaluated[arch.digest]
-            if isinstance(result, BaseException) or not math.isfinite(result.get("accuracy", math.nan)):
-                reason = repr(result) if isinstance(result, BaseException) else "accuracy is NaN"
-                trial.set_user_attr("failure", reason[:500])
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                progress(f"trial {trial.number} failed: {reason[:200]}")
-                continue
-            for key in ("accuracy", "macs", "params"):
-                trial.set_user_attr(key, result[key])
-            values = [result["accuracy"], latency] + ([result[config.third_objective]] if config.third_objective else [])
-            study.tell(trial, values)
         done += len(batch)
         elapsed = time.perf_counter() - started
         best = _best_feasible(study)
-        reused = len(batch) - len(fresh)
         progress(
             f"[{min(done, config.trials)}/{config.trials}] trials finished ({elapsed:.0f} s)"
             + (f"; {reused} repeated arch(s) reused earlier results" if reused else "")
             + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
         )
+
+
+def _run_batch(study, space, table, evaluate, config, size, finished, batch, progress) -> int:
+    """Ask `size` trials (appended to `batch` as soon as each exists), evaluate the fresh archs, tell every trial.
+
+    Returns how many trials reused an earlier result instead of being evaluated.
+    """
+    for _ in range(size):
+        batch.append(study.ask())
+    archs, latencies = [], []
+    for trial in batch:
+        arch = suggest_arch(trial, space)
+        latency = table.predict(arch)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("digest", arch.digest)
+        trial.set_user_attr("latency_ms", latency)
+        slack = latency - config.budget_ms if config.budget_ms is not None else 0.0
+        trial.set_constraint("latency", slack)
+        # optuna-dashboard (0.21) reads constraints from the list format of Optuna < 5; Optuna reads both.
+        study._storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, [slack])
+        archs.append(arch)
+        latencies.append(latency)
+    # Each arch is evaluated once: one already finished in the study, or twice in this batch, reuses that result.
+    fresh = list({a.digest: a for a in archs if a.digest not in finished}.values())
+    evaluated = dict(zip((a.digest for a in fresh), evaluate(fresh) if fresh else []))
+    for trial, arch, latency in zip(batch, archs, latencies):
+        if arch.digest in finished:
+            earlier = finished[arch.digest]
+            result = {key: earlier.user_attrs[key] for key in ("accuracy", "macs", "params")}
+            trial.set_user_attr("reused_from", earlier.number)
+        else:
+            result = evaluated[arch.digest]
+        if isinstance(result, BaseException) or not math.isfinite(result.get("accuracy", math.nan)):
+            reason = repr(result) if isinstance(result, BaseException) else "accuracy is NaN"
+            trial.set_user_attr("failure", reason[:500])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            progress(f"trial {trial.number} failed: {reason[:200]}")
+            continue
+        for key in ("accuracy", "macs", "params"):
+            trial.set_user_attr(key, result[key])
+        values = [result["accuracy"], latency] + ([result[config.third_objective]] if config.third_objective else [])
+        study.tell(trial, values)
+    return len(batch) - len(fresh)
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:

@@ -128,6 +128,50 @@ def test_an_extended_study_never_evaluates_an_arch_twice(tmp_path):
     assert first[20:40] != first[:20]
 
 
+@pytest.mark.parametrize("where", ["predict", "evaluate", "tell"])
+def test_an_interrupt_anywhere_in_a_batch_leaves_no_trial_running(tmp_path, where):
+    """SIGTERM/Ctrl-C may land while trials are asked, evaluated or told: none may stay RUNNING."""
+    from nas.space import parse_space
+    from test_faults import TINY_SPACE
+
+    space = parse_space(TINY_SPACE, "tiny.yaml")
+    calls = {"predict": 0, "evaluate": 0, "tell": 0}
+
+    def maybe_stop(stage):  # in the second batch of four: its 2nd predict, its evaluate, its 2nd tell
+        calls[stage] += 1
+        if stage == where and calls[stage] == {"predict": 6, "evaluate": 2, "tell": 6}[stage]:
+            raise KeyboardInterrupt
+
+    def evaluate(archs):
+        maybe_stop("evaluate")
+        return [{"accuracy": random.Random(a.digest).random(), "macs": 1, "params": 1} for a in archs]
+
+    class Table:
+        def predict(self, arch):
+            maybe_stop("predict")
+            return float(arch.embed_dim * arch.depth)
+
+    config = search.SearchConfig(trials=12, batch=4, sampler="random", seed=0)
+    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, False)
+    tell = study.tell
+
+    def stopping_tell(*args, **kwargs):
+        maybe_stop("tell")
+        return tell(*args, **kwargs)
+
+    study.tell = stopping_tell
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)
+    states = [t.state for t in study.get_trials()]
+    assert optuna.trial.TrialState.RUNNING not in states
+    interrupted = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
+    assert interrupted and all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
+    assert states.count(optuna.trial.TrialState.WAITING) == len(interrupted), "each interrupted trial is re-enqueued"
+    study.tell = tell
+    search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)  # the resumed run finishes
+    assert sum(search.counted(t) for t in study.get_trials()) == 12
+
+
 def test_storage_url_from_the_environment_and_every_redacted_form(tmp_path, monkeypatch):
     from nas.pipeline import RunConfig, settings_record
     from nas.storage import resolve
