@@ -68,6 +68,28 @@ def test_a_chunk_measured_while_the_machine_ran_slow_is_measured_again():
     assert log and log[0]["ratio_after"] == pytest.approx(3.0)
 
 
+def test_interference_already_running_when_the_build_starts_is_caught_once_it_ends():
+    """The reference's first timings are slow too, so the machine looks slow only later:
+    the chunks measured before that are judged again against the final best and re-measured."""
+    slow = {"on": True}
+    reference = lambda: 3.0 if slow["on"] else 1.0  # noqa: E731
+    probe = DriftProbe(reference, PROTOCOL)
+    measured = []
+
+    def measure_chunk(chunk):
+        measured.append(list(chunk))
+        factor = 5.0 if slow["on"] else 1.0
+        if len(measured) == 2:
+            slow["on"] = False  # the neighbour stops after the second chunk
+        return {key: {"ms": factor * 1.0, "dispersion": 0.0, "passes": 5, "remeasured": 0} for key in chunk}
+
+    log = []
+    entries = measure_with_drift([["a"], ["b"], ["c"], ["d"]], measure_chunk, probe, PROTOCOL, cuda=False, drift_log=log)
+    assert measured[:4] == [["a"], ["b"], ["c"], ["d"]] and sorted(map(tuple, measured[4:])) == [("a",), ("b",)]
+    assert all(entry["ms"] == pytest.approx(1.0) for entry in entries.values())
+    assert any(event.get("late") for event in log)
+
+
 def test_a_kernel_faster_at_a_wider_width_is_flagged():
     entries = {
         "block|e32|softmax|h1|r1": {"ms": 0.5}, "block|e64|softmax|h1|r1": {"ms": 0.55},

@@ -77,6 +77,7 @@ def figures(table, archs, measured, seconds: float, load_seconds: float) -> dict
         "within_10pct": validation["within_10pct"], "kendall_tau": validation["kendall_tau"], "worst_error": validation["worst"]["error"],
         "entries": len(table.entries), "entries_remeasured": remeasured, "drift_events": len(table.drift),
         "width_inconsistencies": table.checks.get("width_inconsistencies"),
+        "predicted_ms": [round(point["predicted_ms"], 4) for point in validation["points"]],
     }
 
 
@@ -93,6 +94,7 @@ def run(space, profiler, archs: int, seed: int, progress: Callable[[str], None] 
         progress(f"interfered build: {loud_seconds:.0f} s (load ran {load.seconds:.0f} s); measuring {len(held_out)} held-out archs...")
         measured = profiler.measure_models(held_out)
         return {
+            "held_out": {"digests": [arch.digest for arch in held_out], "measured_ms": [round(ms, 4) for ms in measured]},
             "quiet": figures(quiet, held_out, measured, quiet_seconds, 0.0),
             "interfered": figures(loud, held_out, measured, loud_seconds, load.seconds),
         }

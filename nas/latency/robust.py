@@ -56,21 +56,23 @@ def merge(old: Entry | None, new: Entry, cuda: bool) -> Entry:
 
 
 class DriftProbe:
-    """Times the reference unit; `slow()` says whether the machine runs slower than its best."""
+    """Times the reference unit and keeps its best (lowest) time: the machine's quiet speed."""
 
     def __init__(self, reference: Callable[[], float], protocol: Protocol) -> None:
         self.reference, self.protocol = reference, protocol
         self.best = min(reference() for _ in range(3))
-        self.last = self.best
 
     def check(self) -> float:
-        """Time the reference now; returns the ratio to the best seen."""
-        self.last = min(self.reference() for _ in range(2))
-        self.best = min(self.best, self.last)
-        return self.last / self.best
+        """Time the reference now (ms); the best is lowered when it ran faster."""
+        now = min(self.reference() for _ in range(2))
+        self.best = min(self.best, now)
+        return now
 
-    def slow(self, ratio: float) -> bool:
-        return ratio > 1 + self.protocol.drift_threshold
+    def ratio(self, ms: float) -> float:
+        return ms / self.best
+
+    def slow(self, ms: float) -> bool:
+        return self.ratio(ms) > 1 + self.protocol.drift_threshold
 
 
 def measure_with_drift(
@@ -82,25 +84,43 @@ def measure_with_drift(
     done: Callable[[list, dict[str, Entry]], None] = lambda chunk, entries: None,
     drift_log: list | None = None,
 ) -> dict[str, Entry]:
-    """Measure chunk by chunk; a chunk during which the reference was slow is queued again
-    (at most `protocol.remeasure` times) and its entries merged. `done(chunk, entries)` is
-    called after every chunk (the table saves its progress there)."""
+    """Measure chunk by chunk; a chunk during which the reference was slow (before or after it)
+    is queued again, at most `protocol.remeasure` times, and its entries merged. Slowness is
+    judged against the best reference time seen so far, and once more against the final best
+    when the queue is empty: interference that began before the first reference timing made
+    the machine look slow only once it ended, and the chunks measured under it are then
+    queued again too. `done(chunk, entries)` is called after every chunk (the table saves its
+    progress there)."""
     results: dict[str, Entry] = {}
     queue = [(list(chunk), 0) for chunk in chunks]
-    before = probe.check() if probe else 1.0
-    while queue:
-        chunk, attempt = queue.pop(0)
-        measured = measure_chunk(chunk)
-        for key, entry in measured.items():
-            results[key] = merge(results.get(key), entry, cuda)
-        after = probe.check() if probe else 1.0
-        if probe and (probe.slow(before) or probe.slow(after)) and attempt < protocol.remeasure:
-            queue.append((chunk, attempt + 1))
-            if drift_log is not None:
-                drift_log.append({"ratio_before": round(before, 3), "ratio_after": round(after, 3), "entries": sorted(measured), "attempt": attempt + 1})
-        before = after
-        done(chunk, {k: results[k] for k in measured})
-    return results
+    judged: list[dict] = []  # per measured chunk: its reference times, and whether it was queued again
+    before = probe.check() if probe else 0.0
+
+    def again(record: dict, late: bool) -> None:
+        record["queued"] = True
+        queue.append((record["chunk"], record["attempt"] + 1))
+        if drift_log is not None:
+            drift_log.append({"ratio_before": round(probe.ratio(record["before"]), 3), "ratio_after": round(probe.ratio(record["after"]), 3),
+                              "entries": record["keys"], "attempt": record["attempt"] + 1, **({"late": True} if late else {})})
+
+    while True:
+        while queue:
+            chunk, attempt = queue.pop(0)
+            measured = measure_chunk(chunk)
+            for key, entry in measured.items():
+                results[key] = merge(results.get(key), entry, cuda)
+            after = probe.check() if probe else 0.0
+            record = {"chunk": chunk, "attempt": attempt, "before": before, "after": after, "keys": sorted(measured), "queued": False}
+            judged.append(record)
+            if probe and (probe.slow(before) or probe.slow(after)) and attempt < protocol.remeasure:
+                again(record, late=False)
+            before = after
+            done(chunk, {k: results[k] for k in measured})
+        late = [r for r in judged if probe and not r["queued"] and r["attempt"] < protocol.remeasure and (probe.slow(r["before"]) or probe.slow(r["after"]))]
+        if not late:
+            return results
+        for record in late:
+            again(record, late=True)
 
 
 def width_inconsistencies(entries: dict[str, Entry], tolerance: float) -> list[tuple[str, str]]:
