@@ -52,7 +52,7 @@ def test_a_chunk_measured_while_the_machine_ran_slow_is_measured_again():
     probe = DriftProbe(reference, PROTOCOL)
     measured = []
 
-    def measure_chunk(chunk):
+    def measure_chunk(chunk, retime=True):
         measured.append(list(chunk))
         factor = 5.0 if slow["on"] else 1.0
         if len(measured) == 1:
@@ -76,7 +76,7 @@ def test_interference_already_running_when_the_build_starts_is_caught_once_it_en
     probe = DriftProbe(reference, PROTOCOL)
     measured = []
 
-    def measure_chunk(chunk):
+    def measure_chunk(chunk, retime=True):
         measured.append(list(chunk))
         factor = 5.0 if slow["on"] else 1.0
         if len(measured) == 2:
@@ -88,6 +88,33 @@ def test_interference_already_running_when_the_build_starts_is_caught_once_it_en
     assert measured[:4] == [["a"], ["b"], ["c"], ["d"]] and sorted(map(tuple, measured[4:])) == [("a",), ("b",)]
     assert all(entry["ms"] == pytest.approx(1.0) for entry in entries.values())
     assert any(event.get("late") for event in log)
+
+
+def test_a_chunk_that_starts_while_the_machine_runs_slow_is_not_re_timed_before_it_is_measured_again():
+    """Its figures will be replaced, so its outliers are not re-timed then (time saved under load);
+    once the machine is quiet again it is measured in full."""
+    slow = {"on": False}
+    reference = lambda: 3.0 if slow["on"] else 1.0  # noqa: E731
+    probe = DriftProbe(reference, PROTOCOL)
+    calls = []
+
+    def measure_chunk(chunk, retime=True):
+        calls.append((list(chunk), retime))
+        if len(calls) == 1:
+            slow["on"] = True  # a neighbour starts during the first chunk and stays for the second
+        elif len(calls) == 2:
+            slow["on"] = False
+        return {key: {"ms": 1.0, "dispersion": 0.0, "passes": 5, "remeasured": 0} for key in chunk}
+
+    measure_with_drift([["a"], ["b"], ["c"]], measure_chunk, probe, PROTOCOL, cuda=False)
+    assert calls[:3] == [(["a"], True), (["b"], False), (["c"], True)]
+    assert (["b"], True) in calls[3:]  # measured again, in full, once quiet
+
+
+def test_without_retime_outliers_are_kept_as_measured():
+    units = {"spiked": spiky(2.0, {2, 3, 4, 5})}
+    entry = measure_units(units, PROTOCOL, cuda=False, retime=False)["spiked"]
+    assert len(units["spiked"].calls) == PROTOCOL.passes and entry["remeasured"] == 0 and entry["dispersion"] > PROTOCOL.max_dispersion
 
 
 def test_a_kernel_faster_at_a_wider_width_is_flagged():

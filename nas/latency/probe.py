@@ -28,8 +28,9 @@ class Protocol:
     over the units of a chunk, not one unit's calls back to back), each pass at most `repeats`
     calls or about `max_seconds`. On CPU an entry is the minimum of its per-pass medians
     (interference only slows a pass down); on CUDA the median of them. A unit whose passes
-    spread more than `max_dispersion` ((max - min) / min) is re-timed, at most `remeasure`
-    more rounds. A fixed reference probe is re-timed after every chunk: when it runs more
+    disagree by more than `max_dispersion` is re-timed, at most `remeasure` more rounds: on
+    CPU when no second pass confirms the lowest ((second lowest - lowest) / lowest), on CUDA
+    when they spread ((max - min) / min). A fixed reference probe is re-timed after every chunk: when it runs more
     than `drift_threshold` slower than its best, the chunk is measured again later. Entries of
     the same kernel that are faster at a wider width (beyond `monotone_tolerance`) are
     re-measured once."""
@@ -47,6 +48,7 @@ class Protocol:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "statistic": "CPU: min over passes of per-pass medians; CUDA: median of per-pass medians",
+                "dispersion": "CPU: (second lowest - lowest) / lowest pass; CUDA: (max - min) / min pass",
                 "inputs": "random normal, rotated", "mode": "eval, torch.no_grad"}
 
 

@@ -22,13 +22,20 @@ from nas.latency.probe import Protocol, Unit
 Entry = dict  # {"ms", "dispersion", "passes", "remeasured"}
 
 
-def dispersion(medians: list[float]) -> float:
-    low = min(medians)
-    return (max(medians) - low) / low if low > 0 else float("inf")
+def dispersion(medians: list[float], cuda: bool) -> float:
+    """How far the passes that an entry rests on disagree. CUDA (the entry is their median):
+    (max − min) / min. CPU (the entry is the lowest pass): (second lowest − lowest) / lowest —
+    whether another pass confirms the lowest; passes slowed by interference do not count,
+    which spares re-timing them while a neighbour is busy."""
+    ordered = sorted(medians)
+    low, other = ordered[0], (ordered[-1] if cuda else ordered[min(1, len(ordered) - 1)])
+    return (other - low) / low if low > 0 else float("inf")
 
 
-def measure_units(units: dict[str, Unit], protocol: Protocol, cuda: bool) -> dict[str, Entry]:
-    """Each unit's entry from `protocol.passes` interleaved passes, outliers re-timed."""
+def measure_units(units: dict[str, Unit], protocol: Protocol, cuda: bool, retime: bool = True) -> dict[str, Entry]:
+    """Each unit's entry from `protocol.passes` interleaved passes; with `retime`, a unit whose
+    passes disagree beyond `max_dispersion` (see `dispersion`) is re-timed in as many passes
+    again, at most `protocol.remeasure` times (on CPU all its passes count; on CUDA the latest)."""
     rounds = {key: [] for key in units}
     for _ in range(protocol.passes):
         for key, unit in units.items():
@@ -36,11 +43,12 @@ def measure_units(units: dict[str, Unit], protocol: Protocol, cuda: bool) -> dic
     out = {}
     for key, unit in units.items():
         every, latest, again = list(rounds[key]), rounds[key], 0
-        while dispersion(latest) > protocol.max_dispersion and again < protocol.remeasure:
+        judged = lambda: latest if cuda else every  # noqa: E731
+        while retime and dispersion(judged(), cuda) > protocol.max_dispersion and again < protocol.remeasure:
             latest = [unit() for _ in range(protocol.passes)]
             every += latest
             again += 1
-        out[key] = {"ms": statistics.median(latest) if cuda else min(every), "dispersion": round(dispersion(latest), 4), "passes": len(every), "remeasured": again}
+        out[key] = {"ms": statistics.median(latest) if cuda else min(every), "dispersion": round(dispersion(judged(), cuda), 4), "passes": len(every), "remeasured": again}
     return out
 
 
@@ -77,7 +85,7 @@ class DriftProbe:
 
 def measure_with_drift(
     chunks: Iterable[list],
-    measure_chunk: Callable[[list], dict[str, Entry]],
+    measure_chunk: Callable[..., dict[str, Entry]],
     probe: DriftProbe | None,
     protocol: Protocol,
     cuda: bool,
@@ -89,8 +97,10 @@ def measure_with_drift(
     judged against the best reference time seen so far, and once more against the final best
     when the queue is empty: interference that began before the first reference timing made
     the machine look slow only once it ended, and the chunks measured under it are then
-    queued again too. `done(chunk, entries)` is called after every chunk (the table saves its
-    progress there)."""
+    queued again too. A chunk that starts while the machine already runs slow will be measured
+    again anyway, so it is measured once without re-timing its outliers
+    (`measure_chunk(chunk, retime=False)`). `done(chunk, entries)` is called after every chunk
+    (the table saves its progress there)."""
     results: dict[str, Entry] = {}
     queue = [(list(chunk), 0) for chunk in chunks]
     judged: list[dict] = []  # per measured chunk: its reference times, and whether it was queued again
@@ -106,7 +116,8 @@ def measure_with_drift(
     while True:
         while queue:
             chunk, attempt = queue.pop(0)
-            measured = measure_chunk(chunk)
+            doomed = bool(probe) and probe.slow(before) and attempt < protocol.remeasure
+            measured = measure_chunk(chunk, retime=not doomed)
             for key, entry in measured.items():
                 results[key] = merge(results.get(key), entry, cuda)
             after = probe.check() if probe else 0.0
