@@ -46,10 +46,18 @@ def test_interleaved_passes_round_robin_over_the_units():
     assert order[:6] == ["a", "b", "c", "a", "b", "c"]
 
 
+def neighbour(busy: bool) -> tuple[dict, DriftProbe]:
+    """A drift probe whose reference reads 3 ms while `state["on"]`, 1 ms otherwise."""
+    state = {"on": busy}
+    return state, DriftProbe(lambda: 3.0 if state["on"] else 1.0, PROTOCOL)
+
+
+def fake_entries(chunk, ms: float) -> dict:
+    return {key: {"ms": ms, "dispersion": 0.0, "passes": 5, "remeasured": 0} for key in chunk}
+
+
 def test_a_chunk_measured_while_the_machine_ran_slow_is_measured_again():
-    slow = {"on": False}
-    reference = lambda: 3.0 if slow["on"] else 1.0  # noqa: E731
-    probe = DriftProbe(reference, PROTOCOL)
+    slow, probe = neighbour(busy=False)
     measured = []
 
     def measure_chunk(chunk, retime=True):
@@ -59,7 +67,7 @@ def test_a_chunk_measured_while_the_machine_ran_slow_is_measured_again():
             slow["on"] = True  # interference starts during the first chunk...
         elif len(measured) == 2:
             slow["on"] = False  # ...and is gone after the second
-        return {key: {"ms": factor * 1.0, "dispersion": 0.0, "passes": 5, "remeasured": 0} for key in chunk}
+        return fake_entries(chunk, factor * 1.0)
 
     log = []
     entries = measure_with_drift([["a", "b"], ["c"]], measure_chunk, probe, PROTOCOL, cuda=False, drift_log=log)
@@ -71,9 +79,7 @@ def test_a_chunk_measured_while_the_machine_ran_slow_is_measured_again():
 def test_interference_already_running_when_the_build_starts_is_caught_once_it_ends():
     """The reference's first timings are slow too, so the machine looks slow only later:
     the chunks measured before that are judged again against the final best and re-measured."""
-    slow = {"on": True}
-    reference = lambda: 3.0 if slow["on"] else 1.0  # noqa: E731
-    probe = DriftProbe(reference, PROTOCOL)
+    slow, probe = neighbour(busy=True)
     measured = []
 
     def measure_chunk(chunk, retime=True):
@@ -81,7 +87,7 @@ def test_interference_already_running_when_the_build_starts_is_caught_once_it_en
         factor = 5.0 if slow["on"] else 1.0
         if len(measured) == 2:
             slow["on"] = False  # the neighbour stops after the second chunk
-        return {key: {"ms": factor * 1.0, "dispersion": 0.0, "passes": 5, "remeasured": 0} for key in chunk}
+        return fake_entries(chunk, factor * 1.0)
 
     log = []
     entries = measure_with_drift([["a"], ["b"], ["c"], ["d"]], measure_chunk, probe, PROTOCOL, cuda=False, drift_log=log)
@@ -93,9 +99,7 @@ def test_interference_already_running_when_the_build_starts_is_caught_once_it_en
 def test_a_chunk_that_starts_while_the_machine_runs_slow_is_not_re_timed_before_it_is_measured_again():
     """Its figures will be replaced, so its outliers are not re-timed then (time saved under load);
     once the machine is quiet again it is measured in full."""
-    slow = {"on": False}
-    reference = lambda: 3.0 if slow["on"] else 1.0  # noqa: E731
-    probe = DriftProbe(reference, PROTOCOL)
+    slow, probe = neighbour(busy=False)
     calls = []
 
     def measure_chunk(chunk, retime=True):
@@ -104,7 +108,7 @@ def test_a_chunk_that_starts_while_the_machine_runs_slow_is_not_re_timed_before_
             slow["on"] = True  # a neighbour starts during the first chunk and stays for the second
         elif len(calls) == 2:
             slow["on"] = False
-        return {key: {"ms": 1.0, "dispersion": 0.0, "passes": 5, "remeasured": 0} for key in chunk}
+        return fake_entries(chunk, 1.0)
 
     measure_with_drift([["a"], ["b"], ["c"]], measure_chunk, probe, PROTOCOL, cuda=False)
     assert calls[:3] == [(["a"], True), (["b"], False), (["c"], True)]

@@ -106,6 +106,9 @@ def measure_with_drift(
     judged: list[dict] = []  # per measured chunk: its reference times, and whether it was queued again
     before = probe.check() if probe else 0.0
 
+    def ran_slow(record: dict) -> bool:  # and may be measured again
+        return bool(probe) and record["attempt"] < protocol.remeasure and (probe.slow(record["before"]) or probe.slow(record["after"]))
+
     def again(record: dict, late: bool) -> None:
         record["queued"] = True
         queue.append((record["chunk"], record["attempt"] + 1))
@@ -123,11 +126,11 @@ def measure_with_drift(
             after = probe.check() if probe else 0.0
             record = {"chunk": chunk, "attempt": attempt, "before": before, "after": after, "keys": sorted(measured), "queued": False}
             judged.append(record)
-            if probe and (probe.slow(before) or probe.slow(after)) and attempt < protocol.remeasure:
+            if ran_slow(record):
                 again(record, late=False)
             before = after
             done(chunk, {k: results[k] for k in measured})
-        late = [r for r in judged if probe and not r["queued"] and r["attempt"] < protocol.remeasure and (probe.slow(r["before"]) or probe.slow(r["after"]))]
+        late = [record for record in judged if not record["queued"] and ran_slow(record)]
         if not late:
             return results
         for record in late:
