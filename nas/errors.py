@@ -7,3 +7,7 @@ It subclasses `ValueError` so library callers can catch it the usual way.
 
 class NasError(ValueError):
     """Bad input: the message names the field, what was given and what is allowed."""
+
+
+class PoorFitError(NasError):
+    """A latency table that failed its validation targets (the table itself is kept)."""

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from nas.errors import NasError
+from nas.errors import NasError, PoorFitError
 from nas.rundir import EXPORTS, MANIFEST, STUDY, Manifest, RunDir
 from nas.storage import CONNECT_TIMEOUT_S
 from nas.stages import Fit, check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
@@ -43,7 +43,7 @@ class RunConfig:
     validate: int = 50
     max_mape: float = 0.10  # the latency table's validation targets (nas.stages.Fit)
     min_tau: float = 0.85
-    accept_poor_fit: bool = True  # warn and go on; False (--strict-fit) stops on a table that failed validation
+    accept_poor_fit: bool = False  # True (--accept-poor-fit): search on a table that failed validation anyway
     seed: int = 0
     ray_address: str | None = None  # None: a local Ray instance
     storage: str | None = None  # None: sqlite:///<run>/study.db (the CLI also reads NAS_STORAGE_URL)
@@ -159,6 +159,8 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     run = RunDir(run_dir)
     try:
         return _stages(config, run, space, dataset, resume, changes, progress)
+    except PoorFitError as error:  # the table took minutes to build: keep the run so that it can be resumed with it
+        raise PoorFitError(f"{error} (nas run --resume --accept-poor-fit --out {run_dir} goes on with it)") from None
     except NasError:
         # A user error before any training (e.g. an infeasible budget) leaves nothing behind.
         if created and not resumable_training(run):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas.errors import NasError
+from nas.errors import NasError, PoorFitError
 from nas.rundir import STATE_JSON, RunDir
 
 
@@ -33,6 +33,12 @@ class Fit:
         if validation["kendall_tau"] < self.min_tau:
             out.append(f"Kendall tau {validation['kendall_tau']:.3f} < {self.min_tau}")
         return out
+
+    @classmethod
+    def stored_with(cls, table, accept_poor: bool = False) -> "Fit":
+        """The targets the table was validated against (the defaults when it holds none)."""
+        stored = (table.validation or {}).get("thresholds") or {}
+        return cls(stored.get("max_mape", cls.max_mape), stored.get("min_tau", cls.min_tau), accept_poor)
 
 
 def check_out_dir(path: Path, flag: str = "--out") -> None:
@@ -119,14 +125,22 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
         table.save(out)
     if table.validation:
         progress("latency predictor: " + lut.summary_line(table.validation))
-        if table.validation.get("passed") is False:
-            message = (f"the latency table {out} failed validation ({', '.join(fit.misses(table.validation))}): its predictions "
-                       "cannot be trusted for a search")
-            if not fit.accept_poor:
-                raise NasError(message + "; rebuild it on a quieter machine (delete the file), or pass --accept-poor-fit (nas latency) / "
-                               "leave out --strict-fit (nas run)")
-            progress(f"!! warning: {message}; going on (nas latency would refuse it without --accept-poor-fit; nas run stops with --strict-fit)")
+        check_fit(table, out, fit, progress)
     return table
+
+
+def check_fit(table, path: Path, fit: Fit, progress=print) -> None:
+    """Refuse (NasError) a validated table that misses `fit`; only warn when `fit.accept_poor`."""
+    validation = table.validation
+    if not validation:
+        return
+    missed = fit.misses(validation)
+    if not missed:
+        return
+    message = f"the latency table {path} failed validation ({', '.join(missed)}): its predictions cannot be trusted for a search"
+    if not fit.accept_poor:
+        raise PoorFitError(message + "; delete it and rebuild it on a quieter machine, or pass --accept-poor-fit to use it anyway")
+    progress(f"!! warning: {message}; going on because of --accept-poor-fit")
 
 
 def _remeasure_worst(table, space, archs: list, measured: list[float], profiler, progress, count: int = 5) -> None:

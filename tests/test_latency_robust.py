@@ -166,3 +166,34 @@ def test_validation_below_threshold_exits_non_zero_unless_accepted(tmp_path, cap
     assert json.loads(out.read_text())["validation"]["passed"] is False
     assert main(args + ["--accept-poor-fit"]) == 0
     assert "!! warning" in capsys.readouterr().out
+
+
+def test_nas_run_and_nas_search_refuse_a_table_that_failed_validation_unless_accepted(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from nas.latency import profiler
+    from nas.latency.profiler import Profiler
+    from nas.rundir import CONFIG, TABLE, space_record
+    from nas.space import load_space
+    from test_latency import FAST
+
+    monkeypatch.setattr(profiler, "Profiler", lambda *args: Profiler(*args, protocol=FAST))  # fast timing, same logic
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(json.dumps(TINY))
+    run = tmp_path / "run"
+    assert main(["run", "--space", str(space_file), "--calibrate", "3", "--validate", "4", "--min-tau", "1.01", "--epochs", "1",
+                 "--trials", "2", "--evaluators", "1", "--out", str(run)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "failed validation" in error[0] and "--accept-poor-fit" in error[0]
+    assert json.loads((run / TABLE).read_text())["validation"]["passed"] is False
+    assert "nas run --resume --accept-poor-fit" in error[0]
+    assert not (run / "supernet.safetensors").exists()  # stopped before training, the table kept for a resume
+
+    trained_space = load_space(str(space_file)).with_num_classes(10)  # as nas run trains it on the digits
+    (run / CONFIG).write_text(yaml.safe_dump({"space": space_record(trained_space), "data": None}))
+    assert main(["search", "--run", str(run)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "failed validation" in error[0] and "Kendall tau" in error[0]
+    assert main(["search", "--run", str(run), "--accept-poor-fit"]) == 2  # past the table, stopped by the missing supernet
+    captured = capsys.readouterr()
+    assert "!! warning" in captured.out and "holds no supernet.safetensors" in captured.err

@@ -77,22 +77,18 @@ def command_line() -> str | None:
     return redact_text(shlex.join(["nas", *sys.argv[1:]])) if Path(sys.argv[0]).name == "nas" else None
 
 
-def add_fit_options(p, lenient: bool = False) -> None:
-    """The validation targets a latency table must meet (nas latency refuses a table that
-    misses them unless --accept-poor-fit; nas run warns and goes on unless --strict-fit)."""
+def add_fit_options(p) -> None:
+    """The validation targets a latency table must meet: nas latency and nas run refuse a
+    table that misses them unless --accept-poor-fit."""
     p.add_argument("--max-mape", type=positive_float, default=0.10, help="largest mean absolute percentage error of the table's predictions on held-out archs (default: %(default)s)")
     p.add_argument("--min-tau", type=float, default=0.85, help="smallest Kendall tau between predicted and measured latency (default: %(default)s)")
-    if lenient:
-        p.add_argument("--strict-fit", action="store_true", help="stop when the table misses those targets (default: warn prominently and go on)")
-    else:
-        p.add_argument("--accept-poor-fit", action="store_true", help="use a table that misses those targets anyway (it is marked as failed)")
+    p.add_argument("--accept-poor-fit", action="store_true", help="use a table that misses those targets anyway (it stays marked as failed)")
 
 
 def fit_of(args):
     from nas.stages import Fit
 
-    accept = not args.strict_fit if hasattr(args, "strict_fit") else args.accept_poor_fit
-    return Fit(max_mape=args.max_mape, min_tau=args.min_tau, accept_poor=accept)
+    return Fit(max_mape=args.max_mape, min_tau=args.min_tau, accept_poor=args.accept_poor_fit)
 
 
 def add_connection_options(p, storage_default: str) -> None:

@@ -35,7 +35,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default=d.sampler, choices=["tpe", "nsga2", "random"], help="default: %(default)s")
     p.add_argument("--calibrate", type=non_negative_int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
     p.add_argument("--validate", type=non_negative_int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
-    add_fit_options(p, lenient=True)
+    add_fit_options(p)
     p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
     add_connection_options(p, "sqlite in --out")
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
@@ -60,7 +60,7 @@ def run_run(args: argparse.Namespace) -> int:
         budget_ms=args.budget_ms, budget_quantile=args.budget_quantile, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
         sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=storage,
         calibrate=args.calibrate, validate=args.validate, max_mape=args.max_mape, min_tau=args.min_tau,
-        accept_poor_fit=not args.strict_fit, connect_timeout=args.connect_timeout,
+        accept_poor_fit=args.accept_poor_fit, connect_timeout=args.connect_timeout,
     )
     started = time.perf_counter()
     print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
@@ -80,6 +80,7 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", type=Path, required=True, help="run directory")
     p.add_argument("--table", type=Path, default=None, help="latency table (default: <run>/latency_table.json)")
+    p.add_argument("--accept-poor-fit", action="store_true", help="search on a table that failed its validation anyway")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: none, the whole front)")
     p.add_argument("--trials", type=positive_int, default=100, help="default: %(default)s")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"], help="default: %(default)s")
@@ -100,7 +101,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     from nas.latency.table import LatencyTable
     from nas.pipeline import resolve_budget
     from nas.rundir import TABLE, WEIGHTS, RunDir
-    from nas.stages import check_connections, check_out_dir, search_stage
+    from nas.stages import Fit, check_connections, check_fit, check_out_dir, search_stage
     from nas.storage import redact, resolve
 
     run = RunDir(args.run)
@@ -108,12 +109,13 @@ def run_search_command(args: argparse.Namespace) -> int:
     storage = resolve(args.storage)[0] or run.default_storage()
     report_dir = run.report_dir(storage, args.report_dir)  # refused before any work when the study is not the run's
     check_out_dir(report_dir, "--report-dir")
-    if not run.has(WEIGHTS):
-        raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
     table_path = args.table or run.path(TABLE)
     if not table_path.is_file():
         raise NasError(f"{table_path} does not exist; build it with nas latency --space ... --out {table_path}")
     table = LatencyTable.load(table_path, space)
+    check_fit(table, table_path, Fit.stored_with(table, args.accept_poor_fit))
+    if not run.has(WEIGHTS):
+        raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
     budget = resolve_budget(space, table, args.budget_ms) if args.budget_ms is not None else None
     config = search.SearchConfig(
         trials=args.trials, batch=args.batch or 2 * args.evaluators, sampler=args.sampler, seed=args.seed,
