@@ -77,7 +77,7 @@ def test_partial_table_resumes_without_remeasuring(tmp_path):
     p = Profiler("cpu", "fp32", 2, protocol=no_recheck)
     calls: list[str] = []
 
-    def interrupted(chunk, retime=True):
+    def interrupted(chunk, provisional=False):
         if calls:
             raise KeyboardInterrupt
         calls.extend(key for key, _ in chunk)
@@ -91,7 +91,7 @@ def test_partial_table_resumes_without_remeasuring(tmp_path):
 
     resumed: list[str] = []
 
-    def counting(chunk, retime=True):
+    def counting(chunk, provisional=False):
         resumed.extend(key for key, _ in chunk)
         return p.measure_probes(chunk)
 

@@ -60,7 +60,7 @@ def test_a_chunk_measured_while_the_machine_ran_slow_is_measured_again():
     slow, probe = neighbour(busy=False)
     measured = []
 
-    def measure_chunk(chunk, retime=True):
+    def measure_chunk(chunk, provisional=False):
         measured.append(list(chunk))
         factor = 5.0 if slow["on"] else 1.0
         if len(measured) == 1:
@@ -82,7 +82,7 @@ def test_interference_already_running_when_the_build_starts_is_caught_once_it_en
     slow, probe = neighbour(busy=True)
     measured = []
 
-    def measure_chunk(chunk, retime=True):
+    def measure_chunk(chunk, provisional=False):
         measured.append(list(chunk))
         factor = 5.0 if slow["on"] else 1.0
         if len(measured) == 2:
@@ -97,13 +97,13 @@ def test_interference_already_running_when_the_build_starts_is_caught_once_it_en
 
 
 def test_a_chunk_that_starts_while_the_machine_runs_slow_is_not_re_timed_before_it_is_measured_again():
-    """Its figures will be replaced, so its outliers are not re-timed then (time saved under load);
-    once the machine is quiet again it is measured in full."""
+    """Its figures will be replaced, so it gets a provisional measurement then (one pass: time
+    saved under load); once the machine is quiet again it is measured in full."""
     slow, probe = neighbour(busy=False)
     calls = []
 
-    def measure_chunk(chunk, retime=True):
-        calls.append((list(chunk), retime))
+    def measure_chunk(chunk, provisional=False):
+        calls.append((list(chunk), not provisional))
         if len(calls) == 1:
             slow["on"] = True  # a neighbour starts during the first chunk and stays for the second
         elif len(calls) == 2:
@@ -115,10 +115,10 @@ def test_a_chunk_that_starts_while_the_machine_runs_slow_is_not_re_timed_before_
     assert (["b"], True) in calls[3:]  # measured again, in full, once quiet
 
 
-def test_without_retime_outliers_are_kept_as_measured():
-    units = {"spiked": spiky(2.0, {2, 3, 4, 5})}
-    entry = measure_units(units, PROTOCOL, cuda=False, retime=False)["spiked"]
-    assert len(units["spiked"].calls) == PROTOCOL.passes and entry["remeasured"] == 0 and entry["dispersion"] > PROTOCOL.max_dispersion
+def test_a_provisional_measurement_is_one_pass_without_re_timing():
+    units = {"spiked": spiky(2.0, {1})}
+    entry = measure_units(units, PROTOCOL, cuda=False, provisional=True)["spiked"]
+    assert len(units["spiked"].calls) == 1 and entry["passes"] == 1 and entry["remeasured"] == 0 and entry["ms"] == 12.0
 
 
 def test_a_kernel_faster_at_a_wider_width_is_flagged():

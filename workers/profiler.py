@@ -31,8 +31,8 @@ class RemoteProfiler:
     def fingerprint(self) -> Fingerprint:
         return self._get(self.actor.fingerprint.remote())
 
-    def measure_probes(self, chunk: list[tuple[str, Arch]], retime: bool = True) -> dict[str, dict]:
-        return self._get(self.actor.measure_probes.remote(chunk, retime))
+    def measure_probes(self, chunk: list[tuple[str, Arch]], provisional: bool = False) -> dict[str, dict]:
+        return self._get(self.actor.measure_probes.remote(chunk, provisional))
 
     def measure_models(self, archs: list[Arch]) -> list[float]:
         return self._get(self.actor.measure_models.remote(archs))

@@ -28,8 +28,8 @@ class Profiler:
     def fingerprint(self) -> Fingerprint:
         return self._fingerprint
 
-    def measure_probes(self, chunk: list[tuple[str, Arch]], retime: bool = True) -> dict[str, dict]:
-        return measure_probes(chunk, self.device, self._fingerprint, self.protocol, retime)
+    def measure_probes(self, chunk: list[tuple[str, Arch]], provisional: bool = False) -> dict[str, dict]:
+        return measure_probes(chunk, self.device, self._fingerprint, self.protocol, provisional)
 
     def reference(self) -> float:
         """One pass of the fixed drift probe (ms)."""
@@ -44,9 +44,9 @@ class Profiler:
         keys = [f"{i}:{arch.digest}" for i, arch in enumerate(archs)]
         by_key = dict(zip(keys, archs))
 
-        def chunk_entries(chunk: list[str], retime: bool = True) -> dict:
+        def chunk_entries(chunk: list[str], provisional: bool = False) -> dict:
             units = {key: model_unit(by_key[key], self.device, self._fingerprint, self.protocol) for key in chunk}
-            return measure_units(units, self.protocol, cuda, retime)
+            return measure_units(units, self.protocol, cuda, provisional)
 
         probe = DriftProbe(self.reference, self.protocol)
         entries = measure_with_drift([keys[i : i + 8] for i in range(0, len(keys), 8)], chunk_entries, probe, self.protocol, cuda)

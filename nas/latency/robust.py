@@ -32,19 +32,20 @@ def dispersion(medians: list[float], cuda: bool) -> float:
     return (other - low) / low if low > 0 else float("inf")
 
 
-def measure_units(units: dict[str, Unit], protocol: Protocol, cuda: bool, retime: bool = True) -> dict[str, Entry]:
-    """Each unit's entry from `protocol.passes` interleaved passes; with `retime`, a unit whose
-    passes disagree beyond `max_dispersion` (see `dispersion`) is re-timed in as many passes
-    again, at most `protocol.remeasure` times (on CPU all its passes count; on CUDA the latest)."""
+def measure_units(units: dict[str, Unit], protocol: Protocol, cuda: bool, provisional: bool = False) -> dict[str, Entry]:
+    """Each unit's entry from `protocol.passes` interleaved passes; a unit whose passes disagree
+    beyond `max_dispersion` (see `dispersion`) is re-timed in as many passes again, at most
+    `protocol.remeasure` times (on CPU all its passes count; on CUDA the latest). A
+    `provisional` measurement (its figures will be measured again) takes one pass, no re-timing."""
     rounds = {key: [] for key in units}
-    for _ in range(protocol.passes):
+    for _ in range(1 if provisional else protocol.passes):
         for key, unit in units.items():
             rounds[key].append(unit())
     out = {}
     for key, unit in units.items():
         every, latest, again = list(rounds[key]), rounds[key], 0
         judged = lambda: latest if cuda else every  # noqa: E731
-        while retime and dispersion(judged(), cuda) > protocol.max_dispersion and again < protocol.remeasure:
+        while not provisional and dispersion(judged(), cuda) > protocol.max_dispersion and again < protocol.remeasure:
             latest = [unit() for _ in range(protocol.passes)]
             every += latest
             again += 1
@@ -98,9 +99,9 @@ def measure_with_drift(
     when the queue is empty: interference that began before the first reference timing made
     the machine look slow only once it ended, and the chunks measured under it are then
     queued again too. A chunk that starts while the machine already runs slow will be measured
-    again anyway, so it is measured once without re-timing its outliers
-    (`measure_chunk(chunk, retime=False)`). `done(chunk, entries)` is called after every chunk
-    (the table saves its progress there)."""
+    again anyway, so it gets a provisional measurement, one pass without re-timing
+    (`measure_chunk(chunk, provisional=True)`); the lower figures stand once it is measured
+    again. `done(chunk, entries)` is called after every chunk (the table saves its progress there)."""
     results: dict[str, Entry] = {}
     queue = [(list(chunk), 0) for chunk in chunks]
     judged: list[dict] = []  # per measured chunk: its reference times, and whether it was queued again
@@ -120,7 +121,7 @@ def measure_with_drift(
         while queue:
             chunk, attempt = queue.pop(0)
             doomed = bool(probe) and probe.slow(before) and attempt < protocol.remeasure
-            measured = measure_chunk(chunk, retime=not doomed)
+            measured = measure_chunk(chunk, provisional=doomed)
             for key, entry in measured.items():
                 results[key] = merge(results.get(key), entry, cuda)
             after = probe.check() if probe else 0.0

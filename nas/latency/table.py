@@ -174,7 +174,7 @@ def build(
 ) -> LatencyTable:
     """Measure every missing entry of `space`'s table into `path`, resuming what is there.
 
-    `measure_entries(chunk, retime=True)` measures a chunk of (key, probe arch) pairs on the fingerprint's
+    `measure_entries(chunk, provisional=False)` measures a chunk of (key, probe arch) pairs on the fingerprint's
     device: a `Profiler` in this process, or one served by a Ray actor. With `reference`
     (one pass of the drift probe, in ms), chunks measured while the machine ran slow are
     measured again (nas.latency.robust).
@@ -244,9 +244,9 @@ def _have(table: LatencyTable, key: str) -> bool:
     return key in table.entries
 
 
-def measure_probes(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol, retime: bool = True) -> dict[str, dict]:
+def measure_probes(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol, provisional: bool = False) -> dict[str, dict]:
     """Entries for (key, probe arch) pairs, measured in this process in interleaved passes."""
-    return measure_units(probe_units(chunk, device, fp, protocol), protocol, fp.device_type == "cuda", retime)
+    return measure_units(probe_units(chunk, device, fp, protocol), protocol, fp.device_type == "cuda", provisional)
 
 
 # ---- calibration and validation -----------------------------------------------------------
