@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands.add_bench_kernels(benchmarks)
     bench_commands.add_bench_supernet(benchmarks)
     bench_commands.add_bench_latency(benchmarks)
+    bench_commands.add_bench_train(benchmarks)
     bench_quality.add_bench_search(benchmarks)
     bench_quality.add_bench_fidelity(benchmarks)
     return parser

@@ -1,16 +1,31 @@
-"""Datasets: scikit-learn's digits (embedded default), a CIFAR-10 python folder, an ImageFolder.
+"""Datasets: the embedded tasks (digits, odd-one-out), a CIFAR-10 python folder, an ImageFolder.
 
-Images are kept in memory at their stored resolution (uint8, or float in [0, 1]) and
-turned into model inputs per batch: resized to the space's image size, normalised with
-the training split's per-channel mean/std, and (training only) lightly augmented with a
-random translation. The train/val/test split is drawn once with a fixed seed and saved in
-the run directory (`split.json`), so every later stage evaluates on the same images.
+Two kinds, one interface (`size`, `batch`, `batches`, `top1`, `mean`/`std`, `split`):
+
+- in memory (`Dataset`): the embedded tasks and CIFAR-10 (150 MB as uint8). Images are
+  kept at their stored resolution and turned into model inputs per batch: resized to the
+  space's image size, normalised with the training split's per-channel mean/std, and
+  (training only) lightly augmented with a random translation.
+- streamed (`ImageFiles`): an ImageFolder, either `root/<class>/...` (seeded
+  train/val/test split) or ImageNet's `root/train/<class>/...` + `root/val/<class>/...`
+  (val is the test split; the search's validation split is a seeded tenth of train, like
+  AutoFormer's sub-ImageNet). Only paths are held; images are decoded per batch by a
+  `torch.utils.data.DataLoader` (`workers` processes, persistent, pinned memory on CUDA)
+  with timm's transforms: random resized crop + flip + colour jitter (RandAugment with
+  `randaugment`) for training, resize + centre crop for evaluation, ImageNet's mean/std
+  (0.5 for one channel). Memory does not grow with the number of images.
+
+The split is drawn once with a fixed seed and saved in the run directory (`split.json`,
+with the normalisation), so every later stage evaluates on the same images. A batch's
+augmentation depends only on the seed it is given, so a training step is reproducible
+with any number of loader workers.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +55,7 @@ class Dataset:
     mean: Tensor | None = None
     std: Tensor | None = None
     translate: bool = True  # training augmentation: random shifts (off where objects sit on the patch grid)
+    crop_pct = 1.0  # evaluation: the whole image, resized
 
     def __post_init__(self) -> None:
         train = self._float(self.images[self.split["train"]])
@@ -73,14 +89,29 @@ class Dataset:
         return x, self.labels[index]
 
 
-    @torch.no_grad()
-    def top1(self, forward, split: str, batch_size: int = 256) -> float:
-        """Top-1 accuracy of `forward` (images -> logits) on `split`."""
-        correct = 0
-        for start in range(0, self.size(split), batch_size):
-            x, y = self.batch(split, list(range(start, min(start + batch_size, self.size(split)))))
-            correct += (forward(x).argmax(-1) == y).sum().item()
-        return correct / self.size(split)
+    def batches(self, split: str, plan: list[tuple[Tensor, int | None]], pin: bool = False):
+        """(inputs, labels) for each (positions, augmentation seed or None) of `plan`, in order."""
+        for positions, seed in plan:
+            x, y = self.batch(split, positions, None if seed is None else torch.Generator().manual_seed(seed))
+            yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    def top1(self, forward, split: str, batch_size: int = 256, limit: int | None = None) -> float:
+        return top1(self, forward, split, batch_size, limit)
+
+
+@torch.no_grad()
+def top1(dataset, forward, split: str, batch_size: int = 256, limit: int | None = None) -> float:
+    """Top-1 accuracy of `forward` (CPU images -> logits on any device) on `split`, or on a
+    fixed seeded sample of `limit` of its images (the same sample for every arch)."""
+    positions = torch.arange(dataset.size(split))
+    if limit is not None and limit < len(positions):
+        positions = torch.randperm(len(positions), generator=torch.Generator().manual_seed(SPLIT_SEED))[:limit].sort().values
+    n = len(positions)
+    plan = [(positions[start : start + batch_size], None) for start in range(0, n, batch_size)]
+    correct = 0
+    for x, y in dataset.batches(split, plan):
+        correct += (forward(x).argmax(-1).cpu() == y).sum().item()
+    return correct / n
 
 
 def random_translate(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
@@ -147,43 +178,171 @@ def load_cifar10(root: Path) -> tuple[Tensor, Tensor, list[str], dict[str, list[
     return images, labels, classes, split
 
 
-def load_image_folder(root: Path, image_size: int, in_chans: int) -> tuple[Tensor, Tensor, list[str]]:
-    """root/<class>/<image>: images resized to image_size; their channel count must be in_chans."""
+def scan_image_folder(root: Path, in_chans: int, classes: list[str] | None = None, check_images: bool = True) -> tuple[list[tuple[str, int]], list[str]]:
+    """root/<class>/<image>: (path, label) of every image, and the class names. With
+    `check_images`, each file's header is read here (not its pixels), so an unreadable file or
+    a wrong channel count is one clear error before any training."""
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise NasError(f"--data {root}: an ImageFolder needs one sub-folder per class (found {len(classes)})")
-    images, labels = [], []
-    for label, name in enumerate(classes):
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(found) < 2:
+        raise NasError(f"--data {root}: an ImageFolder needs one sub-folder per class (found {len(found)})")
+    if classes is not None and not set(found) <= set(classes):
+        raise NasError(f"--data {root}: class folder(s) {', '.join(sorted(set(found) - set(classes)))} are not in the train folder")
+    classes = classes or found
+    samples = []
+    for name in found:
         files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise NasError(f"--data {root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for path in files:
+        for path in files if check_images else ():
             try:
                 with Image.open(path) as image:
-                    image.load()
-                    bands = len(image.getbands())
-                    if bands != in_chans:
-                        raise NasError(
-                            f"--data {root}: {path.name} in {name!r} has {bands} channel(s) ({image.mode}), but the search space "
-                            f"takes in_chans={in_chans}; convert the images or use a space with in_chans={bands}"
-                        )
-                    resized = image.resize((image_size, image_size), Image.BILINEAR)
+                    mode = image.mode
             except (OSError, UnidentifiedImageError) as error:
                 raise NasError(f"--data {root}: cannot read {path} ({error})") from None
-            array = np.asarray(resized, dtype=np.uint8).reshape(image_size, image_size, in_chans)
-            images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-            labels.append(label)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
+            bands = Image.getmodebands(mode)
+            if bands != in_chans:
+                raise NasError(
+                    f"--data {root}: {path.name} in {name!r} has {bands} channel(s) ({mode}), but the search space "
+                    f"takes in_chans={in_chans}; convert the images or use a space with in_chans={bands}"
+                )
+        label = classes.index(name)
+        samples += [(str(path), label) for path in files]
+    return samples, classes
+
+
+HELD_OUT = 0.1  # train/val layout: the share of train held out as the search's validation split
+
+
+class ImageFiles:
+    """An ImageFolder read lazily; same interface as `Dataset`."""
+
+    crop_pct = 0.875  # evaluation: resize to image_size / crop_pct, then centre crop
+
+    def __init__(self, name: str, samples: list[tuple[str, int]], classes: list[str], split: dict[str, list[int]], image_size: int,
+                 in_chans: int, randaugment: bool = False, workers: int = 0) -> None:
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        self.name, self.samples, self.classes, self.split = name, samples, classes, split
+        self.image_size, self._in_chans, self.randaugment, self.workers = image_size, in_chans, randaugment, workers
+        mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if in_chans == 3 else ((0.5,) * in_chans, (0.5,) * in_chans)
+        self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        self._loaders: dict = {}
+
+    num_classes = Dataset.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self._in_chans
+
+    def size(self, split: str) -> int:
+        return len(self.split[split])
+
+    def transform(self, train: bool):
+        from timm.data import create_transform
+
+        mean, std = tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
+        if train:
+            return create_transform(self.image_size, is_training=True, mean=mean, std=std,
+                                    auto_augment="rand-m9-mstd0.5-inc1" if self.randaugment else None)
+        return create_transform(self.image_size, is_training=False, mean=mean, std=std, crop_pct=self.crop_pct)
+
+    def item(self, split: str, position: int, seed: int | None, transform) -> tuple[Tensor, int]:
+        """One image, decoded and transformed; with a seed, its random augmentation is that seed's."""
+        from PIL import Image
+
+        path, label = self.samples[self.split[split][position]]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB" if self._in_chans == 3 else "L")
+        except OSError as error:
+            raise NasError(f"--data: cannot decode {path} ({error})") from None
+        if seed is None:
+            return transform(image), label
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            torch.manual_seed(seed)
+            x = transform(image)
+        random.setstate(state)
+        return x, label
+
+    def batch(self, split: str, positions, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Decoded here, in this process (tests, small evaluations); training uses `batches`."""
+        plan = [(torch.as_tensor(positions), None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator)))]
+        return next(iter(self.batches(split, plan)))
+
+    def batches(self, split: str, plan: list[tuple[Tensor, int | None]], pin: bool = False):
+        """(inputs, labels) for each (positions, augmentation seed or None) of `plan`, decoded by
+        `workers` DataLoader processes (kept between the epochs of training)."""
+        train = any(seed is not None for _, seed in plan)
+        key = (split, train, pin)
+        if key not in self._loaders:
+            from torch.utils.data import DataLoader
+
+            sampler = _Plan()
+            items = _Items(self, split, self.transform(train))
+            self._loaders[key] = (DataLoader(items, batch_sampler=sampler, num_workers=self.workers, pin_memory=pin,
+                                             persistent_workers=train and self.workers > 0), sampler)  # evaluation: once per epoch
+        loader, sampler = self._loaders[key]
+        sampler.keys = [[(int(p), None if seed is None else (seed * 1_000_003 + int(p)) % 2**62) for p in positions] for positions, seed in plan]
+        yield from loader
+
+    def top1(self, forward, split: str, batch_size: int = 256, limit: int | None = None) -> float:
+        return top1(self, forward, split, batch_size, limit)
+
+    def __getstate__(self) -> dict:  # the loaders (and their processes) stay in the process that made them
+        return {**self.__dict__, "_loaders": {}}
+
+
+class _Plan:
+    """The DataLoader's batch sampler: the lists of (position, seed) it is given before each pass."""
+
+    keys: list = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, files: ImageFiles, split: str, transform) -> None:
+        self.files, self.split, self.transform = files, split, transform
+
+    def __len__(self) -> int:
+        return self.files.size(self.split)
+
+    def __getitem__(self, key: tuple[int, int | None]):
+        return self.files.item(self.split, key[0], key[1], self.transform)
+
+
+def load_image_folder(root: Path, image_size: int, in_chans: int, randaugment: bool = False, workers: int = 0,
+                      check_images: bool = True) -> ImageFiles:
+    """`root/train/<class>` + `root/val/<class>` (val = test; the validation split is a seeded
+    tenth of train), or `root/<class>` (seeded train/val/test split)."""
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, classes = scan_image_folder(root / "train", in_chans, check_images=check_images)
+        test, _ = scan_image_folder(root / "val", in_chans, classes, check_images)
+        inner = random_split(len(train), (1 - HELD_OUT, HELD_OUT, 0.0))
+        split = {"train": inner["train"], "val": inner["val"], "test": list(range(len(train), len(train) + len(test)))}
+        return ImageFiles(f"imagefolder:{root}", train + test, classes, split, image_size, in_chans, randaugment, workers)
+    samples, classes = scan_image_folder(root, in_chans, check_images=check_images)
+    return ImageFiles(f"imagefolder:{root}", samples, classes, random_split(len(samples)), image_size, in_chans, randaugment, workers)
 
 
 EMBEDDED = ("digits", "odd-one-out")  # the datasets a space may name as its default (`data:`)
 
 
-def load_dataset(data: str | None, image_size: int, in_chans: int) -> Dataset:
+def load_dataset(data: str | None, image_size: int, in_chans: int, randaugment: bool = False, workers: int = 0,
+                 check_images: bool = True) -> Dataset | ImageFiles:
     """`None` or "digits": the embedded digits; "odd-one-out": the embedded odd-one-out task
-    (nas/odd_one_out.py); else a CIFAR-10 python folder or an ImageFolder path."""
+    (nas/odd_one_out.py); else a CIFAR-10 python folder or an ImageFolder path (streamed by
+    `workers` loader processes; `randaugment` adds RandAugment to its training transform)."""
+    if randaugment and in_chans != 3:
+        raise NasError(f"--randaugment needs RGB images (in_chans=3); this space takes in_chans={in_chans}")
     if data == "odd-one-out":
         from nas import odd_one_out
 
@@ -210,8 +369,7 @@ def load_dataset(data: str | None, image_size: int, in_chans: int) -> Dataset:
             images, labels, classes, split = load_cifar10(root)
             name = f"cifar10:{root}"
         elif entries:
-            images, labels, classes = load_image_folder(root, image_size, in_chans)
-            split, name = random_split(len(labels)), f"imagefolder:{root}"
+            return load_image_folder(root, image_size, in_chans, randaugment, workers, check_images)
         else:
             raise NasError(f"--data {data}: the directory is empty")
     if images.shape[1] != in_chans:
@@ -219,11 +377,14 @@ def load_dataset(data: str | None, image_size: int, in_chans: int) -> Dataset:
             f"--data {data or 'digits'}: images have {images.shape[1]} channel(s), but the search space takes "
             f"in_chans={in_chans}; use a space with in_chans={images.shape[1]}"
         )
+    if randaugment:
+        raise NasError(f"--randaugment: {name} is held in memory with its own light augmentation; RandAugment applies to ImageFolder data")
     return Dataset(name, images, labels, classes, split, image_size)
 
 
-def save_split(dataset: Dataset, path: Path) -> None:
-    write_json(path, {"dataset": dataset.name, "classes": dataset.classes, "split_seed": SPLIT_SEED, **dataset.split})
+def save_split(dataset: Dataset | ImageFiles, path: Path) -> None:
+    normalize = {"mean": [round(float(v), 6) for v in dataset.mean.flatten()], "std": [round(float(v), 6) for v in dataset.std.flatten()]}
+    write_json(path, {"dataset": dataset.name, "classes": dataset.classes, "split_seed": SPLIT_SEED, "normalize": normalize, **dataset.split})
 
 
 def check_split(dataset: Dataset, path: Path) -> None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from nas import flops, subnet
+from nas.compute import CPU, Compute
 from nas.data import Dataset
 from nas.errors import NasError
 from nas.io import write_json
@@ -37,27 +38,47 @@ from nas.supernet import extract
 FORMATS = ("safetensors", "onnx", "torchscript")
 
 
-def finetune(model: ViT, dataset: Dataset, epochs: int, seed: int = 0, lr: float = 3e-4, batch_size: int = 64, progress=print) -> None:
-    """Standalone training on the run's train split (AdamW, cosine, light augmentation)."""
+def finetune(model: ViT, dataset: Dataset, epochs: int, seed: int = 0, lr: float = 3e-4, batch_size: int = 64, progress=print,
+             compute: Compute = CPU) -> None:
+    """Standalone training on the run's train split (AdamW, cosine, the dataset's augmentation)
+    on `compute`'s device and precision; the model is left on that device."""
     torch.manual_seed(seed)
+    model.to(compute.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = max(1, dataset.size("train") // batch_size) * epochs
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    steps_per_epoch = max(1, dataset.size("train") // batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps_per_epoch * epochs)
+    scaler = compute.scaler()
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        plan = [(order[b * batch_size : (b + 1) * batch_size], seed * 1_000_003 + epoch * 10_007 + b) for b in range(steps_per_epoch)]
         losses = []
-        for b in range(max(1, dataset.size("train") // batch_size)):
-            augment = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + b)
-            x, y = dataset.batch("train", order[b * batch_size : (b + 1) * batch_size], augment)
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        for x, y in dataset.batches("train", plan, pin=compute.cuda):
+            with compute.autocast():
+                logits = model(compute.move(x))
+            loss = F.cross_entropy(logits.float(), compute.move(y), label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             schedule.step()
-            losses.append(loss.item())
-        progress(f"fine-tune epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f}")
+            losses.append(loss.detach())
+        progress(f"fine-tune epoch {epoch + 1}/{epochs}: loss {torch.stack(losses).mean().item():.4f}")
     model.eval()
+
+
+def top1(model: ViT, dataset: Dataset, split: str, compute: Compute = CPU) -> float:
+    """Top-1 of a standalone model on `split`, computed on `compute` (the model is moved there)."""
+    model.to(compute.device)
+
+    def forward(x):
+        with compute.autocast():
+            return model(compute.move(x))
+
+    return dataset.top1(forward, split)
 
 
 def to_onnx(model: ViT, path: Path) -> None:
@@ -82,12 +103,13 @@ def to_torchscript(model: ViT, path: Path) -> None:
 
 
 def preprocessing(dataset, arch) -> dict:
-    """What a model input is, as trained: images scaled to [0, 1], resized (bilinear, antialiased) to the
-    arch's size, normalised with the training split's per-channel mean and std. timm's keys."""
+    """What a model input is, as evaluated: images scaled to [0, 1], resized (bilinear, antialiased)
+    to the arch's size (streamed ImageFolders: resized to size / 0.875, then centre-cropped),
+    normalised with the dataset's per-channel mean and std. timm's keys."""
     return {
         "input_size": [arch.in_chans, arch.image_size, arch.image_size],
         "interpolation": "bilinear",
-        "crop_pct": 1.0,
+        "crop_pct": dataset.crop_pct,
         "crop_mode": "center",
         "mean": [round(float(v), 6) for v in dataset.mean.flatten()],
         "std": [round(float(v), 6) for v in dataset.std.flatten()],
@@ -104,6 +126,7 @@ def export(
     overwrite: bool = False,
     device: str | None = None,
     progress=print,
+    compute: Compute = CPU,
 ) -> dict:
     """Write the standalone model of `candidate` into `out_dir`; returns the metadata."""
     from nas.latency.profiler import Profiler
@@ -123,19 +146,19 @@ def export(
     table = run.table(space)
 
     model = extract(run.supernet(space), arch).eval()
-    inherited = {"val": dataset.top1(model, "val"), "test": dataset.top1(model, "test")}
+    inherited = {"val": top1(model, dataset, "val", compute), "test": top1(model, dataset, "test", compute)}
     progress(f"trial {candidate.trial}: inherited weights, val top-1 {inherited['val']:.4f}, test {inherited['test']:.4f}")
     finetuned, kept = None, "inherited"
     if finetune_epochs:
         tuned = copy.deepcopy(model)
-        finetune(tuned, dataset, finetune_epochs, progress=progress)
-        tuned.eval()
-        finetuned = {"val": dataset.top1(tuned, "val"), "test": dataset.top1(tuned, "test")}
+        finetune(tuned, dataset, finetune_epochs, progress=progress, compute=compute)
+        finetuned = {"val": top1(tuned, dataset, "val", compute), "test": top1(tuned, dataset, "test", compute)}
         progress(f"fine-tuned {finetune_epochs} epoch(s): val top-1 {finetuned['val']:.4f}, test {finetuned['test']:.4f}")
         if finetuned["val"] >= inherited["val"]:
             model, kept = tuned, "finetuned"
         else:
             progress("fine-tuning lowered validation accuracy: the inherited weights are exported")
+    model = model.cpu()  # written, traced and measured from the CPU copy
 
     measured_ms, measure_note = None, None
     if measurable:
@@ -162,7 +185,7 @@ def export(
             "arch_digest": arch.digest,
             "source": {"run": str(run_dir), "trial": candidate.trial},
             "accuracy": {"split_of": dataset.name, "inherited": inherited, "finetuned": finetuned,
-                         "finetune_epochs": finetune_epochs, "exported_weights": kept},
+                         "finetune_epochs": finetune_epochs, "exported_weights": kept, "computed_on": compute.record()},
             "latency": {"predicted_ms": predicted_ms, "measured_ms": measured_ms, "note": measure_note,
                         "error": None if measured_ms is None else (predicted_ms - measured_ms) / measured_ms,
                         "fingerprint": fp.to_dict(), "protocol": table.protocol},

@@ -48,12 +48,18 @@ class RunConfig:
     ray_address: str | None = None  # None: a local Ray instance
     storage: str | None = None  # None: sqlite:///<run>/study.db (the CLI also reads NAS_STORAGE_URL)
     connect_timeout: float = CONNECT_TIMEOUT_S
+    compute_device: str = "auto"  # what trains and evaluates (nas.compute); `device` above is the latency target
+    precision: str = "fp32"
+    loader_workers: int = 2
+    randaugment: bool = False
+    val_images: int | None = None  # each trial scored on this many validation images (None: all)
 
 
 # On --resume, these must equal the run's: they change what the run computes. --trials may grow
 # (the study is extended); the others (workers once trained, evaluators, Ray address, fit targets) only
 # change how it runs.
-RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "budget_ms", "budget_quantile", "epochs", "sampler", "seed", "calibrate", "validate", "storage")
+RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "budget_ms", "budget_quantile", "epochs", "sampler", "seed", "calibrate",
+                   "validate", "storage", "precision", "randaugment", "val_images")
 
 
 def resume_changes(previous: dict, settings: dict, trained: bool) -> dict:
@@ -130,6 +136,7 @@ def settings_record(config: RunConfig) -> dict:
 
 def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     """The whole pipeline; returns the manifest's result section."""
+    from nas.compute import Compute
     from nas.data import load_dataset
     from nas.space import load_space
     from workers.cluster import check_local_capacity
@@ -151,14 +158,15 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         previous = RunDir(run_dir).manifest_data()
         changes = resume_changes(previous.get("settings", {}), settings_record(config), trained=bool(previous.get("stages", {}).get("train", {}).get("completed")))
     check_connections(config.ray_address, config.storage, config.connect_timeout, progress)
-    dataset = load_dataset(config.data, space.image_size, space.in_chans)  # validates --data before any work
+    compute = Compute.parse(config.compute_device, config.precision)
+    dataset = load_dataset(config.data, space.image_size, space.in_chans, config.randaugment, config.loader_workers)  # validates --data before any work
     if dataset.num_classes != space.num_classes:
         space = space.with_num_classes(dataset.num_classes)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     run = RunDir(run_dir)
     try:
-        return _stages(config, run, space, dataset, resume, changes, progress)
+        return _stages(config, run, space, dataset, resume, changes, progress, compute)
     except PoorFitError as error:  # the table took minutes to build: keep the run so that it can be resumed with it
         raise PoorFitError(f"{error} (nas run --resume --accept-poor-fit --out {run_dir} goes on with it)") from None
     except NasError:
@@ -170,7 +178,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         raise
 
 
-def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress) -> dict:
+def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress, compute) -> dict:
     from nas import report, search
     from nas.latency.profiler import Profiler
     from nas.rundir import TABLE
@@ -198,10 +206,11 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     # 2. train
     if not manifest.done("train"):
         started = time.perf_counter()
-        progress(f"== train: {config.epochs} epochs, {config.workers} worker(s)")
+        progress(f"== train: {config.epochs} epochs, {config.workers} worker(s) on {compute.device} ({compute.precision})")
+        manifest.data["compute"] = compute.record()
         try:
-            summary = train_stage(space, config.data, dataset, TrainConfig(epochs=config.epochs, seed=config.seed), run,
-                                  config.workers, resumable_training(run), config.ray_address, progress)
+            summary = train_stage(space, config.data, dataset, TrainConfig(epochs=config.epochs, seed=config.seed, precision=config.precision), run,
+                                  config.workers, resumable_training(run), config.ray_address, progress, compute=compute)
         finally:
             manifest.record("train", time.perf_counter() - started, False)
         manifest.record("train", 0.0, True, test_largest=summary["test_largest"], test_smallest=summary["test_smallest"])
@@ -214,7 +223,9 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     storage = config.storage or run.default_storage()
     study_exists = run.has(STUDY) if config.storage is None else resume
     try:
-        study, front = search_stage(run, space, table, search_config, storage, study_exists, config.evaluators, config.ray_address, progress)
+        scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images}
+        study, front = search_stage(run, space, table, search_config, storage, study_exists, config.evaluators, config.ray_address, progress,
+                                    scoring=scoring)
     finally:
         manifest.record("search", time.perf_counter() - started, False)
     manifest.record("search", 0.0, True)
@@ -239,7 +250,7 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         "arch": arch.to_dict(),
         "digest": arch.digest,
         "val_accuracy": best.values[0],
-        "test_accuracy": accuracy(run.supernet(space), arch, dataset, "test"),
+        "test_accuracy": accuracy(run.supernet(space).to(compute.device), arch, dataset, "test", compute=compute),
         "predicted_latency_ms": best.values[1],
         "budget_ms": budget,
         "failed_trials": [t.number for t in failed],
@@ -258,7 +269,7 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         started = time.perf_counter()
         progress(f"== export: the best feasible arch (trial {best.number}) -> {EXPORTS}/best")
         manifest.record("export", 0.0, False)
-        meta = export_stage(run, best.number, run.path(EXPORTS) / "best", progress=progress, overwrite=True)
+        meta = export_stage(run, best.number, run.path(EXPORTS) / "best", progress=progress, overwrite=True, compute=compute)
         result["export"] = {"dir": "exports/best", "trial": best.number, "predicted_ms": meta["latency"]["predicted_ms"],
                             "measured_ms": meta["latency"]["measured_ms"]}
         manifest.record("export", time.perf_counter() - started, True, trial=best.number, latency=meta["latency"]["measured_ms"])

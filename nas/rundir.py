@@ -113,10 +113,11 @@ class RunDir:
         return net.eval()
 
     def dataset(self, space, data: str):
-        """The run's dataset with the split it was trained on (refused if the data changed)."""
+        """The run's dataset with the split it was trained on (refused if the data changed). An
+        ImageFolder's file headers were checked when the run was trained: not read again here."""
         from nas.data import check_split, load_dataset
 
-        dataset = load_dataset(data, space.image_size, space.in_chans)
+        dataset = load_dataset(data, space.image_size, space.in_chans, check_images=False)
         check_split(dataset, self.path(SPLIT))
         return dataset
 

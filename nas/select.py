@@ -3,7 +3,7 @@
 Candidates are the run's complete trials (`trials.csv`); a budget keeps those whose
 predicted latency is within it, and ranks them by validation accuracy (then latency).
 The latencies are only meaningful on the device the run's table was measured on, so a
-run from another device is refused unless `--device` names that device.
+run from another device is refused unless `--target-device` names that device.
 """
 
 from __future__ import annotations
@@ -101,12 +101,12 @@ def check_device(run_dir: Path, device: str | None) -> tuple[Fingerprint, bool]:
         if not here:
             raise NasError(
                 f"the latencies of {run_dir} were measured on {fp.device_name} ({fp.device_type}), not on this machine; "
-                f"pass --device '{fp.device_name}' to select for that device anyway"
+                f"pass --target-device '{fp.device_name}' to select for that device anyway"
             )
         return fp, True
     if device.lower() not in (fp.device_type.lower(), fp.device_name.lower()):
         raise NasError(
-            f"--device {device!r} does not match the device of {run_dir}'s latencies: {fp.device_name} ({fp.device_type}); "
+            f"--target-device {device!r} does not match the device of {run_dir}'s latencies: {fp.device_name} ({fp.device_type}); "
             "select from a run measured on that device"
         )
     return fp, here

@@ -166,15 +166,21 @@ def _remeasure_worst(table, space, archs: list, measured: list[float], profiler,
     progress(f"re-measured {len(entries)} entries and {len(worst)} whole models")
 
 
-def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, resume: bool, ray_address: str | None, progress=print) -> dict:
-    """Train (or continue) the supernet into the run directory; returns the final summary."""
+def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, resume: bool, ray_address: str | None, progress=print,
+                compute=None) -> dict:
+    """Train (or continue) the supernet into the run directory on `compute` (nas.compute;
+    default the CPU); returns the final summary."""
+    from nas.compute import CPU
     from nas.train import format_epoch, train_supernet
 
+    compute = compute or CPU
     if workers > 1:
         from workers.trainer import train_distributed
 
-        return train_distributed(space, data, config, run.root, workers, resume, ray_address, progress)
-    return train_supernet(space, dataset, config, run.root, resume=resume, data_arg=data, progress=lambda record: progress(format_epoch(record)))
+        loading = {"randaugment": getattr(dataset, "randaugment", False), "workers": getattr(dataset, "workers", 0)}
+        return train_distributed(space, data, config, run.root, workers, resume, ray_address, progress, use_gpu=compute.cuda, loading=loading)
+    return train_supernet(space, dataset, config, run.root, resume=resume, data_arg=data, progress=lambda record: progress(format_epoch(record)),
+                          compute=compute)
 
 
 def resumable_training(run: RunDir) -> bool:
@@ -182,9 +188,10 @@ def resumable_training(run: RunDir) -> bool:
 
 
 def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print,
-                 report_dir: Path | None = None):
+                 report_dir: Path | None = None, scoring: dict | None = None):
     """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png into
-    `report_dir` (default: the run directory)."""
+    `report_dir` (default: the run directory). `scoring`: the evaluators' device, precision and
+    val_images (nas.evaluate.Evaluator)."""
     from nas import report, search
     from workers.cluster import init_ray, require_cpus
     from workers.evaluator import EvaluatorPool
@@ -197,7 +204,7 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
         interrupted = search.recover_interrupted(study)
         if interrupted:
             progress(f"resuming: {interrupted} trial(s) interrupted by the last run are re-enqueued")
-    pool = EvaluatorPool(str(run.root), evaluators)
+    pool = EvaluatorPool(str(run.root), evaluators, scoring=scoring)
     try:
         search.run_search(study, space, table, pool.evaluate, config, progress)
     finally:

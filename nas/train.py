@@ -30,7 +30,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from nas.arch import Arch
+from nas.compute import CPU, Compute
 from nas.data import Dataset, check_split, save_split
 from nas.errors import NasError
 from nas.io import atomic_path, write_json, write_text
@@ -65,6 +66,9 @@ class TrainConfig:
     augment: bool = True
     teacher: str = "fair"  # label-trained widest path: "fair" = a random kernel per layer each step; "softmax" = softmax everywhere
     seed: int = 0
+    precision: str = "fp32"  # autocast of the forward passes: fp32, bf16 or fp16 (with a gradient scaler)
+    mixup: float = 0.0  # timm Mixup alpha (0: off); the labels become soft targets
+    cutmix: float = 0.0  # timm CutMix alpha (0: off)
 
 
 @dataclass(frozen=True)
@@ -144,13 +148,47 @@ def lr_at(step: int, total: int, warmup: int, config: TrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def accuracy(net: SuperNet, arch: Arch, dataset: Dataset, split: str, batch_size: int = 256) -> float:
-    """Top-1 of subnet `arch` with the supernet's weights (eval mode) on `split`."""
+def accuracy(net: SuperNet, arch: Arch, dataset: Dataset, split: str, batch_size: int = 256, compute: Compute = CPU,
+             limit: int | None = None) -> float:
+    """Top-1 of subnet `arch` with the supernet's weights (eval mode) on `split` (its first
+    `limit` images of a fixed sample), computed on `compute`'s device and precision."""
     was_training = net.training
     net.eval()
-    top1 = dataset.top1(lambda x: net(x, arch), split, batch_size)
+
+    def forward(x):
+        with compute.autocast():
+            return net(compute.move(x), arch)
+
+    top1 = dataset.top1(forward, split, batch_size, limit)
     net.train(was_training)
     return top1
+
+
+def sandwich_step(net: SuperNet, archs: list[Arch], x: torch.Tensor, targets: torch.Tensor, distill: float, label_smoothing: float,
+                  compute: Compute = CPU, scaler=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one sandwich step on one batch: the first arch on the targets
+    (class indices or mixup's soft targets), the others on (1 − distill)·targets + distill·its
+    soft predictions. Returns (summed loss, all finite) as device tensors: no host sync here,
+    so it runs the same on a GPU, the meta device and fake tensors."""
+    with compute.autocast():
+        logits = net(x, archs[0])
+    loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+    (scaler.scale(loss) if scaler else loss).backward()
+    teacher = F.softmax(logits.detach().float(), dim=-1)
+    total, finite = loss.detach(), torch.isfinite(loss)
+    for arch in archs[1:]:
+        with compute.autocast():
+            student = net(x, arch).float()
+        sub = distill * _soft_cross_entropy(student, teacher) + (1 - distill) * F.cross_entropy(student, targets, label_smoothing=label_smoothing)
+        (scaler.scale(sub) if scaler else sub).backward()
+        total, finite = total + sub.detach(), finite & torch.isfinite(sub)
+    return total, finite
+
+
+def step_seeds(seed: int, step: int) -> tuple[random.Random, int, int]:
+    """Step `step`'s RNG (for its subnets), drop-path seed and augmentation seed."""
+    rng = step_rng(seed, step)
+    return rng, rng.getrandbits(63), rng.getrandbits(62)
 
 
 def _soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
@@ -166,8 +204,10 @@ def train_supernet(
     data_arg: str | None = None,
     progress: Callable[[dict], None] = lambda record: None,
     dist: Distributed | None = None,
+    compute: Compute = CPU,
 ) -> dict:
-    """Train (or resume) the supernet of `space` into run directory `out`; returns the final summary.
+    """Train (or resume) the supernet of `space` into run directory `out` on `compute`'s device
+    and precision; returns the final summary.
 
     With `dist`, this is one rank of a data-parallel run: every rank calls it with the same
     arguments, rank 0 alone writes files, and every rank gets `progress` per epoch."""
@@ -177,12 +217,11 @@ def train_supernet(
     total_steps = steps_per_epoch * config.epochs
     warmup = min(total_steps, steps_per_epoch * config.warmup_epochs)
     torch.manual_seed(config.seed)
-    net = SuperNet(space, drop_path=config.drop_path)
-    decay = [p for n, p in net.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
-    no_decay = [p for n, p in net.named_parameters() if p.ndim < 2 or "pos_embed" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
+    compute = replace(compute, precision=config.precision)
+    net = SuperNet(space, drop_path=config.drop_path).to(compute.device)  # initialised on the CPU: the same weights on any device
+    optimizer = make_optimizer(net, config)
+    scaler = compute.scaler()
+    mixup = make_mixup(config, dataset.num_classes)
     run_config = {"space": space_record(space), "data": data_arg or "digits", "train": asdict(config)}
 
     history: list[dict] = []
@@ -205,43 +244,33 @@ def train_supernet(
         skipped = 0
         epoch_start = time.perf_counter()
         order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        plan = []
+        for b in range(steps_per_epoch):
+            positions = order[b * config.batch_size : (b + 1) * config.batch_size]
+            _, _, augment = step_seeds(config.seed, epoch * steps_per_epoch + b)
+            plan.append((dist.shard(positions) if dist else positions, augment if config.augment else None))
         losses = []
         sampled = hashlib.sha256()
-        for b in range(steps_per_epoch):
+        for b, (x, y) in enumerate(dataset.batches("train", plan, pin=compute.cuda)):
             step = epoch * steps_per_epoch + b
-            rng = step_rng(config.seed, step)
-            torch.manual_seed(rng.getrandbits(63))  # drop-path
-            augment = torch.Generator().manual_seed(rng.getrandbits(63)) if config.augment else None
-            positions = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x, y = dataset.batch("train", dist.shard(positions) if dist else positions, augment)
+            rng, drop_seed, augment = step_seeds(config.seed, step)
+            torch.manual_seed(drop_seed)  # drop-path
+            x, y = compute.move(x), compute.move(y)
+            x, targets = (x, y) if mixup is None else mixed(mixup, x, y, augment)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, config)
             optimizer.zero_grad(set_to_none=True)
             archs = sandwich(space, rng, config.random_subnets, config.teacher)
             sampled.update("".join(arch.digest for arch in archs).encode())
-            logits = net(x, archs[0])
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            finite = bool(torch.isfinite(loss))
-            if finite:
-                loss.backward()
-            teacher = F.softmax(logits.detach(), dim=-1)
             weight = config.distill_weight * min(1.0, step / max(1.0, config.distill_ramp * total_steps))
-            step_loss = loss.item()
-            for arch in archs[1:] if finite else []:
-                student = net(x, arch)
-                sub_loss = weight * _soft_cross_entropy(student, teacher) + (1 - weight) * F.cross_entropy(
-                    student, y, label_smoothing=config.label_smoothing
-                )
-                if not torch.isfinite(sub_loss):
-                    finite = False
-                    break
-                sub_loss.backward()
-                step_loss += sub_loss.item()
+            smoothing = 0.0 if mixup is not None else config.label_smoothing  # mixup's targets are already smoothed
+            total, finite = sandwich_step(net, archs, x, targets, weight, smoothing, compute, scaler)
             if dist is not None:  # every rank must agree to skip, or the all-reduce would hang
-                flag = torch.tensor([0.0 if finite else 1.0])
+                flag = (~finite).float().reshape(1)
                 dist.all_reduce_max(flag)
-                finite = flag.item() == 0.0
-            if not finite:
+                finite = flag[0] == 0
+            step_loss, ok = torch.stack([total.float(), finite.float()]).tolist()  # the one host sync of the step
+            if not ok:
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 bad_in_a_row += 1
@@ -252,10 +281,7 @@ def train_supernet(
                     )
                 continue
             bad_in_a_row = 0
-            if dist is not None:
-                dist.average_gradients(net)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            optimizer.step()
+            optimizer_step(net, optimizer, scaler, dist)
             losses.append(step_loss)
         record = {
             "epoch": epoch + 1,
@@ -263,8 +289,8 @@ def train_supernet(
             "step": (epoch + 1) * steps_per_epoch,
             "loss": sum(losses) / len(losses) if losses else float("nan"),
             "skipped_steps": skipped,
-            "val_largest": accuracy(net, space.largest(), dataset, "val"),
-            "val_smallest": accuracy(net, space.smallest(), dataset, "val"),
+            "val_largest": accuracy(net, space.largest(), dataset, "val", compute=compute),
+            "val_smallest": accuracy(net, space.smallest(), dataset, "val", compute=compute),
             "seconds": time.perf_counter() - epoch_start,
             "subnets_sha256": sampled.hexdigest()[:16],  # the same on every data-parallel rank
         }
@@ -274,20 +300,73 @@ def train_supernet(
         progress(record)
 
     summary = {
-        "test_largest": accuracy(net, space.largest(), dataset, "test"),
-        "test_smallest": accuracy(net, space.smallest(), dataset, "test"),
+        "test_largest": accuracy(net, space.largest(), dataset, "test", compute=compute),
+        "test_smallest": accuracy(net, space.smallest(), dataset, "test", compute=compute),
         "largest": space.largest().to_dict(),
         "smallest": space.smallest().to_dict(),
         "train_seconds_this_run": time.perf_counter() - started,
+        "compute": compute.record(),
     }
     if main:
         _save_checkpoint(net, optimizer, out, history, summary)
     return summary
 
 
+def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for n, p in net.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
+    no_decay = [p for n, p in net.named_parameters() if p.ndim < 2 or "pos_embed" in n]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
+    )
+
+
+def optimizer_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler=None, dist: Distributed | None = None) -> None:
+    """Average the gradients across ranks, clip them and step (through the scaler for fp16)."""
+    if dist is not None:
+        dist.average_gradients(net)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def check_mixup(mixup: float, cutmix: float, batch_size: int, workers: int = 1) -> None:
+    """At the edge: timm's Mixup pairs each image with another of its batch."""
+    if (mixup or cutmix) and batch_size % (2 * workers):
+        raise NasError(f"--mixup/--cutmix need an even batch on every worker: --batch-size {batch_size} over {workers} worker(s); "
+                       f"use a multiple of {2 * workers}")
+
+
+def make_mixup(config: TrainConfig, num_classes: int):
+    """timm's Mixup/CutMix (None when both alphas are 0); it also smooths the labels."""
+    if not (config.mixup or config.cutmix):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.label_smoothing, num_classes=num_classes)
+
+
+def mixed(mixup, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup/CutMix of one batch, its draws from `seed` (timm draws from NumPy's global RNG)."""
+    import numpy as np
+
+    if len(x) % 2:
+        raise NasError(f"--mixup/--cutmix need an even batch on every worker (got {len(x)}); change --batch-size")
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        return mixup(x, y)
+    finally:
+        np.random.set_state(state)
+
+
 def _save_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, history: list[dict], final: dict | None = None) -> None:
     with atomic_path(out / WEIGHTS) as tmp:
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
     with atomic_path(out / STATE) as tmp:
         torch.save({"optimizer": optimizer.state_dict()}, tmp)
     # Written last: it names the epoch that the two files above belong to.
@@ -309,7 +388,7 @@ def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
     try:
         state = json.loads((out / STATE_JSON).read_text())
         net.load_state_dict(load_file(str(out / WEIGHTS)))
-        optimizer.load_state_dict(torch.load(out / STATE, weights_only=True)["optimizer"])
+        optimizer.load_state_dict(torch.load(out / STATE, map_location="cpu", weights_only=True)["optimizer"])
     except Exception as error:  # noqa: BLE001 — OSError, JSON, torch and safetensors (SafetensorError) errors alike
         raise NasError(f"{out}: the training checkpoint cannot be read ({type(error).__name__}: {str(error)[:200]}); "
                        "start a new run (another --out)") from None

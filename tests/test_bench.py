@@ -80,3 +80,18 @@ def test_bench_supernet_reports_ratios(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "supernet_digits-tiny_cpu.csv").open()))
     assert len(rows) == 2 and all(float(r["ratio"]) > 0 for r in rows)
     assert json.loads((tmp_path / "supernet_digits-tiny_cpu.json").read_text())["median_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_bench_train_reports_throughput_and_peak_memory_of_every_case(tmp_path, capsys):
+    """Tiny settings; the figures themselves belong to results/bench, not to a test."""
+    code = main(["bench", "train", "--batch-size", "8", "--steps", "2", "--images", "40", "--memory-sizes", "40,80",
+                 "--compute-device", "cpu", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "train_cpu_fp32.json").read_text())
+    cases = {(r["data"].split(":")[0], r["loader_workers"], r["preloaded"]) for r in result["throughput"]}
+    assert cases == {("digits", 0, False), ("imagefolder", 0, False), ("imagefolder", 2, False), ("imagefolder", 0, True), ("imagefolder", 2, True)}
+    assert all(r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0 and r["rss_peak_mb"] > 0 for r in result["throughput"])
+    assert [m["train_images"] for m in result["memory"]] == [40, 80] and all(m["rss_peak_mb"] > 0 for m in result["memory"])
+    assert set(result["streamed_vs_preloaded"]) == {"0 workers", "2 workers"} and "memory_growth" in result
+    assert "peak RSS growth" in capsys.readouterr().out

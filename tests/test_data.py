@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.data import load_dataset
+from nas.data import ImageFiles, load_dataset
 from nas.errors import NasError
 
 
@@ -23,27 +23,91 @@ def test_digits_split_is_fixed_and_disjoint():
     assert abs(a.batch("train", list(range(a.size("train"))))[0].mean().item()) < 0.05  # normalised
 
 
-def make_image_folder(root, mode="RGB", size=(10, 12)):
-    for label, colour in (("cat", 40), ("dog", 200)):
-        (root / label).mkdir(parents=True)
-        for i in range(6):
-            pixels = np.full((size[1], size[0], 3 if mode == "RGB" else 1), colour + i, dtype=np.uint8)
-            Image.fromarray(pixels.squeeze(), mode).save(root / label / f"{i}.png")
+def make_image_folder(root, mode="RGB", size=(10, 12), classes=("cat", "dog"), per_class=6, suffix="png"):
+    """Generated images: each class its own colour, with a little per-image noise."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            base = np.full((size[1], size[0], 3 if mode == "RGB" else 1), 40 + 160 * label, dtype=np.int16)
+            pixels = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels.squeeze(), mode).save(root / name / f"{i}.{suffix}")
     return root
 
 
-def test_image_folder_is_resized_to_the_space(tmp_path):
+def test_image_folder_is_streamed_and_resized_to_the_space(tmp_path):
     data = load_dataset(str(make_image_folder(tmp_path / "imgs")), 16, 3)
-    assert data.classes == ["cat", "dog"] and data.images.shape == (12, 3, 16, 16)
+    assert isinstance(data, ImageFiles) and data.classes == ["cat", "dog"]
     assert sum(data.size(s) for s in ("train", "val", "test")) == 12
-    x, _ = data.batch("val", [0])
-    assert x.shape == (1, 3, 16, 16)
+    x, y = data.batch("val", [0])
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert not hasattr(data, "images")  # only paths are held
 
 
-def test_image_folder_channels_are_checked(tmp_path):
-    root = make_image_folder(tmp_path / "gray", mode="L")
-    with pytest.raises(NasError, match=r"has 1 channel\(s\) \(L\), but the search space takes in_chans=3"):
+def test_imagenet_layout_uses_val_as_test_and_holds_out_a_tenth_of_train(tmp_path):
+    make_image_folder(tmp_path / "in" / "train", per_class=20, suffix="jpg")
+    make_image_folder(tmp_path / "in" / "val", per_class=3, suffix="jpg")
+    data = load_dataset(str(tmp_path / "in"), 16, 3)
+    assert (data.size("train"), data.size("val"), data.size("test")) == (36, 4, 6)
+    test_paths = {data.samples[i][0] for i in data.split["test"]}
+    assert all("/val/" in path for path in test_paths)
+    assert not set(data.split["val"]) & set(data.split["train"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_augmented_batch_depends_only_on_its_seed(tmp_path, workers):
+    data = load_dataset(str(make_image_folder(tmp_path / "imgs")), 16, 3, workers=workers)
+    plan = [(torch.tensor([0, 1, 2]), 7), (torch.tensor([3, 4]), 8), (torch.tensor([0, 1, 2]), 9)]
+    first = list(data.batches("train", plan))
+    again = list(data.batches("train", plan))  # a second pass over the same (persistent) workers
+    serial = list(load_dataset(str(tmp_path / "imgs"), 16, 3, workers=0).batches("train", plan))
+    for (a, ya), (b, yb), (c, _) in zip(first, again, serial):
+        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(ya, yb)
+    assert not torch.equal(first[0][0], first[2][0])  # another seed, other crops
+    plain = [(torch.tensor([0, 1, 2]), None)]
+    assert torch.equal(next(iter(data.batches("train", plain)))[0], next(iter(data.batches("train", plain)))[0])
+
+
+def test_val_images_caps_the_images_scored(tmp_path):
+    data = load_dataset(str(make_image_folder(tmp_path / "imgs", per_class=20)), 16, 3)
+    seen = []
+
+    def forward(x):
+        seen.append(len(x))
+        return torch.zeros(len(x), 2)
+
+    data.top1(forward, "val", batch_size=4, limit=5)
+    assert sum(seen) == 5
+    seen.clear()
+    data.top1(forward, "val", batch_size=4)
+    assert sum(seen) == data.size("val") == 6
+    seen.clear()
+    load_dataset(None, 8, 1).top1(forward, "val", limit=10)
+    assert sum(seen) == 10
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no class folders", "needs one sub-folder per class"),
+    ("corrupt image", "cannot read"),
+    ("wrong channels", r"has 1 channel\(s\) \(L\), but the search space takes in_chans=3"),
+    ("val class not in train", "are not in the train folder"),
+])
+def test_bad_image_folders_fail_when_scanned_in_one_line(tmp_path, case, match):
+    root = tmp_path / "data"
+    if case == "no class folders":
+        root.mkdir()
+        Image.new("RGB", (8, 8)).save(root / "lonely.png")
+    elif case == "corrupt image":
+        make_image_folder(root)
+        (root / "dog" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    elif case == "wrong channels":
+        make_image_folder(root, mode="L")
+    else:
+        make_image_folder(root / "train")
+        make_image_folder(root / "val", classes=("cat", "cow"))
+    with pytest.raises(NasError, match=match) as error:
         load_dataset(str(root), 16, 3)
+    assert "\n" not in str(error.value)
 
 
 def write_cifar(root, payload=None):

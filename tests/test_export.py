@@ -79,11 +79,11 @@ def test_run_from_another_device_is_refused_unless_named(run, tmp_path):
     for name in ("trials.csv", "config.yaml", "split.json", "supernet.safetensors"):
         (other / name).write_bytes((run / name).read_bytes())
     (other / "latency_table.json").write_text(json.dumps(table))
-    with pytest.raises(NasError, match="measured on NVIDIA H100 80GB HBM3 \\(cuda\\), not on this machine; pass --device"):
+    with pytest.raises(NasError, match="measured on NVIDIA H100 80GB HBM3 \\(cuda\\), not on this machine; pass --target-device"):
         main_or_raise(["select", "--run", str(other), "--budget-ms", "1"])
     with pytest.raises(NasError, match="does not match the device"):
-        main_or_raise(["select", "--run", str(other), "--budget-ms", "1", "--device", "cpu"])
-    assert main(["select", "--run", str(other), "--budget-ms", "1", "--device", "NVIDIA H100 80GB HBM3"]) == 0
+        main_or_raise(["select", "--run", str(other), "--budget-ms", "1", "--target-device", "cpu"])
+    assert main(["select", "--run", str(other), "--budget-ms", "1", "--target-device", "NVIDIA H100 80GB HBM3"]) == 0
     meta = export(other, by_trial(load_candidates(other), 1), tmp_path / "h100", formats=("safetensors",),
                   device="NVIDIA H100 80GB HBM3", progress=lambda line: None)
     assert meta["latency"]["measured_ms"] is None and "not measured" in meta["latency"]["note"]

@@ -81,3 +81,36 @@ def test_cli_train_bad_input_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_an_image_folder_run_stopped_mid_epoch_restarts_that_epoch_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Streamed data, two loader processes: a run interrupted in the middle of epoch 2 resumes
+    from the epoch-1 checkpoint, replays epoch 2 from its start and ends with the same weights."""
+    from nas import train
+    from test_data import make_image_folder
+
+    space = load_space("digits-tiny")
+    root = make_image_folder(tmp_path / "imgs", mode="L", size=(32, 32), classes=("a", "b", "c"), per_class=16)
+    data = load_dataset(str(root), space.image_size, space.in_chans, workers=2)
+    space = space.with_num_classes(data.num_classes)
+    config = TrainConfig(epochs=2, batch_size=8, random_subnets=1, warmup_epochs=1)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train_supernet(space, data, config, straight)
+
+    real, calls = train.sandwich_step, []
+
+    def stop_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # 4 steps per epoch: the second step of epoch 2
+            raise Stop
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "sandwich_step", stop_in_epoch_two)
+    with pytest.raises(Stop):
+        train_supernet(space, data, config, interrupted)
+    monkeypatch.setattr(train, "sandwich_step", real)
+    assert json.loads((interrupted / "train_state.json").read_text())["epochs_done"] == 1
+    again = load_dataset(str(root), space.image_size, space.in_chans, workers=2)  # a new process would load it anew
+    train_supernet(space, again, config, interrupted, resume=True)
+    a, b = load_file(str(straight / "supernet.safetensors")), load_file(str(interrupted / "supernet.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -26,7 +26,10 @@ from nas.train import Distributed, TrainConfig, format_epoch, train_supernet
 
 def _worker_loop(settings: dict) -> None:
     import ray.train
+    import ray.train.torch
     import torch
+
+    from nas.compute import CPU, Compute
 
     from nas.data import load_dataset
 
@@ -35,7 +38,8 @@ def _worker_loop(settings: dict) -> None:
     torch.set_num_threads(settings["threads"])
     space: SearchSpace = settings["space"]
     run_dir = Path(settings["run_dir"])
-    dataset = load_dataset(settings["data"], space.image_size, space.in_chans)
+    dataset = load_dataset(settings["data"], space.image_size, space.in_chans, **settings["loading"])
+    compute = Compute(ray.train.torch.get_device(), settings["config"].precision) if settings["use_gpu"] else CPU
     ranks_dir = run_dir / RAY_TRAIN / "ranks"
     ranks_dir.mkdir(parents=True, exist_ok=True)
     log = []
@@ -55,15 +59,16 @@ def _worker_loop(settings: dict) -> None:
 
     train_supernet(
         space, dataset, settings["config"], run_dir, resume=settings["resume"], data_arg=settings["data"],
-        progress=report, dist=Distributed(rank, world),
+        progress=report, dist=Distributed(rank, world), compute=compute,
     )
 
 
 def train_distributed(
     space: SearchSpace, data: str | None, config: TrainConfig, run_dir: Path, workers: int, resume: bool,
-    ray_address: str | None = None, progress=print, use_gpu: bool = False,
+    ray_address: str | None = None, progress=print, use_gpu: bool = False, loading: dict | None = None,
 ) -> dict:
-    """Train with `workers` Ray Train workers; returns the final summary (as `train_supernet`)."""
+    """Train with `workers` Ray Train workers (one GPU each with `use_gpu`; NCCL then); returns the
+    final summary (as `train_supernet`). `loading`: load_dataset's randaugment and workers."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -75,7 +80,8 @@ def train_distributed(
     require_cpus("workers", workers)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"space": space, "data": data, "config": config, "run_dir": str(run_dir), "resume": resume, "threads": 1}
+    settings = {"space": space, "data": data, "config": config, "run_dir": str(run_dir), "resume": resume, "threads": 1,
+                "use_gpu": use_gpu, "loading": loading or {}}
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config=settings,

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from nas.commands.common import command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
+from nas.commands.common import add_compute_options, add_target_device, command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
 from nas.errors import NasError
 
 
@@ -57,7 +57,7 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
     bad_modes = [mode for mode in args.modes if mode not in bench.MODES]
     if bad_modes:
         raise NasError(f"--modes: unknown mode(s) {', '.join(bad_modes)}; valid modes: {', '.join(bench.MODES)}")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = bench.KernelBenchConfig(
@@ -136,7 +136,7 @@ def add_bench_latency(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="digits-tiny", help="the table's search space (default: digits-tiny)")
     p.add_argument("--archs", type=positive_int, default=50, help="held-out archs to measure (default: %(default)s)")
     p.add_argument("--seed", type=int, default=100, help="default: %(default)s")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:<index> (default: the table's device type)")
+    add_target_device(p, None, "cpu, cuda or cuda:<index> (default: the table's device type)")
     p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_latency)
 
@@ -202,4 +202,54 @@ def run_bench_interference(args: argparse.Namespace) -> int:
                       "machine": describe_device(torch.device("cpu")), "protocol": profiler.protocol.to_dict(),
                       "runs": results, "spread": spread, "build_time_ratio": ratio})
     print(f"interfered / quiet build time: {', '.join(f'{x:.2f}' for x in ratio)}; wrote {path}")
+    return 0
+
+
+def add_bench_train(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.train import TrainBenchConfig
+
+    d = TrainBenchConfig()
+    p = sub.add_parser(
+        "train",
+        help="training and evaluation throughput and peak memory on the compute device (embedded and ImageFolder data)",
+        description="Time supernet sandwich steps and evaluation (images/s) on the embedded task and on a generated 224 px "
+        "ImageFolder streamed with each --loader-workers count and preloaded; train one epoch on ImageFolders of each "
+        "--memory-sizes and record peak RSS; write JSON under --out.",
+    )
+    p.add_argument("--space", default=d.space, help="the embedded task's space (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="default: %(default)s")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="timed sandwich steps per case (default: %(default)s)")
+    p.add_argument("--images", type=positive_int, default=2000, help="training images of the generated ImageFolder (default: %(default)s)")
+    p.add_argument("--loader-workers", type=int_list_any, default=(0, 2), help="comma-separated DataLoader process counts (default: 0,2)")
+    p.add_argument("--memory-sizes", type=int_list_any, default=(2000, 8000), help="ImageFolder sizes for the peak-RSS epochs; empty: skip (default: 2000,8000)")
+    add_compute_options(p, loading=False)
+    p.add_argument("--work", type=Path, default=Path("results/bench/.train-data"), help="where the generated images go (kept for re-runs)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_train)
+
+
+def run_bench_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from datetime import datetime, timezone
+
+    from nas.bench import train as bench
+    from nas.compute import Compute
+    from nas.io import write_json
+    from nas.latency import describe_device
+
+    compute = Compute.parse(args.compute_device, args.precision)
+    config = bench.TrainBenchConfig(space=args.space, batch_size=args.batch_size, steps=args.steps, device=str(compute.device),
+                                    precision=compute.precision)
+    print(f"nas bench train: {compute.device} ({compute.precision}), batch {config.batch_size}, {config.steps} timed steps per case", flush=True)
+    started = time.perf_counter()
+    results = bench.run_bench(config, args.work, args.images, tuple(args.loader_workers), tuple(args.memory_sizes),
+                              progress=lambda line: print(line, flush=True))
+    path = args.out / f"train_{compute.device.type}_{compute.precision}.json"
+    write_json(path, {"benchmark": "nas bench train", "command": command_line(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "machine": describe_device(compute.device), "config": asdict(config), "seconds": round(time.perf_counter() - started), **results})
+    for name, ratio in results["streamed_vs_preloaded"].items():
+        print(f"streamed with {name}: {ratio:.0%} of the preloaded throughput")
+    if "memory_growth" in results:
+        print(f"peak RSS growth from {min(args.memory_sizes)} to {max(args.memory_sizes)} images: {results['memory_growth']:+.1%}")
+    print(f"wrote {path}")
     return 0

@@ -49,6 +49,16 @@ def _positive(cast, what: str):
 positive_int = _positive(int, "integer")
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -98,3 +108,28 @@ def add_connection_options(p, storage_default: str) -> None:
     from nas.storage import CONNECT_TIMEOUT_S
 
     p.add_argument("--connect-timeout", type=positive_float, default=CONNECT_TIMEOUT_S, help="seconds to reach --storage and --ray-address before any work (default: %(default)s)")
+
+
+class _Split(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(2, f"nas: error: {option_string} was split in two: --target-device (the device whose latency is optimised) "
+                       "and --compute-device (the device that trains and evaluates)\n")
+
+
+def add_target_device(p, default, help: str) -> None:
+    """--target-device: whose latency the table measures (its fingerprint); the old --device is
+    refused in one line, so that it is not taken for the compute device."""
+    p.add_argument("--target-device", dest="device", default=default, help=help)
+    p.add_argument("--device", action=_Split, help=argparse.SUPPRESS)
+
+
+def add_compute_options(p, loading: bool = True) -> None:
+    """The device and precision that train and evaluate (nas.compute), and the data loading."""
+    p.add_argument("--compute-device", default="auto", help="device that trains and evaluates: auto (CUDA when available), cpu, cuda "
+                   "or cuda:<i>; independent of --target-device (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision of training and evaluation "
+                   "(fp16 with a gradient scaler; default: %(default)s)")
+    if loading:
+        p.add_argument("--loader-workers", type=non_negative_int, default=2, help="DataLoader processes decoding ImageFolder images "
+                       "(embedded and CIFAR-10 data are in memory and ignore it; default: %(default)s)")
+        p.add_argument("--randaugment", action="store_true", help="ImageFolder data: add RandAugment (m9) to the training transform")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.commands.common import add_fit_options, fit_of, float_list, non_negative_int, positive_float, positive_int, str_list
+from nas.commands.common import (add_compute_options, add_fit_options, add_target_device, fit_of, float_list, non_negative_float, non_negative_int,
+                                 positive_float, positive_int, str_list)
 from nas.errors import NasError
 
 
@@ -29,7 +30,10 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--random-subnets", type=int, default=defaults.random_subnets, help="random subnets per step besides largest and smallest (default: %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
-    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers; 1 trains in this process (default: %(default)s)")
+    add_compute_options(p)
+    p.add_argument("--mixup", type=non_negative_float, default=0.0, help="timm Mixup alpha (default: 0, off)")
+    p.add_argument("--cutmix", type=non_negative_float, default=0.0, help="timm CutMix alpha (default: 0, off)")
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (one GPU each on CUDA); 1 trains in this process (default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="with --workers > 1: 'auto' or an address to join a Ray cluster (default: local Ray)")
     p.add_argument("--out", type=Path, required=True, help="run directory, e.g. results/<run>")
     p.add_argument("--resume", action="store_true", help="continue the supernet checkpoint in --out")
@@ -39,9 +43,10 @@ def add_train(commands: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
+    from nas.compute import Compute
     from nas.data import load_dataset
     from nas.space import load_space
-    from nas.train import TrainConfig
+    from nas.train import TrainConfig, check_mixup
 
     from nas.stages import check_connections, check_out_dir
 
@@ -56,16 +61,18 @@ def run_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     space = load_space(args.space)
     args.data = args.data or space.data
-    dataset = load_dataset(args.data, space.image_size, space.in_chans)
+    compute = Compute.parse(args.compute_device, args.precision)
+    check_mixup(args.mixup, args.cutmix, args.batch_size, args.workers)
+    dataset = load_dataset(args.data, space.image_size, space.in_chans, args.randaugment, args.loader_workers)
     if dataset.num_classes != space.num_classes:
         print(f"note: the data has {dataset.num_classes} classes; the space's num_classes {space.num_classes} is replaced")
         space = space.with_num_classes(dataset.num_classes)
     config = TrainConfig(epochs=args.epochs or space.epochs, batch_size=args.batch_size, lr=args.lr, random_subnets=args.random_subnets,
-                         teacher=args.teacher, seed=args.seed)
+                         teacher=args.teacher, seed=args.seed, precision=args.precision, mixup=args.mixup, cutmix=args.cutmix)
     print(
         f"nas train: space {space.name} ({space.size():.3g} archs), data {dataset.name} "
         f"(train {dataset.size('train')}, val {dataset.size('val')}, test {dataset.size('test')}), "
-        f"{config.epochs} epochs, {torch.get_num_threads()} threads -> {args.out}",
+        f"{config.epochs} epochs on {compute.device} ({compute.precision}, {torch.get_num_threads()} threads) -> {args.out}",
         flush=True,
     )
 
@@ -76,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
     created, had = not args.out.exists(), set(args.out.iterdir()) if args.out.is_dir() else set()
     try:
         summary = train_stage(space, args.data, dataset, config, run, args.workers, args.resume, args.ray_address,
-                              progress=lambda line: print(line, flush=True))
+                              progress=lambda line: print(line, flush=True), compute=compute)
     except NasError:
         if not args.resume and not resumable_training(run):  # stopped before the first checkpoint: leave nothing behind
             import shutil
@@ -111,7 +118,7 @@ def add_latency(commands: argparse._SubParsersAction) -> None:
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (default: cpu)")
+    add_target_device(p, "cpu", "device whose latency is measured: cpu, cuda or cuda:<index> (default: cpu)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="default: %(default)s")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="default: fp32")
     p.add_argument("--backend", default="eager", choices=["eager", "cuda-graph"], help="default: eager")
@@ -163,7 +170,7 @@ def add_select(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, required=True, help="run directory (with trials.csv and latency_table.json)")
     p.add_argument("--budget-ms", type=float_list, required=True, help="one budget or several, comma-separated (e.g. 0.6,0.8,1)")
     p.add_argument("--top", type=positive_int, default=1, help="archs per budget (default: %(default)s)")
-    p.add_argument("--device", default=None, help="the device the run's latencies were measured on, to select for it from another machine")
+    add_target_device(p, None, "the device the run's latencies were measured on, to select for it from another machine")
     p.set_defaults(func=run_select)
 
 
@@ -196,12 +203,14 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="export directory (refused if it exists, unless --overwrite)")
     p.add_argument("--format", type=str_list, default=("safetensors", "onnx", "torchscript"), help="default: safetensors,onnx,torchscript")
     p.add_argument("--finetune-epochs", type=non_negative_int, default=0, help="fine-tune the standalone model on the run's data first (default: 0)")
-    p.add_argument("--device", default=None, help="the device the run's latencies were measured on, to export for it from another machine")
+    add_target_device(p, None, "the device the run's latencies were measured on, to export for it from another machine")
+    add_compute_options(p, loading=False)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from nas.compute import Compute
     from nas.export import export
     from nas.select import by_trial, load_candidates, select
     from nas.stages import check_out_dir
@@ -210,8 +219,9 @@ def run_export(args: argparse.Namespace) -> int:
     candidates = load_candidates(args.run)
     candidate = by_trial(candidates, args.trial) if args.trial is not None else select(candidates, args.budget_ms)[0]
     print(f"nas export: trial {candidate.trial} of {args.run} -> {args.out}", flush=True)
+    compute = Compute.parse(args.compute_device, args.precision)
     meta = export(args.run, candidate, args.out, tuple(args.format), args.finetune_epochs, args.overwrite, args.device,
-                  progress=lambda line: print(line, flush=True))
+                  progress=lambda line: print(line, flush=True), compute=compute)
     latency = meta["latency"]
     measured = f"{latency['measured_ms']:.4f} ms measured ({latency['error']:+.1%})" if latency["measured_ms"] else latency["note"]
     print(f"latency: {latency['predicted_ms']:.4f} ms predicted, {measured}")

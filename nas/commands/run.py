@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from nas.commands.common import add_connection_options, add_fit_options, non_negative_int, positive_float, positive_int
+from nas.commands.common import (add_compute_options, add_connection_options, add_fit_options, add_target_device, non_negative_int,
+                                 positive_float, positive_int)
 from nas.errors import NasError
 
 
@@ -22,8 +23,10 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--space", default=d.space, help="search space name or YAML path (default: %(default)s)")
     p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)")
-    p.add_argument("--device", default=d.device, help="device whose latency is optimised: cpu, cuda or cuda:<i> (default: cpu)")
-    p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"], help="default: fp32")
+    add_target_device(p, d.device, "device whose latency is optimised: cpu, cuda or cuda:<i> (default: cpu)")
+    p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"], help="inference dtype of the latency measurement (default: fp32)")
+    add_compute_options(p)
+    p.add_argument("--val-images", type=positive_int, default=None, help="score each search trial on this many validation images (a fixed sample; default: all)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="inference batch size for latency (default: %(default)s)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget in ms (default: the median predicted latency of 2,000 random archs: about half the space is feasible)")
     p.add_argument("--budget-quantile", type=positive_float, default=d.budget_quantile, help="without --budget-ms: the budget admits about "
@@ -60,7 +63,8 @@ def run_run(args: argparse.Namespace) -> int:
         budget_ms=args.budget_ms, budget_quantile=args.budget_quantile, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
         sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=storage,
         calibrate=args.calibrate, validate=args.validate, max_mape=args.max_mape, min_tau=args.min_tau,
-        accept_poor_fit=args.accept_poor_fit, connect_timeout=args.connect_timeout,
+        accept_poor_fit=args.accept_poor_fit, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
+        precision=args.precision, loader_workers=args.loader_workers, randaugment=args.randaugment, val_images=args.val_images,
     )
     started = time.perf_counter()
     print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
@@ -81,6 +85,8 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, required=True, help="run directory")
     p.add_argument("--table", type=Path, default=None, help="latency table (default: <run>/latency_table.json)")
     p.add_argument("--accept-poor-fit", action="store_true", help="search on a table that failed its validation anyway")
+    add_compute_options(p, loading=False)
+    p.add_argument("--val-images", type=positive_int, default=None, help="score each trial on this many validation images (a fixed sample; default: all)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: none, the whole front)")
     p.add_argument("--trials", type=positive_int, default=100, help="default: %(default)s")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"], help="default: %(default)s")
@@ -98,6 +104,7 @@ def add_search(commands: argparse._SubParsersAction) -> None:
 
 def run_search_command(args: argparse.Namespace) -> int:
     from nas import report, search
+    from nas.compute import Compute
     from nas.latency.table import LatencyTable
     from nas.pipeline import resolve_budget
     from nas.rundir import TABLE, WEIGHTS, RunDir
@@ -114,6 +121,8 @@ def run_search_command(args: argparse.Namespace) -> int:
         raise NasError(f"{table_path} does not exist; build it with nas latency --space ... --out {table_path}")
     table = LatencyTable.load(table_path, space)
     check_fit(table, table_path, Fit.stored_with(table, args.accept_poor_fit))
+    compute = Compute.parse(args.compute_device, args.precision)
+    scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": args.val_images}
     if not run.has(WEIGHTS):
         raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
     budget = resolve_budget(space, table, args.budget_ms) if args.budget_ms is not None else None
@@ -126,7 +135,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s), "
           f"budget {budget if budget is not None else 'none'}, storage {redact(storage)}", flush=True)
     study, front = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
-                                progress=progress, report_dir=report_dir)
+                                progress=progress, report_dir=report_dir, scoring=scoring)
     print(report.format_front(front))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
     if budget is not None and not front:

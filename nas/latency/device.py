@@ -10,20 +10,20 @@ import torch
 from nas.errors import NasError
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, flag: str = "--target-device") -> torch.device:
     """Parse `cpu`, `cuda` or `cuda:i`, refusing a device this machine does not have."""
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise NasError(f"--device {spec!r} is not a device; use cpu, cuda or cuda:<index>") from None
+        raise NasError(f"{flag} {spec!r} is not a device; use cpu, cuda or cuda:<index>") from None
     if device.type not in ("cpu", "cuda"):
-        raise NasError(f"--device {spec!r}: only cpu and cuda devices are supported")
+        raise NasError(f"{flag} {spec!r}: only cpu and cuda devices are supported")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise NasError(f"--device {spec}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+            raise NasError(f"{flag} {spec}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
         index = 0 if device.index is None else device.index
         if index >= torch.cuda.device_count():
-            raise NasError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise NasError(f"{flag} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         device = torch.device("cuda", index)
     return device
 

@@ -1,0 +1,179 @@
+"""GPU code paths verified without a GPU: with the model and inputs on the `meta` device, and
+under FakeTensorMode with tensors made on "cuda", any tensor that the model, loss or step
+creates on the CPU raises (a CPU tensor of more than 0 dims mixed with meta or fake-CUDA ones).
+Real `gpu` tests beside them run the same steps on CUDA and skip without it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from nas.compute import Compute
+from nas.space import load_space
+from nas.supernet import SuperNet, extract
+from nas.train import TrainConfig, make_optimizer, optimizer_step, sandwich, sandwich_step
+
+SPACE = load_space("digits-tiny")  # every kernel of the registry, Taylor's orders and variants
+META = Compute(torch.device("meta"))
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False on this machine")
+
+
+def batch(device, n: int = 4):
+    return torch.randn(n, SPACE.in_chans, SPACE.image_size, SPACE.image_size, device=device), torch.randint(0, SPACE.num_classes, (n,), device=device)
+
+
+@pytest.mark.parametrize("choice", SPACE.kernel_choices(), ids=lambda c: c.label)
+def test_a_sandwich_step_of_every_kernel_runs_on_the_meta_device(choice):
+    torch.manual_seed(0)
+    net = SuperNet(SPACE).to("meta")
+    optimizer = make_optimizer(net, TrainConfig())
+    x, y = batch("meta")
+    archs = [SPACE.validate(SPACE.largest(kernel=choice))] + sandwich(SPACE, random.Random(0), 1)[1:]
+    total, finite = sandwich_step(net, archs, x, y, distill=0.5, label_smoothing=0.1, compute=META)
+    assert total.device.type == "meta" and finite.device.type == "meta"
+    optimizer_step(net, optimizer)
+    assert all(p.device.type == "meta" for p in net.parameters())
+    moments = [v for state in optimizer.state.values() for k, v in state.items() if k != "step"]  # AdamW keeps its step count on the CPU by design
+    assert moments and all(v.device.type == "meta" for v in moments)
+
+
+def test_evaluation_and_extraction_run_on_the_meta_device():
+    net = SuperNet(SPACE).to("meta").eval()
+    x, _ = batch("meta")
+    for choice in SPACE.kernel_choices():
+        arch = SPACE.validate(SPACE.largest(kernel=choice))
+        with torch.no_grad():
+            assert net(x, arch).device.type == "meta"
+    arch = SPACE.sample(random.Random(1))
+    model = extract(SuperNet(SPACE), arch).to("meta")
+    assert model(x).shape == (4, SPACE.num_classes)
+
+
+@pytest.mark.parametrize("choice", SPACE.kernel_choices(), ids=lambda c: c.label)
+def test_forward_passes_of_every_kernel_stay_on_fake_cuda(choice):
+    arch = SPACE.validate(SPACE.largest(kernel=choice))
+    with FakeTensorMode():
+        with torch.device("cuda"):  # the parameters; the forward runs with the CPU as default device
+            net = SuperNet(SPACE)
+        x, _ = batch("cuda")
+        logits = net(x, arch)
+        assert logits.device.type == "cuda"
+        for sub in sandwich(SPACE, random.Random(2), 1):
+            assert net(x, sub).device.type == "cuda"
+
+
+def test_a_standalone_subnet_forward_stays_on_fake_cuda():
+    from nas.subnet import ViT
+
+    arch = SPACE.sample(random.Random(3))
+    with FakeTensorMode():
+        with torch.device("cuda"):
+            model = ViT(arch)
+        x, _ = batch("cuda")
+        assert model(x).device.type == "cuda"
+
+
+def test_a_bf16_autocast_training_step_on_the_cpu_changes_the_weights():
+    torch.manual_seed(0)
+    net = SuperNet(SPACE)
+    optimizer = make_optimizer(net, TrainConfig())
+    before = [p.detach().clone() for p in net.parameters()]
+    x, y = batch("cpu", 8)
+    compute = Compute.parse("cpu", "bf16")
+    total, finite = sandwich_step(net, sandwich(SPACE, random.Random(0), 1), x, y, 0.5, 0.1, compute)
+    assert bool(finite) and total.dtype == torch.float32
+    optimizer_step(net, optimizer)
+    assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters()))
+
+
+def test_fp16_with_a_gradient_scaler_on_the_cpu():
+    from nas.compute import cpu_fp16_autocast
+
+    if not cpu_fp16_autocast():
+        pytest.skip("this torch has no fp16 autocast on the CPU")
+    try:
+        compute = Compute.parse("cpu", "fp16")
+        scaler = compute.scaler()
+    except (RuntimeError, AttributeError) as error:
+        pytest.skip(f"this torch has no CPU GradScaler ({error})")
+    torch.manual_seed(0)
+    net = SuperNet(SPACE)
+    optimizer = make_optimizer(net, TrainConfig())
+    x, y = batch("cpu", 8)
+    total, finite = sandwich_step(net, sandwich(SPACE, random.Random(0), 1), x, y, 0.5, 0.1, compute, scaler)
+    assert bool(finite)
+    optimizer_step(net, optimizer, scaler)
+    assert scaler.get_scale() > 0
+
+
+def test_compute_device_errors_are_one_line():
+    from nas.errors import NasError
+
+    with pytest.raises(NasError, match="use auto, cpu, cuda"):
+        Compute.parse("tpu")
+    with pytest.raises(NasError, match="--precision 'fp8'"):
+        Compute.parse("cpu", "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(NasError, match="CUDA is not available on this machine; use --compute-device cpu"):
+            Compute.parse("cuda")
+        assert Compute.parse("auto").device.type == "cpu"
+
+
+# ---- on a real GPU ---------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@CUDA
+def test_two_bf16_training_steps_and_an_evaluation_on_cuda():
+    from nas.data import load_dataset
+    from nas.train import accuracy
+
+    compute = Compute.parse("cuda", "bf16")
+    torch.manual_seed(0)
+    net = SuperNet(SPACE).to(compute.device)
+    optimizer = make_optimizer(net, TrainConfig())
+    data = load_dataset(None, SPACE.image_size, SPACE.in_chans)
+    for step in range(2):
+        x, y = data.batch("train", list(range(16 * step, 16 * step + 16)))
+        total, finite = sandwich_step(net, sandwich(SPACE, random.Random(step), 1), compute.move(x), compute.move(y), 0.5, 0.1, compute)
+        assert bool(finite) and total.is_cuda
+        optimizer_step(net, optimizer)
+    assert 0.0 <= accuracy(net, SPACE.largest(), data, "val", compute=compute, limit=64) <= 1.0
+
+
+@pytest.mark.gpu
+@CUDA
+def test_export_fine_tune_on_cuda():
+    from nas.data import load_dataset
+    from nas.export import finetune, top1
+
+    compute = Compute.parse("cuda", "bf16")
+    data = load_dataset(None, SPACE.image_size, SPACE.in_chans)
+    model = extract(SuperNet(SPACE), SPACE.sample(random.Random(4)))
+    finetune(model, data, 1, progress=lambda line: None, compute=compute)
+    assert next(model.parameters()).is_cuda
+    assert 0.0 <= top1(model, data, "val", compute) <= 1.0
+
+
+@pytest.mark.parametrize("command", ["run", "latency", "export", "select"])
+def test_the_old_device_flag_is_refused_naming_both_devices(command, capsys):
+    from nas.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--device", "cuda"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(error) == 1
+    assert "--target-device" in error[0] and "--compute-device" in error[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_training_on_cuda_without_a_gpu_is_one_line_before_any_work(tmp_path, capsys):
+    from nas.cli import main
+
+    assert main(["train", "--compute-device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "CUDA is not available on this machine" in error[0]
+    assert not (tmp_path / "run").exists()
