@@ -289,8 +289,8 @@ def train_supernet(
             "step": (epoch + 1) * steps_per_epoch,
             "loss": sum(losses) / len(losses) if losses else float("nan"),
             "skipped_steps": skipped,
-            "val_largest": accuracy(net, space.largest(), dataset, "val", compute=compute),
-            "val_smallest": accuracy(net, space.smallest(), dataset, "val", compute=compute),
+            "val_largest": accuracy(net, space.largest(), dataset, "val", config.batch_size, compute),
+            "val_smallest": accuracy(net, space.smallest(), dataset, "val", config.batch_size, compute),
             "seconds": time.perf_counter() - epoch_start,
             "subnets_sha256": sampled.hexdigest()[:16],  # the same on every data-parallel rank
         }
@@ -300,8 +300,8 @@ def train_supernet(
         progress(record)
 
     summary = {
-        "test_largest": accuracy(net, space.largest(), dataset, "test", compute=compute),
-        "test_smallest": accuracy(net, space.smallest(), dataset, "test", compute=compute),
+        "test_largest": accuracy(net, space.largest(), dataset, "test", config.batch_size, compute),
+        "test_smallest": accuracy(net, space.smallest(), dataset, "test", config.batch_size, compute),
         "largest": space.largest().to_dict(),
         "smallest": space.smallest().to_dict(),
         "train_seconds_this_run": time.perf_counter() - started,

@@ -6,8 +6,9 @@ workers and, for comparison, the same images decoded once and held in memory):
   forward, backward, AdamW step) exactly as `nas train` runs them (`sandwich_step`,
   `optimizer_step`, `dataset.batches`);
 - evaluation images/s of the largest subnet on the validation split;
-- peak memory: the process's high-water RSS on the CPU (Linux `ru_maxrss`; loader workers
-  are separate processes and reported apart), `max_memory_allocated` on CUDA.
+- peak memory: the process's high-water RSS on the CPU (Linux `ru_maxrss`; the loader
+  workers are separate processes, reported apart as the sum of their peaks), and
+  `max_memory_allocated` on CUDA.
 Each case runs in a fresh subprocess, so that one case's peak does not hide another's.
 
 `memory_cases` trains one epoch with `nas train` on two generated ImageFolders of different
@@ -92,12 +93,28 @@ class Preloaded:
         return x, label
 
 
-def peak_memory(compute: Compute) -> dict:
-    out = {"rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "loader_workers_rss_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+def peak_memory(compute: Compute, workers_mb: float | None) -> dict:
+    out = {"rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "loader_workers_rss_peak_mb": workers_mb}
     if compute.cuda:
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(compute.device) / 2**20
     return out
+
+
+def children_peak_mb() -> float | None:
+    """The sum of the peak RSS (VmHWM) of this process's live children — the loader workers;
+    pages they share are counted in each. None where /proc does not tell (not Linux)."""
+    import os
+
+    try:
+        pids = [pid for task in os.listdir("/proc/self/task") for pid in Path(f"/proc/self/task/{task}/children").read_text().split()]
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        return total / 1024
+    except OSError:
+        return None
 
 
 def run_case(config: TrainBenchConfig, data: str | None, loader_workers: int, preload: bool) -> dict:
@@ -136,6 +153,7 @@ def run_case(config: TrainBenchConfig, data: str | None, loader_workers: int, pr
     if compute.cuda:
         torch.cuda.synchronize()
     train_seconds = time.perf_counter() - started
+    workers_mb = children_peak_mb() if loader_workers else 0.0  # the persistent training workers are still alive
     limit = min(config.eval_images, dataset.size("val"))
     accuracy(net, space.largest(), dataset, "val", compute=compute, limit=min(limit, 2 * config.batch_size))  # warm-up
     started = time.perf_counter()
@@ -145,7 +163,7 @@ def run_case(config: TrainBenchConfig, data: str | None, loader_workers: int, pr
         "data": dataset.name, "loader_workers": loader_workers, "preloaded": preload, "device": str(compute.device),
         "precision": compute.precision, "batch_size": config.batch_size, "timed_steps": config.steps,
         "train_images_per_s": images / train_seconds, "eval_images_per_s": limit / eval_seconds, "eval_images": limit,
-        **peak_memory(compute),
+        **peak_memory(compute, workers_mb),
     }
 
 
@@ -159,7 +177,8 @@ def run_case_in_subprocess(config: TrainBenchConfig, data: str | None, loader_wo
         raise NasError(f"bench case failed ({data}, {loader_workers} workers): {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     progress(f"  {row['data']}: {loader_workers} loader workers{' (preloaded)' if preload else ''}: train {row['train_images_per_s']:.1f} img/s, "
-             f"eval {row['eval_images_per_s']:.1f} img/s, peak RSS {row['rss_peak_mb']:.0f} MB")
+             f"eval {row['eval_images_per_s']:.1f} img/s, peak RSS {row['rss_peak_mb']:.0f} MB"
+             + (f" (+ loader workers {row['loader_workers_rss_peak_mb']:.0f} MB)" if row["loader_workers_rss_peak_mb"] else ""))
     return row
 
 
