@@ -248,16 +248,22 @@ class ImageFiles:
                                     auto_augment="rand-m9-mstd0.5-inc1" if self.randaugment else None)
         return create_transform(self.image_size, is_training=False, mean=mean, std=std, crop_pct=self.crop_pct)
 
-    def item(self, split: str, position: int, seed: int | None, transform) -> tuple[Tensor, int]:
-        """One image, decoded and transformed; with a seed, its random augmentation is that seed's."""
+    def image(self, index: int):
+        """Sample `index` decoded (a PIL image in the space's mode)."""
         from PIL import Image
 
-        path, label = self.samples[self.split[split][position]]
+        path = self.samples[index][0]
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB" if self._in_chans == 3 else "L")
+                return image.convert("RGB" if self._in_chans == 3 else "L")
         except OSError as error:
             raise NasError(f"--data: cannot decode {path} ({error})") from None
+
+    def item(self, split: str, position: int, seed: int | None, transform) -> tuple[Tensor, int]:
+        """One image, decoded and transformed; with a seed, its random augmentation is that seed's
+        (timm's transforms draw from Python's and torch's global RNGs: both set, then restored)."""
+        index = self.split[split][position]
+        image, label = self.image(index), self.samples[index][1]
         if seed is None:
             return transform(image), label
         state = random.getstate()

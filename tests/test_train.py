@@ -114,3 +114,19 @@ def test_an_image_folder_run_stopped_mid_epoch_restarts_that_epoch_and_ends_as_a
     train_supernet(space, again, config, interrupted, resume=True)
     a, b = load_file(str(straight / "supernet.safetensors")), load_file(str(interrupted / "supernet.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mixup_and_cutmix_train_on_soft_targets_and_need_an_even_batch(tmp_path):
+    from nas.train import check_mixup, make_mixup, mixed
+
+    config = TrainConfig(epochs=1, batch_size=64, random_subnets=0, mixup=0.8, cutmix=1.0)
+    mixup = make_mixup(config, 10)
+    x, y = DATA.batch("train", list(range(8)))
+    a, targets = mixed(mixup, x, y, seed=3)
+    b, again = mixed(mixup, x, y, seed=3)
+    assert targets.shape == (8, 10) and torch.allclose(targets.sum(-1), torch.ones(8)) and torch.equal(a, b) and torch.equal(targets, again)
+    summary = train_supernet(SPACE, DATA, config, tmp_path)
+    state = json.loads((tmp_path / "train_state.json").read_text())
+    assert state["history"][0]["skipped_steps"] == 0 and 0 <= summary["test_largest"] <= 1
+    with pytest.raises(NasError, match="even batch on every worker"):
+        check_mixup(0.8, 0.0, batch_size=64, workers=3)

@@ -18,7 +18,6 @@ sizes and reports each process's peak RSS: the streamed data path must not grow 
 from __future__ import annotations
 
 import json
-import random
 import resource
 import subprocess
 import sys
@@ -66,31 +65,12 @@ def generate_image_folder(root: Path, train: int, val: int, size: int = 224, cla
 
 
 class Preloaded:
-    """An ImageFiles whose images are decoded once and held in memory (the comparison case):
+    """Makes an ImageFiles decode each image once and hold it in memory (the comparison case):
     the same transforms, no file reads."""
 
     def __init__(self, files) -> None:
-        from PIL import Image
-
-        self.files = files
-        self.images = {}
-        for index, (path, _) in enumerate(files.samples):
-            with Image.open(path) as image:
-                self.images[index] = image.convert("RGB" if files.in_chans == 3 else "L")
-        files.item = self.item  # the loader's items call files.item
-
-    def item(self, split, position, seed, transform):
-        index = self.files.split[split][position]
-        image, label = self.images[index], self.files.samples[index][1]
-        if seed is None:
-            return transform(image), label
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(seed)
-            torch.manual_seed(seed)
-            x = transform(image)
-        random.setstate(state)
-        return x, label
+        self.images = [files.image(index) for index in range(len(files.samples))]
+        files.image = self.images.__getitem__
 
 
 def peak_memory(compute: Compute, workers_mb: float | None) -> dict:

@@ -132,8 +132,8 @@ def run_search_command(args: argparse.Namespace) -> int:
     )
     progress = lambda line: print(line, flush=True)  # noqa: E731
     check_connections(args.ray_address, storage, args.connect_timeout, progress)
-    print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s), "
-          f"budget {budget if budget is not None else 'none'}, storage {redact(storage)}", flush=True)
+    print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s) on {compute.device} "
+          f"({compute.precision}), budget {budget if budget is not None else 'none'}, storage {redact(storage)}", flush=True)
     study, front = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
                                 progress=progress, report_dir=report_dir, scoring=scoring)
     print(report.format_front(front))
