@@ -95,3 +95,8 @@ def test_bench_train_reports_throughput_and_peak_memory_of_every_case(tmp_path, 
     assert [m["train_images"] for m in result["memory"]] == [40, 80] and all(m["rss_peak_mb"] > 0 for m in result["memory"])
     assert set(result["streamed_vs_preloaded"]) == {"0 workers", "2 workers"} and "memory_growth" in result
     assert "peak RSS growth" in capsys.readouterr().out
+    own = ["bench", "train", "--space", str(tmp_path / "work" / "bench-224.yaml"), "--data", str(tmp_path / "work" / "images-40"),
+           "--batch-size", "8", "--steps", "1", "--loader-workers", "0", "--compute-device", "cpu", "--out", str(tmp_path)]
+    assert main(own) == 0
+    alone = json.loads((tmp_path / "train_cpu_fp32_bench-224_b8.json").read_text())
+    assert [(r["loader_workers"], r["preloaded"]) for r in alone["throughput"]] == [(0, False)] and "memory" not in alone

@@ -196,10 +196,14 @@ SPACE_224 = {  # a small arch space at ImageNet resolution: the data path's cost
 
 
 def run_bench(config: TrainBenchConfig, work: Path, images: int, loader_workers: tuple[int, ...], memory_sizes: tuple[int, ...],
-              progress=print) -> dict:
-    """Every case of the benchmark (see the module's docstring); returns the results."""
+              progress=print, data: str | None = None) -> dict:
+    """Every case of the benchmark (see the module's docstring); returns the results. With
+    `data` (a user's dataset for `config.space`): only its cases, one per loader-worker count."""
     import yaml
 
+    if data is not None:
+        progress(f"{config.space} on {data}:")
+        return {"throughput": [run_case_in_subprocess(config, data, workers, False, progress) for workers in loader_workers]}
     work.mkdir(parents=True, exist_ok=True)
     space_file = work / "bench-224.yaml"
     space_file.write_text(yaml.safe_dump(SPACE_224, sort_keys=False))

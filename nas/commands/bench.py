@@ -216,7 +216,9 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
         "ImageFolder streamed with each --loader-workers count and preloaded; train one epoch on ImageFolders of each "
         "--memory-sizes and record peak RSS; write JSON under --out.",
     )
-    p.add_argument("--space", default=d.space, help="the embedded task's space (default: %(default)s)")
+    p.add_argument("--space", default=d.space, help="the embedded task's space, or the space of --data (default: %(default)s)")
+    p.add_argument("--data", default=None, help="your dataset (CIFAR-10 folder or ImageFolder): time --space on it alone, e.g. to find the "
+                   "batch size that fits a GPU (default: the embedded task and generated ImageFolders)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="default: %(default)s")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="timed sandwich steps per case (default: %(default)s)")
     p.add_argument("--images", type=positive_int, default=2000, help="training images of the generated ImageFolder (default: %(default)s)")
@@ -243,11 +245,12 @@ def run_bench_train(args: argparse.Namespace) -> int:
     print(f"nas bench train: {compute.device} ({compute.precision}), batch {config.batch_size}, {config.steps} timed steps per case", flush=True)
     started = time.perf_counter()
     results = bench.run_bench(config, args.work, args.images, tuple(args.loader_workers), tuple(args.memory_sizes),
-                              progress=lambda line: print(line, flush=True))
-    path = args.out / f"train_{compute.device.type}_{compute.precision}.json"
+                              progress=lambda line: print(line, flush=True), data=args.data)
+    name = f"train_{compute.device.type}_{compute.precision}" + (f"_{Path(args.space).stem}_b{config.batch_size}" if args.data else "")
+    path = args.out / f"{name}.json"
     write_json(path, {"benchmark": "nas bench train", "command": command_line(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "machine": describe_device(compute.device), "config": asdict(config), "seconds": round(time.perf_counter() - started), **results})
-    for name, ratio in results["streamed_vs_preloaded"].items():
+    for name, ratio in results.get("streamed_vs_preloaded", {}).items():
         print(f"streamed with {name}: {ratio:.0%} of the preloaded throughput")
     if "memory_growth" in results:
         print(f"peak RSS growth from {min(args.memory_sizes)} to {max(args.memory_sizes)} images: {results['memory_growth']:+.1%}")
