@@ -58,9 +58,17 @@ class Dataset:
     crop_pct = 1.0  # evaluation: the whole image, resized
 
     def __post_init__(self) -> None:
-        train = self._float(self.images[self.split["train"]])
-        self.mean = train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
-        self.std = train.std(dim=(0, 2, 3)).clamp(min=1e-3).view(1, -1, 1, 1)
+        if self.mean is None or self.std is None:
+            train = self._float(self.images[self.split["train"]])
+            self.mean = train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+            self.std = train.std(dim=(0, 2, 3)).clamp(min=1e-3).view(1, -1, 1, 1)
+
+    def only(self, split: str) -> Dataset:
+        """A copy that holds `split` alone (same positions, same normalisation): what an evaluator needs."""
+        index = torch.as_tensor(self.split[split], dtype=torch.int64)
+        kept = {name: [] for name in self.split} | {split: list(range(len(index)))}
+        return Dataset(self.name, self.images[index].clone(), self.labels[index].clone(), self.classes, kept, self.image_size,
+                       self.mean, self.std, self.translate)
 
     @property
     def num_classes(self) -> int:
@@ -297,6 +305,14 @@ class ImageFiles:
 
     def top1(self, forward, split: str, batch_size: int = 256, limit: int | None = None) -> float:
         return top1(self, forward, split, batch_size, limit)
+
+    def only(self, split: str) -> ImageFiles:
+        """A copy that holds `split`'s file list alone (same positions, same normalisation)."""
+        samples = [self.samples[i] for i in self.split[split]]
+        kept = {name: [] for name in self.split} | {split: list(range(len(samples)))}
+        copy = ImageFiles(self.name, samples, self.classes, kept, self.image_size, self._in_chans, self.randaugment, 0)
+        copy.mean, copy.std = self.mean, self.std
+        return copy
 
     def __getstate__(self) -> dict:  # the loaders (and their processes) stay in the process that made them
         return {**self.__dict__, "_loaders": {}}

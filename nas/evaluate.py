@@ -2,6 +2,12 @@
 
 The supernet has LayerNorms only (no running statistics), so a subnet needs no norm
 recalibration before evaluation: its accuracy is read straight off the shared weights.
+
+`evaluation_state(run_dir)` is everything an evaluator needs, read once by the driver: the
+space, the supernet's weights (safetensors bytes) and the validation split alone (images in
+memory, or an ImageFolder's file list, which each node must see under the same root). It
+travels to Ray's evaluator actors through the object store, so no evaluator opens the run
+directory.
 """
 
 from __future__ import annotations
@@ -18,19 +24,34 @@ from nas.rundir import RunDir
 from nas.train import accuracy
 
 
-class Evaluator:
-    """Holds one run's supernet and its validation split; `evaluate(arch)` scores an arch on
-    `val_images` of them (all by default) with `device`/`precision` (see nas.compute)."""
+def evaluation_state(run_dir: str | Path) -> dict:
+    """The space, the supernet's weights and the validation split of a trained run."""
+    from safetensors.torch import save
 
-    def __init__(self, run_dir: str | Path, threads: int | None = None, device: str = "cpu", precision: str = "fp32",
+    run = RunDir(run_dir)
+    space, data = run.space_and_data()
+    net = run.supernet(space)  # a corrupt or mismatched checkpoint fails here, with one line
+    return {"space": space, "weights": save({k: v.contiguous() for k, v in net.state_dict().items()}),
+            "val": run.dataset(space, data).only("val")}
+
+
+class Evaluator:
+    """Holds a supernet and a validation split (`evaluation_state`); `evaluate(arch)` scores an
+    arch on `val_images` of them (all by default) with `device`/`precision` (see nas.compute)."""
+
+    def __init__(self, state: dict, threads: int | None = None, device: str = "cpu", precision: str = "fp32",
                  val_images: int | None = None) -> None:
+        from safetensors.torch import load
+
+        from nas.supernet import SuperNet
+
         if threads is not None:
             torch.set_num_threads(threads)
         self.compute = Compute.parse(device, precision)
-        run = RunDir(run_dir)
-        self.space, data = run.space_and_data()
-        self.dataset = run.dataset(self.space, data)
-        self.net = run.supernet(self.space).to(self.compute.device)
+        self.space, self.dataset = state["space"], state["val"]
+        self.net = SuperNet(self.space)
+        self.net.load_state_dict(load(state["weights"]))
+        self.net = self.net.to(self.compute.device).eval()
         self.val_images = val_images
 
     def evaluate(self, arch: Arch) -> dict:

@@ -53,6 +53,7 @@ class RunConfig:
     loader_workers: int = 2
     randaugment: bool = False
     val_images: int | None = None  # each trial scored on this many validation images (None: all)
+    gpus_per_evaluator: float | None = None  # None: a whole GPU per evaluator when there are enough, else a share
 
 
 # On --resume, these must equal the run's: they change what the run computes. --trials may grow
@@ -223,7 +224,8 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     storage = config.storage or run.default_storage()
     study_exists = run.has(STUDY) if config.storage is None else resume
     try:
-        scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images}
+        scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images,
+                   "gpus_each": config.gpus_per_evaluator}
         study, front = search_stage(run, space, table, search_config, storage, study_exists, config.evaluators, config.ray_address, progress,
                                     scoring=scoring)
     finally:

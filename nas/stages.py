@@ -190,13 +190,15 @@ def resumable_training(run: RunDir) -> bool:
 def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print,
                  report_dir: Path | None = None, scoring: dict | None = None):
     """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png into
-    `report_dir` (default: the run directory). `scoring`: the evaluators' device, precision and
-    val_images (nas.evaluate.Evaluator)."""
+    `report_dir` (default: the run directory). `scoring`: the evaluators' device, precision,
+    val_images (nas.evaluate.Evaluator) and gpus_each. The evaluators receive the supernet and
+    the validation split through Ray's object store: only this process reads the run directory."""
     from nas import report, search
+    from nas.evaluate import evaluation_state
     from workers.cluster import init_ray, require_cpus
     from workers.evaluator import EvaluatorPool
 
-    run.supernet(space)  # a corrupt or truncated checkpoint fails here, once, with one clear line
+    state = evaluation_state(run.root)  # read here, by the driver alone; a corrupt checkpoint fails here with one line
     init_ray(ray_address, progress=progress)
     require_cpus("evaluators", evaluators)
     study = search.open_study(storage, config, resume)
@@ -204,7 +206,9 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
         interrupted = search.recover_interrupted(study)
         if interrupted:
             progress(f"resuming: {interrupted} trial(s) interrupted by the last run are re-enqueued")
-    pool = EvaluatorPool(str(run.root), evaluators, scoring=scoring)
+    scoring = dict(scoring or {})
+    gpus_each = scoring.pop("gpus_each", None)
+    pool = EvaluatorPool(state, evaluators, scoring=scoring, gpus_each=gpus_each)
     try:
         search.run_search(study, space, table, pool.evaluate, config, progress)
     finally:

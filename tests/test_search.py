@@ -108,11 +108,12 @@ def test_kill_mid_search_then_resume_keeps_finished_trials(tmp_path):
 
 
 def test_dead_evaluator_is_restarted_or_its_trial_recorded_failed(trained, ray_local):
+    from nas.evaluate import evaluation_state
     from workers.evaluator import EvaluatorPool
 
     space, _ = RunDir(trained).space_and_data()
     table = lut.LatencyTable.load(trained / TABLE, space)
-    pool = EvaluatorPool(str(trained), 2, max_restarts=1, max_task_retries=1)
+    pool = EvaluatorPool(evaluation_state(trained), 2, max_restarts=1, max_task_retries=1)
     kills = []
 
     def evaluate_killing_one(archs):

@@ -1,4 +1,5 @@
-"""A pool of Ray evaluator actors: each holds the supernet and the validation split once.
+"""A pool of Ray evaluator actors: each holds the supernet and the validation split once,
+received through Ray's object store (no actor opens the run directory).
 
 Ray restarts a dead actor (`max_restarts`) and retries the call on the new one
 (`max_task_retries`). When those are spent, the arch's result is the exception (the search
@@ -19,20 +20,27 @@ from nas.evaluate import Evaluator
 
 
 class EvaluatorPool:
-    def __init__(self, run_dir: str, size: int, threads_each: int = 1, max_restarts: int = 3, max_task_retries: int = 2,
-                 scoring: dict | None = None) -> None:
-        """`scoring`: Evaluator's device, precision and val_images. On CUDA each actor asks Ray
-        for a whole GPU when the cluster has one per actor, else for a share of one."""
+    def __init__(self, state, size: int, threads_each: int = 1, max_restarts: int = 3, max_task_retries: int = 2,
+                 scoring: dict | None = None, gpus_each: float | None = None, resources: dict | None = None) -> None:
+        """`state`: `nas.evaluate.evaluation_state(run)` (or a reference to it in the object
+        store), put there once and shared by every actor. `scoring`: Evaluator's device,
+        precision and val_images. On CUDA each actor asks Ray for `gpus_each` GPUs (fractions
+        allowed); by default a whole GPU when the cluster has one per actor, else a share of one.
+        `resources`: custom Ray resources each actor needs (to place them on chosen nodes)."""
         scoring = scoring or {}
         gpus = 0.0
         if str(scoring.get("device", "cpu")).startswith("cuda"):
             total = ray.cluster_resources().get("GPU", 0)
-            if not total:
-                raise NasError("--compute-device cuda: the Ray cluster has no GPU for the evaluators; use --compute-device cpu")
-            gpus = 1.0 / math.ceil(size / max(1, int(total)))  # a share must fit on one GPU: 1, 1/2, 1/3, ... of one
+            gpus = gpus_each if gpus_each is not None else 1.0 / math.ceil(size / max(1, int(total)))  # a share must fit on one GPU
+            fits = 0 if gpus <= 0 else int(total // gpus) if gpus >= 1 else int(total) * math.floor(1 / gpus)  # a fraction must fit on one GPU
+            if size > fits:
+                raise NasError(f"not enough GPUs in the Ray cluster for {size} evaluator(s) of {gpus} GPU(s) each "
+                               f"(it has {total:g}); use fewer --evaluators, a smaller --gpus-per-evaluator or --compute-device cpu")
             scoring = {**scoring, "device": "cuda"}  # Ray sets CUDA_VISIBLE_DEVICES: the actor's GPU is its cuda:0
-        remote = ray.remote(Evaluator).options(num_cpus=threads_each, num_gpus=gpus, max_restarts=max_restarts, max_task_retries=max_task_retries)
-        self._new_actor = lambda: remote.remote(str(run_dir), threads_each, **scoring)
+        self.state = state if isinstance(state, ray.ObjectRef) else ray.put(state)
+        remote = ray.remote(Evaluator).options(num_cpus=threads_each, num_gpus=gpus, resources=resources or {},
+                                               max_restarts=max_restarts, max_task_retries=max_task_retries)
+        self._new_actor = lambda: remote.remote(self.state, threads_each, **scoring)
         self.actors = [self._new_actor() for _ in range(size)]
         self.replaced = 0
 

@@ -56,7 +56,12 @@ def run_bench_search(args: argparse.Namespace) -> int:
     print(f"nas bench search: {space.name}, {config.trials} trials × seeds {list(config.seeds)} × {list(config.samplers)}, "
           f"budget {budget} ms, reference: {config.reference_archs} random archs", flush=True)
     init_ray(None)
-    pool = EvaluatorPool(str(args.run), args.evaluators)
+    import ray
+
+    from nas.evaluate import evaluation_state
+
+    state = ray.put(evaluation_state(args.run))
+    pool = EvaluatorPool(state, args.evaluators)
     say = lambda line: print(line, flush=True)  # noqa: E731
     try:
         evaluate = bench.CachedEvaluate(pool)
@@ -76,7 +81,7 @@ def run_bench_search(args: argparse.Namespace) -> int:
     for sampler, stats in summary.items():
         print(f"{sampler:7s} hypervolume {stats['share_mean']:.1%} of the reference on average (min {stats['share_min']:.1%}, "
               f"max {stats['share_max']:.1%}; absolute {stats['mean']:.5f} ± {stats['stdev']:.5f})")
-    rates = bench.throughput(space, lambda size: EvaluatorPool(str(args.run), size), archs=config.throughput_archs)
+    rates = bench.throughput(space, lambda size: EvaluatorPool(state, size), archs=config.throughput_archs)
     print("evaluation throughput: " + ", ".join(f"{size} evaluator(s) {rate:.1f} archs/s" for size, rate in rates.items()))
     reference = {"archs": len(points), "feasible": len(feasible), "ref_accuracy": ref_accuracy, "hypervolume": reference_hv,
                  "front": [{"accuracy": a, "latency_ms": l} for a, l in front]}

@@ -27,6 +27,8 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"], help="inference dtype of the latency measurement (default: fp32)")
     add_compute_options(p)
     p.add_argument("--val-images", type=positive_int, default=None, help="score each search trial on this many validation images (a fixed sample; default: all)")
+    p.add_argument("--gpus-per-evaluator", type=positive_float, default=None, help="with a CUDA compute device: GPUs each evaluator asks "
+                   "Ray for, fractions allowed (default: a whole GPU when there is one per evaluator, else a share of one)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="inference batch size for latency (default: %(default)s)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget in ms (default: the median predicted latency of 2,000 random archs: about half the space is feasible)")
     p.add_argument("--budget-quantile", type=positive_float, default=d.budget_quantile, help="without --budget-ms: the budget admits about "
@@ -65,6 +67,7 @@ def run_run(args: argparse.Namespace) -> int:
         calibrate=args.calibrate, validate=args.validate, max_mape=args.max_mape, min_tau=args.min_tau,
         accept_poor_fit=args.accept_poor_fit, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
         precision=args.precision, loader_workers=args.loader_workers, randaugment=args.randaugment, val_images=args.val_images,
+        gpus_per_evaluator=args.gpus_per_evaluator,
     )
     started = time.perf_counter()
     print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
@@ -87,6 +90,8 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--accept-poor-fit", action="store_true", help="search on a table that failed its validation anyway")
     add_compute_options(p, loading=False)
     p.add_argument("--val-images", type=positive_int, default=None, help="score each trial on this many validation images (a fixed sample; default: all)")
+    p.add_argument("--gpus-per-evaluator", type=positive_float, default=None, help="with a CUDA compute device: GPUs each evaluator asks "
+                   "Ray for, fractions allowed (default: a whole GPU when there is one per evaluator, else a share of one)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: none, the whole front)")
     p.add_argument("--trials", type=positive_int, default=100, help="default: %(default)s")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"], help="default: %(default)s")
@@ -122,7 +127,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     table = LatencyTable.load(table_path, space)
     check_fit(table, table_path, Fit.stored_with(table, args.accept_poor_fit))
     compute = Compute.parse(args.compute_device, args.precision)
-    scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": args.val_images}
+    scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": args.val_images, "gpus_each": args.gpus_per_evaluator}
     if not run.has(WEIGHTS):
         raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
     budget = resolve_budget(space, table, args.budget_ms) if args.budget_ms is not None else None
