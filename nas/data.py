@@ -13,7 +13,8 @@ Two kinds, one interface (`size`, `batch`, `batches`, `top1`, `mean`/`std`, `spl
   `torch.utils.data.DataLoader` (`workers` processes, persistent, pinned memory on CUDA)
   with timm's transforms: random resized crop + flip + colour jitter (RandAugment with
   `randaugment`) for training, resize + centre crop for evaluation, ImageNet's mean/std
-  (0.5 for one channel). Memory does not grow with the number of images.
+  (0.5 for one channel). Besides the list of paths, memory does not grow with the
+  number of images.
 
 The split is drawn once with a fixed seed and saved in the run directory (`split.json`,
 with the normalisation), so every later stage evaluates on the same images. A batch's
