@@ -234,16 +234,12 @@ class ImageFiles:
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         self.name, self.samples, self.classes, self.split = name, samples, classes, split
-        self.image_size, self._in_chans, self.randaugment, self.workers = image_size, in_chans, randaugment, workers
+        self.image_size, self.in_chans, self.randaugment, self.workers = image_size, in_chans, randaugment, workers
         mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if in_chans == 3 else ((0.5,) * in_chans, (0.5,) * in_chans)
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
         self._loaders: dict = {}
 
     num_classes = Dataset.num_classes
-
-    @property
-    def in_chans(self) -> int:
-        return self._in_chans
 
     def size(self, split: str) -> int:
         return len(self.split[split])
@@ -264,7 +260,7 @@ class ImageFiles:
         path = self.samples[index][0]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB" if self._in_chans == 3 else "L")
+                return image.convert("RGB" if self.in_chans == 3 else "L")
         except OSError as error:
             raise NasError(f"--data: cannot decode {path} ({error})") from None
 
@@ -311,7 +307,7 @@ class ImageFiles:
         """A copy that holds `split`'s file list alone (same positions, same normalisation)."""
         samples = [self.samples[i] for i in self.split[split]]
         kept = {name: [] for name in self.split} | {split: list(range(len(samples)))}
-        copy = ImageFiles(self.name, samples, self.classes, kept, self.image_size, self._in_chans, self.randaugment, 0)
+        copy = ImageFiles(self.name, samples, self.classes, kept, self.image_size, self.in_chans, self.randaugment, 0)
         copy.mean, copy.std = self.mean, self.std
         return copy
 

@@ -11,7 +11,7 @@ workers and, for comparison, the same images decoded once and held in memory):
   `max_memory_allocated` on CUDA.
 Each case runs in a fresh subprocess, so that one case's peak does not hide another's.
 
-`memory_cases` trains one epoch with `nas train` on two generated ImageFolders of different
+`memory_case` trains one epoch with `nas train` on two generated ImageFolders of different
 sizes and reports each process's peak RSS: the streamed data path must not grow with them.
 """
 
