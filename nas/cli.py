@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands.add_bench_train(benchmarks)
     bench_quality.add_bench_search(benchmarks)
     bench_quality.add_bench_fidelity(benchmarks)
+    bench_quality.add_bench_zoo(benchmarks)
     return parser
 
 

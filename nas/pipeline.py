@@ -54,6 +54,7 @@ class RunConfig:
     randaugment: bool = False
     val_images: int | None = None  # each trial scored on this many validation images (None: all)
     gpus_per_evaluator: float | None = None  # None: a whole GPU per evaluator when there are enough, else a share
+    storage_path: str | None = None  # Ray Train's checkpoints with workers > 1 (None: <run>/ray_train)
 
 
 # On --resume, these must equal the run's: they change what the run computes. --trials may grow
@@ -211,7 +212,8 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         manifest.data["compute"] = compute.record()
         try:
             summary = train_stage(space, config.data, dataset, TrainConfig(epochs=config.epochs, seed=config.seed, precision=config.precision), run,
-                                  config.workers, resumable_training(run), config.ray_address, progress, compute=compute)
+                                  config.workers, resumable_training(run), config.ray_address, progress, compute=compute,
+                                  storage_path=config.storage_path)
         finally:
             manifest.record("train", time.perf_counter() - started, False)
         manifest.record("train", 0.0, True, test_largest=summary["test_largest"], test_smallest=summary["test_smallest"])
@@ -224,10 +226,9 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     storage = config.storage or run.default_storage()
     study_exists = run.has(STUDY) if config.storage is None else resume
     try:
-        scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images,
-                   "gpus_each": config.gpus_per_evaluator}
+        scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images}
         study, front = search_stage(run, space, table, search_config, storage, study_exists, config.evaluators, config.ray_address, progress,
-                                    scoring=scoring)
+                                    scoring=scoring, gpus_each=config.gpus_per_evaluator)
     finally:
         manifest.record("search", time.perf_counter() - started, False)
     manifest.record("search", 0.0, True)

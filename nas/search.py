@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from nas import interrupts
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.latency.table import LatencyTable
@@ -137,16 +138,19 @@ def counted(trial: optuna.trial.FrozenTrial) -> bool:
 
 def recover_interrupted(study: optuna.Study) -> int:
     """Mark trials left RUNNING by a killed process as failed-interrupted and re-enqueue them."""
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for trial in stale:
-        _interrupt(study, trial._trial_id, trial.params)
+    with interrupts.deferred():
+        stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for trial in stale:
+            _interrupt(study, trial)
     return len(stale)
 
 
-def _interrupt(study: optuna.Study, trial_id: int, params: dict) -> None:
-    study._storage.set_trial_user_attr(trial_id, "interrupted", True)
-    study._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-    study.enqueue_trial(params, skip_if_exists=False)
+def _interrupt(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """FAIL the trial as interrupted and enqueue its arch again: the parameters it had sampled and
+    those it had been enqueued with (a trial stopped inside `ask` may have only the latter)."""
+    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    study.enqueue_trial({**trial.system_attrs.get("fixed_params", {}), **trial.params}, skip_if_exists=False)
 
 
 Evaluation = dict  # {"accuracy": float, "macs": int, "params": int}
@@ -163,7 +167,8 @@ def run_search(
     """Ask/tell until `config.trials` trials have finished (COMPLETE or FAILED)."""
     started = time.perf_counter()
     while True:
-        trials = study.get_trials(deepcopy=False)
+        with interrupts.deferred():
+            trials = study.get_trials(deepcopy=False)
         done = sum(counted(t) for t in trials)
         if done >= config.trials:
             return
@@ -171,15 +176,16 @@ def run_search(
         batch: list[optuna.Trial] = []
         try:
             reused = _run_batch(study, space, table, evaluate, config, min(config.batch, config.trials - done), finished, batch, progress)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, wherever it lands: the batch is marked interrupted, re-run on --resume
-            running = [t for t in batch if study._storage.get_trial(t._trial_id).state == optuna.trial.TrialState.RUNNING]
-            for trial in running:
-                _interrupt(study, trial._trial_id, trial.params)
-            progress(f"stopped: {len(running)} running trial(s) marked interrupted; --resume re-runs them")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, wherever it lands: running trials are marked interrupted, re-run on --resume
+            # Every RUNNING trial, not only those in `batch`: one stopped inside `study.ask()` (signals are held there,
+            # an error in the sampler is not) has a row but no place in `batch`. The driver is the study's only writer.
+            running = recover_interrupted(study)
+            progress(f"stopped: {running} running trial(s) marked interrupted; --resume re-runs them")
             raise
         done += len(batch)
         elapsed = time.perf_counter() - started
-        best = _best_feasible(study)
+        with interrupts.deferred():
+            best = _best_feasible(study)
         progress(
             f"[{min(done, config.trials)}/{config.trials}] trials finished ({elapsed:.0f} s)"
             + (f"; {reused} repeated arch(s) reused earlier results" if reused else "")
@@ -190,8 +196,21 @@ def run_search(
 def _run_batch(study, space, table, evaluate, config, size, finished, batch, progress) -> int:
     """Ask `size` trials (appended to `batch` as soon as each exists), evaluate the fresh archs, tell every trial.
 
-    Returns how many trials reused an earlier result instead of being evaluated.
+    Returns how many trials reused an earlier result instead of being evaluated. The storage is
+    written with Ctrl-C / SIGTERM held (nas.interrupts); the evaluation, the long part, stops at once.
     """
+    with interrupts.deferred():
+        archs, latencies = _ask(study, space, table, config, size, batch)
+    # Each arch is evaluated once: one already finished in the study, or twice in this batch, reuses that result.
+    fresh = list({a.digest: a for a in archs if a.digest not in finished}.values())
+    evaluated = dict(zip((a.digest for a in fresh), evaluate(fresh) if fresh else []))
+    with interrupts.deferred():
+        _tell(study, config, batch, archs, latencies, finished, evaluated, progress)
+    return len(batch) - len(fresh)
+
+
+def _ask(study, space, table, config, size, batch) -> tuple[list[Arch], list[float]]:
+    """Ask `size` trials (appended to `batch` as soon as each exists); their archs and predicted latencies."""
     for _ in range(size):
         batch.append(study.ask())
     archs, latencies = [], []
@@ -207,9 +226,11 @@ def _run_batch(study, space, table, evaluate, config, size, finished, batch, pro
         study._storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, [slack])
         archs.append(arch)
         latencies.append(latency)
-    # Each arch is evaluated once: one already finished in the study, or twice in this batch, reuses that result.
-    fresh = list({a.digest: a for a in archs if a.digest not in finished}.values())
-    evaluated = dict(zip((a.digest for a in fresh), evaluate(fresh) if fresh else []))
+    return archs, latencies
+
+
+def _tell(study, config, batch, archs, latencies, finished, evaluated, progress) -> None:
+    """Tell every trial of the batch its result (an earlier trial's for a repeated arch) or its failure."""
     for trial, arch, latency in zip(batch, archs, latencies):
         if arch.digest in finished:
             earlier = finished[arch.digest]
@@ -227,7 +248,6 @@ def _run_batch(study, space, table, evaluate, config, size, finished, batch, pro
             trial.set_user_attr(key, result[key])
         values = [result["accuracy"], latency] + ([result[config.third_objective]] if config.third_objective else [])
         study.tell(trial, values)
-    return len(batch) - len(fresh)
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:

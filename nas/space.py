@@ -272,7 +272,8 @@ def parse_space(data: Any, source: str) -> SearchSpace:
         if not isinstance(opts, dict) or any(o not in valid for o in opts):
             raise fail(f"kernel_options.{name}", f"{opts!r} has options {name} does not take", f"use options from: {', '.join(valid) or 'none'}")
         try:
-            kernels.get(name, fixed["head_dim"], max(heads), **opts)
+            side = fixed["image_size"] // fixed["patch_size"]
+            kernels.get(name, fixed["head_dim"], max(heads), grid=(side, side), embed_dim=max(embed), **opts)
         except NasError as error:
             raise fail(f"kernel_options.{name}", str(error), "use a valid value") from None
 

@@ -149,7 +149,6 @@ def _remeasure_worst(table, space, archs: list, measured: list[float], profiler,
     from nas.latency import table as lut
     from nas.latency.robust import merge
 
-    cuda = table.fingerprint.device_type == "cuda"
     errors = [abs(table.predict(a) - m) / m for a, m in zip(archs, measured)]
     worst = sorted(range(len(archs)), key=lambda i: -errors[i])[:count]
     keys = sorted({key for i in worst for key in lut.arch_keys(archs[i])})
@@ -159,17 +158,17 @@ def _remeasure_worst(table, space, archs: list, measured: list[float], profiler,
             probes[key] = arch
     entries = profiler.measure_probes(list(probes.items()))
     for key, entry in entries.items():
-        table.entries[key] = merge(table.entries.get(key), entry, cuda)
+        table.entries[key] = merge(table.entries.get(key), entry)
     again = profiler.measure_models([archs[i] for i in worst])
     for i, ms in zip(worst, again):
-        measured[i] = ms if cuda else min(measured[i], ms)
+        measured[i] = min(measured[i], ms)
     progress(f"re-measured {len(entries)} entries and {len(worst)} whole models")
 
 
 def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, resume: bool, ray_address: str | None, progress=print,
-                compute=None) -> dict:
+                compute=None, storage_path: str | None = None) -> dict:
     """Train (or continue) the supernet into the run directory on `compute` (nas.compute;
-    default the CPU); returns the final summary."""
+    default the CPU); returns the final summary. `storage_path`: Ray Train's checkpoints (workers > 1)."""
     from nas.compute import CPU
     from nas.train import format_epoch, train_supernet
 
@@ -178,7 +177,8 @@ def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, re
         from workers.trainer import train_distributed
 
         loading = {"randaugment": getattr(dataset, "randaugment", False), "workers": getattr(dataset, "workers", 0)}
-        return train_distributed(space, data, config, run.root, workers, resume, ray_address, progress, use_gpu=compute.cuda, loading=loading)
+        return train_distributed(space, data, config, run.root, workers, resume, ray_address, progress, use_gpu=compute.cuda, loading=loading,
+                                 storage_path=storage_path)
     return train_supernet(space, dataset, config, run.root, resume=resume, data_arg=data, progress=lambda record: progress(format_epoch(record)),
                           compute=compute)
 
@@ -188,10 +188,10 @@ def resumable_training(run: RunDir) -> bool:
 
 
 def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print,
-                 report_dir: Path | None = None, scoring: dict | None = None):
+                 report_dir: Path | None = None, scoring: dict | None = None, gpus_each: float | None = None):
     """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png into
-    `report_dir` (default: the run directory). `scoring`: the evaluators' device, precision,
-    val_images (nas.evaluate.Evaluator) and gpus_each. The evaluators receive the supernet and
+    `report_dir` (default: the run directory). `scoring`: the evaluators' device, precision
+    and val_images (nas.evaluate.Evaluator); `gpus_each`: GPUs per evaluator (EvaluatorPool). The evaluators receive the supernet and
     the validation split through Ray's object store: only this process reads the run directory."""
     from nas import report, search
     from nas.evaluate import evaluation_state
@@ -206,8 +206,6 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
         interrupted = search.recover_interrupted(study)
         if interrupted:
             progress(f"resuming: {interrupted} trial(s) interrupted by the last run are re-enqueued")
-    scoring = dict(scoring or {})
-    gpus_each = scoring.pop("gpus_each", None)
     pool = EvaluatorPool(state, evaluators, scoring=scoring, gpus_each=gpus_each)
     try:
         search.run_search(study, space, table, pool.evaluate, config, progress)

@@ -2,7 +2,9 @@
 
 Parameter names follow timm's `VisionTransformer` (class_token=False, global_pool='avg'):
 patch_embed.proj, pos_embed, blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
-mlp.fc2}, fc_norm, head — plus blocks.i.attn.kernel.* for a kernel's own parameters. The
+mlp.fc2}, fc_norm, head — plus blocks.i.attn.kernel.* for a kernel's own parameters (those of
+its residual-stream branches included: the block adds `kernel.position(x)` before the attention and
+`kernel.residual(x)` after it). The
 head pools by averaging the tokens (no class token: kernels with depthwise convs need the
 token grid), then applies fc_norm, as timm does with global_pool='avg'.
 """
@@ -52,7 +54,11 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        if self.attn.kernel.has_position:  # a kernel's branch before the attention (L²ViT's CPE)
+            x = x + self.attn.kernel.position(x, grid)
         x = x + self.drop_path(self.attn(self.norm1(x), grid))
+        if self.attn.kernel.has_residual:  # a kernel's residual-stream branch (L²ViT's LCM)
+            x = x + self.drop_path(self.attn.kernel.residual(x, grid))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -67,7 +73,7 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(arch.image_size, arch.patch_size, arch.in_chans, e)
         self.pos_embed = nn.Parameter(torch.zeros(1, arch.tokens, e))
         self.blocks = nn.ModuleList(
-            Block(e, layer.heads, arch.head_dim, layer.hidden_dim(e), arch.kernel_spec(i).build(arch.head_dim, layer.heads), drop_path)
+            Block(e, layer.heads, arch.head_dim, layer.hidden_dim(e), arch.kernel_spec(i).build(arch.head_dim, layer.heads, grid=arch.grid, embed_dim=e), drop_path)
             for i, layer in enumerate(arch.layers)
         )
         self.fc_norm = LayerNorm(e)

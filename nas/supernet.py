@@ -4,9 +4,10 @@ Weight entanglement (AutoFormer / HAT): every width is the leading slice of the 
 weight — embed dim `[:e]`, attention heads `[:h·head_dim]` of each of q, k and v, MLP
 hidden `[:hidden]` — and depth `d` uses the first d blocks. All kernels of a layer share
 that layer's qkv / proj weights; each kernel choice owns its small parameters per
-(layer, kernel), built for the largest head count and sliced to the active heads.
-No norm layer keeps running statistics (LayerNorm only), so nothing depends on which
-subnet ran last.
+(layer, kernel), built for the largest head count (and embed dim, for residual-stream
+branches such as L²ViT's LCM and CPE) and sliced to the active heads (and embed dim).
+No norm layer keeps running statistics (LayerNorm, and the kernels' `ImageNorm`), so
+nothing depends on which subnet ran last.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class SuperBlock(nn.Module):
         self.qkv = nn.Linear(e, 3 * h * d)
         options = space.kernel_options
         self.kernels = nn.ModuleDict(
-            {spec.label: spec.build(d, h, **options.get(spec.name, {})) for spec in space.kernel_choices()}
+            {spec.label: spec.build(d, h, grid=space.grid, embed_dim=e, **options.get(spec.name, {})) for spec in space.kernel_choices()}
         )
         self.proj = nn.Linear(h * d, e)
         self.norm2 = LayerNorm(e)
@@ -63,12 +64,16 @@ class SuperBlock(nn.Module):
         batch, tokens, e = x.shape
         w = self.active_state(layer, e)
         heads = layer.heads
+        kernel = self.kernels[layer.kernel_spec.label]
+        if kernel.has_position:  # on the leading e channels of the kernel's weights, before the attention
+            x = x + kernel.position(x, grid)
         y = F.layer_norm(x, (e,), w["norm1.weight"], w["norm1.bias"], self.norm1.eps)
         qkv = F.linear(y, w["attn.qkv.weight"], w["attn.qkv.bias"])
         q, k, v = qkv.reshape(batch, tokens, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = self.kernels[layer.kernel_spec.label](q, k, v, grid)
-        out = out.transpose(1, 2).reshape(batch, tokens, heads * self.head_dim)
+        out = kernel(q, k, v, grid).transpose(1, 2).reshape(batch, tokens, heads * self.head_dim)
         x = x + self.drop_path(F.linear(out, w["attn.proj.weight"], w["attn.proj.bias"]))
+        if kernel.has_residual:  # on the leading e channels of the kernel's residual-stream weights
+            x = x + self.drop_path(kernel.residual(x, grid))
         y = F.layer_norm(x, (e,), w["norm2.weight"], w["norm2.bias"], self.norm2.eps)
         y = F.linear(F.gelu(F.linear(y, w["mlp.fc1.weight"], w["mlp.fc1.bias"])), w["mlp.fc2.weight"], w["mlp.fc2.bias"])
         return x + self.drop_path(y)

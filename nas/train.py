@@ -13,12 +13,17 @@ chance (val accuracy 0.13 after 200 steps, 0.92 with labels at 400); so the subn
 is (1 − λ)·CE(labels) + λ·KD, with λ rising linearly from 0 to `distill_weight` (0.5)
 over the first `distill_ramp` share of the steps (0.90 at 400 steps, no collapse).
 
+Castling-ViT's recipe: the `angular` layers train with their auxiliary masked-softmax
+branch, weighted `angular_aux` (1, as the authors' `sparse_reg`) at step 0 and annealed
+linearly to 0 at `angular_aux_until` (half) of the steps; from there on, as in evaluation,
+latency tables and exports, the branch is never computed (`angular_aux_at`).
+
 Determinism: the subnets, the augmentation and drop-path of step s depend only on
 (seed, s), and the batch order of an epoch only on (seed, epoch) — so data-parallel
 ranks sample the same subnets, and a resumed run equals an uninterrupted one.
 
-Run directory: `supernet.safetensors` (weights), `train_state.pt` (optimizer and
-schedule; tensors and plain containers only, loaded with weights_only=True),
+Run directory: `supernet.safetensors` (weights), `train_state.pt` (optimizer, and
+the fp16 gradient scaler's state; tensors and plain containers only, loaded with weights_only=True),
 `train_state.json` (progress and final accuracies), `split.json`, `config.yaml`.
 """
 
@@ -43,6 +48,7 @@ from nas.compute import CPU, Compute
 from nas.data import Dataset, check_split, save_split
 from nas.errors import NasError
 from nas.io import atomic_path, write_json, write_text
+from nas.kernels.angular import AngularAttention
 from nas.rundir import CONFIG, SPLIT, STATE, STATE_JSON, WEIGHTS, space_record
 from nas.space import SearchSpace
 from nas.supernet import SuperNet
@@ -69,6 +75,8 @@ class TrainConfig:
     precision: str = "fp32"  # autocast of the forward passes: fp32, bf16 or fp16 (with a gradient scaler)
     mixup: float = 0.0  # timm Mixup alpha (0: off); the labels become soft targets
     cutmix: float = 0.0  # timm CutMix alpha (0: off)
+    angular_aux: float = 1.0  # Castling-ViT: start weight of the angular kernels' auxiliary sparse softmax branch
+    angular_aux_until: float = 0.5  # ... annealed linearly to 0 over this share of the training steps (0: never on)
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,18 @@ def _soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> t
     return -(teacher_probs * F.log_softmax(student, dim=-1)).sum(-1).mean()
 
 
+def angular_aux_at(step: int, total: int, config: TrainConfig) -> float:
+    """The angular kernels' auxiliary-branch weight at `step` of `total`: linear from `angular_aux` to 0."""
+    end = config.angular_aux_until * total
+    return 0.0 if end <= 0 else config.angular_aux * max(0.0, 1.0 - step / end)
+
+
+def set_angular_aux(net: torch.nn.Module, weight: float) -> None:
+    for module in net.modules():
+        if isinstance(module, AngularAttention):
+            module.aux_weight = weight
+
+
 def train_supernet(
     space: SearchSpace,
     dataset: Dataset,
@@ -229,7 +249,7 @@ def train_supernet(
     if (out / WEIGHTS).exists() or (out / STATE_JSON).exists():
         if not resume:
             raise NasError(f"{out} already holds a trained supernet; pass --resume to continue it or choose another --out")
-        start_epoch, history = _load_checkpoint(net, optimizer, out, run_config, dataset)
+        start_epoch, history = _load_checkpoint(net, optimizer, out, run_config, dataset, scaler)
     elif resume:
         raise NasError(f"--resume: {out} holds no supernet checkpoint to continue")
     elif main:
@@ -260,6 +280,7 @@ def train_supernet(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, config)
             optimizer.zero_grad(set_to_none=True)
+            set_angular_aux(net, angular_aux_at(step, total_steps, config))
             archs = sandwich(space, rng, config.random_subnets, config.teacher)
             sampled.update("".join(arch.digest for arch in archs).encode())
             weight = config.distill_weight * min(1.0, step / max(1.0, config.distill_ramp * total_steps))
@@ -296,9 +317,10 @@ def train_supernet(
         }
         history.append(record)
         if main:
-            _save_checkpoint(net, optimizer, out, history)
+            _save_checkpoint(net, optimizer, out, history, scaler=scaler)
         progress(record)
 
+    set_angular_aux(net, 0.0)  # whatever the schedule, nothing after training computes the auxiliary branch
     summary = {
         "test_largest": accuracy(net, space.largest(), dataset, "test", config.batch_size, compute),
         "test_smallest": accuracy(net, space.smallest(), dataset, "test", config.batch_size, compute),
@@ -308,13 +330,16 @@ def train_supernet(
         "compute": compute.record(),
     }
     if main:
-        _save_checkpoint(net, optimizer, out, history, summary)
+        _save_checkpoint(net, optimizer, out, history, summary, scaler)
     return summary
 
 
 def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for n, p in net.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
-    no_decay = [p for n, p in net.named_parameters() if p.ndim < 2 or "pos_embed" in n]
+    def decays(name: str, param: torch.Tensor) -> bool:  # as timm / Swin: no decay on biases, norms and position tables
+        return param.ndim >= 2 and not any(key in name for key in ("pos_embed", "positional_encoding", "relative_position_bias"))
+
+    decay = [p for n, p in net.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in net.named_parameters() if not decays(n, p)]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
     )
@@ -364,16 +389,18 @@ def mixed(mixup, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Ten
         np.random.set_state(state)
 
 
-def _save_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, history: list[dict], final: dict | None = None) -> None:
+def _save_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, history: list[dict], final: dict | None = None,
+                     scaler=None) -> None:
     with atomic_path(out / WEIGHTS) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
     with atomic_path(out / STATE) as tmp:
-        torch.save({"optimizer": optimizer.state_dict()}, tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None}, tmp)
     # Written last: it names the epoch that the two files above belong to.
     write_json(out / STATE_JSON, {"epochs_done": len(history), "history": history, "final": final})
 
 
-def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, run_config: dict, dataset: Dataset) -> tuple[int, list[dict]]:
+def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, run_config: dict, dataset: Dataset,
+                     scaler=None) -> tuple[int, list[dict]]:
     saved = yaml.safe_load((out / CONFIG).read_text())
     for key in ("space", "data"):
         if saved.get(key) != run_config[key]:
@@ -388,7 +415,10 @@ def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
     try:
         state = json.loads((out / STATE_JSON).read_text())
         net.load_state_dict(load_file(str(out / WEIGHTS)))
-        optimizer.load_state_dict(torch.load(out / STATE, map_location="cpu", weights_only=True)["optimizer"])
+        saved_state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved_state["optimizer"])
+        if scaler is not None and saved_state.get("scaler"):  # fp16: the loss scale it had reached
+            scaler.load_state_dict(saved_state["scaler"])
     except Exception as error:  # noqa: BLE001 — OSError, JSON, torch and safetensors (SafetensorError) errors alike
         raise NasError(f"{out}: the training checkpoint cannot be read ({type(error).__name__}: {str(error)[:200]}); "
                        "start a new run (another --out)") from None

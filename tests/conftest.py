@@ -1,4 +1,4 @@
-"""Shared test set-up: `gpu`-marked tests skip, saying why, when CUDA is absent."""
+"""Shared test set-up: `gpu`-marked tests skip, saying why, when CUDA is absent; RAY_AUTH_MODE is restored after each test."""
 
 from __future__ import annotations
 
@@ -13,3 +13,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def ray_auth_mode_restored():
+    """Joining a cluster (`--ray-address`) sets RAY_AUTH_MODE=token in this process when a token exists
+    (~/.ray/auth_token on a developer's machine); left set, it breaks every later local Ray start here."""
+    import os
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved

@@ -100,3 +100,39 @@ def test_bench_train_reports_throughput_and_peak_memory_of_every_case(tmp_path, 
     assert main(own) == 0
     alone = json.loads((tmp_path / "train_cpu_fp32_bench-224_b8.json").read_text())
     assert [(r["loader_workers"], r["preloaded"]) for r in alone["throughput"]] == [(0, False)] and "memory" not in alone
+
+
+@pytest.mark.parametrize("argv0, expected", [("/usr/bin/nas", "nas bench latency --table t.json"),
+                                             ("/repo/nas/cli.py", "nas bench latency --table t.json"),  # python -m nas.cli
+                                             ("/usr/bin/pytest", None)])
+def test_result_files_record_the_command_as_typed(monkeypatch, argv0, expected):
+    from nas.commands.common import command_line
+
+    monkeypatch.setattr("sys.argv", [argv0, "bench", "latency", "--table", "t.json"])
+    assert command_line() == expected
+
+
+def test_bench_zoo_trains_every_kernel_and_variant_and_writes_its_table(tmp_path, capsys):
+    """Every kernel choice of the space, the option variants and the Castling +aux rows, each with accuracy,
+    MACs, params and a layer latency per token count."""
+    from nas.bench.zoo import OPTION_VARIANTS
+    from nas.space import load_space
+
+    code = main(["bench", "zoo", "--steps", "3", "--seeds", "1", "--tokens", "16", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "zoo_digits-tiny.json").read_text())
+    names = [row["kernel"] for row in data["rows"]]
+    labels = [spec.label for spec in load_space("digits-tiny").kernel_choices()]
+    assert set(labels) | {name for name, _, _ in OPTION_VARIANTS} | {"angular+aux", "angular-paper+aux"} == set(names)
+    for row in data["rows"]:
+        assert 0 <= row["accuracy"] <= 1 and row["macs"] > 0 and row["params"] > 0 and row["layer_ms"]["16"] > 0
+        assert row["aux"] == row["kernel"].endswith("+aux")
+    by_name = {row["kernel"]: row for row in data["rows"]}
+    assert by_name["l2vit"]["params"] > by_name["relu"]["params"]  # its LCM on the residual stream is part of the arch
+    assert by_name["window"]["params"] > by_name["window-plain"]["params"]  # the relative position bias
+    assert by_name["taylor-o2-compact"]["params"] > by_name["taylor-o2-compact-plain"]["params"]  # QT-ViT's P and shortcut
+    assert by_name["l2vit"]["params"] > by_name["l2vit-no-cpe"]["params"]  # the CPE's conv
+    assert "softmax" in capsys.readouterr().out
+    assert all(0.02 < d["l2vit_lcm_norm"] < 0.5 for d in data["deviations"].values())  # BatchNorm vs ImageNorm in the LCM: a real difference
+    assert all(0.02 < d["taylor_compact_shortcut_norm"] < 0.5 for d in data["deviations"].values())  # BatchNorm vs ImageNorm in QT-ViT's shortcut
+    assert main(["bench", "zoo", "--tokens", "200", "--out", str(tmp_path)]) == 2

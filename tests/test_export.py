@@ -18,6 +18,7 @@ from nas.export import export
 from nas.report import TRIAL_COLUMNS
 from nas.rundir import RunDir
 from nas.select import by_trial, load_candidates, select
+from nas.space import load_space
 from nas.supernet import extract
 from runs import make_run
 
@@ -73,19 +74,19 @@ def test_select_cli_answers_several_budgets(run, capsys):
 
 def test_run_from_another_device_is_refused_unless_named(run, tmp_path):
     table = json.loads((run / "latency_table.json").read_text())
-    table["fingerprint"].update(device_type="cuda", device_name="NVIDIA H100 80GB HBM3")
+    table["fingerprint"].update(device_type="cuda", device_name="Imaginary GPU Z9")
     other = tmp_path / "other"
     other.mkdir()
     for name in ("trials.csv", "config.yaml", "split.json", "supernet.safetensors"):
         (other / name).write_bytes((run / name).read_bytes())
     (other / "latency_table.json").write_text(json.dumps(table))
-    with pytest.raises(NasError, match="measured on NVIDIA H100 80GB HBM3 \\(cuda\\), not on this machine; pass --target-device"):
+    with pytest.raises(NasError, match="measured on Imaginary GPU Z9 \\(cuda\\), not on this machine; pass --target-device"):
         main_or_raise(["select", "--run", str(other), "--budget-ms", "1"])
     with pytest.raises(NasError, match="does not match the device"):
         main_or_raise(["select", "--run", str(other), "--budget-ms", "1", "--target-device", "cpu"])
-    assert main(["select", "--run", str(other), "--budget-ms", "1", "--target-device", "NVIDIA H100 80GB HBM3"]) == 0
+    assert main(["select", "--run", str(other), "--budget-ms", "1", "--target-device", "Imaginary GPU Z9"]) == 0
     meta = export(other, by_trial(load_candidates(other), 1), tmp_path / "h100", formats=("safetensors",),
-                  device="NVIDIA H100 80GB HBM3", progress=lambda line: None)
+                  device="Imaginary GPU Z9", progress=lambda line: None)
     assert meta["latency"]["measured_ms"] is None and "not measured" in meta["latency"]["note"]
 
 
@@ -182,3 +183,30 @@ def test_finetuning_never_exports_lower_validation_accuracy(run, tmp_path):
 
     data = load_dataset(None, space.image_size, space.in_chans)
     assert data.top1(exported_model, "val") >= data.top1(inherited, "val")
+
+
+@pytest.mark.parametrize("label", [spec.label for spec in load_space("digits-tiny").kernel_choices()])
+def test_every_kernel_survives_extraction_onnx_and_torchscript(label, tmp_path):
+    """A uniform arch of each kernel (L²ViT's residual-stream LCM, FLatten's positional encoding, the window
+    bias, Castling's sequence conv included), extracted from a perturbed supernet: ONNX and TorchScript equal it."""
+    ort = pytest.importorskip("onnxruntime")
+    from nas.export import to_onnx, to_torchscript
+    from nas.supernet import SuperNet
+    from test_supernet import randomized
+
+    space = load_space("digits-tiny")
+    spec = next(s for s in space.kernel_choices() if s.label == label)
+    torch.manual_seed(0)
+    net = randomized(SuperNet(space)).eval()
+    arch = space.validate(space.largest(kernel=spec))
+    model = extract(net, arch).eval()
+    x = torch.randn(3, space.in_chans, space.image_size, space.image_size)
+    to_onnx(model, tmp_path / "model.onnx")
+    to_torchscript(model, tmp_path / "model.pt")
+    with torch.no_grad():
+        expected = net(x, arch)
+        assert (model(x) - expected).abs().max().item() <= 1e-5
+        scripted = torch.jit.load(str(tmp_path / "model.pt"))(x)
+    onnx_out = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"images": x.numpy()})[0]
+    assert (scripted - expected).abs().max().item() <= 1e-5
+    assert np.abs(onnx_out - expected.numpy()).max() <= 1e-5

@@ -20,7 +20,7 @@ def test_deit_tiny_softmax_arch_matches_the_published_126_gflops():
 
 @pytest.mark.parametrize("spec", [s for s in kernels.variants() if s.name not in ("softmax",)], ids=lambda s: s.label)
 def test_linear_and_window_kernels_grow_linearly_in_tokens(spec):
-    kernel = spec.build(32, 4, **({"window_size": 8} if spec.name == "window" else {}))
+    kernel = spec.build(32, 4, grid=(32, 32), embed_dim=128, **({"window_size": 8} if spec.name == "window" else {}))
     small, large = kernel.macs(4, (32, 32)), kernel.macs(4, (64, 64))
     assert large == pytest.approx(4 * small, rel=1e-9)
 
@@ -35,3 +35,18 @@ def test_kernel_choice_changes_the_count_of_an_arch():
     by_kernel = {spec.label: flops.count(space.smallest(kernel=spec)).macs for spec in space.kernel_choices()}
     assert by_kernel["relu"] < by_kernel["softmax"]
     assert by_kernel["taylor-o2-full"] > by_kernel["taylor-o2-compact"]
+
+
+def test_a_kernels_residual_stream_branch_is_counted():
+    """L²ViT's LCM and CPE run on the residual stream, outside the kernel's formula: fvcore counts the LCM's two
+    depthwise 7×7 convs (E·N·49 MACs each), the CPE's 3×3 one (E·N·9) and the norms, so an l2vit layer costs them
+    more than a relu layer (same φ)."""
+    space = load_space("digits-tiny")
+    spec = {s.label: s for s in space.kernel_choices()}
+    l2vit, relu = (flops.count(space.smallest(kernel=spec[label])) for label in ("l2vit", "relu"))
+    arch = space.smallest(kernel=spec["l2vit"])
+    convs = arch.depth * (2 * 49 + 9) * arch.embed_dim * arch.tokens
+    attention = sum(kernels.get("l2vit", arch.head_dim, layer.heads, embed_dim=arch.embed_dim).macs(layer.heads, arch.grid)
+                    - kernels.get("relu", arch.head_dim, layer.heads).macs(layer.heads, arch.grid) for layer in arch.layers)
+    assert l2vit.macs - relu.macs >= convs + attention
+    assert l2vit.macs - relu.macs <= convs + attention + arch.depth * 2 * 5 * arch.embed_dim * arch.tokens  # + two norms (fvcore: 5 per element)

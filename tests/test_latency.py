@@ -177,3 +177,31 @@ def test_table_builds_and_predicts_on_cuda(tmp_path, backend):
     assert table.fingerprint.device_type == "cuda" and table.fingerprint.threads is None
     arch = SPACE.sample(random.Random(0))
     assert table.predict(arch) > 0 and p.measure_models([arch])[0] > 0
+
+
+def test_bench_outputs_of_an_eager_and_a_cuda_graph_table_do_not_overwrite_each_other():
+    from dataclasses import replace
+
+    from nas.bench.latency import output_stem
+
+    gpu = replace(fingerprint(CPU, "fp32", 1), device_type="cuda", device_name="Imaginary GPU Z9", threads=None)
+    eager = lut.LatencyTable("tiny", "d", gpu, {})
+    graph = lut.LatencyTable("tiny", "d", replace(gpu, backend="cuda-graph"), {})
+    assert output_stem(eager) == "latency_tiny_cuda-Imaginary-GPU-Z9_fp32_b1"
+    assert output_stem(graph) == "latency_tiny_cuda-Imaginary-GPU-Z9_fp32_b1_cuda-graph"
+
+
+def test_a_table_measured_with_an_earlier_kernel_operator_is_refused_by_name(tmp_path, monkeypatch):
+    """A kernel's `revision` rises when its operator changes: tables measured before say which kernel changed."""
+    from nas.kernels.window import WindowAttention
+
+    space = parse_space({**{k: v for k, v in TINY.items() if k != "taylor"}, "kernels": ["softmax", "window"]}, "tiny.yaml")
+    path = tmp_path / "t.json"
+    table = lut.LatencyTable(space.name, lut.space_digest(space), Profiler("cpu", "fp32", 1).fingerprint(), {},
+                             kernel_revisions=lut.kernel_revisions(space))
+    table.save(path)
+    assert lut.LatencyTable.load(path, space).kernel_revisions == lut.kernel_revisions(space) == {"window": WindowAttention.revision}
+    monkeypatch.setattr(WindowAttention, "revision", WindowAttention.revision + 1)
+    with pytest.raises(NasError, match=rf"earlier operator of kernel\(s\) window \(revision window {WindowAttention.revision - 1} vs "
+                                       rf"{WindowAttention.revision} now\); rebuild it into a new file"):
+        lut.LatencyTable.load(path, space)

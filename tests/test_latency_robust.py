@@ -32,7 +32,7 @@ def spiky(true_ms: float, spikes: set[int], factor: float = 6.0):
 
 def test_an_injected_outlier_is_detected_remeasured_and_stored_near_its_true_value():
     units = {"steady": spiky(1.0, set()), "spiked": spiky(2.0, {2, 3, 4, 5})}  # four of five passes spiked
-    entries = measure_units(units, PROTOCOL, cuda=False)
+    entries = measure_units(units, PROTOCOL)
     assert entries["steady"]["remeasured"] == 0 and entries["steady"]["passes"] == 5
     assert entries["spiked"]["remeasured"] >= 1 and len(units["spiked"].calls) > 5
     assert entries["spiked"]["ms"] == pytest.approx(2.0, rel=0.02)
@@ -42,7 +42,7 @@ def test_an_injected_outlier_is_detected_remeasured_and_stored_near_its_true_val
 def test_interleaved_passes_round_robin_over_the_units():
     order = []
     units = {k: (lambda k=k: order.append(k) or 1.0) for k in ("a", "b", "c")}
-    measure_units(units, PROTOCOL, cuda=False)
+    measure_units(units, PROTOCOL)
     assert order[:6] == ["a", "b", "c", "a", "b", "c"]
 
 
@@ -70,7 +70,7 @@ def test_a_chunk_measured_while_the_machine_ran_slow_is_measured_again():
         return fake_entries(chunk, factor * 1.0)
 
     log = []
-    entries = measure_with_drift([["a", "b"], ["c"]], measure_chunk, probe, PROTOCOL, cuda=False, drift_log=log)
+    entries = measure_with_drift([["a", "b"], ["c"]], measure_chunk, probe, PROTOCOL, drift_log=log)
     assert measured[0] == ["a", "b"] and ["a", "b"] in measured[2:] and ["c"] in measured[2:]
     assert all(entry["ms"] == pytest.approx(1.0) for entry in entries.values())
     assert log and log[0]["ratio_after"] == pytest.approx(3.0)
@@ -90,7 +90,7 @@ def test_interference_already_running_when_the_build_starts_is_caught_once_it_en
         return fake_entries(chunk, factor * 1.0)
 
     log = []
-    entries = measure_with_drift([["a"], ["b"], ["c"], ["d"]], measure_chunk, probe, PROTOCOL, cuda=False, drift_log=log)
+    entries = measure_with_drift([["a"], ["b"], ["c"], ["d"]], measure_chunk, probe, PROTOCOL, drift_log=log)
     assert measured[:4] == [["a"], ["b"], ["c"], ["d"]] and sorted(map(tuple, measured[4:])) == [("a",), ("b",)]
     assert all(entry["ms"] == pytest.approx(1.0) for entry in entries.values())
     assert any(event.get("late") for event in log)
@@ -110,14 +110,14 @@ def test_a_chunk_that_starts_while_the_machine_runs_slow_is_not_re_timed_before_
             slow["on"] = False
         return fake_entries(chunk, 1.0)
 
-    measure_with_drift([["a"], ["b"], ["c"]], measure_chunk, probe, PROTOCOL, cuda=False)
+    measure_with_drift([["a"], ["b"], ["c"]], measure_chunk, probe, PROTOCOL)
     assert calls[:3] == [(["a"], True), (["b"], False), (["c"], True)]
     assert (["b"], True) in calls[3:]  # measured again, in full, once quiet
 
 
 def test_a_provisional_measurement_is_one_pass_without_re_timing():
     units = {"spiked": spiky(2.0, {1})}
-    entry = measure_units(units, PROTOCOL, cuda=False, provisional=True)["spiked"]
+    entry = measure_units(units, PROTOCOL, provisional=True)["spiked"]
     assert len(units["spiked"].calls) == 1 and entry["passes"] == 1 and entry["remeasured"] == 0 and entry["ms"] == 12.0
 
 

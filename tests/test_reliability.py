@@ -128,18 +128,19 @@ def test_an_extended_study_never_evaluates_an_arch_twice(tmp_path):
     assert first[20:40] != first[:20]
 
 
-@pytest.mark.parametrize("where", ["predict", "evaluate", "tell"])
+@pytest.mark.parametrize("where", ["ask", "predict", "evaluate", "tell"])
 def test_an_interrupt_anywhere_in_a_batch_leaves_no_trial_running(tmp_path, where):
-    """SIGTERM/Ctrl-C may land while trials are asked, evaluated or told: none may stay RUNNING."""
+    """SIGTERM/Ctrl-C may land while trials are asked (inside `study.ask`, after the trial's row exists),
+    evaluated or told: none may stay RUNNING."""
     from nas.space import parse_space
     from test_faults import TINY_SPACE
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
-    calls = {"predict": 0, "evaluate": 0, "tell": 0}
+    calls = {"ask": 0, "predict": 0, "evaluate": 0, "tell": 0}
 
-    def maybe_stop(stage):  # in the second batch of four: its 2nd predict, its evaluate, its 2nd tell
+    def maybe_stop(stage):  # in the second batch of four: its 2nd ask, 2nd predict, its evaluate, its 2nd tell
         calls[stage] += 1
-        if stage == where and calls[stage] == {"predict": 6, "evaluate": 2, "tell": 6}[stage]:
+        if stage == where and calls[stage] == {"ask": 6, "predict": 6, "evaluate": 2, "tell": 6}[stage]:
             raise KeyboardInterrupt
 
     def evaluate(archs):
@@ -160,6 +161,13 @@ def test_an_interrupt_anywhere_in_a_batch_leaves_no_trial_running(tmp_path, wher
         return tell(*args, **kwargs)
 
     study.tell = stopping_tell
+    before_trial = study.sampler.before_trial
+
+    def stopping_before_trial(study_, trial):  # Optuna calls it inside `ask`, once the trial's row is RUNNING
+        before_trial(study_, trial)
+        maybe_stop("ask")
+
+    study.sampler.before_trial = stopping_before_trial
     with pytest.raises(KeyboardInterrupt):
         search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)
     states = [t.state for t in study.get_trials()]
@@ -167,9 +175,74 @@ def test_an_interrupt_anywhere_in_a_batch_leaves_no_trial_running(tmp_path, wher
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
     assert interrupted and all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
     assert states.count(optuna.trial.TrialState.WAITING) == len(interrupted), "each interrupted trial is re-enqueued"
-    study.tell = tell
+    study.tell, study.sampler.before_trial = tell, before_trial
     search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)  # the resumed run finishes
     assert sum(search.counted(t) for t in study.get_trials()) == 12
+
+
+def test_deferred_holds_sigterm_until_the_block_ends_then_raises_it_with_the_handler_in_place():
+    from nas import interrupts
+    from nas.cli import Terminated, _terminate
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    finished = False
+    try:
+        with pytest.raises(Terminated):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # a Python handler would have run by now
+                finished = True
+        assert finished
+        assert signal.getsignal(signal.SIGTERM) is _terminate
+        with pytest.raises(Terminated):  # outside the block the signal acts at once again
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("where, complete, interrupted", [("ask", 4, 4), ("tell", 8, 0)])
+def test_sigterm_while_the_study_is_written_waits_for_the_writes(tmp_path, where, complete, interrupted):
+    """A KeyboardInterrupt inside a storage commit can leave the SQLite connection mid-transaction (the
+    recovery's own writes then failed in CI): a signal received while a batch is asked or told stops the
+    search once those writes are done."""
+    from nas.cli import Terminated, _terminate
+    from nas.space import parse_space
+    from test_faults import TINY_SPACE
+
+    space = parse_space(TINY_SPACE, "tiny.yaml")
+    config = search.SearchConfig(trials=12, batch=4, sampler="random", seed=0)
+    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, False)
+    calls = []
+
+    def signal_on_the_sixth(stage):  # the second of the second batch of four
+        calls.append(stage)
+        if stage == where and calls.count(stage) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    class Table:
+        def predict(self, arch):
+            signal_on_the_sixth("ask")
+            return float(arch.embed_dim * arch.depth)
+
+    tell = study.tell
+
+    def signalling_tell(*args, **kwargs):
+        signal_on_the_sixth("tell")
+        return tell(*args, **kwargs)
+
+    study.tell = signalling_tell
+    evaluate = lambda archs: [{"accuracy": random.Random(a.digest).random(), "macs": 1, "params": 1} for a in archs]  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(Terminated):
+            search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    trials = study.get_trials()
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == complete
+    assert sum(bool(t.user_attrs.get("interrupted")) for t in trials) == interrupted
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in trials]
 
 
 def test_storage_url_from_the_environment_and_every_redacted_form(tmp_path, monkeypatch):
@@ -202,6 +275,28 @@ def test_unreachable_ray_or_storage_fails_within_the_timeout_before_any_work(fla
     err = one_line_error(capsys)
     assert message in err and "hunter2" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("mode, token, expected", [(None, "file", "token"), (None, "env", "token"), (None, None, None),
+                                                   ("disabled", "file", "disabled")])
+def test_joining_a_cluster_sends_a_token_when_one_is_at_hand(tmp_path, monkeypatch, mode, token, expected):
+    """Current Ray clients send the token of a `ray start --head` cluster only with RAY_AUTH_MODE=token;
+    like `ray start`, that mode is turned on when it is unset and a token exists (a user's setting stands)."""
+    from workers.cluster import use_token_if_available
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(name, "")  # recorded first, so that the RAY_AUTH_MODE set below is undone after the test
+        monkeypatch.delenv(name)      # (a leaked RAY_AUTH_MODE=token breaks every later local Ray start in this process)
+    if mode:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    if token == "file":
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("x" * 32)
+    elif token == "env":
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 32)
+    use_token_if_available()
+    assert os.environ.get("RAY_AUTH_MODE") == expected
 
 
 # ---- 5: stale Ray state does not stop a local run ----------------------------------------------------------

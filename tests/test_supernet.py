@@ -60,6 +60,9 @@ def test_largest_subnet_of_each_kernel_uses_every_weight():
                 q_bias, k_bias, v_bias = grad.view(3, -1)
                 assert k_bias.abs().max() <= 1e-6 * v_bias.abs().max()
                 grad = torch.cat([q_bias, v_bias])
+            if name.endswith("positional_encoding"):  # added to k before φ's ReLU: an entry whose k + P < 0 on every image gets 0
+                assert bool((grad != 0).float().mean() > 0.3), f"{choice.label}: {name} mostly unused"
+                continue
             assert bool((grad != 0).all()), f"{choice.label}: {name} not fully used"
 
 

@@ -20,7 +20,9 @@ def busy_wait(seconds: float) -> None:
 def test_cpu_median_of_a_known_busy_loop():
     timing = measure(lambda: busy_wait(0.005), warmup=2, repeats=15, max_seconds=5.0)
     assert timing.repeats == 15
-    assert 4.9 <= timing.median_ms <= 7.5  # shared 2-core machine: allow scheduling noise
+    # A busy wait cannot end early; on a shared machine it can be descheduled (8 ms seen next to other work), so the
+    # upper bound only catches wrong units (a figure in µs or s would be 1000× off), not noise.
+    assert 4.9 <= timing.median_ms <= 50.0
     assert timing.q1_ms <= timing.median_ms <= timing.q3_ms
 
 

@@ -40,22 +40,33 @@ def test_training_lowers_the_loss(tmp_path):
     assert state["epochs_done"] == 3 and 0 <= state["final"]["test_largest"] <= 1
 
 
-def test_resume_continues_at_the_saved_step_with_the_same_result(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_resume_continues_at_the_saved_step_with_the_same_result(tmp_path, precision):
+    from dataclasses import replace
+
+    from nas.compute import cpu_fp16_autocast
+
+    if precision == "fp16" and not cpu_fp16_autocast():
+        pytest.skip("this torch has no fp16 autocast on the CPU")
+    config = replace(TINY, precision=precision)
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    train_supernet(SPACE, DATA, TINY, straight)
+    train_supernet(SPACE, DATA, config, straight)
 
     def stop_after_first_epoch(record):
         if record["epoch"] == 1:
             raise Stop
 
     with pytest.raises(Stop):
-        train_supernet(SPACE, DATA, TINY, interrupted, progress=stop_after_first_epoch)
+        train_supernet(SPACE, DATA, config, interrupted, progress=stop_after_first_epoch)
     assert json.loads((interrupted / "train_state.json").read_text())["epochs_done"] == 1
+    scaler_state = lambda run: torch.load(run / "train_state.pt", weights_only=True)["scaler"]  # noqa: E731
+    assert (scaler_state(interrupted) is None) == (precision != "fp16")  # fp16: the loss scale is part of the checkpoint
     epochs_seen = []
-    train_supernet(SPACE, DATA, TINY, interrupted, resume=True, progress=lambda r: epochs_seen.append(r["epoch"]))
+    train_supernet(SPACE, DATA, config, interrupted, resume=True, progress=lambda r: epochs_seen.append(r["epoch"]))
     assert epochs_seen == [2]
     a, b = load_file(str(straight / "supernet.safetensors")), load_file(str(interrupted / "supernet.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert scaler_state(straight) == scaler_state(interrupted)
 
 
 def test_every_rank_samples_the_same_subnets():
@@ -130,3 +141,41 @@ def test_mixup_and_cutmix_train_on_soft_targets_and_need_an_even_batch(tmp_path)
     assert state["history"][0]["skipped_steps"] == 0 and 0 <= summary["test_largest"] <= 1
     with pytest.raises(NasError, match="even batch on every worker"):
         check_mixup(0.8, 0.0, batch_size=64, workers=3)
+
+
+def test_angular_auxiliary_branch_is_annealed_to_zero_and_then_costs_nothing(tmp_path, monkeypatch):
+    """Castling-ViT's recipe: weight `angular_aux` at step 0, linearly to 0 at `angular_aux_until` of the steps;
+    from there on no angular layer computes its softmax, in training as in evaluation."""
+    import nas.train as train
+    from nas.kernels.angular import AngularAttention
+
+    config = TrainConfig(epochs=2, batch_size=128, random_subnets=1, warmup_epochs=1, angular_aux=0.8, angular_aux_until=0.5)
+    total = (DATA.size("train") // config.batch_size) * config.epochs
+    assert [train.angular_aux_at(s, total, config) for s in (0, total // 4, total // 2, total - 1)] == pytest.approx(
+        [0.8, 0.8 * (1 - (total // 4) / (total / 2)), 0.0, 0.0])
+    assert train.angular_aux_at(0, total, TrainConfig(angular_aux_until=0.0)) == 0.0
+    seen, softmax_calls, real_step, real_softmax = [], [], train.sandwich_step, torch.softmax
+
+    def recording_step(net, *args, **kwargs):
+        weights = {m.aux_weight for m in net.modules() if isinstance(m, AngularAttention)}
+        assert len(weights) == 1, "every angular layer has the same weight"
+        seen.append(weights.pop())
+        softmax_calls.append(0)
+        return real_step(net, *args, **kwargs)
+
+    def counting_softmax(*args, **kwargs):
+        if softmax_calls:
+            softmax_calls[-1] += 1
+        return real_softmax(*args, **kwargs)
+
+    monkeypatch.setattr(train, "sandwich_step", recording_step)
+    monkeypatch.setattr(torch, "softmax", counting_softmax)
+    train_supernet(SPACE, DATA, config, tmp_path)
+    assert seen == pytest.approx([train.angular_aux_at(s, total, config) for s in range(total)])
+    assert any(calls > 0 for calls, weight in zip(softmax_calls, seen) if weight > 0), "the branch ran while weighted"
+    assert all(calls == 0 for calls, weight in zip(softmax_calls, seen) if weight == 0), "a zero weight computed the softmax"
+
+
+def test_angular_aux_until_above_one_is_refused(tmp_path, capsys):
+    assert main(["train", "--angular-aux-until", "1.5", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    assert "--angular-aux-until is a share of the training steps, at most 1" in capsys.readouterr().err

@@ -14,12 +14,29 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from nas.errors import NasError
 from nas.storage import CONNECT_TIMEOUT_S
 
 AUTH_HINT = ("the cluster uses token authentication (on by default for `ray start --head` in current Ray): copy the head's "
-             "token (~/.ray/auth_token on the head) and pass it as RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file>")
+             "token (~/.ray/auth_token on the head) to ~/.ray/auth_token here, or pass RAY_AUTH_TOKEN=<token> or "
+             "RAY_AUTH_TOKEN_PATH=<file>")
+
+
+def use_token_if_available() -> str | None:
+    """Before joining a cluster: Ray's clients send a token only with RAY_AUTH_MODE=token. Like `ray start`,
+    turn that on when RAY_AUTH_MODE is unset and a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token); a cluster without authentication accepts such a client too. Returns where the token is."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return None
+    default = Path.home() / ".ray" / "auth_token"
+    source = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+              "RAY_AUTH_TOKEN_PATH" if os.environ.get("RAY_AUTH_TOKEN_PATH") else
+              str(default) if default.is_file() else None)
+    if source is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return source
 
 
 def check_local_capacity(ray_address: str | None, **counts: int) -> None:
@@ -51,6 +68,7 @@ def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int
         except OSError as error:
             raise NasError(f"--ray-address {address}: no Ray cluster answers there ({error.strerror or error}); "
                            "start one with `ray start --head` or check the address") from None
+    use_token_if_available()
     try:
         probe = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True, timeout=timeout_s,
                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
@@ -92,6 +110,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, progress=None) ->
         # joins one). No dashboard; Ray's own gRPC services bind every interface (Ray has no option to restrict them).
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", **kwargs)
     else:
+        use_token_if_available()
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as error:

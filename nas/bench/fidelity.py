@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing
 import json
 import math
 import random
@@ -49,6 +50,8 @@ class Schedule:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     label_smoothing: float = 0.1
+    angular_aux: float = 0.0  # Castling-ViT's auxiliary branch of angular layers: start weight (0: off) ...
+    angular_aux_until: float = 0.0  # ... annealed linearly to 0 over this share of the steps (as `nas train`)
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,11 @@ def train_standalone(arch_json: str, seed: int, schedule: Schedule, dataset=None
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     batches = torch.Generator().manual_seed(seed)
     model.train()
+    from nas.train import TrainConfig, angular_aux_at, set_angular_aux
+
+    aux = TrainConfig(angular_aux=schedule.angular_aux, angular_aux_until=schedule.angular_aux_until)
     for step in range(schedule.steps):
+        set_angular_aux(model, angular_aux_at(step, schedule.steps, aux))
         warm = min(1.0, (step + 1) / schedule.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr * warm * 0.5 * (1 + math.cos(math.pi * step / schedule.steps))
@@ -121,6 +128,7 @@ def train_standalone(arch_json: str, seed: int, schedule: Schedule, dataset=None
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    set_angular_aux(model, 0.0)
     model.eval()
     top1 = dataset.top1(model, "val")
     return {"accuracy": top1, "seconds": time.perf_counter() - started, "final_loss": loss.item()}
@@ -225,7 +233,8 @@ def run(run_dir: Path, config: FidelityConfig, reuse: Path | None = None, progre
     )
     results = dict(known)
     started = time.perf_counter()
-    with ProcessPoolExecutor(config.jobs, initializer=_init_worker, initargs=(data, space.image_size, space.in_chans, dataset.split)) as ex:
+    # spawn, not fork: a forked child of a process that already ran autograd cannot run it (torch refuses)
+    with ProcessPoolExecutor(config.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(data, space.image_size, space.in_chans, dataset.split)) as ex:
         futures = {ex.submit(train_standalone, a.to_json(), s, config.schedule): (a, s) for a, s in jobs}
         for done, future in enumerate(futures, 1):
             arch, seed = futures[future]

@@ -84,7 +84,7 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
         started = time.perf_counter()
         line = []
         for label in labels:
-            module = specs[label].build(config.head_dim, config.heads).to(device=device, dtype=dtype)
+            module = specs[label].build(config.head_dim, config.heads, grid=grid, embed_dim=config.heads * config.head_dim).to(device=device, dtype=dtype)
             for mode in config.modes:
                 timing = measure(
                     _step(module, grid, mode),
@@ -105,19 +105,31 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
 
 
 def _step(module: kernels.AttentionKernel, grid: tuple[int, int], mode: str) -> Callable[..., object]:
+    """One timed call: the kernel, plus its residual-stream branches (L²ViT's LCM and CPE) on tokens of width
+    h·d (v's elements as (B, N, h·d)) for kernels that have them, since a layer with that kernel runs them all."""
+
+    def run(q, k, v):
+        outputs = [module(q, k, v, grid)]
+        tokens = v.transpose(1, 2).reshape(v.shape[0], v.shape[2], -1)
+        if module.has_residual:
+            outputs.append(module.residual(tokens, grid))
+        if module.has_position:
+            outputs.append(module.position(tokens, grid))
+        return outputs
+
     if mode == "fwd":
 
         def forward(q, k, v):
             with torch.no_grad():
-                return module(q, k, v, grid)
+                return run(q, k, v)
 
         return forward
     params = list(module.parameters())
 
     def forward_backward(q, k, v):
         q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-        out = module(q, k, v, grid)
-        return torch.autograd.grad(out, [q, k, v, *params], torch.ones_like(out))
+        outputs = run(q, k, v)
+        return torch.autograd.grad(outputs, [q, k, v, *params], [torch.ones_like(out) for out in outputs])
 
     return forward_backward
 

@@ -19,7 +19,8 @@ from nas.latency.table import LatencyTable
 
 def output_stem(table: LatencyTable) -> str:
     fp = table.fingerprint
-    return f"latency_{table.space}_{device_tag(fp.device_type, fp.device_name)}_{fp.dtype}_b{fp.batch_size}"
+    backend = "" if fp.backend == "eager" else f"_{fp.backend}"
+    return f"latency_{table.space}_{device_tag(fp.device_type, fp.device_name)}_{fp.dtype}_b{fp.batch_size}{backend}"
 
 
 def format_points(validation: dict, limit: int = 60) -> str:

@@ -138,3 +138,51 @@ def run_bench_fidelity(args: argparse.Namespace) -> int:
     paths = fidelity.write(rows, summary, config, space.name, args.out, command_line(), describe_device(torch.device("cpu")))
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; wrote {', '.join(map(str, paths))}")
     return 0
+
+
+def add_bench_zoo(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.zoo import ZooConfig
+
+    d = ZooConfig()
+    p = sub.add_parser(
+        "zoo",
+        help="per-kernel trade-off table: standalone accuracy of uniform archs, MACs, params, CPU layer latency",
+        description="For each kernel choice and kernel variant of a space, train its uniform arch (the largest, every "
+        "layer that kernel) standalone from scratch with one fixed short schedule and S seeds on the space's "
+        "embedded task; report validation accuracy, MACs, params and the CPU latency of one layer at 196 and 1024 "
+        "tokens. The angular rows are also trained with Castling-ViT's annealed auxiliary branch (+aux). Writes "
+        "zoo_<space>.{csv,json} under --out.",
+    )
+    p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
+    p.add_argument("--seeds", type=positive_int, default=d.seeds, help="seeds per arch (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=d.schedule.steps, help="standalone training steps (default: %(default)s)")
+    p.add_argument("--jobs", type=positive_int, default=d.jobs, help="parallel standalone runs, one thread each (default: %(default)s)")
+    p.add_argument("--tokens", type=int_list, default=list(d.tokens), help="square token counts of the latency columns (default: 196,1024)")
+    p.add_argument("--no-ablation", action="store_true", help="skip the angular rows with the auxiliary branch")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_zoo)
+
+
+def run_bench_zoo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from nas.bench import zoo
+    from nas.latency import describe_device
+    from nas.space import load_space
+
+    space = load_space(args.space)
+    bad = [t for t in args.tokens if round(t**0.5) ** 2 != t]
+    if bad:
+        raise NasError(f"--tokens {bad[0]}: the latency columns use square token grids; use e.g. 196 (14x14) or 1024 (32x32)")
+    d = zoo.ZooConfig()
+    config = zoo.ZooConfig(seeds=args.seeds, schedule=replace(d.schedule, steps=args.steps), jobs=args.jobs, tokens=tuple(args.tokens),
+                             ablation=not args.no_ablation)
+    started = time.perf_counter()
+    rows = zoo.run(space, config, progress=lambda line: print(line, flush=True))
+    print(zoo.format_table(rows))
+    seconds = time.perf_counter() - started
+    paths = zoo.write(rows, config, space.name, args.out, command_line(), describe_device(torch.device("cpu")), seconds)
+    print(f"done in {seconds / 60:.1f} min; wrote {', '.join(map(str, paths))}")
+    return 0

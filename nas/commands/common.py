@@ -80,11 +80,27 @@ def float_list(text: str) -> tuple[float, ...]:
     return values
 
 
+def ray_storage_path(value: str) -> str:
+    """--storage-path: a URI Ray Train writes to (s3://, gs://, ...) as given, or a folder made absolute
+    (on a cluster it must be the same shared folder on every node)."""
+    if "://" in value:
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+STORAGE_PATH_HELP = ("with --workers > 1: where Ray Train keeps its checkpoints; on a cluster, a folder every node sees "
+                     "under that path or a URI such as s3://bucket/prefix (default: <out>/ray_train). Not --storage, the Optuna database")
+
+
 def command_line() -> str | None:
-    """The command as typed, for the JSON sidecars (None when not run as `nas`)."""
+    """The command as typed, for the JSON sidecars: `nas ...`, also when run as `python -m nas.cli`
+    (None when the CLI was not the program, e.g. under pytest)."""
     from nas.storage import redact_text
 
-    return redact_text(shlex.join(["nas", *sys.argv[1:]])) if Path(sys.argv[0]).name == "nas" else None
+    program = Path(sys.argv[0])
+    if program.name == "nas" or program.parts[-2:] == ("nas", "cli.py"):
+        return redact_text(shlex.join(["nas", *sys.argv[1:]]))
+    return None
 
 
 def add_fit_options(p) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from nas.commands.common import (add_compute_options, add_fit_options, add_target_device, fit_of, float_list, non_negative_float, non_negative_int,
-                                 positive_float, positive_int, str_list)
+                                 positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP, str_list)
 from nas.errors import NasError
 
 
@@ -31,10 +31,15 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
     add_compute_options(p)
+    p.add_argument("--angular-aux", type=non_negative_float, default=defaults.angular_aux,
+                   help="Castling-ViT: start weight of the angular kernels' auxiliary masked-softmax branch, 0 turns it off (default: %(default)s)")
+    p.add_argument("--angular-aux-until", type=non_negative_float, default=defaults.angular_aux_until,
+                   help="share of the training steps over which that weight falls linearly to 0 (default: %(default)s)")
     p.add_argument("--mixup", type=non_negative_float, default=0.0, help="timm Mixup alpha (default: 0, off)")
     p.add_argument("--cutmix", type=non_negative_float, default=0.0, help="timm CutMix alpha (default: 0, off)")
     p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (one GPU each on CUDA); 1 trains in this process (default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="with --workers > 1: 'auto' or an address to join a Ray cluster (default: local Ray)")
+    p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
     p.add_argument("--out", type=Path, required=True, help="run directory, e.g. results/<run>")
     p.add_argument("--resume", action="store_true", help="continue the supernet checkpoint in --out")
     p.set_defaults(func=run_train)
@@ -52,6 +57,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.random_subnets < 0:
         raise NasError(f"--random-subnets must be >= 0, got {args.random_subnets}")
+    if args.angular_aux_until > 1:
+        raise NasError(f"--angular-aux-until is a share of the training steps, at most 1; got {args.angular_aux_until}")
     check_out_dir(args.out)
     if args.workers > 1:
         from nas.storage import CONNECT_TIMEOUT_S
@@ -68,7 +75,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"note: the data has {dataset.num_classes} classes; the space's num_classes {space.num_classes} is replaced")
         space = space.with_num_classes(dataset.num_classes)
     config = TrainConfig(epochs=args.epochs or space.epochs, batch_size=args.batch_size, lr=args.lr, random_subnets=args.random_subnets,
-                         teacher=args.teacher, seed=args.seed, precision=args.precision, mixup=args.mixup, cutmix=args.cutmix)
+                         teacher=args.teacher, seed=args.seed, precision=args.precision, mixup=args.mixup, cutmix=args.cutmix,
+                         angular_aux=args.angular_aux, angular_aux_until=args.angular_aux_until)
     print(
         f"nas train: space {space.name} ({space.size():.3g} archs), data {dataset.name} "
         f"(train {dataset.size('train')}, val {dataset.size('val')}, test {dataset.size('test')}), "
@@ -83,7 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     created, had = not args.out.exists(), set(args.out.iterdir()) if args.out.is_dir() else set()
     try:
         summary = train_stage(space, args.data, dataset, config, run, args.workers, args.resume, args.ray_address,
-                              progress=lambda line: print(line, flush=True), compute=compute)
+                              progress=lambda line: print(line, flush=True), compute=compute, storage_path=args.storage_path)
     except NasError:
         if not args.resume and not resumable_training(run):  # stopped before the first checkpoint: leave nothing behind
             import shutil

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from nas.commands.common import (add_compute_options, add_connection_options, add_fit_options, add_target_device, non_negative_int,
-                                 positive_float, positive_int)
+                                 positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP)
 from nas.errors import NasError
 
 
@@ -42,6 +42,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--validate", type=non_negative_int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
     add_fit_options(p)
     p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
+    p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
     add_connection_options(p, "sqlite in --out")
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<date>-<time>)")
@@ -67,7 +68,7 @@ def run_run(args: argparse.Namespace) -> int:
         calibrate=args.calibrate, validate=args.validate, max_mape=args.max_mape, min_tau=args.min_tau,
         accept_poor_fit=args.accept_poor_fit, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
         precision=args.precision, loader_workers=args.loader_workers, randaugment=args.randaugment, val_images=args.val_images,
-        gpus_per_evaluator=args.gpus_per_evaluator,
+        gpus_per_evaluator=args.gpus_per_evaluator, storage_path=args.storage_path,
     )
     started = time.perf_counter()
     print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
@@ -127,7 +128,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     table = LatencyTable.load(table_path, space)
     check_fit(table, table_path, Fit.stored_with(table, args.accept_poor_fit))
     compute = Compute.parse(args.compute_device, args.precision)
-    scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": args.val_images, "gpus_each": args.gpus_per_evaluator}
+    scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": args.val_images}
     if not run.has(WEIGHTS):
         raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
     budget = resolve_budget(space, table, args.budget_ms) if args.budget_ms is not None else None
@@ -140,7 +141,8 @@ def run_search_command(args: argparse.Namespace) -> int:
     print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s) on {compute.device} "
           f"({compute.precision}), budget {budget if budget is not None else 'none'}, storage {redact(storage)}", flush=True)
     study, front = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
-                                progress=progress, report_dir=report_dir, scoring=scoring)
+                                progress=progress, report_dir=report_dir, scoring=scoring,
+                                gpus_each=args.gpus_per_evaluator)
     print(report.format_front(front))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
     if budget is not None and not front:

@@ -3,7 +3,7 @@
     >>> from nas import kernels
     >>> kernels.names()
     ['softmax', 'relu', 'angular', 'taylor', 'focused', 'l2vit', 'window']
-    >>> attn = kernels.get("taylor", head_dim=32, num_heads=4, order=2, variant="compact")
+    >>> attn = kernels.get("taylor", head_dim=32, num_heads=4, grid=(14, 14), order=2, variant="compact")
     >>> out = attn(q, k, v, grid=(H, W))  # q, k, v: (B, heads, N, head_dim)  # doctest: +SKIP
 
 The math of every kernel is in shared/KERNELS.md and in each class's docstring.

@@ -8,6 +8,19 @@ and output projections belong to the attention block around it.
 A kernel built for `num_heads` heads also accepts fewer heads h and then uses the leading
 h heads' parameters: that is what lets a weight-sharing supernet keep one kernel module
 per (layer, kernel) across widths, and what subnet extraction slices.
+
+Two things a kernel may need besides head_dim and num_heads, given at build time by the
+model around it (`registry.get(..., grid=, embed_dim=)`, passed only to kernels whose
+constructor names them): the token `grid` (a parameter per token, e.g. FLatten's positional
+encoding on k) and the block's `embed_dim` (a module on the residual stream, e.g. L²ViT's
+local concentration module). A kernel with a residual-stream module implements `residual`:
+the block adds `residual(x, grid)` to its residual stream after the attention's output
+projection (x = x + residual(x)), on the leading `x.shape[-1]` channels of its weights. One
+with a branch before the attention (L²ViT's conditional position encoding) implements
+`position`: the block first does x = x + position(x, grid), then the attention on norm1(x).
+
+`revision` counts changes of a kernel's operator: latency tables and supernets measured or
+trained with another revision are refused (it is part of the space digest).
 """
 
 from __future__ import annotations
@@ -35,6 +48,9 @@ class AttentionKernel(nn.Module):
     # and latency-table keys derive from.
     variants: ClassVar[tuple[dict, ...]] = ({},)
     label_prefixes: ClassVar[dict[str, str]] = {}  # e.g. {"order": "o"}: label taylor-o2-compact
+    revision: ClassVar[int] = 1
+    has_residual: ClassVar[bool] = False  # True when `residual` adds a residual-stream branch after the attention
+    has_position: ClassVar[bool] = False  # True when `position` adds one before it
 
     def __init__(self, head_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -53,8 +69,18 @@ class AttentionKernel(nn.Module):
 
     def macs(self, heads: int, grid: Grid) -> int:
         """Multiply-accumulates of one forward for one image, by formula (matmuls, feature
-        maps and convs; elementwise work counted once per element)."""
+        maps and convs; elementwise work counted once per element). The residual-stream
+        branches (`residual`, `position`) are not included: they run outside the kernel's
+        module and are counted there."""
         raise NotImplementedError
+
+    def residual(self, x: Tensor, grid: Grid) -> Tensor:
+        """The residual-stream branch (B, N, E) -> (B, N, E) of kernels with `has_residual`."""
+        raise NotImplementedError(f"{self.name} has no residual-stream branch")
+
+    def position(self, x: Tensor, grid: Grid) -> Tensor:
+        """The branch (B, N, E) -> (B, N, E) added before the attention by kernels with `has_position`."""
+        raise NotImplementedError(f"{self.name} has no branch before the attention")
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, num_heads={self.num_heads}"
@@ -167,18 +193,61 @@ def depthwise_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return F.conv2d(x, weight, bias, padding=conv.padding, groups=channels)
 
 
-def channel_layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
-    """LayerNorm over the channels of a (B, C, H, W) map, with the leading C of `norm`'s weights."""
+class ImageNorm(nn.Module):
+    """BatchNorm's stand-in in a weight-sharing supernet: each channel of each image normalised with
+    that image's own statistics (over its tokens or grid positions), in training and at inference,
+    then a per-channel affine map (ones and zeros at init, as BatchNorm's).
+
+    BatchNorm's running statistics would depend on the subnet that ran last; these depend on the
+    input alone. In training, BatchNorm's statistics span the batch as well: the gap is measured
+    per use (`nas bench zoo`, `deviations`). A map with fewer channels uses the leading weights."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return image_norm(x, self)
+
+
+def image_norm(x: Tensor, norm: ImageNorm) -> Tensor:
+    """`norm` on x of shape (B, C, ...), channels at dim 1 (a group norm with one channel per group).
+    A function, like `token_layer_norm`, so that a residual-stream branch counts it outside the kernel."""
     channels = x.shape[1]
-    weight = norm.weight[:channels].to(x.dtype)
-    bias = norm.bias[:channels].to(x.dtype)
-    y = F.layer_norm(x.permute(0, 2, 3, 1), (channels,), weight, bias, norm.eps)
-    return y.permute(0, 3, 1, 2)
+    return F.group_norm(x, channels, norm.weight[:channels].to(x.dtype), norm.bias[:channels].to(x.dtype), norm.eps)
+
+
+def token_layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
+    """LayerNorm over the last dim of (B, N, C) tokens, with the leading C of `norm`'s weights."""
+    channels = x.shape[-1]
+    return F.layer_norm(x, (channels,), norm.weight[:channels].to(x.dtype), norm.bias[:channels].to(x.dtype), norm.eps)
+
+
+def check_grid(grid, name: str) -> Grid:
+    """A build-time token grid (H, W), required by kernels with a parameter per token."""
+    if grid is None:
+        raise NasError(f"{name}: build it with grid=(H, W), the patch grid: it holds a parameter per token")
+    if len(grid) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in grid):
+        raise NasError(f"{name}: grid must be two positive integers (H, W), got {grid!r}")
+    return (grid[0], grid[1])
+
+
+def check_variant(variant: str, allowed: Sequence[str], name: str) -> str:
+    if variant not in allowed:
+        raise NasError(f"{name}: variant must be one of {', '.join(allowed)}, got {variant!r}")
+    return variant
+
+
+def check_odd(kernel_size: int, name: str, field: str) -> int:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise NasError(f"{name}: {field} must be a positive odd integer, got {kernel_size!r}")
+    return kernel_size
 
 
 def depthwise(channels: int, kernel_size: int, name: str, field: str) -> nn.Conv2d:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise NasError(f"{name}: {field} must be a positive odd integer, got {kernel_size!r}")
+    check_odd(kernel_size, name, field)
     return nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
 
 

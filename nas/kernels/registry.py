@@ -31,21 +31,27 @@ def kernel_class(name: str) -> type[AttentionKernel]:
         raise NasError(f"unknown attention kernel {name!r}; valid kernels: {', '.join(names())}") from None
 
 
+CONTEXT = ("grid", "embed_dim")  # given by the model around a kernel, not options of the space
+
+
 def options(name: str) -> dict[str, object]:
     """The options a kernel takes besides head_dim and num_heads, with their defaults."""
     params = inspect.signature(kernel_class(name).__init__).parameters
-    return {p: params[p].default for p in list(params)[3:]}
+    return {p: params[p].default for p in list(params)[3:] if p not in CONTEXT}
 
 
-def get(name: str, head_dim: int, num_heads: int, **kernel_options) -> AttentionKernel:
+def get(name: str, head_dim: int, num_heads: int, grid=None, embed_dim: int | None = None, **kernel_options) -> AttentionKernel:
     """Build kernel `name` for `num_heads` heads of `head_dim`, e.g.
-    `get("taylor", head_dim=32, num_heads=4, order=2, variant="compact")`."""
+    `get("taylor", head_dim=32, num_heads=4, grid=(14, 14), order=2, variant="compact")`. `grid` (H, W) and
+    `embed_dim` go to the kernels whose constructor takes them (see `nas.kernels.base`)."""
     valid = options(name)
     for option in kernel_options:
         if option not in valid:
             listed = ", ".join(valid) or "none"
             raise NasError(f"kernel {name!r} has no option {option!r}; its options: {listed}")
-    return _KERNELS[name](head_dim, num_heads, **kernel_options)
+    params = inspect.signature(_KERNELS[name].__init__).parameters
+    context = {key: value for key, value in (("grid", grid), ("embed_dim", embed_dim)) if key in params}
+    return _KERNELS[name](head_dim, num_heads, **context, **kernel_options)
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,8 @@ class KernelSpec:
         prefixes = kernel_class(self.name).label_prefixes if self.name in _KERNELS else {}
         return "-".join([self.name] + [f"{prefixes.get(key, '')}{self.options[key]}" for key in sorted(self.options)])
 
-    def build(self, head_dim: int, num_heads: int, **extra) -> AttentionKernel:
-        return get(self.name, head_dim, num_heads, **{**self.options, **extra})
+    def build(self, head_dim: int, num_heads: int, grid=None, embed_dim: int | None = None, **extra) -> AttentionKernel:
+        return get(self.name, head_dim, num_heads, grid=grid, embed_dim=embed_dim, **{**self.options, **extra})
 
 
 def variants() -> list[KernelSpec]:

@@ -1,4 +1,5 @@
-"""QT-ViT Taylor-expansion attention: exp(x) ≈ 1 + x (+ x²/2), with the expansion order a choice."""
+"""QT-ViT Taylor-expansion attention: exp(x) ≈ 1 + x (+ x²/2), with the expansion order a choice;
+the compact form is the authors' (positional encoding on k, GELU shortcut on v)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nas.errors import NasError
-from nas.kernels.base import AttentionKernel, Grid, check_positive, compute_dtype, linear_attention, linear_attention_macs
+from nas.kernels.base import AttentionKernel, Grid, ImageNorm, check_grid, check_positive, compute_dtype, linear_attention, linear_attention_macs
 from nas.kernels.registry import register
 
 VARIANTS = ("full", "compact")
@@ -22,25 +23,43 @@ class TaylorAttention(AttentionKernel):
         d(d+1)/2 unique entries of x⊗x would suffice, but gathering them took ~25× longer
         than the broadcast outer product on CPU (11 ms vs 0.4 ms at N=1024, 4 heads, d=32),
         more than the duplicate entries cost in the matmuls.
-    order=2, variant="compact" (QT-ViT's fast form, as in the authors' code, β = 0):
-        φ(x) = [α·u(x), γ]/√2 with u(x) = normalise(normalise(x)²) (elementwise square) and
-        learnable scalars α, γ; D = d + 1. sim = (α²·⟨u(q), u(k)⟩ + γ²)/2 ≥ γ²/2 > 0
-        because u has no negative entries.
+    order=2, variant="compact": QT-ViT's fast form, as the authors' attention (`LiteMLA.
+        relu_linear_att` in AMD-AIG-AIMA/AMD_QTViT, efficientvit/models/nn/ops.py):
+
+            k ← k + P                        (positional_encoding: a learnable entry per token and channel)
+            φ(x) = [u(x), γ],  u(x) = normalise(normalise(x)²)   (elementwise square; γ learnable, 1 at init)
+            out_i = Σ_j ⟨φ(q_i), φ(k_j)⟩ v_j / Σ_j ⟨φ(q_i), φ(k_j)⟩ + GELU(norm(v)_i)   (shortcut)
+
+        D = d + 1; sim = ⟨u(q), u(k)⟩ + γ² ≥ γ² > 0 because u has no negative entries. The
+        authors' norm is a BatchNorm2d(d) over every head's v; its running statistics would
+        depend on the subnet that ran last, so ours (`ImageNorm`) normalises each channel of
+        each head of each image over the tokens (the image's own statistics, in training and
+        at inference), then applies a per-channel affine (d channels shared by all heads, as
+        the authors'). The size of that difference is measured by `nas bench zoo` (`deviations`).
+        P (zeros at init, as the authors') needs the token grid at build time and is stored
+        (heads, N, d) so that fewer heads use its leading slice.
+        `shortcut=False, positional_encoding=False` give the bare kernel of revision 1. Not
+        taken from the authors' model: EfficientViT's multi-scale q/k/v aggregation (a block design).
     order=1: sim = 1 + s, which is negative when s < −1. We bound s by putting q and k on
         the sphere of radius (τ·√d)^½, i.e. s = τ·cos(q, k) with temperature τ < 1, so
         sim ∈ [1 − τ, 1 + τ] and the denominator cannot vanish. φ(x) = [1, √τ·x̂], D = d + 1.
+    `shortcut` and `positional_encoding` belong to the compact form; the others ignore them.
     """
 
     name = "taylor"
     variants = ({"order": 1}, {"order": 2, "variant": "full"}, {"order": 2, "variant": "compact"})
     label_prefixes = {"order": "o"}
+    revision = 2
 
     def __init__(
         self,
         head_dim: int,
         num_heads: int,
+        grid: Grid | None = None,
         order: int = 2,
         variant: str | None = None,
+        shortcut: bool = True,
+        positional_encoding: bool = True,
         temperature: float = 0.9,
         eps: float = 1e-6,
     ) -> None:
@@ -53,15 +72,27 @@ class TaylorAttention(AttentionKernel):
             variant = "full" if variant is None else variant
             if variant not in VARIANTS:
                 raise NasError(f"taylor: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        for option, value in (("shortcut", shortcut), ("positional_encoding", positional_encoding)):
+            if not isinstance(value, bool):
+                raise NasError(f"taylor: {option} must be true or false, got {value!r}")
         if check_positive(temperature, self.name, "temperature") >= 1:
             raise NasError(f"taylor: temperature must lie in (0, 1) so that 1 + s stays positive, got {temperature!r}")
         self.order = order
         self.variant = variant
         self.temperature = float(temperature)
         self.eps = check_positive(eps, self.name, "eps")
-        if variant == "compact":
-            self.alpha = nn.Parameter(torch.tensor(1.0))
+        compact = variant == "compact"
+        self.shortcut = compact and shortcut
+        self.grid = check_grid(grid, self.name) if compact and positional_encoding else None
+        self.needs_grid = self.grid is not None
+        if compact:
             self.gamma = nn.Parameter(torch.tensor(1.0))
+        if self.grid is not None:
+            self.positional_encoding = nn.Parameter(torch.zeros(num_heads, self.grid[0] * self.grid[1], head_dim))
+        else:
+            self.register_parameter("positional_encoding", None)
+        if self.shortcut:
+            self.shortcut_norm = ImageNorm(head_dim)  # d channels shared by all heads, as the authors' BatchNorm2d(d)
 
     @property
     def feature_dim(self) -> int:
@@ -70,7 +101,8 @@ class TaylorAttention(AttentionKernel):
         return 1 + d + d * d if self.variant == "full" else d + 1
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, order={self.order}, variant={self.variant}"
+        extras = f", shortcut={self.shortcut}, grid={self.grid}" if self.variant == "compact" else ""
+        return f"{super().extra_repr()}, order={self.order}, variant={self.variant}{extras}"
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, grid: Grid | None) -> Tensor:
         dtype = compute_dtype(q)
@@ -80,17 +112,27 @@ class TaylorAttention(AttentionKernel):
             phi_q, phi_k = [1.0, F.normalize(q, dim=-1)], [1.0, F.normalize(k, dim=-1)]
             weights = [1.0, self.temperature]
         elif self.variant == "compact":
+            if self.positional_encoding is not None:
+                if tuple(grid) != self.grid:
+                    raise NasError(f"taylor: built for grid {self.grid} (its positional encoding has one entry per token), called with {tuple(grid)}")
+                k = k + self.positional_encoding[: q.shape[1]].to(dtype)
             phi_q, phi_k = [self._unit_square(q), 1.0], [self._unit_square(k), 1.0]
-            weights = [self.alpha.to(dtype) ** 2 / 2, self.gamma.to(dtype) ** 2 / 2]
+            weights = [1.0, self.gamma.to(dtype) ** 2]
         else:
             phi_q, phi_k = [1.0, q, self._outer(q)], [1.0, k, self._outer(k)]
             weights = [1.0, self.head_dim**-0.5, 1.0 / (2 * self.head_dim)]
-        return linear_attention(phi_q, phi_k, v_c, weights=weights, eps=self.eps).to(v.dtype)
+        out = linear_attention(phi_q, phi_k, v_c, weights=weights, eps=self.eps)
+        if self.shortcut:  # GELU(norm(v)): each channel of each head of each image over its tokens
+            batch, heads, tokens, d = v_c.shape
+            per_channel = self.shortcut_norm(v_c.transpose(2, 3).reshape(batch * heads, d, tokens))
+            out = out + F.gelu(per_channel.reshape(batch, heads, d, tokens).transpose(2, 3))
+        return out.to(v.dtype)
 
     def macs(self, heads: int, grid: Grid) -> int:
         tokens, d = grid[0] * grid[1], self.head_dim
         features = {1: 2 * d, 2: d * d if self.variant == "full" else 5 * d}[self.order]  # per token, q or k
-        return linear_attention_macs(heads, tokens, d, self.feature_dim) + 2 * heads * tokens * features
+        extras = heads * tokens * d * ((self.positional_encoding is not None) + 5 * self.shortcut)  # + P; mean, var, normalise, affine, GELU
+        return linear_attention_macs(heads, tokens, d, self.feature_dim) + 2 * heads * tokens * features + extras
 
     @staticmethod
     def _unit_square(x: Tensor) -> Tensor:

@@ -26,11 +26,10 @@ Unit = Callable[[], float]  # one timed pass -> median milliseconds per call
 class Protocol:
     """How a table is measured. Each unit is timed in `passes` interleaved passes (round-robin
     over the units of a chunk, not one unit's calls back to back), each pass at most `repeats`
-    calls or about `max_seconds`. On CPU an entry is the minimum of its per-pass medians
-    (interference only slows a pass down); on CUDA the median of them. A unit whose passes
-    disagree by more than `max_dispersion` is re-timed, at most `remeasure` more rounds: on
-    CPU when no second pass confirms the lowest ((second lowest - lowest) / lowest), on CUDA
-    when they spread ((max - min) / min). A fixed reference probe is re-timed after every chunk: when it runs more
+    calls or about `max_seconds`. An entry is the minimum of its per-pass medians (interference
+    only slows a pass down, on CUDA too: see nas.latency.robust). A unit is re-timed, at most
+    `remeasure` more rounds, when no second pass confirms the lowest within `max_dispersion`
+    ((second lowest - lowest) / lowest). A fixed reference probe is re-timed after every chunk: when it runs more
     than `drift_threshold` slower than its best, the chunk is measured again later. Entries of
     the same kernel that are faster at a wider width (beyond `monotone_tolerance`) are
     re-measured once."""
@@ -47,12 +46,15 @@ class Protocol:
     monotone_tolerance: float = 0.1
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "statistic": "CPU: min over passes of per-pass medians; CUDA: median of per-pass medians",
-                "dispersion": "CPU: (second lowest - lowest) / lowest pass; CUDA: (max - min) / min pass",
+        return {**asdict(self), "statistic": "min over passes of per-pass medians",
+                "dispersion": "(second lowest - lowest) / lowest pass",
                 "inputs": "random normal, rotated", "mode": "eval, torch.no_grad"}
 
 
-def _unit(fn: Callable, make_input: Callable[[], torch.Tensor], device: torch.device, fp: Fingerprint, protocol: Protocol) -> Unit:
+def timed_unit(fn: Callable, make_input: Callable[[], torch.Tensor], protocol: Protocol, device: torch.device | str = "cpu",
+               cuda_graph: bool = False) -> Unit:
+    """A `Unit` for `fn` on `protocol.input_sets` inputs: one timed pass per call (median ms per call, under
+    torch.no_grad), the first pass with the protocol's warm-up, later ones with one call."""
     inputs = [(make_input(),) for _ in range(protocol.input_sets)]
     warmed = []
 
@@ -65,10 +67,14 @@ def _unit(fn: Callable, make_input: Callable[[], torch.Tensor], device: torch.de
         warmed.append(True)
         return measure(
             run, inputs, device=device, warmup=warmup, repeats=protocol.repeats, min_repeats=protocol.min_repeats,
-            max_seconds=protocol.max_seconds, cuda_graph=fp.backend == "cuda-graph",
+            max_seconds=protocol.max_seconds, cuda_graph=cuda_graph,
         ).median_ms
 
     return one_pass
+
+
+def _unit(fn: Callable, make_input: Callable[[], torch.Tensor], device: torch.device, fp: Fingerprint, protocol: Protocol) -> Unit:
+    return timed_unit(fn, make_input, protocol, device, cuda_graph=fp.backend == "cuda-graph")
 
 
 def _prepare(module: torch.nn.Module, device: torch.device, fp: Fingerprint) -> torch.nn.Module:
@@ -78,7 +84,7 @@ def _prepare(module: torch.nn.Module, device: torch.device, fp: Fingerprint) -> 
 def block_unit(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> Unit:
     """The first transformer block of `arch`, at its embed dim, tokens and head dim."""
     layer = arch.layers[0]
-    kernel = arch.kernel_spec(0).build(arch.head_dim, layer.heads)
+    kernel = arch.kernel_spec(0).build(arch.head_dim, layer.heads, grid=arch.grid, embed_dim=arch.embed_dim)
     block = _prepare(Block(arch.embed_dim, layer.heads, arch.head_dim, layer.hidden_dim(arch.embed_dim), kernel), device, fp)
     shape = (fp.batch_size, arch.tokens, arch.embed_dim)
     return _unit(lambda x: block(x, arch.grid), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)

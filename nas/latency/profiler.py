@@ -40,14 +40,13 @@ class Profiler:
     def measure_models(self, archs: list[Arch]) -> list[float]:
         """End-to-end latency (ms) of each arch's standalone model, with the table's protocol:
         interleaved passes, outliers re-timed, chunks re-measured when the machine ran slow."""
-        cuda = self.device.type == "cuda"
         keys = [f"{i}:{arch.digest}" for i, arch in enumerate(archs)]
         by_key = dict(zip(keys, archs))
 
         def chunk_entries(chunk: list[str], provisional: bool = False) -> dict:
             units = {key: model_unit(by_key[key], self.device, self._fingerprint, self.protocol) for key in chunk}
-            return measure_units(units, self.protocol, cuda, provisional)
+            return measure_units(units, self.protocol, provisional)
 
         probe = DriftProbe(self.reference, self.protocol)
-        entries = measure_with_drift([keys[i : i + 8] for i in range(0, len(keys), 8)], chunk_entries, probe, self.protocol, cuda)
+        entries = measure_with_drift([keys[i : i + 8] for i in range(0, len(keys), 8)], chunk_entries, probe, self.protocol)
         return [entries[key]["ms"] for key in keys]

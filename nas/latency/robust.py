@@ -3,9 +3,11 @@
 A shared machine slows some calls down (another job, throttling, a notebook), never speeds
 them up. So each unit (a table entry or a whole model) is timed in several passes,
 interleaved round-robin over the units of a chunk, so that a burst of interference hits
-one pass of many units rather than every pass of one; on CPU the entry is the minimum of
-its per-pass medians, on CUDA (events, a dedicated device) the median of them. A unit
-whose passes disagree by more than `max_dispersion` is re-timed. Around every chunk a
+one pass of many units rather than every pass of one; the entry is the minimum of its
+per-pass medians. That holds on CUDA too: a small model at a small batch is bound by the
+host's kernel launches, which a busy host slows down exactly like CPU work (measured on an
+H100: one entry's passes 0.66 and 1.23 ms minutes apart), and a shared GPU only adds time.
+A unit whose lowest pass no second pass confirms within `max_dispersion` is re-timed. Around every chunk a
 fixed reference probe is re-timed: a chunk measured while the reference ran slower than
 its best by more than `drift_threshold` is measured again later, and the lower figures
 kept. Finally, entries of one kernel that are faster at a wider width than at a narrower
@@ -14,7 +16,6 @@ one (beyond `monotone_tolerance`) are re-measured once.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Iterable
 
 from nas.latency.probe import Protocol, Unit
@@ -22,20 +23,19 @@ from nas.latency.probe import Protocol, Unit
 Entry = dict  # {"ms", "dispersion", "passes", "remeasured"}
 
 
-def dispersion(medians: list[float], cuda: bool) -> float:
-    """How far the passes that an entry rests on disagree. CUDA (the entry is their median):
-    (max − min) / min. CPU (the entry is the lowest pass): (second lowest − lowest) / lowest —
-    whether another pass confirms the lowest; passes slowed by interference do not count,
-    which spares re-timing them while a neighbour is busy."""
+def dispersion(medians: list[float]) -> float:
+    """Whether another pass confirms the lowest, on which the entry rests: (second lowest −
+    lowest) / lowest. Passes slowed by interference do not count, which spares re-timing them
+    while a neighbour is busy."""
     ordered = sorted(medians)
-    low, other = ordered[0], (ordered[-1] if cuda else ordered[min(1, len(ordered) - 1)])
+    low, other = ordered[0], ordered[min(1, len(ordered) - 1)]
     return (other - low) / low if low > 0 else float("inf")
 
 
-def measure_units(units: dict[str, Unit], protocol: Protocol, cuda: bool, provisional: bool = False) -> dict[str, Entry]:
+def measure_units(units: dict[str, Unit], protocol: Protocol, provisional: bool = False) -> dict[str, Entry]:
     """Each unit's entry from `protocol.passes` interleaved passes; a unit whose passes disagree
     beyond `max_dispersion` (see `dispersion`) is re-timed in as many passes again, at most
-    `protocol.remeasure` times (on CPU all its passes count; on CUDA the latest). A
+    `protocol.remeasure` times (all its passes count). A
     `provisional` measurement (its figures will be measured again) takes one pass, no re-timing."""
     rounds = {key: [] for key in units}
     for _ in range(1 if provisional else protocol.passes):
@@ -43,19 +43,17 @@ def measure_units(units: dict[str, Unit], protocol: Protocol, cuda: bool, provis
             rounds[key].append(unit())
     out = {}
     for key, unit in units.items():
-        every, latest, again = list(rounds[key]), rounds[key], 0
-        judged = lambda: latest if cuda else every  # noqa: E731
-        while not provisional and dispersion(judged(), cuda) > protocol.max_dispersion and again < protocol.remeasure:
-            latest = [unit() for _ in range(protocol.passes)]
-            every += latest
+        every, again = list(rounds[key]), 0
+        while not provisional and dispersion(every) > protocol.max_dispersion and again < protocol.remeasure:
+            every += [unit() for _ in range(protocol.passes)]
             again += 1
-        out[key] = {"ms": statistics.median(latest) if cuda else min(every), "dispersion": round(dispersion(judged(), cuda), 4), "passes": len(every), "remeasured": again}
+        out[key] = {"ms": min(every), "dispersion": round(dispersion(every), 4), "passes": len(every), "remeasured": again}
     return out
 
 
-def merge(old: Entry | None, new: Entry, cuda: bool) -> Entry:
-    """A re-measured entry: on CPU the lower figure stands (interference only adds time)."""
-    if old is None or cuda or new["ms"] <= old["ms"]:
+def merge(old: Entry | None, new: Entry) -> Entry:
+    """A re-measured entry: the lower figure stands (interference only adds time)."""
+    if old is None or new["ms"] <= old["ms"]:
         keep = dict(new)
     else:
         keep = dict(old)
@@ -89,7 +87,6 @@ def measure_with_drift(
     measure_chunk: Callable[..., dict[str, Entry]],
     probe: DriftProbe | None,
     protocol: Protocol,
-    cuda: bool,
     done: Callable[[list, dict[str, Entry]], None] = lambda chunk, entries: None,
     drift_log: list | None = None,
 ) -> dict[str, Entry]:
@@ -123,7 +120,7 @@ def measure_with_drift(
             doomed = bool(probe) and probe.slow(before) and attempt < protocol.remeasure
             measured = measure_chunk(chunk, provisional=doomed)
             for key, entry in measured.items():
-                results[key] = merge(results.get(key), entry, cuda)
+                results[key] = merge(results.get(key), entry)
             after = probe.check() if probe else 0.0
             record = {"chunk": chunk, "attempt": attempt, "before": before, "after": after, "keys": sorted(measured), "queued": False}
             judged.append(record)

@@ -31,6 +31,7 @@ from nas.io import write_json
 from nas.latency.fingerprint import Fingerprint
 from nas.latency.probe import Protocol, probe_units
 from nas.latency.robust import DriftProbe, measure_units, measure_with_drift, merge, width_inconsistencies
+from nas import kernels
 from nas.space import SearchSpace
 
 FORMAT = "nas-latency-table/1"
@@ -40,7 +41,16 @@ def space_digest(space: SearchSpace) -> str:
     """Hash of what shapes the entries (choices and fixed fields), not of name or comments."""
     shape = {k: v for k, v in space.__dict__.items() if k not in ("name", "description", "source", "data", "epochs", "choice_limits")}
     shape["kernel_choices"] = [spec.label for spec in space.kernel_choices()]
+    # A kernel whose operator changed (revision > 1) makes the tables measured before the change stale.
+    revisions = kernel_revisions(space)
+    if revisions:
+        shape["kernel_revisions"] = revisions
     return hashlib.sha256(json.dumps(shape, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def kernel_revisions(space: SearchSpace) -> dict[str, int]:
+    """The revisions of the space's kernels whose operator changed since the first (revision 1 is left out)."""
+    return {name: kernels.kernel_class(name).revision for name in space.kernels if kernels.kernel_class(name).revision > 1}
 
 
 def block_key(embed_dim: int, label: str, heads: int, mlp_ratio: float) -> str:
@@ -78,6 +88,7 @@ class LatencyTable:
     build_seconds: float = 0.0
     drift: list = field(default_factory=list)  # chunks measured while the reference probe ran slow (re-measured)
     checks: dict = field(default_factory=dict)  # width-consistency re-measurement
+    kernel_revisions: dict = field(default_factory=dict)  # of the kernels measured (those above revision 1)
 
     # ---- prediction ----------------------------------------------------------------------
 
@@ -109,6 +120,7 @@ class LatencyTable:
             "validation": self.validation,
             "drift": self.drift,
             "checks": self.checks,
+            "kernel_revisions": self.kernel_revisions,
             "entries": self.entries,
         }
 
@@ -134,12 +146,19 @@ class LatencyTable:
                 build_seconds=data.get("build_seconds", 0.0),
                 drift=data.get("drift", []),
                 checks=data.get("checks", {}),
+                kernel_revisions=data.get("kernel_revisions", {}),
             )
             _check_entries(table.entries)
         except OSError as error:
             raise NasError(f"{path}: cannot read the latency table ({error.strerror})") from None
         except (ValueError, KeyError, TypeError, NasError) as error:
             raise NasError(f"{path}: not a valid latency table ({error})") from None
+        current = kernel_revisions(space) if space is not None else {}
+        if space is not None and table.space_digest != space_digest(space) and table.kernel_revisions != current:
+            changed = sorted(name for name in set(current) | set(table.kernel_revisions) if table.kernel_revisions.get(name, 1) != current.get(name, 1))
+            raise NasError(f"{path}: measured with an earlier operator of kernel(s) {', '.join(changed)} (revision "
+                           + ", ".join(f"{n} {table.kernel_revisions.get(n, 1)} vs {current.get(n, 1)} now" for n in changed)
+                           + "); rebuild it into a new file with `nas latency`")
         if space is not None and (table.space_digest != space_digest(space)):
             raise NasError(f"{path}: built for search space {table.space!r} as it was then, not for {space.name!r} as it is now; rebuild it")
         if expect is not None and table.fingerprint != expect:
@@ -184,7 +203,7 @@ def build(
         if table.protocol != protocol.to_dict():
             raise NasError(f"{path}: measured with another protocol ({table.protocol}); rebuild into a new file")
     else:
-        table = LatencyTable(space.name, space_digest(space), fp, protocol.to_dict())
+        table = LatencyTable(space.name, space_digest(space), fp, protocol.to_dict(), kernel_revisions=kernel_revisions(space))
     probes = list(probe_archs(space))
     todo = [(key, arch) for key, arch in probes if not _have(table, key)]
     total = len(probes)
@@ -192,7 +211,6 @@ def build(
     if done:
         progress(f"resuming {path}: {done}/{total} entries already measured")
     started, base_seconds = time.perf_counter(), table.build_seconds
-    cuda = fp.device_type == "cuda"
     probe = DriftProbe(reference, protocol) if reference else None
     measured = [0]
 
@@ -207,15 +225,15 @@ def build(
         progress(f"[{min(done + measured[0], total)}/{total}] {chunk[-1][0]}: {_measured(table, chunk[-1][0])}{redo}  (ETA {eta / 60:.1f} min)")
 
     chunks = [todo[i : i + 8] for i in range(0, len(todo), 8)]
-    measure_with_drift(chunks, measure_entries, probe, protocol, cuda, save, table.drift)
+    measure_with_drift(chunks, measure_entries, probe, protocol, save, table.drift)
     if todo and not table.checks:
-        _recheck_widths(table, dict(probes), {key for key, _ in todo}, measure_entries, protocol, cuda, progress)
+        _recheck_widths(table, dict(probes), {key for key, _ in todo}, measure_entries, protocol, progress)
         table.build_seconds = base_seconds + time.perf_counter() - started
         table.save(path)
     return table
 
 
-def _recheck_widths(table: LatencyTable, probes: dict, fresh: set, measure_entries, protocol: Protocol, cuda: bool, progress) -> None:
+def _recheck_widths(table: LatencyTable, probes: dict, fresh: set, measure_entries, protocol: Protocol, progress) -> None:
     """Re-measure, once, block entries that are slower than the same kernel at a wider width —
     those measured in this session (`fresh`): a resumed build keeps what an earlier one finished."""
     pairs = width_inconsistencies(table.entries, protocol.monotone_tolerance)
@@ -224,7 +242,7 @@ def _recheck_widths(table: LatencyTable, probes: dict, fresh: set, measure_entri
         progress(f"{len(pairs)} width inconsistencies (a kernel faster at a wider width): re-measuring {len(keys)} entries")
         for i in range(0, len(keys), 8):
             for key, entry in measure_entries([(k, probes[k]) for k in keys[i : i + 8]]).items():
-                table.entries[key] = merge(table.entries.get(key), entry, cuda)
+                table.entries[key] = merge(table.entries.get(key), entry)
     left = width_inconsistencies(table.entries, protocol.monotone_tolerance)
     table.checks = {"width_inconsistencies": len(pairs), "remeasured": keys, "left": [list(p) for p in left]}
 
@@ -246,7 +264,7 @@ def _have(table: LatencyTable, key: str) -> bool:
 
 def measure_probes(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol, provisional: bool = False) -> dict[str, dict]:
     """Entries for (key, probe arch) pairs, measured in this process in interleaved passes."""
-    return measure_units(probe_units(chunk, device, fp, protocol), protocol, fp.device_type == "cuda", provisional)
+    return measure_units(probe_units(chunk, device, fp, protocol), protocol, provisional)
 
 
 # ---- calibration and validation -----------------------------------------------------------
