@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from urllib.parse import parse_qsl, urlencode
 
 from nas.errors import NasError
 
 ENV = "NAS_STORAGE_URL"
+SCHEMA_RACE_TRIES = 5  # connections tried when another process creates Optuna's tables at the same moment
 CONNECT_TIMEOUT_S = 30.0  # seconds to reach a storage or a Ray cluster before any work (--connect-timeout)
 SECRET_KEYS = ("password", "passwd", "pwd", "pass", "secret", "token", "sslpassword", "api_key", "apikey")
 _URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+)")
@@ -72,10 +74,16 @@ def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
     outcome: dict = {}
 
     def connect() -> None:
-        try:
-            outcome["names"] = [s.study_name for s in optuna.get_all_study_summaries(normalize(url))]
-        except BaseException as error:  # noqa: BLE001 — storage backends raise many types
-            outcome["error"] = error
+        for attempt in range(SCHEMA_RACE_TRIES):
+            try:
+                outcome["names"] = [s.study_name for s in optuna.get_all_study_summaries(normalize(url))]
+                outcome.pop("error", None)
+                return
+            except BaseException as error:  # noqa: BLE001 — storage backends raise many types
+                outcome["error"] = error
+                if not lost_schema_race(error):
+                    return
+                time.sleep(0.1 * (attempt + 1))
 
     worker = threading.Thread(target=connect, name="storage-check", daemon=True)
     worker.start()
@@ -87,6 +95,14 @@ def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
         detail = redact_text(str(error).strip().splitlines()[0] if str(error).strip() else "")[:200]
         raise NasError(f"--storage {redact(url)}: cannot open it ({type(error).__name__}: {detail})")
     return outcome["names"]
+
+
+def lost_schema_race(error: BaseException) -> bool:
+    """Another process (a second `nas search`, optuna-dashboard, a script loading the study) created Optuna's
+    tables in a new database at the same moment: its CREATE TABLE or schema-version row won. Optuna does not
+    guard against this; the tables are then complete, so connecting again succeeds."""
+    text = str(error)
+    return "already exists" in text or "alembic_version" in text
 
 
 def sqlite_study_names(url: str) -> list[str]:
