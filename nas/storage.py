@@ -75,6 +75,8 @@ def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
 
     def connect() -> None:
         for attempt in range(SCHEMA_RACE_TRIES):
+            if attempt:
+                time.sleep(0.1 * attempt)
             try:
                 outcome["names"] = [s.study_name for s in optuna.get_all_study_summaries(normalize(url))]
                 outcome.pop("error", None)
@@ -83,7 +85,6 @@ def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
                 outcome["error"] = error
                 if not lost_schema_race(error):
                     return
-                time.sleep(0.1 * (attempt + 1))
 
     worker = threading.Thread(target=connect, name="storage-check", daemon=True)
     worker.start()

@@ -291,8 +291,8 @@ print(check(sys.argv[1]))
 def test_processes_opening_a_new_storage_at_once_all_connect(tmp_path):
     """Optuna creates its tables in a new database without a guard: of two processes that do it at the same
     moment (a search starting while optuna-dashboard or a script opens the same file), one lost with
-    `table studies already exists` or a UNIQUE constraint on alembic_version (measured before the fix: 12 of
-    15 pairs). The loser now connects again."""
+    `table studies already exists` or a UNIQUE constraint on alembic_version (measured with Optuna's
+    get_all_study_summaries alone: 12 of 15 pairs). The loser now connects again."""
     for attempt in range(3):
         url, go = f"sqlite:///{tmp_path / f'race{attempt}.db'}", tmp_path / f"go{attempt}"
         ready = [tmp_path / f"ready{attempt}-{i}" for i in range(4)]
