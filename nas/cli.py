@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="nas", description="Hardware-aware architecture search for efficient Vision Transformers."
     )
+    parser.add_argument("--version", action="version", version=f"nas (vit-nas) {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.add_run(commands)
     models.add_train(commands)
@@ -44,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_quality.add_bench_fidelity(benchmarks)
     bench_quality.add_bench_zoo(benchmarks)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("vit-nas")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def hide_secrets() -> None:
@@ -85,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     except NasError as error:
         print(f"nas: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`nas select ... | head`): stop quietly, as other tools do
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 0
     except KeyboardInterrupt as stop:
         why = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
         print(f"nas: {why}; finished work is kept (run the same command with --resume to continue)", file=sys.stderr)

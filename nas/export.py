@@ -82,15 +82,14 @@ def top1(model: ViT, dataset: Dataset, split: str, compute: Compute = CPU) -> fl
 
 
 def to_onnx(model: ViT, path: Path) -> None:
+    """model.onnx: torch.onnx's dynamo exporter, opset 18, dynamic batch — the graph that
+    `--runtime onnxruntime` times (nas.latency.runtime.onnx_bytes)."""
+    from nas.io import write_bytes
+    from nas.latency.runtime import onnx_bytes
+
     arch = model.arch
     example = torch.randn(2, arch.in_chans, arch.image_size, arch.image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.eval(), (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=18, verbose=False,
-            external_data=False,
-        )
+    write_bytes(path, onnx_bytes(model, model, example))
 
 
 def to_torchscript(model: ViT, path: Path) -> None:
@@ -127,8 +126,16 @@ def export(
     device: str | None = None,
     progress=print,
     compute: Compute = CPU,
+    budget_ms: float | None = None,
+    measured_ms: float | None = None,
+    pick: list[dict] | None = None,
 ) -> dict:
-    """Write the standalone model of `candidate` into `out_dir`; returns the metadata."""
+    """Write the standalone model of `candidate` into `out_dir`; returns the metadata.
+
+    The model's latency is measured here (on the run's device, when this machine is it), or
+    taken as `measured_ms` when the caller has just measured it (nas run's pick). With
+    `budget_ms`, a measured latency over it is a warning line and `over_budget` in the metadata.
+    `pick`: the candidates measured to choose this one (nas.select.pick_within_budget), recorded."""
     from nas.latency.profiler import Profiler
 
     unknown = [f for f in formats if f not in FORMATS]
@@ -160,17 +167,22 @@ def export(
             progress("fine-tuning lowered validation accuracy: the inherited weights are exported")
     model = model.cpu()  # written, traced and measured from the CPU copy
 
-    measured_ms, measure_note = None, None
-    if measurable:
+    measure_note = None
+    if measured_ms is None and measurable:
         profiler = Profiler(fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+        profiler.anchor_to(table.reference_ms)  # at the speed of the run's table, as the search measured
         if profiler.fingerprint() == fp:
             measured_ms = profiler.measure_models([arch])[0]
         else:
             measure_note = "this machine's fingerprint differs from the run's: " + "; ".join(fp.differences(profiler.fingerprint()))
-    else:
+    elif measured_ms is None:
         measure_note = f"not measured: this machine is not {fp.device_name}"
     predicted_ms = table.predict(arch)
     cost = flops.count(arch)
+    over_budget = None if budget_ms is None or measured_ms is None else measured_ms > budget_ms
+    if over_budget:
+        progress(f"!! warning: trial {candidate.trial} measures {measured_ms:.4f} ms on this machine, over the budget {budget_ms} ms "
+                 f"({measured_ms / budget_ms - 1:+.1%}); metadata.json records it")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -188,6 +200,7 @@ def export(
                          "finetune_epochs": finetune_epochs, "exported_weights": kept, "computed_on": compute.record()},
             "latency": {"predicted_ms": predicted_ms, "measured_ms": measured_ms, "note": measure_note,
                         "error": None if measured_ms is None else (predicted_ms - measured_ms) / measured_ms,
+                        "search_ms": candidate.latency_ms, "budget_ms": budget_ms, "over_budget": over_budget, "pick": pick,
                         "fingerprint": fp.to_dict(), "protocol": table.protocol},
             "preprocessing": preprocessing(dataset, arch),
             "classes": list(dataset.classes),

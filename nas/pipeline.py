@@ -19,10 +19,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from nas.errors import NasError, PoorFitError
+from nas.errors import NasError
 from nas.rundir import EXPORTS, MANIFEST, STUDY, Manifest, RunDir
 from nas.storage import CONNECT_TIMEOUT_S
-from nas.stages import Fit, check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
+from nas.stages import check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "fp32"
     batch_size: int = 1
+    runtime: str = "eager"  # what the latency is measured in (nas.latency.runtime)
     budget_ms: float | None = None  # None: the budget_quantile of the predicted latency of random archs (default_budget)
     budget_quantile: float = 0.5
     trials: int = 100
@@ -41,9 +42,7 @@ class RunConfig:
     sampler: str = "tpe"
     calibrate: int = 10
     validate: int = 50
-    max_mape: float = 0.10  # the latency table's validation targets (nas.stages.Fit)
-    min_tau: float = 0.85
-    accept_poor_fit: bool = False  # True (--accept-poor-fit): search on a table that failed validation anyway
+    latency: str = "measured"  # what decides a trial: its whole model measured on the target device, or the table's prediction
     seed: int = 0
     ray_address: str | None = None  # None: a local Ray instance
     storage: str | None = None  # None: sqlite:///<run>/study.db (the CLI also reads NAS_STORAGE_URL)
@@ -60,8 +59,9 @@ class RunConfig:
 # On --resume, these must equal the run's: they change what the run computes. --trials may grow
 # (the study is extended); the others (workers once trained, evaluators, Ray address, fit targets) only
 # change how it runs.
-RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "budget_ms", "budget_quantile", "epochs", "sampler", "seed", "calibrate",
-                   "validate", "storage", "precision", "randaugment", "val_images")
+RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "runtime", "budget_ms", "budget_quantile", "epochs", "sampler", "seed", "calibrate",
+                   "validate", "storage", "precision", "randaugment", "val_images", "latency")
+LATENCY_SOURCES = ("measured", "predicted")
 
 
 def resume_changes(previous: dict, settings: dict, trained: bool) -> dict:
@@ -104,13 +104,16 @@ def resolve_budget(space, table, budget_ms: float | None, progress=lambda line: 
         budget, line = default_budget(space, table, quantile=quantile)
         progress(line)
         return budget
+    from nas.latency.trials import TrialLatency
+
     floor = smallest_latency(space, table)
     if budget_ms <= 0:
         raise NasError(f"--budget-ms must be > 0, got {budget_ms}")
-    if budget_ms < floor:
+    margin = TrialLatency(table).margin()  # the prior's measured error: a budget within it of the floor may still be met
+    if budget_ms * (1 + margin) < floor:
         raise NasError(
             f"--budget-ms {budget_ms} is below the smallest latency any arch of {space.name} reaches on this device "
-            f"({floor:.4f} ms predicted); raise the budget"
+            f"({floor:.4f} ms predicted, by more than the table's error of {margin:.0%}); raise the budget"
         )
     return budget_ms
 
@@ -119,12 +122,13 @@ def no_feasible_trial(study, budget: float) -> NasError:
     """The error of a search that ended with an empty feasible front."""
     import statistics
 
-    latencies = sorted(t.user_attrs["latency_ms"] for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs)
-    if not latencies:
+    judged = [t.user_attrs for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs]
+    if not judged:
         return NasError(f"no trial met the budget {budget} ms: no trial finished")
-    admit = statistics.median(latencies)
+    fastest = min(judged, key=lambda attrs: attrs["latency_ms"])
+    admit = statistics.median(attrs["latency_ms"] for attrs in judged)
     return NasError(
-        f"no trial met the budget {budget} ms: the fastest trial was predicted at {latencies[0]:.4f} ms; "
+        f"no trial met the budget {budget} ms: the fastest trial was {fastest.get('latency_source', 'predicted')} at {fastest['latency_ms']:.4f} ms; "
         f"--budget-ms {admit:.4f} (the trials' median latency) would admit about half of them"
     )
 
@@ -152,6 +156,12 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         raise NasError("--workers, --evaluators, --trials and --epochs must be >= 1")
     if not 0 < config.budget_quantile <= 1:
         raise NasError(f"--budget-quantile must be in (0, 1], got {config.budget_quantile}")
+    if config.latency not in LATENCY_SOURCES:
+        raise NasError(f"--latency {config.latency!r}: use one of {', '.join(LATENCY_SOURCES)}")
+    from nas.latency.device import resolve_device
+    from nas.latency.runtime import check_runtime
+
+    check_runtime(config.runtime, resolve_device(config.device), config.dtype)  # before any work
     check_local_capacity(config.ray_address, workers=config.workers, evaluators=config.evaluators)
     space = load_space(config.space)
     config = replace(config, data=config.data or space.data, epochs=config.epochs or space.epochs)
@@ -169,8 +179,6 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     run = RunDir(run_dir)
     try:
         return _stages(config, run, space, dataset, resume, changes, progress, compute)
-    except PoorFitError as error:  # the table took minutes to build: keep the run so that it can be resumed with it
-        raise PoorFitError(f"{error} (nas run --resume --accept-poor-fit --out {run_dir} goes on with it)") from None
     except NasError:
         # A user error before any training (e.g. an infeasible budget) leaves nothing behind.
         if created and not resumable_training(run):
@@ -184,6 +192,7 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     from nas import report, search
     from nas.latency.profiler import Profiler
     from nas.rundir import TABLE
+    from nas.select import pick_within_budget
     from nas.train import TrainConfig, accuracy
 
     manifest = Manifest(run, settings_record(config))
@@ -194,12 +203,13 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
 
     # 1. latency
     started = time.perf_counter()
-    profiler = Profiler(config.device, config.dtype, config.batch_size)
+    profiler = Profiler(config.device, config.dtype, config.batch_size, config.runtime)
     fp = profiler.fingerprint()
     manifest.data["fingerprint"] = fp.to_dict()
-    progress(f"== latency: {space.name} on {fp.device_name} ({fp.device_type}, {fp.dtype}, batch {fp.batch_size})")
-    fit = Fit(config.max_mape, config.min_tau, config.accept_poor_fit)
-    table = latency_stage(space, profiler, run.path(TABLE), config.calibrate, config.validate, config.seed, progress, fit=fit)
+    progress(f"== latency: {space.name} on {fp.device_name} ({fp.device_type}, {fp.dtype}, batch {fp.batch_size}, {fp.backend})")
+    # The table is the prior (default budget, pre-filter): a poor fit is reported, not a stop, since the trials are measured
+    # (with --latency predicted too, the pick is measured before it is exported).
+    table = latency_stage(space, profiler, run.path(TABLE), config.calibrate, config.validate, config.seed, progress, gate=False)
     budget = resolve_budget(space, table, config.budget_ms, progress, config.budget_quantile)
     manifest.data["settings"]["budget_ms_resolved"] = budget
     manifest.record("latency", time.perf_counter() - started, True, entries=len(table.entries))
@@ -222,44 +232,63 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     # 3. search
     started = time.perf_counter()
     search_config = search.SearchConfig(trials=config.trials, batch=2 * config.evaluators, sampler=config.sampler, seed=config.seed, budget_ms=budget)
-    progress(f"== search: {config.trials} trials, {config.sampler}, {config.evaluators} evaluator(s), budget {budget} ms")
+    progress(f"== search: {config.trials} trials, {config.sampler}, {config.evaluators} evaluator(s), budget {budget} ms, "
+             + ("each trial's model measured on " + fp.device_name if config.latency == "measured" else "latency predicted by the table"))
     storage = config.storage or run.default_storage()
     study_exists = run.has(STUDY) if config.storage is None else resume
+    trial_protocol = profiler.protocol.for_trials()
+    measure = (lambda archs: profiler.measure_models(archs, trial_protocol)) if config.latency == "measured" else None
     try:
         scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images}
-        study, front = search_stage(run, space, table, search_config, storage, study_exists, config.evaluators, config.ray_address, progress,
-                                    scoring=scoring, gpus_each=config.gpus_per_evaluator)
+        study, front, latency = search_stage(run, space, table, search_config, storage, study_exists, config.evaluators, config.ray_address,
+                                             progress, scoring=scoring, gpus_each=config.gpus_per_evaluator, measure=measure)
     finally:
         manifest.record("search", time.perf_counter() - started, False)
-    manifest.record("search", 0.0, True)
+    speeds = profiler.speeds  # the reference's time per measured chunk / the table's: the machine's speed during the search
+    manifest.record("search", 0.0, True, latency_measured=latency.measured, latency_seconds=round(latency.seconds, 2),
+                    prefiltered=latency.prefiltered, machine_speed=[min(speeds), max(speeds)] if speeds else None)
     progress(report.format_front(front))
     trials = study.get_trials(deepcopy=False)
     failed = [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("interrupted")]
     if failed:
         progress(f"{len(failed)} trial(s) failed and are recorded as such in trials.csv: "
                  + "; ".join(f"trial {t.number}: {t.user_attrs.get('failure', '?')[:120]}" for t in failed[:5]))
-    told = [t for t in trials if t.constraints]
-    progress(f"{sum(search.feasible(t) for t in told)} of {len(told)} trials within the budget of {budget} ms")
+    judged = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.constraints]
+    within = [t for t in judged if t.state.name == "COMPLETE" and search.feasible(t)]
+    progress(f"{len(within)} of {len(judged)} judged trials within the budget of {budget} ms "
+             f"({sum(t.state.name == 'PRUNED' for t in judged)} over it, not scored)")
 
-    # the best feasible arch under the budget, scored on the held-out test split
-    best = max(front, key=lambda t: (t.values[0], -t.values[1])) if front else None
-    if best is None:
+    # the pick: the most accurate feasible arch whose model, measured again now, meets the budget
+    feasible = [t for t in trials if t.state.name == "COMPLETE" and search.feasible(t)]
+    if not feasible:
         manifest.data["result"] = None
         manifest.save()
         raise no_feasible_trial(study, budget)
-    arch = search.arch_of(best, space)
+    previous = manifest.data.get("result") or {}
+    if manifest.done("export") and previous.get("export") and previous.get("trials_seen") == len(trials):
+        return previous  # an interrupted run resumed after its export: nothing changed
+    progress(f"re-measuring the most accurate of {len(feasible)} feasible trial(s) against the budget...")
+    candidates = [_candidate(t, space) for t in feasible]
+    chosen, measured_ms, checked = pick_within_budget(candidates, profiler.measure_models, budget, progress=progress)
+    best = next(t for t in feasible if t.number == chosen.trial)
+    arch = chosen.arch
     result = {
         "trial": best.number,
         "arch": arch.to_dict(),
         "digest": arch.digest,
         "val_accuracy": best.values[0],
         "test_accuracy": accuracy(run.supernet(space).to(compute.device), arch, dataset, "test", compute=compute),
-        "predicted_latency_ms": best.values[1],
+        "predicted_latency_ms": best.user_attrs.get("predicted_ms", table.predict(arch)),
+        "search_latency_ms": best.values[1],
+        "measured_latency_ms": measured_ms,
+        "latency_source": best.user_attrs.get("latency_source", "predicted"),
         "budget_ms": budget,
+        "pick": checked,
+        "trials_seen": len(trials),
         "failed_trials": [t.number for t in failed],
     }
-    progress(f"best feasible arch (trial {best.number}): test top-1 {result['test_accuracy']:.4f}, predicted {best.values[1]:.4f} ms <= budget {budget} ms")
-    previous = manifest.data.get("result") or {}
+    progress(f"best feasible arch (trial {best.number}): test top-1 {result['test_accuracy']:.4f}, measured again {measured_ms:.4f} ms "
+             f"<= budget {budget} ms (search {best.values[1]:.4f} ms {result['latency_source']}, prior {result['predicted_latency_ms']:.4f} ms)")
     if manifest.done("export") and previous.get("trial") == best.number and previous.get("export"):
         result["export"] = previous["export"]  # exports/best already holds this trial
     manifest.data["result"] = result
@@ -272,9 +301,19 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         started = time.perf_counter()
         progress(f"== export: the best feasible arch (trial {best.number}) -> {EXPORTS}/best")
         manifest.record("export", 0.0, False)
-        meta = export_stage(run, best.number, run.path(EXPORTS) / "best", progress=progress, overwrite=True, compute=compute)
+        meta = export_stage(run, best.number, run.path(EXPORTS) / "best", progress=progress, overwrite=True, compute=compute,
+                            budget_ms=budget, measured_ms=measured_ms, pick=checked)
         result["export"] = {"dir": "exports/best", "trial": best.number, "predicted_ms": meta["latency"]["predicted_ms"],
                             "measured_ms": meta["latency"]["measured_ms"]}
         manifest.record("export", time.perf_counter() - started, True, trial=best.number, latency=meta["latency"]["measured_ms"])
-    return result or {}
+        manifest.data["result"] = result
+        manifest.save()
+    return result
 
+
+def _candidate(trial, space):
+    """A feasible trial as a selection candidate (its search latency: measured, or predicted)."""
+    from nas.search import arch_of
+    from nas.select import Candidate
+
+    return Candidate(trial.number, trial.values[0], trial.values[1], trial.user_attrs["macs"], trial.user_attrs["params"], arch_of(trial, space))

@@ -19,7 +19,10 @@ from nas.rundir import PARETO_CSV, PARETO_PNG, TRIALS
 from nas.search import feasible
 from nas.search import pareto_front
 
-TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "macs", "params", "duration_s", "digest", "reused_from", "interrupted", "failure", "arch"]
+# latency_ms decides (measured, or predicted where nothing measured: latency_source); predicted_ms is the table's prior.
+# A PRUNED trial is an arch over the budget, judged but not scored (`skipped` says why).
+TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "measured_ms", "predicted_ms", "latency_source", "macs", "params",
+                 "duration_s", "digest", "reused_from", "interrupted", "skipped", "failure", "arch"]
 
 
 def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
@@ -31,12 +34,16 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
         "accuracy": trial.values[0] if trial.values else attrs.get("accuracy"),
         "latency_ms": attrs.get("latency_ms"),
         "feasible": feasible(trial) if trial.constraints else None,
+        "measured_ms": attrs.get("measured_ms"),
+        "predicted_ms": attrs.get("predicted_ms"),
+        "latency_source": attrs.get("latency_source", "predicted" if "latency_ms" in attrs else ""),
         "macs": attrs.get("macs"),
         "params": attrs.get("params"),
         "duration_s": None if duration is None else round(duration, 3),
         "digest": attrs.get("digest"),
         "reused_from": attrs.get("reused_from", ""),
         "interrupted": bool(attrs.get("interrupted", False)),
+        "skipped": attrs.get("skipped", ""),
         "failure": attrs.get("failure", ""),
         "arch": _compact_json(attrs.get("arch")),
     }
@@ -84,13 +91,14 @@ def _plot(trials, front, budget_ms: float | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    measured = any(t.user_attrs.get("latency_source") == "measured" for t in complete)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.scatter([t.values[1] for t in complete], [t.values[0] for t in complete], s=12, color="0.7", label=f"trials ({len(complete)})")
     if front:
         ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", color="tab:red", markersize=4, label=f"feasible Pareto front ({len(front)})")
     if budget_ms is not None:
         ax.axvline(budget_ms, color="tab:blue", linestyle="--", label=f"budget {budget_ms:.3g} ms")
-    ax.set_xlabel("predicted latency (ms)")
+    ax.set_xlabel("measured latency (ms)" if measured else "predicted latency (ms)")
     ax.set_ylabel("top-1 accuracy (validation, inherited weights)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -1,12 +1,17 @@
 """Multi-objective Optuna search over a trained supernet, under a latency budget.
 
 Objectives: maximise top-1 accuracy (inherited supernet weights, validation split) and
-minimise predicted latency (the device's lookup table); optionally minimise params or
-MACs too. The latency budget is a constraint set on every trial, failed ones included
-(`trial.set_constraint`, latency − budget ≤ 0 is feasible). The loop only asks and
-tells: it asks a batch of trials, hands their archs to `evaluate` (a pool of Ray
-evaluator actors, or a plain function), and tells the results. A trial whose evaluation
-fails or yields NaN is told FAILED, never dropped.
+minimise latency — the whole model measured on the target device (`measure`, see
+nas.latency.trials; the lookup table is the prior and pre-filter), or the table's
+prediction where nothing measures; optionally minimise params or MACs too. The latency
+budget is a constraint set on every trial, failed ones included (`trial.set_constraint`,
+latency − budget ≤ 0 is feasible). Latency comes first: an arch over the budget (measured,
+or predicted over it by more than the prior's error) is not scored; its trial is told
+PRUNED with its latency and constraint, so that the samplers learn the boundary. The loop
+only asks and tells: it asks a batch of trials, judges their latency, hands the archs
+within the budget to `evaluate` (a pool of Ray evaluator actors, or a plain function),
+and tells the results. A trial whose evaluation fails or yields NaN is told FAILED, never
+dropped.
 
 Each arch is evaluated at most once per study: a trial whose arch already has a finished
 result (an earlier trial, or another trial of the same batch) reuses it (`reused_from`).
@@ -31,6 +36,7 @@ from nas import interrupts
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.latency.table import LatencyTable
+from nas.latency.trials import TrialLatency
 from nas.space import SearchSpace
 from nas.storage import check as check_storage
 from nas.storage import normalize, redact
@@ -131,9 +137,11 @@ def metric_names(config: SearchConfig) -> list[str]:
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished trials that count towards --trials (interrupted ones are re-run instead)."""
+    """Finished trials that count towards --trials (interrupted ones are re-run instead); a
+    PRUNED trial is an arch over the budget, judged but not scored."""
     state = trial.state
-    return state == optuna.trial.TrialState.COMPLETE or (state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get("interrupted"))
+    return state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) or (
+        state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get("interrupted"))
 
 
 def recover_interrupted(study: optuna.Study) -> int:
@@ -156,6 +164,16 @@ def _interrupt(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 Evaluation = dict  # {"accuracy": float, "macs": int, "params": int}
 
 
+def trial_latency(study: optuna.Study, table: LatencyTable, measure, budget_ms: float | None) -> TrialLatency:
+    """The judge of this search's latencies, knowing every measurement the study already holds."""
+    latency = TrialLatency(table, measure, budget_ms)
+    if measure is not None:
+        for t in study.get_trials(deepcopy=False):
+            if "measured_ms" in t.user_attrs and "digest" in t.user_attrs:
+                latency.remember(t.user_attrs["digest"], t.user_attrs.get("predicted_ms", t.user_attrs["measured_ms"]), t.user_attrs["measured_ms"])
+    return latency
+
+
 def run_search(
     study: optuna.Study,
     space: SearchSpace,
@@ -163,19 +181,24 @@ def run_search(
     evaluate: Callable[[list[Arch]], Sequence[Evaluation | BaseException]],
     config: SearchConfig,
     progress: Callable[[str], None] = print,
-) -> None:
-    """Ask/tell until `config.trials` trials have finished (COMPLETE or FAILED)."""
+    measure: Callable[[list[Arch]], list[float]] | None = None,
+) -> TrialLatency:
+    """Ask/tell until `config.trials` trials have finished (COMPLETE, PRUNED or FAILED).
+    `measure(archs) -> ms each`: the whole models' latencies on the target device (a
+    profiler's `measure_models`); None: the table's predictions decide. Returns the judge (its figures)."""
     started = time.perf_counter()
+    latency = trial_latency(study, table, measure, config.budget_ms)
     while True:
         with interrupts.deferred():
             trials = study.get_trials(deepcopy=False)
         done = sum(counted(t) for t in trials)
         if done >= config.trials:
-            return
+            progress(latency.summary())
+            return latency
         finished = {t.user_attrs["digest"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs}
         batch: list[optuna.Trial] = []
         try:
-            reused = _run_batch(study, space, table, evaluate, config, min(config.batch, config.trials - done), finished, batch, progress)
+            reused, skipped = _run_batch(study, space, latency, evaluate, config, min(config.batch, config.trials - done), finished, batch, progress)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM, wherever it lands: running trials are marked interrupted, re-run on --resume
             # Every RUNNING trial, not only those in `batch`: one stopped inside `study.ask()` (signals are held there,
             # an error in the sampler is not) has a row but no place in `batch`. The driver is the study's only writer.
@@ -188,50 +211,65 @@ def run_search(
             best = _best_feasible(study)
         progress(
             f"[{min(done, config.trials)}/{config.trials}] trials finished ({elapsed:.0f} s)"
+            + (f"; {skipped} over the budget, not scored" if skipped else "")
             + (f"; {reused} repeated arch(s) reused earlier results" if reused else "")
             + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
         )
 
 
-def _run_batch(study, space, table, evaluate, config, size, finished, batch, progress) -> int:
-    """Ask `size` trials (appended to `batch` as soon as each exists), evaluate the fresh archs, tell every trial.
+def _run_batch(study, space, latency, evaluate, config, size, finished, batch, progress) -> tuple[int, int]:
+    """Ask `size` trials (appended to `batch` as soon as each exists), judge their latency,
+    evaluate the fresh archs within the budget, tell every trial.
 
-    Returns how many trials reused an earlier result instead of being evaluated. The storage is
-    written with Ctrl-C / SIGTERM held (nas.interrupts); the evaluation, the long part, stops at once.
+    Returns how many trials reused an earlier result instead of being evaluated, and how many
+    were over the budget (told PRUNED, not scored). The storage is written with Ctrl-C /
+    SIGTERM held (nas.interrupts); the measurement and the evaluation, the long parts, stop at once.
     """
     with interrupts.deferred():
-        archs, latencies = _ask(study, space, table, config, size, batch)
+        archs = _ask(study, space, size, batch)
+    judgements = latency.judge(archs)
+    with interrupts.deferred():
+        _constrain(study, config, batch, judgements)
+    scored = [a for a, j in zip(archs, judgements) if not j.skipped]
     # Each arch is evaluated once: one already finished in the study, or twice in this batch, reuses that result.
-    fresh = list({a.digest: a for a in archs if a.digest not in finished}.values())
+    fresh = list({a.digest: a for a in scored if a.digest not in finished}.values())
     evaluated = dict(zip((a.digest for a in fresh), evaluate(fresh) if fresh else []))
     with interrupts.deferred():
-        _tell(study, config, batch, archs, latencies, finished, evaluated, progress)
-    return len(batch) - len(fresh)
+        _tell(study, config, batch, archs, judgements, finished, evaluated, progress)
+    return len(scored) - len(fresh), len(archs) - len(scored)
 
 
-def _ask(study, space, table, config, size, batch) -> tuple[list[Arch], list[float]]:
-    """Ask `size` trials (appended to `batch` as soon as each exists); their archs and predicted latencies."""
+def _ask(study, space, size, batch) -> list[Arch]:
+    """Ask `size` trials (appended to `batch` as soon as each exists); their archs."""
     for _ in range(size):
         batch.append(study.ask())
-    archs, latencies = [], []
+    archs = []
     for trial in batch:
         arch = suggest_arch(trial, space)
-        latency = table.predict(arch)
         trial.set_user_attr("arch", arch.to_dict())
         trial.set_user_attr("digest", arch.digest)
-        trial.set_user_attr("latency_ms", latency)
-        slack = latency - config.budget_ms if config.budget_ms is not None else 0.0
+        archs.append(arch)
+    return archs
+
+
+def _constrain(study, config, batch, judgements) -> None:
+    """Each trial's latency attributes and its budget constraint (latency − budget)."""
+    for trial, judgement in zip(batch, judgements):
+        for key, value in judgement.attrs().items():
+            trial.set_user_attr(key, value)
+        slack = judgement.latency_ms - config.budget_ms if config.budget_ms is not None else 0.0
         trial.set_constraint("latency", slack)
         # optuna-dashboard (0.21) reads constraints from the list format of Optuna < 5; Optuna reads both.
         study._storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, [slack])
-        archs.append(arch)
-        latencies.append(latency)
-    return archs, latencies
 
 
-def _tell(study, config, batch, archs, latencies, finished, evaluated, progress) -> None:
-    """Tell every trial of the batch its result (an earlier trial's for a repeated arch) or its failure."""
-    for trial, arch, latency in zip(batch, archs, latencies):
+def _tell(study, config, batch, archs, judgements, finished, evaluated, progress) -> None:
+    """Tell every trial of the batch its result (an earlier trial's for a repeated arch), its
+    failure, or PRUNED for an arch over the budget."""
+    for trial, arch, judgement in zip(batch, archs, judgements):
+        if judgement.skipped:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
         if arch.digest in finished:
             earlier = finished[arch.digest]
             result = {key: earlier.user_attrs[key] for key in ("accuracy", "macs", "params")}
@@ -246,7 +284,7 @@ def _tell(study, config, batch, archs, latencies, finished, evaluated, progress)
             continue
         for key in ("accuracy", "macs", "params"):
             trial.set_user_attr(key, result[key])
-        values = [result["accuracy"], latency] + ([result[config.third_objective]] if config.third_objective else [])
+        values = [result["accuracy"], judgement.latency_ms] + ([result[config.third_objective]] if config.third_objective else [])
         study.tell(trial, values)
 
 

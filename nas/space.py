@@ -27,6 +27,7 @@ from nas.errors import NasError
 from nas.kernels import KernelSpec
 
 BASELINE_KERNEL = "softmax"  # the largest subnet (the supernet's teacher) uses it everywhere
+MAX_DEPTH = 64  # layers; ViTs searched here have 2-24, and the space's size (choices ** depth) must stay a float
 REQUIRED = ("name", *FIXED_FIELDS, "embed_dim", "depth", "heads", "mlp_ratio", "kernels")
 OPTIONAL = ("description", "kernel_options", "data", "epochs")  # plus a section per kernel with choice options
 
@@ -163,10 +164,17 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     text = str(name_or_path)
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise NasError(f"search space {text} is a directory; pass a YAML file")
         if not path.is_file():
             raise NasError(f"search space file {text} does not exist")
         source = str(path)
-        content = path.read_text()
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise NasError(f"{text}: not a text file (a search space is YAML)") from None
+        except OSError as error:
+            raise NasError(f"{text}: cannot read it ({error.strerror})") from None
     else:
         shipped = resources.files("search_spaces") / f"{text}.yaml"
         if not shipped.is_file():
@@ -219,6 +227,8 @@ def parse_space(data: Any, source: str) -> SearchSpace:
     if fixed["image_size"] % fixed["patch_size"]:
         raise fail("patch_size", f"{fixed['patch_size']} does not divide image_size {fixed['image_size']}", "pick a divisor of image_size")
     embed, depth, heads = choices("embed_dim"), choices("depth"), choices("heads")
+    if max(depth) > MAX_DEPTH:
+        raise fail("depth", f"{max(depth)} layers is more than {MAX_DEPTH}", f"use depths up to {MAX_DEPTH}")
     ratios = choices("mlp_ratio", float)
     if max(heads) * fixed["head_dim"] > max(embed):
         raise fail(

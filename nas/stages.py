@@ -90,12 +90,13 @@ def check_connections(ray_address: str | None, storage: str | None, timeout_s: f
 
 
 def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, seed: int, progress=print, revalidate: bool = False,
-                  fit: Fit = Fit()):
+                  fit: Fit = Fit(), gate: bool = True):
     """Build (or resume) the table at `out`, fit the calibration on `calibrate` whole models and
     validate on `validate` held-out ones (each step skipped when already done, except the
     validation with `revalidate`); returns it. A table that misses `fit` has its worst
     offenders re-measured once; if it still misses, it is refused (NasError) unless
-    `fit.accept_poor`."""
+    `fit.accept_poor` — with `gate`. Without `gate` (nas run, whose trials are measured: the
+    table is only their prior) the fit is reported and the run goes on."""
     from nas.latency import table as lut
 
     if calibrate < 0 or validate < 0:
@@ -103,6 +104,7 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
     if 0 < calibrate < 3:
         raise NasError("--calibrate needs at least 3 archs to fit a line (or 0 for none)")
     table = lut.build(space, profiler.fingerprint(), out, profiler.measure_probes, profiler.protocol, progress=progress, reference=profiler.reference)
+    profiler.anchor_to(table.reference_ms)  # whole models measured from here on are expressed at the table's speed
     if calibrate and table.calibration is None:
         archs = lut.held_out_archs(space, calibrate, seed, exclude=set())
         progress(f"calibrating on {len(archs)} whole models...")
@@ -125,7 +127,11 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
         table.save(out)
     if table.validation:
         progress("latency predictor: " + lut.summary_line(table.validation))
-        check_fit(table, out, fit, progress)
+        if gate:
+            check_fit(table, out, fit, progress)
+        elif fit.misses(table.validation):
+            progress(f"the table misses its validation targets ({', '.join(fit.misses(table.validation))}); it is only the prior here "
+                     "(default budget, pre-filter): every trial's whole model is measured, so the run goes on")
     return table
 
 
@@ -188,7 +194,7 @@ def resumable_training(run: RunDir) -> bool:
 
 
 def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print,
-                 report_dir: Path | None = None, scoring: dict | None = None, gpus_each: float | None = None):
+                 report_dir: Path | None = None, scoring: dict | None = None, gpus_each: float | None = None, measure=None):
     """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png into
     `report_dir` (default: the run directory). `scoring`: the evaluators' device, precision
     and val_images (nas.evaluate.Evaluator); `gpus_each`: GPUs per evaluator (EvaluatorPool). The evaluators receive the supernet and
@@ -208,11 +214,11 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
             progress(f"resuming: {interrupted} trial(s) interrupted by the last run are re-enqueued")
     pool = EvaluatorPool(state, evaluators, scoring=scoring, gpus_each=gpus_each)
     try:
-        search.run_search(study, space, table, pool.evaluate, config, progress)
+        latency = search.run_search(study, space, table, pool.evaluate, config, progress, measure=measure)
     finally:
         pool.shutdown()
     front = report.write_outputs(study, report_dir or run.root, config.budget_ms)
-    return study, front
+    return study, front, latency
 
 
 def export_stage(run: RunDir, trial: int, out: Path, progress=print, **options) -> dict:

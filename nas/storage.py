@@ -45,6 +45,21 @@ def redact_text(text: str) -> str:
     return _URL.sub(lambda m: redact(m.group(1)), text)
 
 
+def scrub(text: str, url: str) -> str:
+    """`text` (a driver's error message) without any piece of `url`'s credentials: a password with an
+    unencoded '@' or ':' makes URL parsers quote fragments of it that no URL pattern recognises."""
+    if "://" not in url:
+        return text
+    netloc = url.split("://", 1)[1].split("?", 1)[0]
+    if "@" not in netloc:
+        return text
+    credentials = netloc.rsplit("@", 1)[0]
+    pieces = {credentials} | set(re.split(r"[@:/]", credentials)) | set(credentials.split(":", 1)[1:])
+    for piece in sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
+
+
 def resolve(flag: str | None) -> tuple[str | None, str]:
     """The storage URL from --storage, else from NAS_STORAGE_URL, else None; and where it came from."""
     if flag:
@@ -93,7 +108,7 @@ def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
         raise NasError(f"--storage {redact(url)}: no answer within {timeout_s:.0f} s; is the database server running and reachable?")
     if "error" in outcome:
         error = outcome["error"]
-        detail = redact_text(str(error).strip().splitlines()[0] if str(error).strip() else "")[:200]
+        detail = scrub(redact_text(str(error).strip().splitlines()[0] if str(error).strip() else ""), url)[:200]
         raise NasError(f"--storage {redact(url)}: cannot open it ({type(error).__name__}: {detail})")
     return outcome["names"]
 

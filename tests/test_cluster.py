@@ -147,7 +147,7 @@ def test_a_search_joins_a_head_started_with_ray_start(tmp_path):
         run = tmp_path / "run"
         started = time.perf_counter()
         done = subprocess.run(nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "4", "--evaluators", "1",
-                                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0",
+                                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0",
                                       "--ray-address", f"127.0.0.1:{port}", "--out", str(run)),
                               capture_output=True, text=True, timeout=600, cwd=REPO)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

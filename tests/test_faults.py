@@ -82,7 +82,7 @@ def manifest(run: Path) -> dict:
 def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "1", "--trials", "2", "--evaluators", "1", "--calibrate", "3",
-                      "--validate", "3", "--accept-poor-fit", "--budget-quantile", "1", "--out", str(run))
+                      "--validate", "3", "--budget-ms", "1000", "--out", str(run))
     table_path = run / "latency_table.json"
     kill_when(command, lambda: len(json.loads(table_path.read_text())["entries"]) >= 8)  # the first chunk of 8 is saved
     before = json.loads(table_path.read_text())["entries"]
@@ -97,7 +97,7 @@ def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
 def test_kill_during_training_continues_from_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "20", "--trials", "2", "--evaluators", "1",
-                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
     state = run / "train_state.json"
     kill_when(command, lambda: json.loads(state.read_text())["epochs_done"] >= 3)
     done_before = json.loads(state.read_text())["epochs_done"]
@@ -116,7 +116,7 @@ def test_kill_during_the_search_keeps_every_finished_trial(tmp_path):
 
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "10", "--evaluators", "1",
-                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
     storage = f"sqlite:///{run / 'study.db'}"
 
     def finished():
@@ -139,7 +139,7 @@ def test_kill_during_the_search_keeps_every_finished_trial(tmp_path):
 def test_kill_during_export_leaves_it_complete_or_absent(tmp_path):
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "4", "--evaluators", "1",
-                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
     exports = run / "exports"
     kill_when(command, lambda: exports.is_dir() and any(p.name.startswith(".best.tmp-") for p in exports.iterdir()))
     best = exports / "best"

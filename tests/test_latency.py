@@ -132,7 +132,7 @@ def test_kendall_tau():
 
 
 def test_fingerprint_validates_its_inputs():
-    with pytest.raises(NasError, match="--backend cuda-graph needs a CUDA device"):
+    with pytest.raises(NasError, match="--runtime cuda-graph needs a CUDA device"):
         fingerprint(CPU, "fp32", 1, "cuda-graph")
     with pytest.raises(NasError, match="--dtype 'fp64'"):
         fingerprint(CPU, "fp64", 1)

@@ -61,7 +61,7 @@ def finished_run(tmp_path_factory):
     storage = f"sqlite:///{root / 'elsewhere.db'}"
     env = {**os.environ, "NAS_STORAGE_URL": storage}
     command = nas_run("--space", str(tiny_space_file(root)), "--epochs", "1", "--trials", "4", "--evaluators", "1",
-                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(root / "run"))
+                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(root / "run"))
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return root / "run", command, env, storage
@@ -74,7 +74,7 @@ def test_resume_with_a_changed_budget_is_refused_and_changes_nothing(finished_ru
     result = subprocess.run(command + ["--resume", "--budget-ms", "5", "--seed", "3"], capture_output=True, text=True, timeout=300,
                             cwd=REPO, env=env)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "--budget-ms was None, now 5.0" in result.stderr and "--seed was 0, now 3" in result.stderr
+    assert "--budget-ms was 1000.0, now 5.0" in result.stderr and "--seed was 0, now 3" in result.stderr
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
@@ -434,7 +434,7 @@ def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
 
     run = tmp_path / "run"
     command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "1", "--trials", "12", "--evaluators", "1",
-                      "--budget-quantile", "1", "--calibrate", "0", "--validate", "0", "--out", str(run))
+                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
     storage = f"sqlite:///{run / 'study.db'}"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 

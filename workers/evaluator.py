@@ -4,7 +4,10 @@ received through Ray's object store (no actor opens the run directory).
 Ray restarts a dead actor (`max_restarts`) and retries the call on the new one
 (`max_task_retries`). When those are spent, the arch's result is the exception (the search
 records that trial as failed) and the pool replaces the dead actor with a fresh one, so
-later trials run at full capacity.
+later trials run at full capacity. With `timeout_s`, a result that has not come back by
+then is a failure too (TimeoutError), and its actor is killed and replaced: an actor whose
+restart never completes (seen with Ray 2.60 when an actor is killed twice in quick
+succession) cannot hang the search.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from nas.evaluate import Evaluator
 
 class EvaluatorPool:
     def __init__(self, state, size: int, threads_each: int = 1, max_restarts: int = 3, max_task_retries: int = 2,
-                 scoring: dict | None = None, gpus_each: float | None = None, resources: dict | None = None) -> None:
+                 scoring: dict | None = None, gpus_each: float | None = None, resources: dict | None = None,
+                 timeout_s: float | None = None) -> None:
         """`state`: `nas.evaluate.evaluation_state(run)` (or a reference to it in the object
         store), put there once and shared by every actor. `scoring`: Evaluator's device,
         precision and val_images. On CUDA each actor asks Ray for `gpus_each` GPUs (fractions
@@ -43,6 +47,7 @@ class EvaluatorPool:
         self._new_actor = lambda: remote.remote(self.state, threads_each, **scoring)
         self.actors = [self._new_actor() for _ in range(size)]
         self.replaced = 0
+        self.timeout_s = timeout_s
 
     def evaluate(self, archs: Sequence[Arch]) -> list[dict | BaseException]:
         """Score archs in parallel, round-robin over the actors; failures come back as exceptions."""
@@ -56,7 +61,11 @@ class EvaluatorPool:
         dead: set[int] = set()
         for index, ref in submitted:
             try:
-                results.append(ray.get(ref))
+                results.append(ray.get(ref, timeout=self.timeout_s))
+            except ray.exceptions.GetTimeoutError:
+                results.append(TimeoutError(f"no result from evaluator {index} within {self.timeout_s:g} s"))
+                ray.kill(self.actors[index], no_restart=True)
+                dead.add(index)
             except ray.exceptions.RayActorError as error:  # the actor died (ActorDiedError in newer Ray is one)
                 results.append(error)
                 dead.add(index)

@@ -34,11 +34,14 @@ class RemoteProfiler:
     def measure_probes(self, chunk: list[tuple[str, Arch]], provisional: bool = False) -> dict[str, dict]:
         return self._get(self.actor.measure_probes.remote(chunk, provisional))
 
-    def measure_models(self, archs: list[Arch]) -> list[float]:
-        return self._get(self.actor.measure_models.remote(archs))
+    def measure_models(self, archs: list[Arch], protocol: Protocol | None = None) -> list[float]:
+        return self._get(self.actor.measure_models.remote(archs, protocol))
 
     def reference(self) -> float:
         return self._get(self.actor.reference.remote())
+
+    def anchor_to(self, reference_ms: float | None) -> None:
+        self._get(self.actor.anchor_to.remote(reference_ms))
 
     @staticmethod
     def _get(ref):

@@ -88,3 +88,109 @@ def _scatter(table: LatencyTable, validation: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130)
     plt.close(fig)
+
+
+def remeasure_run(run_dir: Path, count: int, seed: int, measure, command: str | None, note: str | None) -> dict:
+    """Are a finished run's latencies true now? `count` of its measured trials — the exported
+    pick, the front, then a seeded sample of the others — measured again (`measure`: a profiler
+    with the run's fingerprint) and compared with what the run recorded: MAPE, Kendall τ, and
+    the export's latency against its budget."""
+    import json
+    import random
+
+    from nas.arch import Arch
+    from nas.latency.table import kendall_tau
+    from nas.rundir import PARETO_CSV, TRIALS, RunDir
+
+    run = RunDir(run_dir)
+    with (Path(run_dir) / TRIALS).open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("measured_ms")]
+    if len(rows) < 2:
+        from nas.errors import NasError
+
+        raise NasError(f"{run_dir}/{TRIALS} holds fewer than 2 measured trials; re-measuring needs a search with --latency measured")
+    result = run.manifest_data().get("result") or {}
+    with (Path(run_dir) / PARETO_CSV).open() as handle:
+        front = {r["number"] for r in csv.DictReader(handle)}
+    by_digest: dict[str, dict] = {}
+    first = [r for r in rows if str(result.get("trial")) == r["number"]] + [r for r in rows if r["number"] in front]
+    rest = [r for r in rows if r not in first]
+    random.Random(seed).shuffle(rest)
+    for r in first + rest:
+        by_digest.setdefault(r["digest"], r)
+        if len(by_digest) == count:
+            break
+    chosen = list(by_digest.values())
+    archs = [Arch.from_dict(json.loads(r["arch"])) for r in chosen]
+    now = measure(archs)
+    recorded = [float(r["measured_ms"]) for r in chosen]
+    errors = [(old - new) / new for old, new in zip(recorded, now)]
+    points = [{"trial": int(r["number"]), "digest": r["digest"], "state": r["state"], "recorded_ms": old, "remeasured_ms": new}
+              for r, old, new in zip(chosen, recorded, now)]
+    export = None
+    if result.get("export") and result.get("budget_ms"):
+        exported = next((p for p in points if p["trial"] == result["trial"]), None)
+        if exported:
+            export = {"trial": result["trial"], "budget_ms": result["budget_ms"], "pick_ms": result.get("measured_latency_ms"),
+                      "remeasured_ms": exported["remeasured_ms"], "ratio_to_budget": exported["remeasured_ms"] / result["budget_ms"]}
+    return {
+        "benchmark": "nas bench latency --run",
+        "command": command,
+        "note": note,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run_dir),
+        "fingerprint": run.manifest_data().get("fingerprint"),
+        "archs": len(points),
+        "mape": sum(abs(e) for e in errors) / len(errors),
+        "within_5pct": sum(abs(e) <= 0.05 for e in errors) / len(errors),
+        "kendall_tau": kendall_tau(recorded, now),
+        "export": export,
+        "points": points,
+    }
+
+
+def runtime_comparison(space, runtimes: tuple[str, ...], tokens: tuple[int, ...], embed_dim: int, heads: int, mlp_ratio: float,
+                       protocol, threads: int | None, progress=print) -> list[dict]:
+    """One transformer block of every kernel choice of `space`, at each token count (a square
+    grid: the image size scaled, patch size kept), timed in each runtime with the tables'
+    protocol (interleaved passes over the runtimes and kernels of one token count)."""
+    import dataclasses
+    import math
+
+    import torch
+
+    from nas.latency.probe import block_unit
+    from nas.latency.profiler import Profiler
+    from nas.latency.robust import measure_units
+
+    fingerprints = {runtime: Profiler("cpu", "fp32", 1, runtime, threads).fingerprint() for runtime in runtimes}
+    rows = []
+    for n in tokens:
+        side = math.isqrt(n)
+        if side * side != n:
+            from nas.errors import NasError
+
+            raise NasError(f"--tokens {n}: use square token counts (64, 256, 1024, ...)")
+        scaled = dataclasses.replace(space, image_size=side * space.patch_size)
+        units = {}
+        for spec in scaled.kernel_choices():
+            arch = scaled.make_arch(embed_dim, [scaled.make_layer(spec, heads, mlp_ratio)])
+            for runtime, fp in fingerprints.items():
+                units[(spec.label, runtime)] = block_unit(arch, torch.device("cpu"), fp, protocol)
+        progress(f"{n} tokens: timing {len(units)} blocks ({', '.join(runtimes)})")
+        entries = measure_units(units, protocol)
+        for (label, runtime), entry in entries.items():
+            rows.append({"kernel": label, "runtime": runtime, "tokens": n, "ms": entry["ms"], "dispersion": entry["dispersion"]})
+    return rows
+
+
+def format_runtime_rows(rows: list[dict]) -> str:
+    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
+    kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    tokens = sorted({r["tokens"] for r in rows})
+    ms = {(r["kernel"], r["runtime"], r["tokens"]): r["ms"] for r in rows}
+    header = f"{'kernel':22}" + "".join(f"{f'{rt} N={n}':>22}" for n in tokens for rt in runtimes)
+    lines = [header]
+    for k in kernels:
+        lines.append(f"{k:22}" + "".join(f"{ms[(k, rt, n)]:19.3f} ms" for n in tokens for rt in runtimes))
+    return "\n".join(lines)

@@ -25,6 +25,29 @@ def int_list_any(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def kendall_tau_target(text: str) -> float:
+    """A reachable Kendall tau target: -1 <= tau <= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {text!r}") from None
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a Kendall tau between -1 and 1 (a tau above 1 is unreachable), got {text!r}")
+    return value
+
+
+def local_threads(text: str) -> int:
+    """A CPU thread count this machine has cores for."""
+    import os
+
+    value = positive_int(text)
+    cores = os.cpu_count() or 1
+    if value > cores:
+        raise argparse.ArgumentTypeError(f"{value} threads on a machine with {cores} core(s): timing would measure the oversubscription; "
+                                         f"use at most {cores}")
+    return value
+
+
 def str_list(text: str) -> tuple[str, ...]:
     values = tuple(part.strip() for part in text.split(",") if part.strip())
     if not values:
@@ -77,6 +100,9 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one budget")
+    bad = [v for v in values if not 0 < v < float("inf")]  # nan, inf and non-positive budgets mean nothing
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {', '.join(map(str, bad))} in {text!r}")
     return values
 
 
@@ -103,11 +129,19 @@ def command_line() -> str | None:
     return None
 
 
+def add_runtime(p) -> None:
+    """--runtime (alias --backend): what the latency is measured in (nas.latency.runtime)."""
+    p.add_argument("--runtime", "--backend", dest="backend", default="eager", metavar="RUNTIME",
+                   help="what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
+                   "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint "
+                   "(default: %(default)s)")
+
+
 def add_fit_options(p) -> None:
     """The validation targets a latency table must meet: nas latency and nas run refuse a
     table that misses them unless --accept-poor-fit."""
     p.add_argument("--max-mape", type=positive_float, default=0.10, help="largest mean absolute percentage error of the table's predictions on held-out archs (default: %(default)s)")
-    p.add_argument("--min-tau", type=float, default=0.85, help="smallest Kendall tau between predicted and measured latency (default: %(default)s)")
+    p.add_argument("--min-tau", type=kendall_tau_target, default=0.85, help="smallest Kendall tau between predicted and measured latency (default: %(default)s)")
     p.add_argument("--accept-poor-fit", action="store_true", help="use a table that misses those targets anyway (it stays marked as failed)")
 
 

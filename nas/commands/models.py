@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.commands.common import (add_compute_options, add_fit_options, add_target_device, fit_of, float_list, non_negative_float, non_negative_int,
+from nas.commands.common import (add_compute_options, add_fit_options, add_runtime, add_target_device, local_threads, fit_of, float_list, non_negative_float, non_negative_int,
                                  positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP, str_list)
 from nas.errors import NasError
 
@@ -23,7 +23,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
     p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="default: the space's (digits-tiny 100, odd-one-out 10)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: the space's `epochs` field (its YAML; 100 when absent)")
     p.add_argument("--teacher", default=defaults.teacher, choices=["fair", "softmax"], help="kernels of the label-trained widest path: a random kernel per layer (fair) or softmax everywhere (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default: %(default)s")
     p.add_argument("--lr", type=positive_float, default=defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
@@ -129,8 +129,8 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     add_target_device(p, "cpu", "device whose latency is measured: cpu, cuda or cuda:<index> (default: cpu)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="default: %(default)s")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="default: fp32")
-    p.add_argument("--backend", default="eager", choices=["eager", "cuda-graph"], help="default: eager")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
+    add_runtime(p)
+    p.add_argument("--threads", type=local_threads, default=None, help="CPU threads, at most this machine's cores (default: torch's default)")
 
 
 def make_profiler(args: argparse.Namespace):
@@ -174,7 +174,7 @@ def run_latency(args: argparse.Namespace) -> int:
 def add_select(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("select", help="the most accurate archs of a run under latency budgets",
                             description="Print the most accurate feasible arch(s) of a finished run under each budget, with "
-                            "predicted latency, validation accuracy, MACs, params and the arch JSON.")
+                            "latency (as the search recorded it), validation accuracy, MACs, params and the arch JSON.")
     p.add_argument("--run", type=Path, required=True, help="run directory (with trials.csv and latency_table.json)")
     p.add_argument("--budget-ms", type=float_list, required=True, help="one budget or several, comma-separated (e.g. 0.6,0.8,1)")
     p.add_argument("--top", type=positive_int, default=1, help="archs per budget (default: %(default)s)")
@@ -194,7 +194,7 @@ def run_select(args: argparse.Namespace) -> int:
         chosen = select(candidates, budget, args.top)
         print(f"\nbudget {budget} ms:")
         for rank, c in enumerate(chosen, 1):
-            print(f"  #{rank} trial {c.trial}: val top-1 {c.accuracy:.4f}, predicted {c.latency_ms:.4f} ms, "
+            print(f"  #{rank} trial {c.trial}: val top-1 {c.accuracy:.4f}, latency {c.latency_ms:.4f} ms, "
                   f"{c.macs / 1e6:.2f} MMACs, {c.params} params, arch {c.arch.digest}")
             print("     " + json.dumps(c.arch.to_dict(), separators=(",", ":")))
     return 0
@@ -229,7 +229,7 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"nas export: trial {candidate.trial} of {args.run} -> {args.out}", flush=True)
     compute = Compute.parse(args.compute_device, args.precision)
     meta = export(args.run, candidate, args.out, tuple(args.format), args.finetune_epochs, args.overwrite, args.device,
-                  progress=lambda line: print(line, flush=True), compute=compute)
+                  progress=lambda line: print(line, flush=True), compute=compute, budget_ms=args.budget_ms)
     latency = meta["latency"]
     measured = f"{latency['measured_ms']:.4f} ms measured ({latency['error']:+.1%})" if latency["measured_ms"] else latency["note"]
     print(f"latency: {latency['predicted_ms']:.4f} ms predicted, {measured}")

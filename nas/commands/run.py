@@ -6,8 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from nas.commands.common import (add_compute_options, add_connection_options, add_fit_options, add_target_device, non_negative_int,
+from nas.commands.common import (add_compute_options, add_connection_options, add_runtime, add_target_device, non_negative_int,
                                  positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP)
+
+
+def add_latency_source(p) -> None:
+    p.add_argument("--latency", default="measured", choices=["measured", "predicted"],
+                   help="what decides each trial's latency: its whole model measured on the target device (the table is the prior "
+                   "and pre-filter), or the table's prediction alone (default: %(default)s)")
 from nas.errors import NasError
 
 
@@ -25,6 +31,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)")
     add_target_device(p, d.device, "device whose latency is optimised: cpu, cuda or cuda:<i> (default: cpu)")
     p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"], help="inference dtype of the latency measurement (default: fp32)")
+    add_runtime(p)
     add_compute_options(p)
     p.add_argument("--val-images", type=positive_int, default=None, help="score each search trial on this many validation images (a fixed sample; default: all)")
     p.add_argument("--gpus-per-evaluator", type=positive_float, default=None, help="with a CUDA compute device: GPUs each evaluator asks "
@@ -40,7 +47,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default=d.sampler, choices=["tpe", "nsga2", "random"], help="default: %(default)s")
     p.add_argument("--calibrate", type=non_negative_int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
     p.add_argument("--validate", type=non_negative_int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
-    add_fit_options(p)
+    add_latency_source(p)
     p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
     p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
     add_connection_options(p, "sqlite in --out")
@@ -62,11 +69,10 @@ def run_run(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     storage, source = resolve(args.storage)
     config = RunConfig(
-        space=args.space, data=args.data, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        space=args.space, data=args.data, device=args.device, dtype=args.dtype, batch_size=args.batch_size, runtime=args.backend,
         budget_ms=args.budget_ms, budget_quantile=args.budget_quantile, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
         sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=storage,
-        calibrate=args.calibrate, validate=args.validate, max_mape=args.max_mape, min_tau=args.min_tau,
-        accept_poor_fit=args.accept_poor_fit, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
+        calibrate=args.calibrate, validate=args.validate, latency=args.latency, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
         precision=args.precision, loader_workers=args.loader_workers, randaugment=args.randaugment, val_images=args.val_images,
         gpus_per_evaluator=args.gpus_per_evaluator, storage_path=args.storage_path,
     )
@@ -88,7 +94,8 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", type=Path, required=True, help="run directory")
     p.add_argument("--table", type=Path, default=None, help="latency table (default: <run>/latency_table.json)")
-    p.add_argument("--accept-poor-fit", action="store_true", help="search on a table that failed its validation anyway")
+    add_latency_source(p)
+    p.add_argument("--accept-poor-fit", action="store_true", help="with --latency predicted: search on a table that failed its validation anyway")
     add_compute_options(p, loading=False)
     p.add_argument("--val-images", type=positive_int, default=None, help="score each trial on this many validation images (a fixed sample; default: all)")
     p.add_argument("--gpus-per-evaluator", type=positive_float, default=None, help="with a CUDA compute device: GPUs each evaluator asks "
@@ -126,7 +133,11 @@ def run_search_command(args: argparse.Namespace) -> int:
     if not table_path.is_file():
         raise NasError(f"{table_path} does not exist; build it with nas latency --space ... --out {table_path}")
     table = LatencyTable.load(table_path, space)
-    check_fit(table, table_path, Fit.stored_with(table, args.accept_poor_fit))
+    profiler = None
+    if args.latency == "predicted":
+        check_fit(table, table_path, Fit.stored_with(table, args.accept_poor_fit))
+    else:
+        profiler = trial_profiler(table, table_path)
     compute = Compute.parse(args.compute_device, args.precision)
     scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": args.val_images}
     if not run.has(WEIGHTS):
@@ -140,9 +151,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     check_connections(args.ray_address, storage, args.connect_timeout, progress)
     print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s) on {compute.device} "
           f"({compute.precision}), budget {budget if budget is not None else 'none'}, storage {redact(storage)}", flush=True)
-    study, front = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
-                                progress=progress, report_dir=report_dir, scoring=scoring,
-                                gpus_each=args.gpus_per_evaluator)
+    study, front, _ = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
+                                   progress=progress, report_dir=report_dir, scoring=scoring, gpus_each=args.gpus_per_evaluator,
+                                   measure=(lambda archs: profiler.measure_models(archs, profiler.protocol.for_trials())) if profiler else None)
     print(report.format_front(front))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
     if budget is not None and not front:
@@ -150,6 +161,25 @@ def run_search_command(args: argparse.Namespace) -> int:
 
         raise no_feasible_trial(study, budget)
     return 0
+
+
+def trial_profiler(table, table_path):
+    """A profiler on this machine with the table's fingerprint, to measure the trials; refused in one
+    line when this machine is not the table's device or setting."""
+    from nas.latency.profiler import Profiler
+    from nas.select import local_devices
+
+    fp = table.fingerprint
+    if fp.device_name not in local_devices():
+        raise NasError(f"{table_path} was measured on {fp.device_name}, not on this machine: trials cannot be measured here; "
+                       "search on that device, or pass --latency predicted to let the table decide")
+    profiler = Profiler(fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+    if profiler.fingerprint() != fp:
+        raise NasError(f"{table_path}: this machine's setting differs from the table's ("
+                       + "; ".join(fp.differences(profiler.fingerprint())) + "): trials cannot be measured as the table was; "
+                       "rebuild the table here, or pass --latency predicted")
+    profiler.anchor_to(table.reference_ms)
+    return profiler
 
 
 def add_report(commands: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from nas.errors import NasError
 from nas.latency.device import describe_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-BACKENDS = ("eager", "cuda-graph")
+BACKENDS = ("eager", "cuda-graph", "onnxruntime")  # the runtimes a model is timed in (nas.latency.runtime)
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Fingerprint:
     dtype: str
     batch_size: int
     threads: int | None  # CPU thread count (None on CUDA, where it does not set the kernels' speed)
-    backend: str  # eager or cuda-graph
+    backend: str  # the runtime: eager, cuda-graph or onnxruntime (the CLI's --runtime)
+    runtime_version: str | None = None  # the runtime's own version where it is not torch's (onnxruntime)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,9 +32,9 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, data: dict) -> Fingerprint:
         names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
+        if not isinstance(data, dict) or not names - {"runtime_version"} <= set(data) <= names:
             raise NasError(f"not a device fingerprint (expected fields {', '.join(sorted(names))})")
-        return cls(**data)
+        return cls(**data)  # a table from before runtime_version existed was measured in torch (None)
 
     def differences(self, other: Fingerprint) -> list[str]:
         """Human-readable `field: self vs other` for every field that differs."""
@@ -43,10 +44,9 @@ class Fingerprint:
 def fingerprint(device: torch.device, dtype: str, batch_size: int, backend: str = "eager") -> Fingerprint:
     if dtype not in DTYPES:
         raise NasError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    if backend not in BACKENDS:
-        raise NasError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if backend == "cuda-graph" and device.type != "cuda":
-        raise NasError("--backend cuda-graph needs a CUDA device")
+    from nas.latency.runtime import check_runtime
+
+    runtime_version = check_runtime(backend, device, dtype)
     if batch_size < 1:
         raise NasError(f"--batch-size must be >= 1, got {batch_size}")
     info = describe_device(device)
@@ -60,4 +60,5 @@ def fingerprint(device: torch.device, dtype: str, batch_size: int, backend: str 
         batch_size=batch_size,
         threads=torch.get_num_threads() if device.type == "cpu" else None,
         backend=backend,
+        runtime_version=runtime_version,
     )

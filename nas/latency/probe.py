@@ -45,6 +45,14 @@ class Protocol:
     drift_threshold: float = 0.15
     monotone_tolerance: float = 0.1
 
+    def for_trials(self) -> "Protocol":
+        """The timing of a search's trial models: each pass at most 20 calls (the table's 40
+        make measuring every trial cost about half the search stage on 2 cores); the pick
+        before export is measured again with the full protocol."""
+        from dataclasses import replace
+
+        return replace(self, repeats=min(self.repeats, 20), max_seconds=min(self.max_seconds, 0.05))
+
     def to_dict(self) -> dict:
         return {**asdict(self), "statistic": "min over passes of per-pass medians",
                 "dispersion": "(second lowest - lowest) / lowest pass",
@@ -73,7 +81,13 @@ def timed_unit(fn: Callable, make_input: Callable[[], torch.Tensor], protocol: P
     return one_pass
 
 
-def _unit(fn: Callable, make_input: Callable[[], torch.Tensor], device: torch.device, fp: Fingerprint, protocol: Protocol) -> Unit:
+def _unit(fn: Callable, make_input: Callable[[], torch.Tensor], device: torch.device, fp: Fingerprint, protocol: Protocol,
+          module: torch.nn.Module) -> Unit:
+    """`fn` (a call of `module`) timed in the fingerprint's runtime (nas.latency.runtime)."""
+    if fp.backend == "onnxruntime":
+        from nas.latency.runtime import onnxruntime_callable
+
+        fn = onnxruntime_callable(module, fn, make_input(), fp.threads)
     return timed_unit(fn, make_input, protocol, device, cuda_graph=fp.backend == "cuda-graph")
 
 
@@ -87,7 +101,7 @@ def block_unit(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Prot
     kernel = arch.kernel_spec(0).build(arch.head_dim, layer.heads, grid=arch.grid, embed_dim=arch.embed_dim)
     block = _prepare(Block(arch.embed_dim, layer.heads, arch.head_dim, layer.hidden_dim(arch.embed_dim), kernel), device, fp)
     shape = (fp.batch_size, arch.tokens, arch.embed_dim)
-    return _unit(lambda x: block(x, arch.grid), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)
+    return _unit(lambda x: block(x, arch.grid), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol, block)
 
 
 def stem_and_head_units(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> tuple[Unit, Unit]:
@@ -96,8 +110,8 @@ def stem_and_head_units(arch: Arch, device: torch.device, fp: Fingerprint, proto
     dtype = DTYPES[fp.dtype]
     image = (fp.batch_size, arch.in_chans, arch.image_size, arch.image_size)
     tokens = (fp.batch_size, arch.tokens, arch.embed_dim)
-    stem = _unit(model.embed, lambda: torch.randn(image, device=device, dtype=dtype), device, fp, protocol)
-    head = _unit(model.classify, lambda: torch.randn(tokens, device=device, dtype=dtype), device, fp, protocol)
+    stem = _unit(model.embed, lambda: torch.randn(image, device=device, dtype=dtype), device, fp, protocol, model)
+    head = _unit(model.classify, lambda: torch.randn(tokens, device=device, dtype=dtype), device, fp, protocol, model)
     return stem, head
 
 
@@ -105,7 +119,7 @@ def model_unit(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Prot
     """The whole standalone model of `arch`, end to end."""
     model = _prepare(ViT(arch), device, fp)
     image = (fp.batch_size, arch.in_chans, arch.image_size, arch.image_size)
-    return _unit(model, lambda: torch.randn(image, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)
+    return _unit(model, lambda: torch.randn(image, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol, model)
 
 
 def probe_units(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol) -> dict[str, Unit]:
@@ -126,4 +140,4 @@ def reference_unit(device: torch.device, fp: Fingerprint, protocol: Protocol) ->
 
     block = _prepare(Block(64, 2, 32, 128, get("softmax", 32, 2)), device, fp)
     shape = (fp.batch_size, 64, 64)
-    return _unit(lambda x: block(x, (8, 8)), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol)
+    return _unit(lambda x: block(x, (8, 8)), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol, block)

@@ -89,6 +89,7 @@ class LatencyTable:
     drift: list = field(default_factory=list)  # chunks measured while the reference probe ran slow (re-measured)
     checks: dict = field(default_factory=dict)  # width-consistency re-measurement
     kernel_revisions: dict = field(default_factory=dict)  # of the kernels measured (those above revision 1)
+    reference_ms: float | None = None  # the drift probe's best time during the build: the speed the entries are at (nas.latency.profiler)
 
     # ---- prediction ----------------------------------------------------------------------
 
@@ -121,6 +122,7 @@ class LatencyTable:
             "drift": self.drift,
             "checks": self.checks,
             "kernel_revisions": self.kernel_revisions,
+            "reference_ms": self.reference_ms,
             "entries": self.entries,
         }
 
@@ -147,7 +149,11 @@ class LatencyTable:
                 drift=data.get("drift", []),
                 checks=data.get("checks", {}),
                 kernel_revisions=data.get("kernel_revisions", {}),
+                reference_ms=data.get("reference_ms"),
             )
+            if table.reference_ms is not None and not (isinstance(table.reference_ms, (int, float)) and math.isfinite(table.reference_ms)
+                                                       and table.reference_ms > 0):
+                raise ValueError(f"reference_ms is {table.reference_ms!r}; it must be a positive number of milliseconds")
             _check_entries(table.entries)
         except OSError as error:
             raise NasError(f"{path}: cannot read the latency table ({error.strerror})") from None
@@ -226,6 +232,9 @@ def build(
 
     chunks = [todo[i : i + 8] for i in range(0, len(todo), 8)]
     measure_with_drift(chunks, measure_entries, probe, protocol, save, table.drift)
+    if todo and probe is not None and (table.reference_ms is None or probe.best < table.reference_ms):
+        table.reference_ms = probe.best  # the machine's quiet speed while the entries were measured
+        table.save(path)
     if todo and not table.checks:
         _recheck_widths(table, dict(probes), {key for key, _ in todo}, measure_entries, protocol, progress)
         table.build_seconds = base_seconds + time.perf_counter() - started
