@@ -140,7 +140,7 @@ def add_bench_latency(sub: argparse._SubParsersAction) -> None:
                    "during the first third of the build); validate both on the same held-out archs")
     p.add_argument("--runs", type=positive_int, default=1, help="with --interference: repetitions, for the spread (default: %(default)s)")
     p.add_argument("--space", default="digits-tiny", help="the table's search space (default: digits-tiny)")
-    p.add_argument("--archs", type=positive_int, default=50, help="held-out archs to measure (default: %(default)s)")
+    p.add_argument("--archs", type=positive_int, default=None, help="held-out archs to measure (default: 50; with --run: 30 of its trials)")
     p.add_argument("--seed", type=int, default=100, help="default: %(default)s")
     add_target_device(p, None, "cpu, cuda or cuda:<index> (default: the table's device type)")
     p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
@@ -167,7 +167,7 @@ def run_bench_latency(args: argparse.Namespace) -> int:
     profiler = Profiler(args.device or fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
     table = lut.LatencyTable.load(args.table, space, expect=profiler.fingerprint())
     exclude = set(table.calibration["archs"]) if table.calibration else set()
-    archs = lut.held_out_archs(space, args.archs, args.seed, exclude)
+    archs = lut.held_out_archs(space, args.archs or 50, args.seed, exclude)
     print(f"nas bench latency: {len(archs)} held-out archs of {space.name} on {fp.device_name} ({fp.dtype}, batch {fp.batch_size})", flush=True)
     validation = lut.validate(table, archs, profiler.measure_models(archs))
     print(bench.format_points(validation))
@@ -219,7 +219,7 @@ def run_bench_remeasure(args: argparse.Namespace) -> int:
         raise NasError(f"{args.run} holds no {TRIALS}; run the search first")
     space, _ = run.space_and_data()
     profiler = trial_profiler(LatencyTable.load(run.path(TABLE), space), run.path(TABLE))
-    archs = 30 if args.archs == 50 else args.archs  # --archs' default is the table bench's
+    archs = args.archs or 30
     print(f"nas bench latency --run {args.run}: re-measuring up to {archs} of its measured trials on {profiler.fingerprint().device_name}", flush=True)
     out = bench.remeasure_run(args.run, archs, args.seed, profiler.measure_models, command_line(), args.note)
     for p in out["points"]:
@@ -252,10 +252,10 @@ def run_bench_interference(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     profiler = Profiler(args.device or "cpu", "fp32", 1)
     print(f"nas bench latency --interference: {space.name} on {profiler.fingerprint().device_name}, {args.runs} run(s), "
-          f"{args.archs} held-out archs", flush=True)
+          f"{args.archs or 50} held-out archs", flush=True)
     results = []
     for run in range(args.runs):
-        result = interference.run(space, profiler, args.archs, args.seed + 10 * run, progress=lambda line: print(line, flush=True))
+        result = interference.run(space, profiler, args.archs or 50, args.seed + 10 * run, progress=lambda line: print(line, flush=True))
         print(interference.format_run(result), flush=True)
         results.append(result)
     spread = {
