@@ -61,7 +61,6 @@ class RunConfig:
 # change how it runs.
 RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "runtime", "budget_ms", "budget_quantile", "epochs", "sampler", "seed", "calibrate",
                    "validate", "storage", "precision", "randaugment", "val_images", "latency")
-LATENCY_SOURCES = ("measured", "predicted")
 
 
 def resume_changes(previous: dict, settings: dict, trained: bool) -> dict:
@@ -156,8 +155,10 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         raise NasError("--workers, --evaluators, --trials and --epochs must be >= 1")
     if not 0 < config.budget_quantile <= 1:
         raise NasError(f"--budget-quantile must be in (0, 1], got {config.budget_quantile}")
-    if config.latency not in LATENCY_SOURCES:
-        raise NasError(f"--latency {config.latency!r}: use one of {', '.join(LATENCY_SOURCES)}")
+    from nas.latency.trials import SOURCES
+
+    if config.latency not in SOURCES:
+        raise NasError(f"--latency {config.latency!r}: use one of {', '.join(SOURCES)}")
     from nas.latency.device import resolve_device
     from nas.latency.runtime import check_runtime
 

@@ -19,6 +19,7 @@ This module needs neither Optuna nor Ray.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +27,7 @@ from dataclasses import dataclass
 from nas.arch import Arch
 
 MIN_MARGIN = 0.05  # the pre-filter never skips an arch predicted within 5 % over the budget
-QUANTILE = 0.95
-SOURCES = ("measured", "predicted")
+SOURCES = ("measured", "predicted")  # nas run / nas search --latency
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,6 @@ class Judgement:
         return out
 
 
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 class TrialLatency:
     """Judges the archs of a search: `judge(archs)` -> one `Judgement` each, in order."""
 
@@ -71,13 +61,11 @@ class TrialLatency:
         self.measured = 0  # models measured
         self.prefiltered = 0  # archs skipped on the prior's verdict
 
-    @property
-    def measuring(self) -> bool:
-        return self.measure is not None
-
     def margin(self) -> float:
-        """The prior's relative error bound (see the module docstring)."""
-        return max(MIN_MARGIN, quantile(self.errors, QUANTILE))
+        """The prior's relative error bound: the 95th percentile of its errors (see the module docstring)."""
+        if len(self.errors) < 2:
+            return max([MIN_MARGIN, *self.errors])
+        return max(MIN_MARGIN, statistics.quantiles(self.errors, n=20, method="inclusive")[-1])
 
     def remember(self, digest: str, predicted_ms: float, measured_ms: float) -> None:
         """A measurement from an earlier run of this study (a resumed search measures it not again)."""
@@ -91,12 +79,12 @@ class TrialLatency:
             return [Judgement(p, None, p, _over(p, budget, "predicted")) for p in predicted]
         margin = self.margin()
         prior_skips = {i for i, p in enumerate(predicted) if budget is not None and p > budget * (1 + margin)}
-        todo = list({archs[i].digest: archs[i] for i in range(len(archs)) if i not in prior_skips and archs[i].digest not in self.known}.values())
+        todo = {archs[i].digest: (archs[i], predicted[i]) for i in range(len(archs)) if i not in prior_skips and archs[i].digest not in self.known}
         if todo:
             started = time.perf_counter()
-            for arch, ms in zip(todo, self.measure(todo)):
+            for (arch, p), ms in zip(todo.values(), self.measure([arch for arch, _ in todo.values()])):
                 self.known[arch.digest] = ms
-                self.errors.append(abs(self.table.predict(arch) - ms) / ms)
+                self.errors.append(abs(p - ms) / ms)
             self.seconds += time.perf_counter() - started
             self.measured += len(todo)
         out = []
