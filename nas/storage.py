@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from nas.errors import NasError
@@ -89,6 +90,11 @@ def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
     outcome: dict = {}
 
     def connect() -> None:
+        try:
+            create_sqlite_whole(url)
+        except BaseException as error:  # noqa: BLE001 — reported like any other failure to open
+            outcome["error"] = error
+            return
         for attempt in range(SCHEMA_RACE_TRIES):
             if attempt:
                 time.sleep(0.1 * attempt)
@@ -111,6 +117,37 @@ def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
         detail = scrub(redact_text(str(error).strip().splitlines()[0] if str(error).strip() else ""), url)[:200]
         raise NasError(f"--storage {redact(url)}: cannot open it ({type(error).__name__}: {detail})")
     return outcome["names"]
+
+
+def create_sqlite_whole(url: str) -> None:
+    """A new SQLite study file appears with Optuna's whole schema: the tables are created in a
+    temporary file beside it, which is then linked into place. A process that sees the file
+    (optuna-dashboard, a script loading the study, a test polling it) never opens it half made
+    and never races to create the tables itself. No-op for other storages and existing files."""
+    if not url.startswith("sqlite:///"):
+        return
+    location, sep, query = url[len("sqlite:///"):].partition("?")
+    path = Path(location)
+    if not location or location == ":memory:" or path.exists():
+        return
+    import optuna
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}{sep}{query}")
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()  # no connection holds the file when it is linked
+        del storage
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process linked its own, equally complete, file first
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def lost_schema_race(error: BaseException) -> bool:

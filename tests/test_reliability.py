@@ -307,6 +307,30 @@ def test_processes_opening_a_new_storage_at_once_all_connect(tmp_path):
             assert process.returncode == 0 and out.strip() == "[]", err[-1000:]
 
 
+def test_a_new_sqlite_study_file_appears_with_its_whole_schema(tmp_path):
+    """A reader that opens the study file the moment it exists (optuna-dashboard, a script, a test
+    polling the run) finds Optuna's tables complete, so it neither reads a half-made schema nor races
+    to create it (CI of stop 29: a poller's own create lost to the search's, UNIQUE alembic_version)."""
+    import sqlite3
+
+    for attempt in range(3):
+        path = tmp_path / f"study{attempt}.db"
+        process = subprocess.Popen([sys.executable, "-c", "import sys; from nas.storage import check; check(sys.argv[1])",
+                                    f"sqlite:///{path}"], stderr=subprocess.PIPE, text=True, cwd=REPO)
+        deadline = time.time() + 120
+        while not path.exists() and process.poll() is None and time.time() < deadline:
+            pass  # no sleep: look as early as a fast poller would
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            versions = list(connection.execute("SELECT version_num FROM alembic_version")) if "alembic_version" in tables else []
+        finally:
+            connection.close()
+        assert process.wait(timeout=120) == 0, process.stderr.read()[-1000:]
+        assert {"studies", "trials", "alembic_version"} <= tables and len(versions) == 1, (attempt, sorted(tables))
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{path.name}.tmp")] == []
+
+
 @pytest.mark.parametrize("mode, token, expected", [(None, "file", "token"), (None, "env", "token"), (None, None, None),
                                                    ("disabled", "file", "disabled")])
 def test_joining_a_cluster_sends_a_token_when_one_is_at_hand(tmp_path, monkeypatch, mode, token, expected):
