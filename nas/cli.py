@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_quality.add_bench_search(benchmarks)
     bench_quality.add_bench_fidelity(benchmarks)
     bench_quality.add_bench_zoo(benchmarks)
+    bench_quality.add_bench_truth(benchmarks)
     return parser
 
 
@@ -76,8 +77,29 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: stages stop where they can be resumed."""
 
 
+# What a stopped command leaves, by its `on_stop` default: resumable with --resume (run, train, search), continued by
+# the same command (latency, bench truth), or nothing to continue (the rest; `nas train` stopped before its first
+# checkpoint sets "again" after removing what it had written).
+STOP_ADVICE = {
+    "resume": "finished work is kept (run the same command with --resume to continue)",
+    "same": "finished work is kept (run the same command again to continue where it stopped)",
+    "again": "nothing is kept to continue from; run the command again",
+}
+
+_received: list[int] = []  # the SIGTERMs this process got: what ends the command, whatever exception arrives
+
+
 def _terminate(signum, frame) -> None:
+    _received.append(signum)
     raise Terminated()
+
+
+def check_bench_output(args: argparse.Namespace) -> None:
+    """Every benchmark's --out is checked before its work (which can take hours): a folder, or the
+    truth's file, that this process can write."""
+    from nas.stages import check_out_dir, check_out_file
+
+    (check_out_file if args.benchmark == "truth" else check_out_dir)(args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         hide_secrets()
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    _received.clear()
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if args.command == "bench" and getattr(args, "out", None) is not None:
+            check_bench_output(args)
         return func(args)
     except NasError as error:
         print(f"nas: error: {error}", file=sys.stderr)
@@ -102,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
         return 0
     except KeyboardInterrupt as stop:
-        why = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
-        print(f"nas: {why}; finished work is kept (run the same command with --resume to continue)", file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+        # Ray turns a signal that lands inside ray.get/ray.wait into a new, plain KeyboardInterrupt: the exception's
+        # type cannot tell SIGTERM from Ctrl-C, so the handler's record does (one exit-code policy: 143 and 130).
+        terminated = isinstance(stop, Terminated) or bool(_received)
+        why = "stopped by SIGTERM" if terminated else "interrupted"
+        print(f"nas: {why}; {STOP_ADVICE[getattr(args, 'on_stop', 'again')]}", file=sys.stderr)
+        return 143 if terminated else 130
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from nas.errors import NasError
-from nas.rundir import EXPORTS, MANIFEST, STUDY, Manifest, RunDir
+from nas.rundir import EXPORTS, MANIFEST, STUDY, TABLE, Manifest, RunDir
 from nas.storage import CONNECT_TIMEOUT_S
 from nas.stages import check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
 
@@ -63,10 +63,16 @@ RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "runtime", 
                    "validate", "storage", "precision", "randaugment", "val_images", "latency")
 
 
-def resume_changes(previous: dict, settings: dict, trained: bool) -> dict:
+BUDGET_SETTINGS = ("budget_ms", "budget_quantile")  # change nothing computed before the search starts
+
+
+def resume_changes(previous: dict, settings: dict, trained: bool, searched: bool = True) -> dict:
     """The settings of a resumed run that differ from the run's manifest: {name: (before, now)}.
-    A NasError lists those that would change its results."""
-    keys = RESULT_SETTINGS + (() if trained else ("workers",))
+    A NasError lists those that would change its results (the budget only once the search has begun)."""
+    keys = tuple(k for k in RESULT_SETTINGS if searched or k not in BUDGET_SETTINGS) + (() if trained else ("workers",))
+    if isinstance(previous.get("trials"), int) and settings.get("trials", previous["trials"]) < previous["trials"]:
+        raise NasError(f"--resume --trials {settings['trials']}: this run was started for {previous['trials']} trials and a "
+                       f"study does not shrink; resume with --trials {previous['trials']} (or more, to extend it)")
     refused = {k: (previous[k], settings[k]) for k in keys if k in previous and previous[k] != settings.get(k)}
     if refused:
         listed = "; ".join(f"--{k.replace('_', '-')} was {before!r}, now {now!r}" for k, (before, now) in refused.items())
@@ -169,10 +175,15 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     changes = {}
     if resume:
         previous = RunDir(run_dir).manifest_data()
-        changes = resume_changes(previous.get("settings", {}), settings_record(config), trained=bool(previous.get("stages", {}).get("train", {}).get("completed")))
+        stages = previous.get("stages", {})
+        changes = resume_changes(previous.get("settings", {}), settings_record(config), trained=bool(stages.get("train", {}).get("completed")),
+                                 searched="search" in stages)
     check_connections(config.ray_address, config.storage, config.connect_timeout, progress)
     compute = Compute.parse(config.compute_device, config.precision)
     dataset = load_dataset(config.data, space.image_size, space.in_chans, config.randaugment, config.loader_workers)  # validates --data before any work
+    if config.val_images is not None and config.val_images > dataset.size("val"):
+        raise NasError(f"--val-images {config.val_images}: the validation split holds only {dataset.size('val')} images; "
+                       f"use at most {dataset.size('val')}, or leave it out to score on all of them")
     if dataset.num_classes != space.num_classes:
         space = space.with_num_classes(dataset.num_classes)
     created = not run_dir.exists()
@@ -180,19 +191,27 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     run = RunDir(run_dir)
     try:
         return _stages(config, run, space, dataset, resume, changes, progress, compute)
-    except NasError:
-        # A user error before any training (e.g. an infeasible budget) leaves nothing behind.
+    except NasError as error:
+        # A user error before any work leaves nothing behind; a measured latency table (minutes of work) is kept,
+        # e.g. when the budget is refused as unreachable: --resume with another budget continues from it.
         if created and not resumable_training(run):
-            import shutil
+            if not run.has(TABLE):
+                import shutil
 
-            shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif not manifest_has_search(run):
+                raise NasError(f"{error}. The latency table measured so far is kept: run again with --resume --out {run_dir} "
+                               "and another budget to continue from it") from None
         raise
+
+
+def manifest_has_search(run: RunDir) -> bool:
+    return run.has(MANIFEST) and "search" in run.manifest_data().get("stages", {})
 
 
 def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress, compute) -> dict:
     from nas import report, search
     from nas.latency.profiler import Profiler
-    from nas.rundir import TABLE
     from nas.select import pick_within_budget
     from nas.train import TrainConfig, accuracy
 

@@ -32,6 +32,7 @@ STATE = "train_state.pt"
 STATE_JSON = "train_state.json"
 TABLE = "latency_table.json"
 STUDY = "study.db"
+STUDY_NAME = "nas-search"  # the Optuna study of a run, in study.db or in --storage
 TRIALS = "trials.csv"
 PARETO_CSV = "pareto.csv"
 PARETO_PNG = "pareto.png"
@@ -95,6 +96,18 @@ class RunDir:
             limits = {"taylor": {"order": fields.pop("taylor_orders"), "variant": fields.pop("taylor_variants")}}
         fields["choice_limits"] = {k: {o: tuple(v) for o, v in opts.items()} for k, opts in limits.items()}
         return SearchSpace(**fields), config["data"]
+
+    def split_size(self, name: str) -> int:
+        """How many images the run's split.json puts in split `name` (train / val / test)."""
+        if not self.has(SPLIT):
+            raise NasError(f"{self.root} holds no {SPLIT}: train a supernet into it first (nas train --out {self.root})")
+        try:
+            indices = json.loads(self.path(SPLIT).read_text())[name]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise NasError(f"{self.path(SPLIT)}: not a split file with a '{name}' list; the file is damaged") from None
+        if not isinstance(indices, list):
+            raise NasError(f"{self.path(SPLIT)}: '{name}' must be a list of image indices; the file is damaged")
+        return len(indices)
 
     def supernet(self, space):
         """The trained supernet; a missing, corrupt, truncated or mismatched file is a NasError."""

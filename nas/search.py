@@ -40,10 +40,10 @@ from nas.latency.trials import TrialLatency
 from nas.space import SearchSpace
 from nas.storage import check as check_storage
 from nas.storage import normalize, redact
+from nas.rundir import STUDY_NAME  # noqa: F401 — re-exported: callers use search.STUDY_NAME
 
 SAMPLERS = ("nsga2", "tpe", "random")
 THIRD_OBJECTIVES = ("params", "macs")
-STUDY_NAME = "nas-search"
 DASHBOARD_CONSTRAINTS = "constraints"
 
 

@@ -43,9 +43,10 @@ def load_candidates(run_dir: Path) -> list[Candidate]:
     path = Path(run_dir) / TRIALS
     if not path.is_file():
         raise NasError(f"{run_dir} holds no {TRIALS}; run the search first (nas run / nas search), or nas report to rewrite it")
-    candidates = []
+    candidates, rows = [], 0
     with path.open() as handle:
         for row in csv.DictReader(handle):
+            rows += 1
             if row.get("state") != "COMPLETE":
                 continue
             try:
@@ -53,9 +54,25 @@ def load_candidates(run_dir: Path) -> list[Candidate]:
                                             int(row["macs"]), int(row["params"]), Arch.from_dict(json.loads(row["arch"]), f"{path} trial {row['number']}")))
             except (KeyError, ValueError, TypeError) as error:
                 raise NasError(f"{path}: malformed row for trial {row.get('number')!r} ({error})") from None
+    check_complete(path, rows)
     if not candidates:
         raise NasError(f"{path} has no complete trial to select from")
     return candidates
+
+
+def check_complete(path: Path, rows: int) -> None:
+    """trials.csv lists every trial of the run's own study (each state): fewer rows than the study
+    holds is a cut or stale file, whose best arch may be missing. Studies in another storage are not read."""
+    from nas.rundir import STUDY, STUDY_NAME
+    from nas.storage import sqlite_trial_count
+
+    study = path.parent / STUDY
+    if not study.is_file():
+        return
+    held = sqlite_trial_count(f"sqlite:///{study}", STUDY_NAME)
+    if held is not None and held != rows:
+        raise NasError(f"{path} lists {rows} trial(s) but the run's study holds {held}: the file is cut or stale; "
+                       f"rewrite it with nas report --run {path.parent}")
 
 
 def select(candidates: list[Candidate], budget_ms: float, top: int = 1) -> list[Candidate]:

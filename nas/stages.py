@@ -111,7 +111,8 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
         lut.calibrate(table, archs, profiler.measure_models(archs))
         table.save(out)
     if table.calibration:
-        progress(f"calibration: measured ≈ {table.calibration['a']:.4f} × sum of entries + {table.calibration['b']:.4f} ms")
+        progress(f"calibration: measured ≈ {table.calibration['a']:.4f} × sum of entries + {table.calibration['b']:.4f} ms"
+                 + (" (through the origin: the free fit had a negative slope or floor)" if table.calibration.get("constrained") else ""))
     if validate and (table.validation is None or revalidate):
         exclude = set(table.calibration["archs"]) if table.calibration else set()
         archs = lut.held_out_archs(space, validate, seed + 1, exclude)

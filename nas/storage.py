@@ -174,3 +174,23 @@ def sqlite_study_names(url: str) -> list[str]:
             connection.close()
     except sqlite3.Error as error:
         raise NasError(f"{url}: cannot read the study ({type(error).__name__}: {error}); the file may be corrupt") from None
+
+
+def sqlite_trial_count(url: str, study_name: str) -> int | None:
+    """How many trials (any state) study `study_name` of an SQLite storage holds, read without writing;
+    None without Optuna's tables."""
+    import sqlite3
+
+    path = url[len("sqlite:///"):]
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"trials", "studies"} <= tables:
+                return None
+            query = "SELECT COUNT(*) FROM trials JOIN studies ON trials.study_id = studies.study_id WHERE studies.study_name = ?"
+            return int(connection.execute(query, (study_name,)).fetchone()[0])
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise NasError(f"{url}: cannot read the study ({type(error).__name__}: {error}); the file may be corrupt") from None

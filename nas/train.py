@@ -77,6 +77,7 @@ class TrainConfig:
     cutmix: float = 0.0  # timm CutMix alpha (0: off)
     angular_aux: float = 1.0  # Castling-ViT: start weight of the angular kernels' auxiliary sparse softmax branch
     angular_aux_until: float = 0.5  # ... annealed linearly to 0 over this share of the training steps (0: never on)
+    kernel_sampling: str = "random"  # "random": each subnet draws its kernels; "fair": FairNAS strict fairness (fair_kernels)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,41 @@ def sandwich(space: SearchSpace, rng: random.Random, random_subnets: int, teache
         raise NasError(f"teacher {teacher!r}: use one of {', '.join(TEACHERS)}")
     largest = space.largest() if teacher == "softmax" else space.largest(rng=rng)
     return [largest, space.smallest(rng=rng)] + [space.sample(rng) for _ in range(random_subnets)]
+
+
+KERNEL_SAMPLINGS = ("random", "fair")
+
+
+def fair_kernels(space: SearchSpace, seed: int, step: int) -> list:
+    """The kernel choice of every layer position at `step` under strict fairness (FairNAS): the
+    steps fall into blocks of K (the number of kernel choices), and within a block each layer
+    position takes each choice exactly once, in a seeded order of its own. A function of
+    (seed, step) alone: every data-parallel rank and a resumed run draw the same."""
+    choices = space.kernel_choices()
+    block, slot = divmod(step, len(choices))
+    return [choices[random.Random(f"nas-fair:{seed}:{block}:{layer}").sample(range(len(choices)), len(choices))[slot]]
+            for layer in range(max(space.depth))]
+
+
+def check_kernel_sampling(config: TrainConfig) -> None:
+    if config.kernel_sampling not in KERNEL_SAMPLINGS:
+        raise NasError(f"--kernel-sampling {config.kernel_sampling!r}: use one of {', '.join(KERNEL_SAMPLINGS)}")
+    if config.kernel_sampling == "fair" and config.teacher != "fair":
+        raise NasError(f"--kernel-sampling fair with --teacher {config.teacher}: under fair sampling the teacher takes the step's "
+                       "kernels like its students; pass --teacher fair (the default)")
+
+
+def fair_sandwich(space: SearchSpace, rng: random.Random, random_subnets: int, kernels: list) -> list[Arch]:
+    """[largest, smallest, random widths...], all with the step's kernel vector `kernels` (layer i
+    uses kernels[i]): the teacher differs from its students in width only."""
+    def arch(embed: int, depth: int, heads, ratios) -> Arch:
+        return space.make_arch(embed, [space.make_layer(kernels[i], heads(), ratios()) for i in range(depth)])
+
+    largest = arch(max(space.embed_dim), max(space.depth), lambda: max(space.heads), lambda: max(space.mlp_ratio))
+    smallest = arch(min(space.embed_dim), min(space.depth), lambda: min(space.heads), lambda: min(space.mlp_ratio))
+    others = [arch(rng.choice(space.embed_dim), rng.choice(space.depth), lambda: rng.choice(space.heads), lambda: rng.choice(space.mlp_ratio))
+              for _ in range(random_subnets)]
+    return [largest, smallest] + others
 
 
 def lr_at(step: int, total: int, warmup: int, config: TrainConfig) -> float:
@@ -233,6 +269,7 @@ def train_supernet(
     arguments, rank 0 alone writes files, and every rank gets `progress` per epoch."""
     main = dist is None or dist.main
     out = Path(out)
+    check_kernel_sampling(config)
     steps_per_epoch = max(1, dataset.size("train") // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup = min(total_steps, steps_per_epoch * config.warmup_epochs)
@@ -281,7 +318,10 @@ def train_supernet(
                 group["lr"] = lr_at(step, total_steps, warmup, config)
             optimizer.zero_grad(set_to_none=True)
             set_angular_aux(net, angular_aux_at(step, total_steps, config))
-            archs = sandwich(space, rng, config.random_subnets, config.teacher)
+            if config.kernel_sampling == "fair":
+                archs = fair_sandwich(space, rng, config.random_subnets, fair_kernels(space, config.seed, step))
+            else:
+                archs = sandwich(space, rng, config.random_subnets, config.teacher)
             sampled.update("".join(arch.digest for arch in archs).encode())
             weight = config.distill_weight * min(1.0, step / max(1.0, config.distill_ramp * total_steps))
             smoothing = 0.0 if mixup is not None else config.label_smoothing  # mixup's targets are already smoothed
@@ -405,7 +445,8 @@ def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
     for key in ("space", "data"):
         if saved.get(key) != run_config[key]:
             raise NasError(f"{out / CONFIG}: the run was started with another {key}; resume with the same settings")
-    changed = [k for k, v in run_config["train"].items() if saved["train"].get(k) != v]
+    defaults = asdict(TrainConfig())  # a setting added after the run started: it had the default
+    changed = [k for k, v in run_config["train"].items() if saved["train"].get(k, defaults.get(k)) != v]
     if changed:
         raise NasError(
             f"{out / CONFIG}: --resume needs the same training settings; changed: "

@@ -94,3 +94,154 @@ def test_an_unreachable_tau_target_and_more_threads_than_cores_are_refused(tmp_p
         with pytest.raises(SystemExit) as stop:
             main(["latency", "--space", "digits-tiny", *args, "--out", str(tmp_path / "t.json")])
         assert stop.value.code == 2 and words in one_line_error(capsys) and not (tmp_path / "t.json").exists()
+
+
+def test_sigterm_is_143_even_when_a_library_turns_it_into_a_plain_keyboard_interrupt(monkeypatch, capsys):
+    """Ray converts a signal that lands inside ray.get / ray.wait into a new KeyboardInterrupt (its status
+    'Interrupted'), so during the search the exception's type said Ctrl-C: exit 130 instead of 143."""
+    import os
+    import signal
+    import time
+
+    import nas.commands.run as commands
+
+    def like_ray_get(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None  # what ray._raylet does with a signal during a blocking call
+        return 0
+
+    monkeypatch.setattr(commands, "run_report", like_ray_get)
+    assert main(["report", "--run", "."]) == 143
+    assert "stopped by SIGTERM" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budget-ms", "5", "--budget-quantile", "0.3"], "pass one"),
+    (["--storage-path", "/tmp/x", "--workers", "1"], "--workers 1"),
+    (["--out", ""], "empty path"),
+    (["--out", " "], "empty path"),
+])
+def test_contradictory_or_empty_run_settings_are_refused_before_any_work(args, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["run", "--space", "digits-tiny", *args] + ([] if "--out" in args else ["--out", str(tmp_path / "run")]))
+    except SystemExit as stop:  # argparse's own refusal
+        code = stop.code
+    assert code == 2 and words in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_values_beyond_the_data_are_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--space", "digits-tiny", "--batch-size", "100000", "--out", str(out)]) == 2
+    assert "training split holds only" in one_line_error(capsys) and not out.exists()
+    assert main(["run", "--space", "digits-tiny", "--val-images", "999999", "--out", str(out)]) == 2
+    assert "validation split holds only" in one_line_error(capsys) and not out.exists()
+
+
+def test_a_resume_asking_for_fewer_trials_than_the_run_has_is_refused():
+    from nas.pipeline import resume_changes
+
+    with pytest.raises(NasError, match="--trials 2: this run was started for 4 trials"):
+        resume_changes({"trials": 4, "seed": 0}, {"trials": 2, "seed": 0}, trained=True)
+    assert resume_changes({"trials": 4}, {"trials": 6}, trained=True) == {"trials": (4, 6)}  # growing is extending
+
+
+def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
+    """A trials.csv that lists fewer trials than the run's study (cut by a full disk, or stale) would
+    let `nas select` choose among some trials only, with no word; it is refused naming the fix."""
+    import csv
+    import json
+
+    import optuna
+
+    from nas.rundir import STUDY, STUDY_NAME, TRIALS
+    from nas.select import load_candidates
+    from nas.space import load_space
+
+    arch = json.dumps(load_space("digits-tiny").smallest().to_dict())
+    study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / STUDY}", directions=["maximize", "minimize"])
+    for number in range(4):
+        study.add_trial(optuna.trial.create_trial(values=[0.5 + number / 10, 1.0]))
+    fields = ["number", "state", "accuracy", "latency_ms", "macs", "params", "arch"]
+
+    def write(rows: int) -> None:
+        with (tmp_path / TRIALS).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fields)
+            writer.writeheader()
+            for number in range(rows):
+                writer.writerow({"number": number, "state": "COMPLETE", "accuracy": 0.5 + number / 10, "latency_ms": 1.0,
+                                 "macs": 1, "params": 1, "arch": arch})
+
+    write(2)
+    with pytest.raises(NasError, match=r"lists 2 trial\(s\) but the run's study holds 4.*nas report"):
+        load_candidates(tmp_path)
+    write(4)
+    assert [c.trial for c in load_candidates(tmp_path)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("which", [["kernels"], ["supernet"], ["latency", "--space", "digits-tiny"], ["train"],
+                                       ["truth", "--space", "digits-tiny"], ["zoo"]])
+def test_every_benchmark_checks_its_output_before_the_work(which, tmp_path, capsys):
+    import time
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    started = time.perf_counter()
+    out = blocker / "inside" if which[0] == "truth" else blocker  # a folder that cannot be made / a file for a folder
+    assert main(["bench", *which, "--out", str(out)]) == 2
+    assert "a-file" in one_line_error(capsys) and time.perf_counter() - started < 10
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_bench_train_refuses_negative_loader_workers_before_making_images(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "train", "--loader-workers", "-1", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "counts >= 0" in one_line_error(capsys) and list(tmp_path.iterdir()) == []
+
+
+def test_nas_train_stopped_before_its_first_checkpoint_leaves_nothing_and_says_so(tmp_path, capsys, monkeypatch):
+    import torch
+
+    def ctrl_c(self, *args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C during the first optimizer step, after config.yaml and split.json were written
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", ctrl_c)
+    out = tmp_path / "run"
+    assert main(["train", "--space", "digits-tiny", "--epochs", "1", "--out", str(out)]) == 130
+    assert not out.exists()
+    err = one_line_error(capsys)
+    assert "nothing is kept" in err and "--resume" not in err
+
+
+def test_stop_advice_names_resume_only_for_commands_that_have_it(capsys, monkeypatch):
+    import nas.commands.models as models
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "run_export", interrupted)
+    assert main(["export", "--run", ".", "--trial", "0", "--out", "x"]) == 130
+    assert "--resume" not in one_line_error(capsys)
+
+
+def test_a_budget_refused_as_unreachable_keeps_the_measured_table_for_a_resume(tmp_path, capsys):
+    import json
+
+    from nas.pipeline import resume_changes
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(json.dumps({"name": "tiny", "image_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, "head_dim": 4,
+                                 "embed_dim": [8], "depth": [1], "heads": [1], "mlp_ratio": [1], "kernels": ["softmax", "relu"]}))
+    out = tmp_path / "run"
+    assert main(["run", "--space", str(space), "--budget-ms", "0.000001", "--calibrate", "0", "--validate", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "below the smallest latency" in err and f"--resume --out {out}" in err
+    assert (out / "latency_table.json").is_file()
+    previous = {"budget_ms": 0.000001, "seed": 0}
+    assert resume_changes(previous, {"budget_ms": 5.0, "seed": 0}, trained=False, searched=False) == {"budget_ms": (0.000001, 5.0)}
+    with pytest.raises(NasError, match="--budget-ms was"):
+        resume_changes(previous, {"budget_ms": 5.0, "seed": 0}, trained=False, searched=True)

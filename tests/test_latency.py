@@ -113,6 +113,29 @@ def test_predict_is_the_sum_of_entries_plus_calibration(tmp_path):
     assert table.predict(arch) == pytest.approx(2 * expected + 0.5)
 
 
+@pytest.mark.parametrize("line, constrained", [((2.0, 0.5), False), ((-0.027, 3.0), True), ((4.40, -0.9), True), ((198.8, -57.3), True)])
+def test_calibration_keeps_a_positive_slope_and_a_non_negative_floor(tmp_path, line, constrained):
+    """Fits accepted before (issue 25): a = -0.027 (larger models faster), 4.40 x - 4.19 ms and
+    198.8 x - 57.3 ms (the smallest arch below 0 ms). Such points are fitted through the origin."""
+    table = built_table(tmp_path / "t.json")
+    archs = lut.held_out_archs(SPACE, 6, seed=0, exclude=set())
+    raw = [table.raw(a) for a in archs]
+    floor = min(raw)
+    measured = [line[0] * x + line[1] * floor for x in raw]  # intercepts in units of the smallest sum: all times > 0
+    assert min(measured) > 0
+    lut.calibrate(table, archs, measured)
+    a, b = table.calibration["a"], table.calibration["b"]
+    assert a > 0 and b >= 0 and table.calibration["constrained"] is constrained
+    if not constrained:
+        assert (a, b) == (pytest.approx(2.0), pytest.approx(0.5 * floor))
+    else:
+        assert a == pytest.approx(sum(x * y for x, y in zip(raw, measured)) / sum(x * x for x in raw)) and b == 0
+    smallest = SPACE.smallest()
+    assert 0 < table.predict(smallest) <= table.predict(SPACE.largest())
+    with pytest.raises(NasError, match="positive, finite"):
+        lut.calibrate(table, archs, [float("nan")] + measured[1:])
+
+
 def test_validation_archs_are_disjoint_from_calibration(tmp_path):
     table = built_table(tmp_path / "t.json")
     calibration = lut.held_out_archs(SPACE, 5, seed=0, exclude=set())

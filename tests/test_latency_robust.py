@@ -192,3 +192,41 @@ def test_a_table_that_misses_its_targets_is_a_prior_for_nas_run_and_a_gate_only_
     assert main(["search", "--run", str(run), "--latency", "predicted", "--trials", "2"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "failed validation" in error[0] and "Kendall tau" in error[0] and "--accept-poor-fit" in error[0]
+
+
+def test_a_build_stopped_while_it_re_measures_finishes_every_check_when_resumed(tmp_path):
+    """Issue 25: stopped after its last chunk, while the chunks measured under interference were being
+    measured again, a build resumed by measuring only missing entries, so those entries (5x too slow)
+    stayed and the width checks never ran. The chunks' reference times are now kept in the table."""
+    from nas.latency.fingerprint import fingerprint
+
+    state = {"slow": True, "calls": 0, "stop_at": None}
+    probes = list(lut.probe_archs(SPACE))
+    chunks = (len(probes) + 7) // 8
+
+    def measure_entries(chunk, provisional=False):
+        state["calls"] += 1
+        if state["stop_at"] is not None and state["calls"] == state["stop_at"]:
+            raise KeyboardInterrupt  # SIGTERM as the first late re-measurement starts
+        factor = 5.0 if state["slow"] else 1.0
+        if state["calls"] == 2:
+            state["slow"] = False  # the neighbour that ran from the start stops after the second chunk
+        out = {}
+        for key, _ in chunk:
+            keys = [key.replace("stem+head", part) for part in ("stem", "head")] if key.startswith("stem+head|") else [key]
+            out.update({k: {"ms": factor * (1.0 + len(k) / 100), "dispersion": 0.0, "passes": 5, "remeasured": 0} for k in keys})
+        return out
+
+    fp = fingerprint(__import__("torch").device("cpu"), "fp32", 1)
+    path = tmp_path / "t.json"
+    state["stop_at"] = chunks + 1
+    with pytest.raises(KeyboardInterrupt):
+        lut.build(SPACE, fp, path, measure_entries, PROTOCOL, progress=lambda line: None, reference=lambda: 3.0 if state["slow"] else 1.0)
+    stopped = lut.LatencyTable.load(path, SPACE)
+    assert len(stopped.entries) == sum(2 if k.startswith('stem+head|') else 1 for k, _ in probes) and not stopped.checks and stopped.chunks
+    assert max(e["ms"] for e in stopped.entries.values()) > 4  # the slow chunks' figures, not yet measured again
+    state.update(calls=0, stop_at=None, slow=False)
+    resumed = lut.build(SPACE, fp, path, measure_entries, PROTOCOL, progress=lambda line: None, reference=lambda: 1.0)
+    assert max(e["ms"] for e in resumed.entries.values()) < 2  # re-judged against the best reference time and measured again
+    assert resumed.checks and "width_inconsistencies" in resumed.checks
+    assert any(event.get("late") for event in resumed.drift)

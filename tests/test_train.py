@@ -40,15 +40,15 @@ def test_training_lowers_the_loss(tmp_path):
     assert state["epochs_done"] == 3 and 0 <= state["final"]["test_largest"] <= 1
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_resume_continues_at_the_saved_step_with_the_same_result(tmp_path, precision):
+@pytest.mark.parametrize("precision, sampling", [("fp32", "random"), ("fp16", "random"), ("fp32", "fair")])
+def test_resume_continues_at_the_saved_step_with_the_same_result(tmp_path, precision, sampling):
     from dataclasses import replace
 
     from nas.compute import cpu_fp16_autocast
 
     if precision == "fp16" and not cpu_fp16_autocast():
         pytest.skip("this torch has no fp16 autocast on the CPU")
-    config = replace(TINY, precision=precision)
+    config = replace(TINY, precision=precision, kernel_sampling=sampling)
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train_supernet(SPACE, DATA, config, straight)
 
@@ -179,3 +179,31 @@ def test_angular_auxiliary_branch_is_annealed_to_zero_and_then_costs_nothing(tmp
 def test_angular_aux_until_above_one_is_refused(tmp_path, capsys):
     assert main(["train", "--angular-aux-until", "1.5", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
     assert "--angular-aux-until is a share of the training steps, at most 1" in capsys.readouterr().err
+
+
+def test_fair_sampling_trains_each_kernel_of_each_layer_once_per_k_steps_and_shares_it_in_the_sandwich():
+    import random
+    from collections import Counter
+
+    from nas.train import fair_kernels, fair_sandwich
+
+    choices = SPACE.kernel_choices()
+    k = len(choices)
+    for block in range(3):
+        drawn = [fair_kernels(SPACE, 7, step) for step in range(block * k, (block + 1) * k)]
+        for layer in range(max(SPACE.depth)):
+            assert Counter(spec.label for spec in (d[layer] for d in drawn)) == Counter(spec.label for spec in choices)
+    assert [fair_kernels(SPACE, 7, s) for s in range(2 * k)] == [fair_kernels(SPACE, 7, s) for s in range(2 * k)]  # (seed, step) alone
+    assert [fair_kernels(SPACE, 7, s) for s in range(k)] != [fair_kernels(SPACE, 8, s) for s in range(k)]
+    kernels = fair_kernels(SPACE, 7, 5)
+    archs = fair_sandwich(SPACE, random.Random(0), 3, kernels)
+    assert archs[0].embed_dim == max(SPACE.embed_dim) and archs[0].depth == max(SPACE.depth)
+    assert archs[1].embed_dim == min(SPACE.embed_dim) and archs[1].depth == min(SPACE.depth)
+    for arch in archs:  # one kernel vector per step: the teacher differs from its students in width only
+        SPACE.validate(arch)
+        assert [layer.kernel_spec for layer in arch.layers] == kernels[: arch.depth]
+
+
+def test_fair_sampling_with_a_softmax_teacher_is_refused(tmp_path, capsys):
+    assert main(["train", "--space", "digits-tiny", "--kernel-sampling", "fair", "--teacher", "softmax", "--out", str(tmp_path / "r")]) == 2
+    assert "--teacher fair" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -117,3 +118,102 @@ def test_default_budget_admits_about_the_share_it_states():
     fresh = [Table().predict(space.sample(rng)) for _ in range(2000)]
     share = sum(x <= budget for x in fresh) / len(fresh)
     assert 0.45 <= share <= 0.55
+
+
+# ---- the ground truth (nas bench truth) ----------------------------------------------------------
+
+
+def test_truth_archs_cover_every_kernel_alone_the_extremes_and_a_mixed_spread():
+    from nas.bench.truth import truth_archs
+
+    space = load_space("odd-one-out")
+    archs = truth_archs(space, mixed=4, seed=0, pool=16)
+    assert [a.digest for a in archs] == [a.digest for a in truth_archs(space, mixed=4, seed=0, pool=16)]
+    assert len({a.digest for a in archs}) == len(archs) == 2 + len(space.kernel_choices()) + 4
+    assert archs[0].digest == space.largest().digest and archs[1].digest == space.smallest().digest
+    alone = {a.layers[0].kernel_spec.label for a in archs[2:2 + len(space.kernel_choices())] if len({l.kernel_spec.label for l in a.layers}) == 1}
+    assert alone == {spec.label for spec in space.kernel_choices()}
+    for arch in archs:
+        space.validate(arch)
+
+
+def test_truth_summary_on_known_rankings():
+    from nas.bench.truth import summarize
+
+    def record(digest, seed, curve):
+        return {"digest": digest, "arch": {}, "seed": seed, "curve": curve}
+
+    settled = [record(f"a{i}", 0, [0.1 * i, 0.1 * i, 0.2 * i, 0.2 * i]) for i in range(1, 6)]
+    seeds = [record(f"a{i}", 1, [0.5, 0.5, 0.5, 0.2 * (6 - i)]) for i in range(1, 6)]
+    summary = summarize(settled + seeds)
+    assert summary["half_vs_full_tau"] == pytest.approx(1.0)  # epoch 2 of 4 ranks as epoch 4 does
+    assert summary["seed_tau"] == pytest.approx(-1.0) and summary["seed_pairs"] == 5  # seed 1 reverses seed 0
+    assert summary["archs"] == 5 and summary["runs"] == 10
+    import statistics
+
+    expected = statistics.fmean(statistics.stdev([0.2 * i, 0.2 * (6 - i)]) for i in range(1, 6))
+    assert summary["seed_sd_points"] == pytest.approx(100 * expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_truth(tmp_path_factory):
+    from nas.bench.truth import Recipe, TruthConfig, run
+
+    space = load_space("digits-tiny")
+    out = tmp_path_factory.mktemp("truth") / "truth.jsonl"
+    config = TruthConfig(mixed=1, second_seeds=1, jobs=2, pool=8, recipe=Recipe(epochs=2))
+    records = run(space, "digits", out, config, progress=lambda line: None)
+    return space, out, config, records
+
+
+def test_a_stopped_truth_run_continues_and_retrains_only_its_cut_line(tiny_truth):
+    from dataclasses import replace
+
+    from nas.bench.truth import read, run
+
+    space, out, config, records = tiny_truth
+    assert len(records) == 2 + len(space.kernel_choices()) + 1 + 1  # every arch once, one arch twice
+    assert all(len(r["curve"]) == 2 and 0 <= r["curve"][-1] <= 1 for r in records)
+    lines = out.read_text().splitlines()
+    resumed = out.with_name("resumed.jsonl")
+    resumed.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # killed while appending
+    said = []
+    again = run(space, "digits", resumed, replace(config, jobs=1), progress=said.append)
+    assert any("dropped 1 cut line" in line for line in said) and any("1 to train" in line for line in said)
+    lost = json.loads(lines[-1])
+    retrained = [r for r in again if (r["digest"], r["seed"]) == (lost["digest"], lost["seed"])]
+    assert len(retrained) == 1 and retrained[0]["curve"] == lost["curve"]  # as an uninterrupted run trained it
+    assert len(read(resumed)[0]) == len(records)
+    said.clear()
+    run(space, "digits", resumed, config, progress=said.append)
+    assert any("0 to train" in line for line in said)  # nothing trains twice
+
+
+def test_a_truth_file_of_another_recipe_is_refused_before_training(tiny_truth):
+    from dataclasses import replace
+
+    from nas.bench.truth import run
+    from nas.errors import NasError
+
+    space, out, config, _ = tiny_truth
+    with pytest.raises(NasError, match="another recipe"):
+        run(space, "digits", out, replace(config, recipe=replace(config.recipe, epochs=3)), progress=lambda line: None)
+
+
+def test_fidelity_scores_a_supernet_against_the_truth_without_training(tiny_truth, tmp_path):
+    from nas.bench.fidelity import FidelityConfig, score_against_truth
+    from nas.errors import NasError
+    from runs import make_run
+
+    space, out, _, records = tiny_truth
+    run_dir = make_run(tmp_path / "run")
+    rows, summary = score_against_truth(run_dir, out, FidelityConfig(bootstrap=100))
+    digests = {r["digest"] for r in records}
+    assert {r["digest"] for r in rows} == digests and all(0 <= r["inherited"] <= 1 for r in rows)
+    twice = [r for r in rows if len(r["seeds"]) == 2]
+    assert len(twice) == 1 and twice[0]["standalone"] == pytest.approx(sum(twice[0]["seeds"]) / 2)
+    assert summary["archs"] == len(digests) and summary["truth"]["seed_pairs"] == 1
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(json.dumps({**json.loads(line), "split": "0" * 16}) for line in out.read_text().splitlines()) + "\n")
+    with pytest.raises(NasError, match="split differs"):
+        score_against_truth(run_dir, other, FidelityConfig(bootstrap=100))

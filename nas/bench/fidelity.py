@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.arch import Arch
+from nas.errors import NasError
 from nas.io import write_json, write_text
 from nas.space import SearchSpace
 
@@ -253,9 +254,51 @@ def run(run_dir: Path, config: FidelityConfig, reuse: Path | None = None, progre
     return rows, summarize(rows, config)
 
 
-def write(rows: list[dict], summary: dict, config: FidelityConfig, space_name: str, out: Path, command: str | None, machine: dict) -> list[Path]:
+def score_against_truth(run_dir: Path, truth_path: Path, config: FidelityConfig, progress: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+    """Score a run's supernet against a ground-truth file (`nas bench truth`) without training:
+    inherited accuracy of each of its archs against their standalone accuracy (mean over seeds
+    after the full schedule), plus the truth's own noise ceiling."""
+    from nas.bench import truth
+    from nas.rundir import TABLE, RunDir
+    from nas.train import accuracy
+
+    records, cut = truth.read(truth_path)
+    if not records:
+        raise NasError(f"--truth {truth_path}: holds no finished run yet")
+    run = RunDir(run_dir)
+    space, data = run.space_and_data()
+    dataset = run.dataset(space, data)
+    first = records[0]
+    if first["space"] != space.name or first["data"] != data:
+        raise NasError(f"--truth {truth_path}: made on space {first['space']} / data {first['data']}, but {run_dir} searched "
+                       f"{space.name} / {data}; use a truth file of the same space and data")
+    if first["split"] != truth.split_digest(dataset.split):
+        raise NasError(f"--truth {truth_path}: its training/validation split differs from {run_dir}'s split.json; "
+                       "the accuracies are not comparable")
+    net = run.supernet(space)
+    table = run.table(space) if run.has(TABLE) else None
+    final = truth.by_arch(records)
+    progress(f"fidelity against {truth_path}: {len(final)} archs, {len(records)} standalone runs"
+             + (f" ({cut} cut line(s) ignored)" if cut else ""))
+    rows = []
+    for digest, entry in final.items():
+        arch = space.validate(Arch.from_json(json.dumps(entry["arch"])))
+        seeds = sorted(entry["seeds"])
+        accuracies = [entry["seeds"][s][-1] for s in seeds]
+        rows.append({
+            "digest": digest, "arch": arch.to_json(indent=None), "latency": table.predict(arch) if table else math.nan,
+            "inherited": accuracy(net, arch, dataset, "val"), "standalone": statistics.fmean(accuracies),
+            "seeds": accuracies, "seed_ids": seeds,
+        })
+    summary = summarize(rows, config)
+    summary["truth"] = {"file": str(truth_path), **truth.summarize(records)}
+    return rows, summary
+
+
+def write(rows: list[dict], summary: dict, config: FidelityConfig, space_name: str, out: Path, command: str | None, machine: dict,
+          tag: str | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"fidelity_{space_name}"
+    stem = out / (f"fidelity_{space_name}" + (f"_{tag}" if tag else ""))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["digest", "latency", "inherited", "standalone", "seeds", "arch"])
@@ -264,7 +307,9 @@ def write(rows: list[dict], summary: dict, config: FidelityConfig, space_name: s
     write_text(stem.with_suffix(".csv"), buffer.getvalue())
     write_json(stem.with_suffix(".json"), {
         "command": command, "machine": machine, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": asdict(config), "summary": summary, "archs": rows,
+        "config": ({"truth": summary["truth"]["file"], "bootstrap": config.bootstrap, "seed": config.seed} if "truth" in summary
+                   else asdict(config)),
+        "summary": summary, "archs": rows,
     })
     _plot(rows, summary, stem.with_suffix(".png"))
     return [stem.with_suffix(s) for s in (".csv", ".json", ".png")]
@@ -305,4 +350,8 @@ def format_summary(summary: dict) -> str:
         "by embed_dim: " + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["embed_dim"].items())
         + "; by depth: " + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["depth"].items()),
     ]
+    if "truth" in summary:
+        t = summary["truth"]
+        lines.append(f"the truth's noise ceiling: seed-to-seed tau {t['seed_tau']:.3f} over {t['seed_pairs']} archs; "
+                     f"its ranking after half vs all of its {t['epochs']} epochs: tau {t['half_vs_full_tau']:.3f}")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from nas.commands.common import add_compute_options, add_target_device, command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
+from nas.commands.common import out_path, non_negative_int_list, add_compute_options, add_target_device, command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
 from nas.errors import NasError
 
 
@@ -39,7 +39,7 @@ def add_bench_kernels(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
-    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_kernels)
 
 
@@ -97,7 +97,7 @@ def add_bench_supernet(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="timed steps per model (default: %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
-    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_supernet)
 
 
@@ -143,7 +143,7 @@ def add_bench_latency(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--archs", type=positive_int, default=None, help="held-out archs to measure (default: 50; with --run: 30 of its trials)")
     p.add_argument("--seed", type=int, default=100, help="default: %(default)s")
     add_target_device(p, None, "cpu, cuda or cuda:<index> (default: the table's device type)")
-    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_latency)
 
 
@@ -291,11 +291,11 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="default: %(default)s")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="timed sandwich steps per case (default: %(default)s)")
     p.add_argument("--images", type=positive_int, default=2000, help="training images of the generated ImageFolder (default: %(default)s)")
-    p.add_argument("--loader-workers", type=int_list_any, default=(0, 2), help="comma-separated DataLoader process counts (default: 0,2)")
-    p.add_argument("--memory-sizes", type=int_list_any, default=(2000, 8000), help="ImageFolder sizes for the peak-RSS epochs; empty: skip (default: 2000,8000)")
+    p.add_argument("--loader-workers", type=non_negative_int_list, default=(0, 2), help="comma-separated DataLoader process counts (default: 0,2)")
+    p.add_argument("--memory-sizes", type=non_negative_int_list, default=(2000, 8000), help="ImageFolder sizes for the peak-RSS epochs; empty: skip (default: 2000,8000)")
     add_compute_options(p, loading=False)
     p.add_argument("--work", type=Path, default=Path("results/bench/.train-data"), help="where the generated images go (kept for re-runs)")
-    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_train)
 
 

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from nas.commands.common import command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
+from nas.commands.common import out_path, command_line, float_list, int_list, int_list_any, positive_float, positive_int, str_list  # noqa: F401
 from nas.errors import NasError
 
 
@@ -28,7 +28,7 @@ def add_bench_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref-accuracy", type=float, default=None, help="accuracy of the hypervolume reference point (default: the median accuracy of the feasible reference archs)")
     p.add_argument("--reference-archs", type=positive_int, default=d.reference_archs, help="random archs of the brute-force reference front (default: %(default)s)")
     p.add_argument("--evaluators", type=positive_int, default=2, help="evaluator actors for the searches (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_search)
 
 
@@ -116,7 +116,10 @@ def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=positive_int, default=d.jobs, help="parallel standalone runs, one thread each (default: %(default)s)")
     p.add_argument("--reuse", type=Path, default=None, help="an earlier fidelity JSON: reuse its standalone results for the same archs and schedule")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the choice of archs and the bootstrap (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.add_argument("--truth", type=Path, default=None, help="a ground-truth file of `nas bench truth`: score the supernet against "
+                   "its archs and standalone accuracies instead of training (--archs, --seeds, --steps, --jobs, --reuse unused)")
+    p.add_argument("--tag", default=None, help="appended to the output names: fidelity_<space>_<tag>.* (default: none)")
+    p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_fidelity)
 
 
@@ -129,13 +132,21 @@ def run_bench_fidelity(args: argparse.Namespace) -> int:
 
     if args.reuse is not None and not args.reuse.is_file():
         raise NasError(f"--reuse {args.reuse}: no such file")
+    if args.truth is not None and args.reuse is not None:
+        raise NasError("--truth and --reuse: pass one; a truth file already holds the standalone accuracies")
+    if args.tag is not None and (not args.tag or any(c in args.tag for c in "/\\ ")):
+        raise NasError(f"--tag {args.tag!r}: use a short name without spaces or slashes, e.g. seed1")
     space, _ = RunDir(args.run).space_and_data()
     schedule = fidelity.Schedule(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     config = fidelity.FidelityConfig(archs=args.archs, seeds=args.seeds, schedule=schedule, jobs=args.jobs, seed=args.seed)
     started = time.perf_counter()
-    rows, summary = fidelity.run(args.run, config, args.reuse, progress=lambda line: print(line, flush=True))
+    progress = lambda line: print(line, flush=True)  # noqa: E731
+    if args.truth is not None:
+        rows, summary = fidelity.score_against_truth(args.run, args.truth, config, progress=progress)
+    else:
+        rows, summary = fidelity.run(args.run, config, args.reuse, progress=progress)
     print(fidelity.format_summary(summary))
-    paths = fidelity.write(rows, summary, config, space.name, args.out, command_line(), describe_device(torch.device("cpu")))
+    paths = fidelity.write(rows, summary, config, space.name, args.out, command_line(), describe_device(torch.device("cpu")), args.tag)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; wrote {', '.join(map(str, paths))}")
     return 0
 
@@ -159,7 +170,7 @@ def add_bench_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=positive_int, default=d.jobs, help="parallel standalone runs, one thread each (default: %(default)s)")
     p.add_argument("--tokens", type=int_list, default=list(d.tokens), help="square token counts of the latency columns (default: 196,1024)")
     p.add_argument("--no-ablation", action="store_true", help="skip the angular rows with the auxiliary branch")
-    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_zoo)
 
 
@@ -185,4 +196,59 @@ def run_bench_zoo(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     paths = zoo.write(rows, config, space.name, args.out, command_line(), describe_device(torch.device("cpu")), seconds)
     print(f"done in {seconds / 60:.1f} min; wrote {', '.join(map(str, paths))}")
+    return 0
+
+
+def add_bench_truth(sub: argparse._SubParsersAction) -> None:
+    from nas.bench.truth import Recipe, TruthConfig
+
+    d, r = TruthConfig(), Recipe()
+    p = sub.add_parser(
+        "truth",
+        help="the ground truth of the accuracy axis: stratified archs trained standalone, a curve per run",
+        description="Train a stratified set of archs of a space standalone from scratch (each kernel choice alone at "
+        "the middle widths, the largest, the smallest, and mixed archs over the MACs range), one recipe, validation "
+        "accuracy after every epoch; a second seed for some archs gives the noise ceiling. Appends one JSON line per "
+        "(arch, seed) to --out and continues a stopped run (the same command). `nas bench fidelity --truth FILE` scores "
+        "a supernet against the file. Hours on 2 cores for the default space.",
+    )
+    p.add_argument("--space", default="odd-one-out", help="search space name or YAML path (default: %(default)s)")
+    p.add_argument("--data", default=None, help="dataset (default: the space's own, e.g. odd-one-out)")
+    p.add_argument("--mixed", type=positive_int, default=d.mixed, help="mixed archs beside the single-kernel, largest and smallest ones (default: %(default)s)")
+    p.add_argument("--second-seeds", type=positive_int, default=d.second_seeds, help="archs that also train a second seed (default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=r.epochs, help="standalone training epochs (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=r.lr, help="default: %(default)s")
+    p.add_argument("--jobs", type=positive_int, default=d.jobs, help="parallel standalone runs, one thread each (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the choice of mixed archs (default: %(default)s)")
+    p.add_argument("--out", type=out_path, default=None, help="the JSON-lines file (default: results/bench/truth_<space>.jsonl)")
+    p.set_defaults(func=run_bench_truth, on_stop="same")
+
+
+def run_bench_truth(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from nas.bench import truth
+    from nas.stages import check_out_file
+    from nas.io import write_json
+    from nas.latency import describe_device
+    from nas.space import load_space
+
+    space = load_space(args.space)
+    data = args.data or space.data
+    out = args.out or Path("results/bench") / f"truth_{space.name}.jsonl"
+    check_out_file(out)  # the default path (an explicit --out was checked before the command)
+    d = truth.TruthConfig()
+    config = replace(d, mixed=args.mixed, second_seeds=args.second_seeds, jobs=args.jobs, seed=args.seed,
+                     recipe=replace(d.recipe, epochs=args.epochs, lr=args.lr))
+    started = time.perf_counter()
+    records = truth.run(space, data, out, config, progress=lambda line: print(line, flush=True))
+    summary = truth.summarize(records)
+    print(truth.format_summary(summary))
+    summary_path = out.with_name(out.stem + "_summary.json")
+    write_json(summary_path, {"command": command_line(), "machine": describe_device(torch.device("cpu")), "file": out.name,
+                              "config": {"mixed": config.mixed, "second_seeds": config.second_seeds, "seed": config.seed},
+                              "recipe": records[0]["recipe"] if records else None, "summary": summary})
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; {out} holds {len(records)} runs; wrote {summary_path}")
     return 0

@@ -25,6 +25,14 @@ def int_list_any(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def non_negative_int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated counts (0 allowed), possibly none: e.g. DataLoader process counts."""
+    values = int_list_any(text)
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected counts >= 0, got {text!r}")
+    return values
+
+
 def kendall_tau_target(text: str) -> float:
     """A reachable Kendall tau target: -1 <= tau <= 1."""
     try:
@@ -46,6 +54,13 @@ def local_threads(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} threads on a machine with {cores} core(s): timing would measure the oversubscription; "
                                          f"use at most {cores}")
     return value
+
+
+def out_path(text: str) -> Path:
+    """An output path; an empty one (`--out ''`, an unset shell variable) would silently mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; name the output, e.g. --out results/my-run")
+    return Path(text)
 
 
 def str_list(text: str) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.commands.common import (add_compute_options, add_fit_options, add_runtime, add_target_device, local_threads, fit_of, float_list, non_negative_float, non_negative_int,
+from nas.commands.common import (out_path, add_compute_options, add_fit_options, add_runtime, add_target_device, local_threads, fit_of, float_list, non_negative_float, non_negative_int,
                                  positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP, str_list)
 from nas.errors import NasError
 
@@ -25,6 +25,10 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)")
     p.add_argument("--epochs", type=positive_int, default=None, help="default: the space's `epochs` field (its YAML; 100 when absent)")
     p.add_argument("--teacher", default=defaults.teacher, choices=["fair", "softmax"], help="kernels of the label-trained widest path: a random kernel per layer (fair) or softmax everywhere (default: %(default)s)")
+    p.add_argument("--kernel-sampling", default=defaults.kernel_sampling, choices=["random", "fair"],
+                   help="kernels of the sandwich's subnets: each draws its own per layer (random), or strict fairness (fair: within "
+                   "every K steps each layer trains each of the K kernel choices once, and one step's subnets share their kernels) "
+                   "(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default: %(default)s")
     p.add_argument("--lr", type=positive_float, default=defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
     p.add_argument("--random-subnets", type=int, default=defaults.random_subnets, help="random subnets per step besides largest and smallest (default: %(default)s)")
@@ -40,9 +44,9 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (one GPU each on CUDA); 1 trains in this process (default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="with --workers > 1: 'auto' or an address to join a Ray cluster (default: local Ray)")
     p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
-    p.add_argument("--out", type=Path, required=True, help="run directory, e.g. results/<run>")
+    p.add_argument("--out", type=out_path, required=True, help="run directory, e.g. results/<run>")
     p.add_argument("--resume", action="store_true", help="continue the supernet checkpoint in --out")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, on_stop="resume")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -51,14 +55,18 @@ def run_train(args: argparse.Namespace) -> int:
     from nas.compute import Compute
     from nas.data import load_dataset
     from nas.space import load_space
-    from nas.train import TrainConfig, check_mixup
+    from nas.train import TrainConfig, check_kernel_sampling, check_mixup
 
     from nas.stages import check_connections, check_out_dir
 
     if args.random_subnets < 0:
         raise NasError(f"--random-subnets must be >= 0, got {args.random_subnets}")
+    check_kernel_sampling(TrainConfig(teacher=args.teacher, kernel_sampling=args.kernel_sampling))
     if args.angular_aux_until > 1:
         raise NasError(f"--angular-aux-until is a share of the training steps, at most 1; got {args.angular_aux_until}")
+    if args.storage_path is not None and args.workers == 1:
+        raise NasError("--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
+                       "trains in this process into --out. Drop --storage-path or pass --workers 2 or more")
     check_out_dir(args.out)
     if args.workers > 1:
         from nas.storage import CONNECT_TIMEOUT_S
@@ -71,12 +79,15 @@ def run_train(args: argparse.Namespace) -> int:
     compute = Compute.parse(args.compute_device, args.precision)
     check_mixup(args.mixup, args.cutmix, args.batch_size, args.workers)
     dataset = load_dataset(args.data, space.image_size, space.in_chans, args.randaugment, args.loader_workers)
+    if args.batch_size > dataset.size("train"):
+        raise NasError(f"--batch-size {args.batch_size}: the training split holds only {dataset.size('train')} images; "
+                       f"use at most {dataset.size('train')}")
     if dataset.num_classes != space.num_classes:
         print(f"note: the data has {dataset.num_classes} classes; the space's num_classes {space.num_classes} is replaced")
         space = space.with_num_classes(dataset.num_classes)
     config = TrainConfig(epochs=args.epochs or space.epochs, batch_size=args.batch_size, lr=args.lr, random_subnets=args.random_subnets,
                          teacher=args.teacher, seed=args.seed, precision=args.precision, mixup=args.mixup, cutmix=args.cutmix,
-                         angular_aux=args.angular_aux, angular_aux_until=args.angular_aux_until)
+                         angular_aux=args.angular_aux, angular_aux_until=args.angular_aux_until, kernel_sampling=args.kernel_sampling)
     print(
         f"nas train: space {space.name} ({space.size():.3g} archs), data {dataset.name} "
         f"(train {dataset.size('train')}, val {dataset.size('val')}, test {dataset.size('test')}), "
@@ -92,12 +103,13 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train_stage(space, args.data, dataset, config, run, args.workers, args.resume, args.ray_address,
                               progress=lambda line: print(line, flush=True), compute=compute, storage_path=args.storage_path)
-    except NasError:
+    except (NasError, KeyboardInterrupt):
         if not args.resume and not resumable_training(run):  # stopped before the first checkpoint: leave nothing behind
             import shutil
 
             for path in [args.out] if created else set(args.out.iterdir()) - had:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            args.on_stop = "again"  # nothing to --resume from
         raise
     print(
         f"done: test top-1 largest {summary['test_largest']:.4f}, smallest {summary['test_smallest']:.4f} "
@@ -121,8 +133,8 @@ def add_latency(commands: argparse._SubParsersAction) -> None:
     add_fit_options(p)
     p.add_argument("--ray-address", default=None, help="measure in a Ray profiler actor: 'local' starts a local Ray, 'auto' or an address joins a cluster (default: in this process)")
     p.add_argument("--accelerator-type", default=None, help="with --ray-address: place the profiler on a node with this Ray accelerator type")
-    p.add_argument("--out", type=Path, required=True, help="the table's JSON file")
-    p.set_defaults(func=run_latency)
+    p.add_argument("--out", type=out_path, required=True, help="the table's JSON file")
+    p.set_defaults(func=run_latency, on_stop="same")
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
@@ -208,7 +220,7 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="trial number")
     which.add_argument("--budget-ms", type=positive_float, help="export the most accurate arch within this budget")
-    p.add_argument("--out", type=Path, required=True, help="export directory (refused if it exists, unless --overwrite)")
+    p.add_argument("--out", type=out_path, required=True, help="export directory (refused if it exists, unless --overwrite)")
     p.add_argument("--format", type=str_list, default=("safetensors", "onnx", "torchscript"), help="default: safetensors,onnx,torchscript")
     p.add_argument("--finetune-epochs", type=non_negative_int, default=0, help="fine-tune the standalone model on the run's data first (default: 0)")
     add_target_device(p, None, "the device the run's latencies were measured on, to export for it from another machine")

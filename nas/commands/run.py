@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from nas.commands.common import (add_compute_options, add_connection_options, add_runtime, add_target_device, non_negative_int,
+from nas.commands.common import (out_path, add_compute_options, add_connection_options, add_runtime, add_target_device, non_negative_int,
                                  positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP)
 
 
@@ -38,8 +38,8 @@ def add_run(commands: argparse._SubParsersAction) -> None:
                    "Ray for, fractions allowed (default: a whole GPU when there is one per evaluator, else a share of one)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="inference batch size for latency (default: %(default)s)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget in ms (default: the median predicted latency of 2,000 random archs: about half the space is feasible)")
-    p.add_argument("--budget-quantile", type=positive_float, default=d.budget_quantile, help="without --budget-ms: the budget admits about "
-                   "this share of random archs (0-1; 1 admits all; default: %(default)s)")
+    p.add_argument("--budget-quantile", type=positive_float, default=None, help="instead of --budget-ms: the budget admits about "
+                   f"this share of random archs (0-1; 1 admits all; default: {d.budget_quantile})")
     p.add_argument("--trials", type=positive_int, default=d.trials, help="default: %(default)s")
     p.add_argument("--epochs", type=positive_int, default=None, help="supernet training epochs (default: the space's)")
     p.add_argument("--workers", type=positive_int, default=d.workers, help="Ray Train workers for the supernet; 1 trains in this process (default: %(default)s)")
@@ -52,9 +52,9 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
     add_connection_options(p, "sqlite in --out")
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
-    p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<date>-<time>)")
+    p.add_argument("--out", type=out_path, default=None, help="run directory (default: results/run-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.set_defaults(func=run_run)
+    p.set_defaults(func=run_run, on_stop="resume")
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -64,13 +64,19 @@ def run_run(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise NasError("--resume needs --out: the run directory to continue")
+    if args.budget_ms is not None and args.budget_quantile is not None:
+        raise NasError(f"--budget-ms {args.budget_ms} and --budget-quantile {args.budget_quantile}: pass one; the quantile only "
+                       "sets the budget when no --budget-ms is given")
+    if args.storage_path is not None and args.workers == 1:
+        raise NasError("--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
+                       "trains in this process into --out. Drop --storage-path or pass --workers 2 or more")
     from nas.storage import resolve
 
     out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     storage, source = resolve(args.storage)
     config = RunConfig(
         space=args.space, data=args.data, device=args.device, dtype=args.dtype, batch_size=args.batch_size, runtime=args.backend,
-        budget_ms=args.budget_ms, budget_quantile=args.budget_quantile, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
+        budget_ms=args.budget_ms, budget_quantile=RunConfig.budget_quantile if args.budget_quantile is None else args.budget_quantile, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
         sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=storage,
         calibrate=args.calibrate, validate=args.validate, latency=args.latency, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
         precision=args.precision, loader_workers=args.loader_workers, randaugment=args.randaugment, val_images=args.val_images,
@@ -108,11 +114,11 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=None, help="trials asked per round (default: 2 × evaluators)")
     p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: local Ray)")
     add_connection_options(p, "sqlite:///<run>/study.db")
-    p.add_argument("--report-dir", type=Path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
+    p.add_argument("--report-dir", type=out_path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
                    "required for a study in another --storage)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--resume", action="store_true", help="continue the study")
-    p.set_defaults(func=run_search_command)
+    p.set_defaults(func=run_search_command, on_stop="resume")
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -142,6 +148,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": args.val_images}
     if not run.has(WEIGHTS):
         raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
+    if args.val_images is not None and args.val_images > run.split_size("val"):
+        raise NasError(f"--val-images {args.val_images}: the run's validation split holds only {run.split_size('val')} images; "
+                       f"use at most {run.split_size('val')}, or leave it out to score on all of them")
     budget = resolve_budget(space, table, args.budget_ms) if args.budget_ms is not None else None
     config = search.SearchConfig(
         trials=args.trials, batch=args.batch or 2 * args.evaluators, sampler=args.sampler, seed=args.seed,
@@ -187,7 +196,7 @@ def add_report(commands: argparse._SubParsersAction) -> None:
                             description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv and pareto.png; print the front.")
     p.add_argument("--run", type=Path, required=True, help="run directory")
     add_connection_options(p, "sqlite:///<run>/study.db")
-    p.add_argument("--report-dir", type=Path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
+    p.add_argument("--report-dir", type=out_path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
                    "required for a study in another --storage)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="budget line to draw (default: the run's)")
     p.set_defaults(func=run_report)

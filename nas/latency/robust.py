@@ -87,8 +87,9 @@ def measure_with_drift(
     measure_chunk: Callable[..., dict[str, Entry]],
     probe: DriftProbe | None,
     protocol: Protocol,
-    done: Callable[[list, dict[str, Entry]], None] = lambda chunk, entries: None,
+    done: Callable[..., None] = lambda chunk, entries, judged=None: None,
     drift_log: list | None = None,
+    history: list[dict] | None = None,
 ) -> dict[str, Entry]:
     """Measure chunk by chunk; a chunk during which the reference was slow (before or after it)
     is queued again, at most `protocol.remeasure` times, and its entries merged. Slowness is
@@ -98,10 +99,12 @@ def measure_with_drift(
     queued again too. A chunk that starts while the machine already runs slow will be measured
     again anyway, so it gets a provisional measurement, one pass without re-timing
     (`measure_chunk(chunk, provisional=True)`); the lower figures stand once it is measured
-    again. `done(chunk, entries)` is called after every chunk (the table saves its progress there)."""
+    again. `done(chunk, entries, judged)` is called after every chunk with every chunk judged so far
+    (the table saves its progress and those judgements there). `history`: the judgements of an
+    interrupted earlier session, judged again at the end like this session's own chunks."""
     results: dict[str, Entry] = {}
     queue = [(list(chunk), 0) for chunk in chunks]
-    judged: list[dict] = []  # per measured chunk: its reference times, and whether it was queued again
+    judged: list[dict] = list(history or [])  # per measured chunk: its reference times, and whether it was queued again
     before = probe.check() if probe else 0.0
 
     def ran_slow(record: dict) -> bool:  # and may be measured again
@@ -127,7 +130,7 @@ def measure_with_drift(
             if ran_slow(record):
                 again(record, late=False)
             before = after
-            done(chunk, {k: results[k] for k in measured})
+            done(chunk, {k: results[k] for k in measured}, judged)
         late = [record for record in judged if not record["queued"] and ran_slow(record)]
         if not late:
             return results

@@ -90,6 +90,8 @@ class LatencyTable:
     checks: dict = field(default_factory=dict)  # width-consistency re-measurement
     kernel_revisions: dict = field(default_factory=dict)  # of the kernels measured (those above revision 1)
     reference_ms: float | None = None  # the drift probe's best time during the build: the speed the entries are at (nas.latency.profiler)
+    chunks: list = field(default_factory=list)  # per measured chunk: its probe keys, reference times before/after, attempt
+    # (a resumed build judges them again with the final best reference time, as an uninterrupted one does)
 
     # ---- prediction ----------------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class LatencyTable:
             "checks": self.checks,
             "kernel_revisions": self.kernel_revisions,
             "reference_ms": self.reference_ms,
+            "chunks": self.chunks,
             "entries": self.entries,
         }
 
@@ -150,6 +153,7 @@ class LatencyTable:
                 checks=data.get("checks", {}),
                 kernel_revisions=data.get("kernel_revisions", {}),
                 reference_ms=data.get("reference_ms"),
+                chunks=data.get("chunks", []),
             )
             if table.reference_ms is not None and not (isinstance(table.reference_ms, (int, float)) and math.isfinite(table.reference_ms)
                                                        and table.reference_ms > 0):
@@ -218,10 +222,24 @@ def build(
         progress(f"resuming {path}: {done}/{total} entries already measured")
     started, base_seconds = time.perf_counter(), table.build_seconds
     probe = DriftProbe(reference, protocol) if reference else None
+    unchecked = not table.checks  # no build of this table finished its checks: every entry is still to be judged
+    by_key = dict(probes)
+    kept = [r for r in table.chunks if unchecked and all(k in by_key for k in r.get("probe_keys", []))] if probe else []
+    # a chunk queued again counts as queued only if its next attempt was measured before the stop
+    followed = {(tuple(r["probe_keys"]), r["attempt"] - 1) for r in kept}
+    history = [{"chunk": [(k, by_key[k]) for k in r["probe_keys"]], "attempt": r["attempt"], "before": r["before"], "after": r["after"],
+                "keys": r["keys"], "queued": (tuple(r["probe_keys"]), r["attempt"]) in followed} for r in kept]
+    if probe is not None and history:  # the best reference time seen while the earlier session measured
+        probe.best = min([probe.best] + [r[t] for r in history for t in ("before", "after")])
     measured = [0]
 
-    def save(chunk, entries) -> None:
-        table.entries.update(entries)
+    earlier = dict(table.entries)  # what an earlier session measured: a re-measurement keeps the lower figure
+
+    def save(chunk, entries, record=None) -> None:
+        table.entries.update({k: merge(earlier[k], e) if k in earlier else e for k, e in entries.items()})
+        if record is not None:
+            table.chunks = [{"probe_keys": [k for k, _ in r["chunk"]], "attempt": r["attempt"], "before": round(r["before"], 5),
+                             "after": round(r["after"], 5), "keys": r["keys"], "queued": r["queued"]} for r in record]
         measured[0] += len(chunk)
         elapsed = time.perf_counter() - started
         eta = elapsed / measured[0] * max(0, len(todo) - measured[0])
@@ -231,12 +249,13 @@ def build(
         progress(f"[{min(done + measured[0], total)}/{total}] {chunk[-1][0]}: {_measured(table, chunk[-1][0])}{redo}  (ETA {eta / 60:.1f} min)")
 
     chunks = [todo[i : i + 8] for i in range(0, len(todo), 8)]
-    measure_with_drift(chunks, measure_entries, probe, protocol, save, table.drift)
-    if todo and probe is not None and (table.reference_ms is None or probe.best < table.reference_ms):
+    before = len(table.drift)
+    measure_with_drift(chunks, measure_entries, probe, protocol, save, table.drift, history)
+    if (todo or len(table.drift) > before) and probe is not None and (table.reference_ms is None or probe.best < table.reference_ms):
         table.reference_ms = probe.best  # the machine's quiet speed while the entries were measured
         table.save(path)
-    if todo and not table.checks:
-        _recheck_widths(table, dict(probes), {key for key, _ in todo}, measure_entries, protocol, progress)
+    if unchecked:
+        _recheck_widths(table, dict(probes), set(table.entries) | {key for key, _ in probes}, measure_entries, protocol, progress)
         table.build_seconds = base_seconds + time.perf_counter() - started
         table.save(path)
     return table
@@ -293,15 +312,29 @@ def held_out_archs(space: SearchSpace, count: int, seed: int, exclude: set[str])
 
 
 def calibrate(table: LatencyTable, archs: list[Arch], measured: list[float]) -> None:
-    """Least-squares fit measured ≈ a·raw + b, stored in the table."""
+    """Least-squares fit measured ≈ a·raw + b with a > 0 and b ≥ 0, stored in the table.
+
+    A whole model costs its blocks (a: how their standalone timings scale inside it) plus a
+    fixed overhead (b) that cannot be negative; a larger sum of entries is never faster. An
+    unconstrained fit over a few noisy points breaks both (seen: a = −0.027; 4.40·x − 4.19 ms,
+    whose smallest arch would take −1.02 ms); then the line is fitted through the origin (b = 0),
+    the best fit within the constraints when the free one has b < 0 or a ≤ 0."""
     raw = [table.raw(arch) for arch in archs]
+    if any(not (math.isfinite(y) and y > 0) for y in measured) or any(x <= 0 for x in raw):
+        raise NasError("calibration: every whole model and every sum of entries must take a positive, finite time; "
+                       "the measurements are broken (rebuild the table on a quiet machine)")
     n = len(raw)
     mean_x, mean_y = sum(raw) / n, sum(measured) / n
     var = sum((x - mean_x) ** 2 for x in raw)
-    a = sum((x - mean_x) * (y - mean_y) for x, y in zip(raw, measured)) / var if var > 0 else 1.0
+    a = sum((x - mean_x) * (y - mean_y) for x, y in zip(raw, measured)) / var if var > 0 else 0.0
+    b = mean_y - a * mean_x
+    constrained = a <= 0 or b < 0
+    if constrained:
+        a, b = sum(x * y for x, y in zip(raw, measured)) / sum(x * x for x in raw), 0.0
     table.calibration = {
         "a": a,
-        "b": mean_y - a * mean_x,
+        "b": b,
+        "constrained": constrained,
         "archs": [arch.digest for arch in archs],
         "predicted_raw_ms": raw,
         "measured_ms": measured,

@@ -1,0 +1,331 @@
+"""`nas bench truth`: the ground truth the accuracy axis is measured against.
+
+A stratified set of archs of a space — each kernel choice alone at the middle widths, the
+largest, the smallest, then mixed archs spread over the MACs range — is trained standalone
+from scratch with one stated recipe (`Recipe`), and each run's validation accuracy after
+every epoch is kept as its curve. Every arch trains seed 0; `second_seeds` of them, evenly
+spread over the list, also seed 1, which gives the noise ceiling: the Kendall τ between two
+seeds' rankings is as close as any estimator can get to "the" ranking.
+
+The dataset is a JSON-lines file, one line per (arch, seed), appended as each run finishes:
+a stopped benchmark keeps what finished and continues where it stopped (the same command),
+a cut last line is dropped and run again. Every line names the space, the data, the
+validation split's digest and the recipe, so a file is never mixed with runs of another
+recipe, and `nas bench fidelity --truth FILE` scores a supernet against it without training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import random
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nas.arch import Arch
+from nas.errors import NasError
+from nas.space import SearchSpace
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Standalone training: AdamW, one warm-up epoch, cosine decay to 0, label smoothing;
+    Castling-ViT's auxiliary branch for angular layers as `nas train` uses it."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    angular_aux: float = 1.0
+    angular_aux_until: float = 0.5
+
+
+@dataclass(frozen=True)
+class TruthConfig:
+    mixed: int = 22  # mixed archs beyond the single-kernel, largest and smallest ones
+    second_seeds: int = 12  # archs (evenly spread over the stratified order) that also train seed 1
+    recipe: Recipe = Recipe()
+    jobs: int = 2
+    seed: int = 0  # seeds the choice of mixed archs
+    pool: int = 400  # random archs whose MACs quantiles the mixed archs are drawn from
+
+
+# ---- choosing archs ----------------------------------------------------------------------------
+
+
+def middle(values: tuple) -> object:
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def truth_archs(space: SearchSpace, mixed: int, seed: int, pool: int = 400) -> list[Arch]:
+    """Each kernel choice alone at the middle embed_dim, depth, heads and MLP ratio; the largest
+    and the smallest; then `mixed` random archs, one drawn from each MACs quantile bin of a
+    seeded pool, so widths, depths and kernel mixes across the whole cost range are covered.
+    Deterministic for (space, mixed, seed)."""
+    from nas import flops
+
+    chosen = [space.largest(), space.smallest()]
+    depth, embed, heads, ratio = middle(space.depth), middle(space.embed_dim), middle(space.heads), middle(space.mlp_ratio)
+    for spec in space.kernel_choices():
+        chosen.append(space.make_arch(embed, [space.make_layer(spec, heads, ratio) for _ in range(depth)]))
+    taken = {a.digest for a in chosen}
+    rng = random.Random(f"truth:{seed}")
+    candidates = {}
+    for _ in range(pool):
+        arch = space.sample(rng)
+        if arch.digest not in taken:
+            candidates.setdefault(arch.digest, arch)
+    macs = {d: flops.count(a).macs for d, a in candidates.items()}
+    ordered = sorted(candidates.values(), key=lambda a: (macs[a.digest], a.digest))
+    for i in range(mixed):
+        part = ordered[i * len(ordered) // mixed: (i + 1) * len(ordered) // mixed]
+        if part:
+            chosen.append(rng.choice(part))
+    return chosen
+
+
+def seeds_of(index: int, count: int, config: TruthConfig) -> list[int]:
+    """Seed 0 for every arch; seed 1 too for `second_seeds` archs evenly spread over the `count`."""
+    twice = {round(k * count / config.second_seeds) for k in range(min(config.second_seeds, count))}
+    return [0, 1] if index in twice else [0]
+
+
+# ---- standalone training with curves -------------------------------------------------------------
+
+_DATASET = None
+
+
+def _init_worker(data: str, image_size: int, in_chans: int) -> None:
+    global _DATASET
+    from nas.data import load_dataset
+
+    torch.set_num_threads(1)
+    _DATASET = load_dataset(data, image_size, in_chans)
+
+
+def train_curve(arch_json: str, seed: int, recipe: Recipe, dataset=None) -> dict:
+    """Train `arch` from scratch with `recipe`; validation top-1 and mean training loss after every epoch."""
+    from nas.subnet import ViT
+    from nas.train import TrainConfig, angular_aux_at, set_angular_aux
+
+    dataset = dataset or _DATASET
+    arch = Arch.from_json(arch_json)
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    model = ViT(arch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    batches = torch.Generator().manual_seed(seed)
+    per_epoch = max(1, dataset.size("train") // recipe.batch_size)
+    total, warmup = recipe.epochs * per_epoch, recipe.warmup_epochs * per_epoch
+    aux = TrainConfig(angular_aux=recipe.angular_aux, angular_aux_until=recipe.angular_aux_until)
+    curve, losses, step = [], [], 0
+    for _epoch in range(recipe.epochs):
+        model.train()
+        order = torch.randperm(dataset.size("train"), generator=batches)
+        running = []
+        for b in range(per_epoch):
+            set_angular_aux(model, angular_aux_at(step, total, aux))
+            warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * warm * 0.5 * (1 + math.cos(math.pi * step / total))
+            x, y = dataset.batch("train", order[b * recipe.batch_size: (b + 1) * recipe.batch_size], batches)
+            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running.append(loss.item())
+            step += 1
+        set_angular_aux(model, 0.0)
+        model.eval()
+        curve.append(round(dataset.top1(model, "val"), 6))
+        losses.append(round(statistics.fmean(running), 6))
+    return {"curve": curve, "train_loss": losses, "seconds": round(time.perf_counter() - started, 1)}
+
+
+# ---- the dataset file ----------------------------------------------------------------------------
+
+
+def split_digest(split: dict) -> str:
+    """Which training and validation images: a run's split must equal the truth's to be scored on it."""
+    text = json.dumps({"train": list(split["train"]), "val": list(split["val"])}, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read(path: Path) -> tuple[list[dict], int]:
+    """The records of a truth file and how many cut lines (an interrupted append) were dropped.
+    A line that parses but lacks a field is a damaged file: one NasError line naming it."""
+    if not path.is_file():
+        raise NasError(f"{path}: no such truth file; make one with `nas bench truth`")
+    records, cut = [], 0
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the last line, without its newline: an append that was cut
+                cut += 1
+                continue
+            raise NasError(f"{path}: line {number} is not JSON; the file is damaged") from None
+        missing = [k for k in ("format", "space", "data", "split", "recipe", "digest", "arch", "seed", "curve") if k not in record]
+        if not isinstance(record, dict) or missing:
+            raise NasError(f"{path}: line {number} lacks {', '.join(missing) or 'its fields'}; not a truth file")
+        if not isinstance(record["curve"], list) or not record["curve"] or not all(isinstance(v, (int, float)) for v in record["curve"]):
+            raise NasError(f"{path}: line {number}: 'curve' must be a non-empty list of accuracies")
+        records.append(record)
+    return records, cut
+
+
+def append(path: Path, record: dict) -> None:
+    """One line, written with one call and flushed to disk: a kill leaves whole lines and at most a cut last one."""
+    data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    with open(path, "ab") as handle:
+        if handle.tell() > 0:  # a cut line from a kill: end it so that the new record starts a line
+            with open(path, "rb") as reader:
+                reader.seek(-1, os.SEEK_END)
+                if reader.read(1) != b"\n":
+                    data = b"\n" + data
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run(space: SearchSpace, data: str, out: Path, config: TruthConfig, progress: Callable[[str], None] = print) -> list[dict]:
+    """Train every (arch, seed) of the ground truth that `out` does not hold yet; the records."""
+    from nas.data import load_dataset
+
+    dataset = load_dataset(data, space.image_size, space.in_chans)
+    key = {"space": space.name, "data": data, "split": split_digest(dataset.split), "recipe": asdict(config.recipe)}
+    done: dict[tuple[str, int], dict] = {}
+    if out.exists():
+        records, cut = read(out)
+        for record in records:
+            other = {k: record[k] for k in key}
+            if other != key:
+                differs = [k for k in key if record[k] != key[k]]
+                raise NasError(f"{out}: holds runs of another {', '.join(differs)} ({differs[0]}: {record[differs[0]]}); "
+                               "pass another --out or the same settings")
+            done[(record["digest"], record["seed"])] = record
+        if cut:  # the tail after the last newline: cut off, so that the next record starts its own line
+            with open(out, "rb+") as handle:
+                text = handle.read()
+                handle.truncate(text.rfind(b"\n") + 1)
+            progress(f"{out}: dropped {cut} cut line(s) of an interrupted run; they are trained again")
+    archs = truth_archs(space, config.mixed, config.seed, config.pool)
+    jobs = [(i, a, s) for i, a in enumerate(archs) for s in seeds_of(i, len(archs), config) if (a.digest, s) not in done]
+    jobs.sort(key=lambda job: (job[2], job[0]))  # every arch's first seed before any second seed
+    total = sum(len(seeds_of(i, len(archs), config)) for i in range(len(archs)))
+    progress(f"truth: {len(archs)} archs of {space.name}, {total} runs of {config.recipe.epochs} epochs on {data} "
+             f"({dataset.size('train')} training images); {total - len(jobs)} done, {len(jobs)} to train in {config.jobs} process(es)")
+    if jobs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        context = multiprocessing.get_context("spawn")  # a forked child of a process that ran autograd cannot run it
+        with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_init_worker,
+                                 initargs=(data, space.image_size, space.in_chans)) as pool:
+            pending = {pool.submit(train_curve, a.to_json(), s, config.recipe): (i, a, s) for i, a, s in jobs}
+            finished = 0
+            while pending:
+                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    index, arch, seed = pending.pop(future)
+                    result = future.result()
+                    record = {"format": FORMAT, **key, "index": index, "digest": arch.digest, "arch": arch.to_dict(), "seed": seed,
+                              **result, "threads": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    append(out, record)
+                    done[(arch.digest, seed)] = record
+                    finished += 1
+                    eta = (time.perf_counter() - started) / finished * (len(jobs) - finished) / 60
+                    progress(f"[{finished}/{len(jobs)}] #{index} {arch!r} seed {seed}: val {result['curve'][-1]:.4f} "
+                             f"(half {result['curve'][len(result['curve']) // 2 - 1]:.4f}; {result['seconds']:.0f} s; ETA {eta:.0f} min)")
+    return [done[(a.digest, s)] for i, a in enumerate(archs) for s in seeds_of(i, len(archs), config) if (a.digest, s) in done]
+
+
+# ---- what the ground truth says about itself -----------------------------------------------------
+
+
+def kendall(x: list[float], y: list[float]) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(x, y).statistic)
+
+
+def tau_interval(x: list[float], y: list[float], bootstrap: int = 2000, seed: int = 0) -> list[float]:
+    """The 90 % bootstrap interval of Kendall τ (archs resampled)."""
+    from scipy.stats import kendalltau
+
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        taus = [kendalltau(a[i], b[i]).statistic for i in (rng.integers(0, len(a), len(a)) for _ in range(bootstrap))]
+    taus = np.asarray([t for t in taus if np.isfinite(t)])
+    return [float(np.quantile(taus, 0.05)), float(np.quantile(taus, 0.95))] if len(taus) else [math.nan, math.nan]
+
+
+def by_arch(records: list[dict]) -> dict[str, dict]:
+    """digest -> {"arch": dict, "seeds": {seed: curve}}, in file order."""
+    archs: dict[str, dict] = {}
+    for record in records:
+        entry = archs.setdefault(record["digest"], {"arch": record["arch"], "seeds": {}})
+        entry["seeds"][int(record["seed"])] = record["curve"]
+    return archs
+
+
+def standalone(records: list[dict]) -> dict[str, float]:
+    """digest -> final validation accuracy, mean over its seeds: the truth a supernet is scored against."""
+    return {d: statistics.fmean(c[-1] for c in e["seeds"].values()) for d, e in by_arch(records).items()}
+
+
+def summarize(records: list[dict]) -> dict:
+    """Has the ranking settled (τ between half and full schedule, seed 0), what is the noise
+    ceiling (τ between seed 0 and seed 1 where both exist) and the per-arch seed sd."""
+    archs = by_arch(records)
+    first = [e["seeds"][0] for e in archs.values() if 0 in e["seeds"]]
+    half = [c[len(c) // 2 - 1] for c in first if len(c) >= 2]
+    full = [c[-1] for c in first]
+    pairs = [(e["seeds"][0][-1], e["seeds"][1][-1]) for e in archs.values() if 0 in e["seeds"] and 1 in e["seeds"]]
+    sds = [statistics.stdev([c[-1] for c in e["seeds"].values()]) for e in archs.values() if len(e["seeds"]) > 1]
+    summary = {
+        "archs": len(archs), "runs": len(records), "epochs": len(first[0]) if first else 0,
+        "accuracy_min": min(full) if full else math.nan, "accuracy_max": max(full) if full else math.nan,
+        "half_vs_full_tau": kendall(half, full) if len(half) >= 3 and len(half) == len(full) else math.nan,
+        "seed_pairs": len(pairs),
+        "seed_tau": kendall([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else math.nan,
+        "seed_sd_points": 100 * statistics.fmean(sds) if sds else math.nan,
+    }
+    if len(half) >= 3 and len(half) == len(full):
+        summary["half_vs_full_tau_90"] = tau_interval(half, full)
+    if len(pairs) >= 3:
+        summary["seed_tau_90"] = tau_interval([p[0] for p in pairs], [p[1] for p in pairs])
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    def interval(name: str) -> str:
+        lo, hi = summary.get(name, [math.nan, math.nan])
+        return f"90% CI {lo:.3f}..{hi:.3f}"
+
+    return (f"{summary['archs']} archs, {summary['runs']} runs of {summary['epochs']} epochs; final val accuracy "
+            f"{summary['accuracy_min']:.4f}..{summary['accuracy_max']:.4f}\n"
+            f"ranking settled? Kendall tau half vs full schedule {summary['half_vs_full_tau']:.3f} ({interval('half_vs_full_tau_90')})\n"
+            f"noise ceiling: seed-to-seed Kendall tau {summary['seed_tau']:.3f} ({interval('seed_tau_90')}) over "
+            f"{summary['seed_pairs']} archs with two seeds; per-arch seed sd {summary['seed_sd_points']:.2f} points")
