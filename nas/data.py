@@ -408,6 +408,13 @@ def save_split(dataset: Dataset | ImageFiles, path: Path) -> None:
 
 def check_split(dataset: Dataset, path: Path) -> None:
     """On resume: the dataset must split exactly as it did when the run started."""
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except OSError as error:
+        raise NasError(f"{path}: cannot read the run's split ({error.strerror or error})") from None
+    except (ValueError, UnicodeDecodeError):
+        raise NasError(f"{path}: not a valid split file (cut short or damaged); the run's split cannot be restored") from None
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), list) for k in ("train", "val", "test")):
+        raise NasError(f"{path}: not a valid split file (it needs 'train', 'val' and 'test' index lists)")
     if saved.get("dataset") != dataset.name or any(saved.get(k) != dataset.split[k] for k in ("train", "val", "test")):
         raise NasError(f"{path}: the run was started on another dataset or split ({saved.get('dataset')}); resume with the same --data")

@@ -111,16 +111,16 @@ class RunDir:
 
     def supernet(self, space):
         """The trained supernet; a missing, corrupt, truncated or mismatched file is a NasError."""
-        from safetensors.torch import load_file
-
         from nas.supernet import SuperNet
+        from nas.weights import load_weights
 
         path = self.path(WEIGHTS)
         if not path.is_file():
             raise NasError(f"{path} does not exist; train the supernet first (nas train --out {self.root})")
         net = SuperNet(space)
+        state = load_weights(path, "supernet checkpoint for this space")[0]  # a damaged file or changed bytes: one line
         try:
-            net.load_state_dict(load_file(str(path)))
+            net.load_state_dict(state)
         except Exception as error:  # noqa: BLE001 — safetensors and torch raise several types here
             raise NasError(f"{path}: not a readable supernet checkpoint for this space ({type(error).__name__}: {str(error)[:200]})") from None
         return net.eval()
@@ -149,9 +149,17 @@ class RunDir:
 
     def manifest_data(self) -> dict:
         try:
-            return json.loads(self.path(MANIFEST).read_text())
+            data = json.loads(self.path(MANIFEST).read_text())
         except (OSError, ValueError) as error:
             raise NasError(f"{self.path(MANIFEST)}: cannot read the run's manifest ({error})") from None
+        if not isinstance(data, dict):
+            raise NasError(f"{self.path(MANIFEST)}: not a run manifest (a JSON {type(data).__name__}, not an object)")
+        for name in ("settings", "stages"):
+            if name in data and not isinstance(data[name], dict):
+                raise NasError(f"{self.path(MANIFEST)}: field '{name}' must be an object; the manifest is damaged")
+        if "result" in data and data["result"] is not None and not isinstance(data["result"], dict):
+            raise NasError(f"{self.path(MANIFEST)}: field 'result' must be an object or null; the manifest is damaged")
+        return data
 
     def default_storage(self) -> str:
         return f"sqlite:///{self.root.resolve() / STUDY}"

@@ -15,14 +15,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
 from nas.arch import Arch
 from nas.errors import NasError
-from nas.io import atomic_path, write_text
+from nas.io import write_text
 from nas.kernels import AttentionKernel
+from nas.weights import load_weights, save_weights
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # timm ViT's norm layer
 
@@ -107,9 +107,7 @@ def save(model: ViT, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_text(directory / "arch.json", model.arch.to_json() + "\n")
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"arch_digest": model.arch.digest})
+    save_weights(model.state_dict(), directory / "model.safetensors", metadata={"arch_digest": model.arch.digest})
 
 
 def load(directory: str | Path) -> ViT:
@@ -121,11 +119,14 @@ def load(directory: str | Path) -> ViT:
             raise NasError(f"{path} does not exist; a model directory holds arch.json and model.safetensors")
     arch = Arch.from_json(arch_path.read_text(), str(arch_path))
     model = ViT(arch)
+    state, metadata = load_weights(weights_path)
+    if metadata.get("arch_digest") not in (None, arch.digest):
+        raise NasError(f"{weights_path}: its weights are of arch {metadata['arch_digest']}, but {arch_path} describes {arch.digest} "
+                       "(files of two exports mixed); export the model again")
     try:
-        state = load_file(str(weights_path))
-    except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise NasError(f"{weights_path}: not a readable safetensors file ({error})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensor shapes of another arch
+        raise NasError(f"{weights_path}: does not match {arch_path} ({str(error).splitlines()[0][:200]})") from None
     if missing or unexpected:
         raise NasError(f"{weights_path}: does not match {arch_path} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model

@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file, save_file
 
 from nas.arch import Arch
+from nas.weights import load_weights, save_weights
 from nas.compute import CPU, Compute
 from nas.data import Dataset, check_split, save_split
 from nas.errors import NasError
@@ -431,8 +431,7 @@ def mixed(mixup, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Ten
 
 def _save_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, history: list[dict], final: dict | None = None,
                      scaler=None) -> None:
-    with atomic_path(out / WEIGHTS) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    save_weights(net.state_dict(), out / WEIGHTS)
     with atomic_path(out / STATE) as tmp:
         torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None}, tmp)
     # Written last: it names the epoch that the two files above belong to.
@@ -455,7 +454,7 @@ def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
     check_split(dataset, out / SPLIT)
     try:
         state = json.loads((out / STATE_JSON).read_text())
-        net.load_state_dict(load_file(str(out / WEIGHTS)))
+        net.load_state_dict(load_weights(out / WEIGHTS)[0])
         saved_state = torch.load(out / STATE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(saved_state["optimizer"])
         if scaler is not None and saved_state.get("scaler"):  # fp16: the loss scale it had reached

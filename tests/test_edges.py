@@ -245,3 +245,84 @@ def test_a_budget_refused_as_unreachable_keeps_the_measured_table_for_a_resume(t
     assert resume_changes(previous, {"budget_ms": 5.0, "seed": 0}, trained=False, searched=False) == {"budget_ms": (0.000001, 5.0)}
     with pytest.raises(NasError, match="--budget-ms was"):
         resume_changes(previous, {"budget_ms": 5.0, "seed": 0}, trained=False, searched=True)
+
+
+# ---- damaged run files (issue 25, #8): one reader per file, one line naming it --------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from runs import make_run
+
+    return make_run(tmp_path_factory.mktemp("damaged") / "run")
+
+
+def copy_of(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_flipped_bytes_inside_the_supernet_are_refused_not_scored(tiny_run, tmp_path):
+    from nas.rundir import WEIGHTS, RunDir
+
+    run = copy_of(tiny_run, tmp_path)
+    space, _ = RunDir(run).space_and_data()
+    RunDir(run).supernet(space)  # intact: loads
+    data = bytearray((run / WEIGHTS).read_bytes())
+    for offset in range(len(data) - 4096, len(data) - 4000):  # inside the last tensor, past the header
+        data[offset] ^= 0x5A
+    (run / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(NasError, match="does not match the checksum"):
+        RunDir(run).supernet(space)
+
+
+def test_an_export_whose_arch_json_belongs_to_another_model_is_one_line(tmp_path):
+    import random
+
+    import nas
+    from nas.space import load_space
+    from nas.subnet import ViT, save
+
+    space = load_space("digits-tiny")
+    save(ViT(space.largest()), tmp_path / "a")
+    save(ViT(space.sample(random.Random(3))), tmp_path / "b")
+    (tmp_path / "a" / "arch.json").write_text((tmp_path / "b" / "arch.json").read_text())
+    with pytest.raises(NasError, match="files of two exports mixed"):
+        nas.load(tmp_path / "a")
+    assert nas.load(tmp_path / "b") is not None
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: [d], "not an object"),
+    (lambda d: {**d, "calibration": {**(d.get("calibration") or {}), "a": "fast", "b": 0.0}}, "calibration field 'a'"),
+    (lambda d: {**d, "calibration": {"a": -0.027, "b": 3.0}}, "must be positive"),
+])
+def test_a_damaged_latency_table_is_one_line_naming_the_field(tiny_run, tmp_path, damage, words):
+    import json
+
+    from nas.latency.table import LatencyTable
+    from nas.rundir import TABLE
+
+    path = tmp_path / TABLE
+    path.write_text(json.dumps(damage(json.loads((tiny_run / TABLE).read_text()))))
+    with pytest.raises(NasError, match=words):
+        LatencyTable.load(path)
+
+
+def test_a_cut_split_or_a_manifest_of_the_wrong_shape_is_one_line(tiny_run, tmp_path):
+    from nas.rundir import MANIFEST, SPLIT, RunDir
+
+    run = copy_of(tiny_run, tmp_path)
+    space, data = RunDir(run).space_and_data()
+    text = (run / SPLIT).read_text()
+    (run / SPLIT).write_text(text[: len(text) // 2])
+    with pytest.raises(NasError, match="not a valid split file"):
+        RunDir(run).dataset(space, data)
+    (run / MANIFEST).write_text('["not", "a", "manifest"]')
+    with pytest.raises(NasError, match="not a run manifest"):
+        RunDir(run).manifest_data()
+    (run / MANIFEST).write_text('{"settings": [1, 2], "stages": {}}')
+    with pytest.raises(NasError, match="field 'settings' must be an object"):
+        RunDir(run).manifest_data()

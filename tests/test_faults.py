@@ -258,11 +258,13 @@ def exit_code(args: list[str]) -> int:
         return int(exit_.code)
 
 
-def test_infeasible_budget_leaves_no_run_directory(tmp_path, capsys):
+def test_infeasible_budget_keeps_only_the_measured_table(tmp_path, capsys):
+    """Issue 25: the refusal used to delete the run directory with the table it had just measured."""
     out = tmp_path / "run"
     assert main(["run", "--space", bad_yaml(tmp_path), "--budget-ms", "0.000001", "--calibrate", "0", "--validate", "0", "--out", str(out)]) == 2
-    assert "below the smallest latency any arch of tiny reaches" in capsys.readouterr().err
-    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "below the smallest latency any arch of tiny reaches" in err and "--resume" in err
+    assert sorted(p.name for p in out.iterdir()) == ["latency_table.json", "manifest.json"]  # no training, no study
 
 
 @pytest.fixture(scope="module")

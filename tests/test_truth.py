@@ -217,3 +217,13 @@ def test_fidelity_scores_a_supernet_against_the_truth_without_training(tiny_trut
     other.write_text("\n".join(json.dumps({**json.loads(line), "split": "0" * 16}) for line in out.read_text().splitlines()) + "\n")
     with pytest.raises(NasError, match="split differs"):
         score_against_truth(run_dir, other, FidelityConfig(bootstrap=100))
+
+
+def test_truth_summary_only_reads_the_file(tiny_truth, capsys):
+    from nas.cli import main
+
+    space, out, _, records = tiny_truth
+    before = out.read_bytes()
+    assert main(["bench", "truth", "--space", "digits-tiny", "--summary", "--out", str(out)]) == 0
+    assert f"{len(records)} runs" in capsys.readouterr().out and out.read_bytes() == before
+    assert json.loads(out.with_name(out.stem + "_summary.json").read_text())["summary"]["runs"] == len(records)

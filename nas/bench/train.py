@@ -225,7 +225,7 @@ def run_bench(config: TrainBenchConfig, work: Path, images: int, loader_workers:
         if not (folder / "val").is_dir():
             progress(f"generating {size} + {max(10, size // 10)} RGB JPEGs at 224 px in {folder}...")
             generate_image_folder(folder, size, max(10, size // 10))
-        row = memory_case(str(space_file), folder)
+        row = memory_case(str(space_file), folder, batch_size=config.batch_size)
         progress(f"  nas train, 1 epoch on {size} images: peak RSS {row['rss_peak_mb']:.0f} MB ({row['seconds']:.0f} s)")
         results["memory"].append({"train_images": size, **row})
     if len(results["memory"]) >= 2:

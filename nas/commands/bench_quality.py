@@ -221,6 +221,7 @@ def add_bench_truth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=positive_int, default=d.jobs, help="parallel standalone runs, one thread each (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the choice of mixed archs (default: %(default)s)")
     p.add_argument("--out", type=out_path, default=None, help="the JSON-lines file (default: results/bench/truth_<space>.jsonl)")
+    p.add_argument("--summary", action="store_true", help="only summarise what --out holds (no training)")
     p.set_defaults(func=run_bench_truth, on_stop="same")
 
 
@@ -243,7 +244,13 @@ def run_bench_truth(args: argparse.Namespace) -> int:
     config = replace(d, mixed=args.mixed, second_seeds=args.second_seeds, jobs=args.jobs, seed=args.seed,
                      recipe=replace(d.recipe, epochs=args.epochs, lr=args.lr))
     started = time.perf_counter()
-    records = truth.run(space, data, out, config, progress=lambda line: print(line, flush=True))
+    if args.summary:
+        records, cut = truth.read(out)
+        print(f"{out}: {len(records)} runs" + (f" ({cut} cut line(s) ignored)" if cut else ""))
+    else:
+        records = truth.run(space, data, out, config, progress=lambda line: print(line, flush=True))
+    if not records:
+        raise NasError(f"{out}: holds no finished run to summarise")
     summary = truth.summarize(records)
     print(truth.format_summary(summary))
     summary_path = out.with_name(out.stem + "_summary.json")

@@ -138,6 +138,8 @@ class LatencyTable:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
             table = cls(
@@ -159,9 +161,10 @@ class LatencyTable:
                                                        and table.reference_ms > 0):
                 raise ValueError(f"reference_ms is {table.reference_ms!r}; it must be a positive number of milliseconds")
             _check_entries(table.entries)
+            _check_calibration(table.calibration)
         except OSError as error:
             raise NasError(f"{path}: cannot read the latency table ({error.strerror})") from None
-        except (ValueError, KeyError, TypeError, NasError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError, NasError) as error:
             raise NasError(f"{path}: not a valid latency table ({error})") from None
         current = kernel_revisions(space) if space is not None else {}
         if space is not None and table.space_digest != space_digest(space) and table.kernel_revisions != current:
@@ -281,6 +284,20 @@ def _measured(table: LatencyTable, key: str) -> str:
         e = key.split("|")[1]
         return f"stem {table.entries[f'stem|{e}']['ms']:.3f} ms + head {table.entries[f'head|{e}']['ms']:.3f} ms"
     return f"{table.entries[key]['ms']:.3f} ms"
+
+
+def _check_calibration(calibration) -> None:
+    """A stored calibration line: finite numbers a > 0 and b (older tables may hold a slightly negative b)."""
+    if calibration is None:
+        return
+    if not isinstance(calibration, dict):
+        raise ValueError("field 'calibration' must be an object with 'a' and 'b'")
+    for name in ("a", "b"):
+        value = calibration.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"calibration field '{name}' is {value!r}; it must be a finite number")
+    if calibration["a"] <= 0:
+        raise ValueError(f"calibration slope 'a' is {calibration['a']}; it must be positive (larger models are not faster)")
 
 
 def _have(table: LatencyTable, key: str) -> bool:
