@@ -185,8 +185,9 @@ def read(path: Path) -> tuple[list[dict], int]:
                 cut += 1
                 continue
             raise NasError(f"{path}: line {number} is not JSON; the file is damaged") from None
-        missing = [k for k in ("format", "space", "data", "split", "recipe", "digest", "arch", "seed", "curve") if k not in record]
-        if not isinstance(record, dict) or missing:
+        missing = [k for k in ("format", "space", "data", "split", "recipe", "digest", "arch", "seed", "curve")
+                   if not isinstance(record, dict) or k not in record]
+        if missing:
             raise NasError(f"{path}: line {number} lacks {', '.join(missing) or 'its fields'}; not a truth file")
         if not isinstance(record["curve"], list) or not record["curve"] or not all(isinstance(v, (int, float)) for v in record["curve"]):
             raise NasError(f"{path}: line {number}: 'curve' must be a non-empty list of accuracies")
