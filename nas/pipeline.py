@@ -273,10 +273,8 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     if failed:
         progress(f"{len(failed)} trial(s) failed and are recorded as such in trials.csv: "
                  + "; ".join(f"trial {t.number}: {t.user_attrs.get('failure', '?')[:120]}" for t in failed[:5]))
-    judged = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.constraints]
-    within = [t for t in judged if t.state.name == "COMPLETE" and search.feasible(t)]
-    progress(f"{len(within)} of {len(judged)} judged trials within the budget of {budget} ms "
-             f"({sum(t.state.name == 'PRUNED' for t in judged)} over it, not scored)")
+    within, judged, over = search.budget_counts(trials)
+    progress(f"{within} of {judged} judged trials within the budget of {budget} ms ({over} over it, not scored)")
 
     # the pick: the most accurate feasible arch whose model, measured again now, meets the budget
     feasible = [t for t in trials if t.state.name == "COMPLETE" and search.feasible(t)]

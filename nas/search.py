@@ -292,6 +292,15 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(value <= 0 for value in trial.constraints.values())
 
 
+def budget_counts(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, int, int]:
+    """(within, judged, over) the budget: the trials judged against it are the COMPLETE ones and the
+    PRUNED ones (over it, not scored) with a latency constraint. FAIL trials — interrupted (re-run on
+    --resume) or broken — were never judged and are not counted (they were: "6 of 8 within")."""
+    judged = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) and t.constraints]
+    within = sum(t.state == optuna.trial.TrialState.COMPLETE and feasible(t) for t in judged)
+    return within, len(judged), sum(t.state == optuna.trial.TrialState.PRUNED for t in judged)
+
+
 def _best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if feasible(t)]
     return max(complete, key=lambda t: (t.values[0], -t.values[1]), default=None)

@@ -326,3 +326,21 @@ def test_a_cut_split_or_a_manifest_of_the_wrong_shape_is_one_line(tiny_run, tmp_
     (run / MANIFEST).write_text('{"settings": [1, 2], "stages": {}}')
     with pytest.raises(NasError, match="field 'settings' must be an object"):
         RunDir(run).manifest_data()
+
+
+def test_the_budget_count_is_over_judged_trials_only():
+    """Issue 25 #5: "6 of 8 trials within the budget" counted interrupted (FAIL) trials, which carry a
+    latency constraint but were never judged; the count is over COMPLETE and PRUNED trials."""
+    import optuna
+
+    from nas.search import budget_counts
+
+    def trial(state, slack, **kwargs):
+        return optuna.trial.create_trial(state=state, constraints={"latency": slack}, **kwargs)
+
+    complete = optuna.trial.TrialState.COMPLETE
+    trials = [trial(complete, -0.1, values=[0.9, 1.0]), trial(complete, 0.2, values=[0.95, 1.3]),
+              trial(optuna.trial.TrialState.PRUNED, 0.5),
+              trial(optuna.trial.TrialState.FAIL, -0.2, user_attrs={"interrupted": True}),
+              trial(optuna.trial.TrialState.FAIL, 0.1)]
+    assert budget_counts(trials) == (1, 3, 1)
