@@ -24,14 +24,12 @@ import os
 import random
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -263,25 +261,6 @@ def run(space: SearchSpace, data: str, out: Path, config: TruthConfig, progress:
 # ---- what the ground truth says about itself -----------------------------------------------------
 
 
-def kendall(x: list[float], y: list[float]) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(x, y).statistic)
-
-
-def tau_interval(x: list[float], y: list[float], bootstrap: int = 2000, seed: int = 0) -> list[float]:
-    """The 90 % bootstrap interval of Kendall τ (archs resampled)."""
-    from scipy.stats import kendalltau
-
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        taus = [kendalltau(a[i], b[i]).statistic for i in (rng.integers(0, len(a), len(a)) for _ in range(bootstrap))]
-    taus = np.asarray([t for t in taus if np.isfinite(t)])
-    return [float(np.quantile(taus, 0.05)), float(np.quantile(taus, 0.95))] if len(taus) else [math.nan, math.nan]
-
-
 def by_arch(records: list[dict]) -> dict[str, dict]:
     """digest -> {"arch": dict, "seeds": {seed: curve}}, in file order."""
     archs: dict[str, dict] = {}
@@ -305,18 +284,20 @@ def summarize(records: list[dict]) -> dict:
     full = [c[-1] for c in first]
     pairs = [(e["seeds"][0][-1], e["seeds"][1][-1]) for e in archs.values() if 0 in e["seeds"] and 1 in e["seeds"]]
     sds = [statistics.stdev([c[-1] for c in e["seeds"].values()]) for e in archs.values() if len(e["seeds"]) > 1]
+    from nas.bench.fidelity import rank_statistics  # Kendall τ with its bootstrap 90 % interval (archs resampled)
+
     summary = {
         "archs": len(archs), "runs": len(records), "epochs": len(first[0]) if first else 0,
         "accuracy_min": min(full) if full else math.nan, "accuracy_max": max(full) if full else math.nan,
-        "half_vs_full_tau": kendall(half, full) if len(half) >= 3 and len(half) == len(full) else math.nan,
-        "seed_pairs": len(pairs),
-        "seed_tau": kendall([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else math.nan,
+        "half_vs_full_tau": math.nan, "seed_pairs": len(pairs), "seed_tau": math.nan,
         "seed_sd_points": 100 * statistics.fmean(sds) if sds else math.nan,
     }
     if len(half) >= 3 and len(half) == len(full):
-        summary["half_vs_full_tau_90"] = tau_interval(half, full)
+        ranks = rank_statistics(half, full)
+        summary["half_vs_full_tau"], summary["half_vs_full_tau_90"] = ranks["kendall_tau"], ranks["kendall_tau_90"]
     if len(pairs) >= 3:
-        summary["seed_tau_90"] = tau_interval([p[0] for p in pairs], [p[1] for p in pairs])
+        ranks = rank_statistics([p[0] for p in pairs], [p[1] for p in pairs])
+        summary["seed_tau"], summary["seed_tau_90"] = ranks["kendall_tau"], ranks["kendall_tau_90"]
     return summary
 
 

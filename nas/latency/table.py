@@ -258,7 +258,7 @@ def build(
         table.reference_ms = probe.best  # the machine's quiet speed while the entries were measured
         table.save(path)
     if unchecked:
-        _recheck_widths(table, dict(probes), set(table.entries) | {key for key, _ in probes}, measure_entries, protocol, progress)
+        _recheck_widths(table, dict(probes), set(table.entries), measure_entries, protocol, progress)
         table.build_seconds = base_seconds + time.perf_counter() - started
         table.save(path)
     return table
