@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nas import odd_one_out
-from nas.bench.fidelity import bias_tables, rank_statistics, stratified_archs, summarize, FidelityConfig
+from nas.bench.fidelity import bias_tables, stratified_archs, summarize, FidelityConfig
+from nas.bench.ranking import rank_statistics
 from nas.data import load_dataset
 from nas.space import load_space
 

@@ -284,7 +284,7 @@ def summarize(records: list[dict]) -> dict:
     full = [c[-1] for c in first]
     pairs = [(e["seeds"][0][-1], e["seeds"][1][-1]) for e in archs.values() if 0 in e["seeds"] and 1 in e["seeds"]]
     sds = [statistics.stdev([c[-1] for c in e["seeds"].values()]) for e in archs.values() if len(e["seeds"]) > 1]
-    from nas.bench.fidelity import rank_statistics  # Kendall τ with its bootstrap 90 % interval (archs resampled)
+    from nas.bench.ranking import rank_statistics  # Kendall τ with its bootstrap 90 % interval (archs resampled)
 
     summary = {
         "archs": len(archs), "runs": len(records), "epochs": len(first[0]) if first else 0,
