@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_search(commands)
     models.add_select(commands)
     models.add_export(commands)
+    models.add_verify(commands)
     run.add_report(commands)
     bench = commands.add_parser("bench", help="benchmarks (results under results/bench/)", description="Benchmarks.")
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_quality.add_bench_fidelity(benchmarks)
     bench_quality.add_bench_zoo(benchmarks)
     bench_quality.add_bench_truth(benchmarks)
+    bench_quality.add_bench_pick(benchmarks)
     return parser
 
 

@@ -81,6 +81,22 @@ def top1(model: ViT, dataset: Dataset, split: str, compute: Compute = CPU) -> fl
     return dataset.top1(forward, split)
 
 
+def verified_model(run_dir: Path, arch, verified: dict, dataset: Dataset, compute: Compute = CPU) -> tuple[ViT, dict]:
+    """The standalone model a verification trained for `arch` (its saved state), and its figures."""
+    from nas.verify import read_state
+
+    path = Path(run_dir) / verified["state"]
+    state = read_state(path)
+    if state is None or state.get("arch") != arch.to_json(indent=None):
+        raise NasError(f"{path}: missing or not the verification state of trial's arch {arch.digest}; run nas verify --run {run_dir} again")
+    model = ViT(arch)
+    model.load_state_dict(state["model"])
+    model.eval()
+    figures = {"val": top1(model, dataset, "val", compute), "test": top1(model, dataset, "test", compute), "epochs": len(state["curve"]),
+               "recipe": state["recipe"], "seed": state["seed"], "curve": state["curve"]}
+    return model, figures
+
+
 def to_onnx(model: ViT, path: Path) -> None:
     """model.onnx: torch.onnx's dynamo exporter, opset 18, dynamic batch — the graph that
     `--runtime onnxruntime` times (nas.latency.runtime.onnx_bytes)."""
@@ -129,13 +145,16 @@ def export(
     budget_ms: float | None = None,
     measured_ms: float | None = None,
     pick: list[dict] | None = None,
+    verified: dict | None = None,
 ) -> dict:
     """Write the standalone model of `candidate` into `out_dir`; returns the metadata.
 
     The model's latency is measured here (on the run's device, when this machine is it), or
     taken as `measured_ms` when the caller has just measured it (nas run's pick). With
     `budget_ms`, a measured latency over it is a warning line and `over_budget` in the metadata.
-    `pick`: the candidates measured to choose this one (nas.select.pick_within_budget), recorded."""
+    `pick`: the candidates measured to choose this one (nas.select.pick_within_budget), recorded.
+    `verified`: the candidate's row of the run's verification (nas.verify): its standalone-trained
+    weights (its saved state) are exported instead of the inherited ones, and both figures recorded."""
     from nas.latency.profiler import Profiler
 
     unknown = [f for f in formats if f not in FORMATS]
@@ -145,6 +164,8 @@ def export(
         raise NasError(f"{out_dir} already exists; pass --overwrite to replace it or choose another --out")
     if finetune_epochs < 0:
         raise NasError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    if verified is not None and finetune_epochs:
+        raise NasError("--finetune-epochs: a verified arch is exported with its standalone-trained weights; fine-tuning applies to inherited weights only")
     fp, measurable = check_device(run_dir, device)
     run = RunDir(run_dir)
     space, data = run.space_and_data()
@@ -155,7 +176,12 @@ def export(
     model = extract(run.supernet(space), arch).eval()
     inherited = {"val": top1(model, dataset, "val", compute), "test": top1(model, dataset, "test", compute)}
     progress(f"trial {candidate.trial}: inherited weights, val top-1 {inherited['val']:.4f}, test {inherited['test']:.4f}")
-    finetuned, kept = None, "inherited"
+    finetuned, kept, standalone = None, "inherited", None
+    if verified is not None:
+        model, standalone = verified_model(run_dir, arch, verified, dataset, compute)
+        kept = "verified"
+        progress(f"trial {candidate.trial}: verified weights ({standalone['epochs']} epochs standalone), val top-1 {standalone['val']:.4f}, "
+                 f"test {standalone['test']:.4f}")
     if finetune_epochs:
         tuned = copy.deepcopy(model)
         finetune(tuned, dataset, finetune_epochs, progress=progress, compute=compute)
@@ -196,7 +222,7 @@ def export(
         metadata = {
             "arch_digest": arch.digest,
             "source": {"run": str(run_dir), "trial": candidate.trial},
-            "accuracy": {"split_of": dataset.name, "inherited": inherited, "finetuned": finetuned,
+            "accuracy": {"split_of": dataset.name, "inherited": inherited, "finetuned": finetuned, "verified": standalone,
                          "finetune_epochs": finetune_epochs, "exported_weights": kept, "computed_on": compute.record()},
             "latency": {"predicted_ms": predicted_ms, "measured_ms": measured_ms, "note": measure_note,
                         "error": None if measured_ms is None else (predicted_ms - measured_ms) / measured_ms,

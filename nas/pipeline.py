@@ -7,8 +7,11 @@ Stages, each writing its files into the run directory that the next reads:
                 with --workers K > 1, on Ray Train;
   3. search   — the Optuna study (study.db) over Ray evaluator actors; trials.csv,
                 pareto.csv, pareto.png;
-  4. export   — the best feasible arch under the budget as a standalone model in
-                exports/best/ (safetensors, ONNX, TorchScript, metadata.json).
+  4. verify   — the best candidates under the budget, measured again and trained standalone
+                with successive halving (nas.verify; --verify 0: off); the pick is the most
+                accurate by verified accuracy (verify/verify.json; pareto.csv's verified_* columns);
+  5. export   — the pick as a standalone model in exports/best/ (safetensors, ONNX,
+                TorchScript, metadata.json), with its verified weights.
 manifest.json records versions, the device fingerprint, the seed, the settings, and the
 wall time and completion of each stage.
 """
@@ -54,6 +57,7 @@ class RunConfig:
     val_images: int | None = None  # each trial scored on this many validation images (None: all)
     gpus_per_evaluator: float | None = None  # None: a whole GPU per evaluator when there are enough, else a share
     storage_path: str | None = None  # Ray Train's checkpoints with workers > 1 (None: <run>/ray_train)
+    verify: int = 4  # candidates trained standalone to verify the pick (nas.verify); 0: pick by inherited accuracy
 
 
 # On --resume, these must equal the run's: they change what the run computes. --trials may grow
@@ -159,6 +163,8 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
         raise NasError(f"--resume: {run_dir} holds no run (no {MANIFEST})")
     if config.workers < 1 or config.evaluators < 1 or config.trials < 1 or (config.epochs is not None and config.epochs < 1):
         raise NasError("--workers, --evaluators, --trials and --epochs must be >= 1")
+    if config.verify < 0:
+        raise NasError(f"--verify must be >= 0 (0 turns the verification off), got {config.verify}")
     if not 0 < config.budget_quantile <= 1:
         raise NasError(f"--budget-quantile must be in (0, 1], got {config.budget_quantile}")
     from nas.latency.trials import SOURCES
@@ -283,11 +289,30 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         manifest.save()
         raise no_feasible_trial(study, budget)
     previous = manifest.data.get("result") or {}
-    if manifest.done("export") and previous.get("export") and previous.get("trials_seen") == len(trials):
+    if manifest.done("export") and previous.get("export") and previous.get("trials_seen") == len(trials) and previous.get("verify") == config.verify:
         return previous  # an interrupted run resumed after its export: nothing changed
-    progress(f"re-measuring the most accurate of {len(feasible)} feasible trial(s) against the budget...")
     candidates = [_candidate(t, space) for t in feasible]
-    chosen, measured_ms, checked = pick_within_budget(candidates, profiler.measure_models, budget, progress=progress)
+    verification = None
+    if config.verify:
+        from nas.verify import VerifyConfig, verify
+
+        started = time.perf_counter()
+        progress(f"== verify: the best of {len(feasible)} feasible trial(s), measured again and trained standalone")
+        manifest.record("verify", 0.0, False)
+        verify_config = VerifyConfig(candidates=config.verify, seed=config.seed, jobs=config.evaluators, device=str(compute.device))
+        try:
+            verification = verify(run, candidates, profiler.measure_models, budget, verify_config, config.data, dataset, progress)
+        finally:
+            manifest.record("verify", time.perf_counter() - started, False)
+        manifest.record("verify", 0.0, True, candidates=len(verification["candidates"]), train_seconds=verification["train_seconds"],
+                        pick=verification["pick"]["trial"], inherited_pick=verification["inherited_pick"]["trial"])
+        if run.owns_storage(storage):
+            report.mark_verified(run.root, run.verified())
+        chosen = next(c for c in candidates if c.trial == verification["pick"]["trial"])
+        measured_ms, checked = verification["pick"]["measured_ms"], verification["measured"]
+    else:
+        progress(f"re-measuring the most accurate of {len(feasible)} feasible trial(s) against the budget...")
+        chosen, measured_ms, checked = pick_within_budget(candidates, profiler.measure_models, budget, progress=progress)
     best = next(t for t in feasible if t.number == chosen.trial)
     arch = chosen.arch
     result = {
@@ -302,13 +327,21 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         "latency_source": best.user_attrs.get("latency_source", "predicted"),
         "budget_ms": budget,
         "pick": checked,
+        "verify": config.verify,
+        "verified": None if verification is None else {
+            "val_accuracy": verification["pick"]["verified_accuracy"], "epochs": verification["pick"]["verified_epochs"],
+            "inherited_pick": {k: verification["inherited_pick"][k] for k in ("trial", "inherited_accuracy", "verified_accuracy", "verified_epochs")}},
         "trials_seen": len(trials),
         "failed_trials": [t.number for t in failed],
     }
-    progress(f"best feasible arch (trial {best.number}): test top-1 {result['test_accuracy']:.4f}, measured again {measured_ms:.4f} ms "
-             f"<= budget {budget} ms (search {best.values[1]:.4f} ms {result['latency_source']}, prior {result['predicted_latency_ms']:.4f} ms)")
-    if manifest.done("export") and previous.get("trial") == best.number and previous.get("export"):
+    verified_line = "" if verification is None else f", verified standalone val top-1 {verification['pick']['verified_accuracy']:.4f}"
+    progress(f"best feasible arch (trial {best.number}): inherited test top-1 {result['test_accuracy']:.4f}{verified_line}, measured again "
+             f"{measured_ms:.4f} ms <= budget {budget} ms (search {best.values[1]:.4f} ms {result['latency_source']}, prior "
+             f"{result['predicted_latency_ms']:.4f} ms)")
+    if manifest.done("export") and previous.get("trial") == best.number and previous.get("export") and previous.get("verify") == config.verify:
         result["export"] = previous["export"]  # exports/best already holds this trial
+        if result["verified"] is not None and "test_accuracy" in (previous.get("verified") or {}):
+            result["verified"]["test_accuracy"] = previous["verified"]["test_accuracy"]
     manifest.data["result"] = result
     manifest.save()
 
@@ -320,9 +353,12 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         progress(f"== export: the best feasible arch (trial {best.number}) -> {EXPORTS}/best")
         manifest.record("export", 0.0, False)
         meta = export_stage(run, best.number, run.path(EXPORTS) / "best", progress=progress, overwrite=True, compute=compute,
-                            budget_ms=budget, measured_ms=measured_ms, pick=checked)
+                            budget_ms=budget, measured_ms=measured_ms, pick=checked,
+                            verified=None if verification is None else verification["pick"])
         result["export"] = {"dir": "exports/best", "trial": best.number, "predicted_ms": meta["latency"]["predicted_ms"],
-                            "measured_ms": meta["latency"]["measured_ms"]}
+                            "measured_ms": meta["latency"]["measured_ms"], "weights": meta["accuracy"]["exported_weights"]}
+        if verification is not None:
+            result["verified"]["test_accuracy"] = meta["accuracy"]["verified"]["test"]
         manifest.record("export", time.perf_counter() - started, True, trial=best.number, latency=meta["latency"]["measured_ms"])
         manifest.data["result"] = result
         manifest.save()

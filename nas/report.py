@@ -22,10 +22,12 @@ from nas.search import pareto_front
 # latency_ms decides (measured, or predicted where nothing measured: latency_source); predicted_ms is the table's prior.
 # A PRUNED trial is an arch over the budget, judged but not scored (`skipped` says why).
 TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "measured_ms", "predicted_ms", "latency_source", "macs", "params",
-                 "duration_s", "digest", "reused_from", "interrupted", "skipped", "failure", "arch"]
+                 "duration_s", "digest", "reused_from", "interrupted", "skipped", "failure", "verified_accuracy", "verified_epochs", "arch"]
+# verified_*: a candidate of the verification (nas.verify) trained standalone: its validation top-1 after that many epochs.
 
 
-def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
+def trial_row(trial: optuna.trial.FrozenTrial, verified: dict[int, dict] | None = None) -> dict:
+    check = (verified or {}).get(trial.number, {})
     duration = trial.duration.total_seconds() if trial.duration else None
     attrs = trial.user_attrs
     return {
@@ -45,6 +47,8 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
         "interrupted": bool(attrs.get("interrupted", False)),
         "skipped": attrs.get("skipped", ""),
         "failure": attrs.get("failure", ""),
+        "verified_accuracy": check.get("verified_accuracy", ""),
+        "verified_epochs": check.get("verified_epochs", ""),
         "arch": _compact_json(attrs.get("arch")),
     }
 
@@ -61,15 +65,31 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(study: optuna.Study, out: Path, budget_ms: float | None) -> list[optuna.trial.FrozenTrial]:
-    """trials.csv (every trial), pareto.csv (feasible front) and pareto.png in `out`; returns the front."""
+def write_outputs(study: optuna.Study, out: Path, budget_ms: float | None, verified: dict[int, dict] | None = None) -> list[optuna.trial.FrozenTrial]:
+    """trials.csv (every trial), pareto.csv (feasible front) and pareto.png in `out`; returns the front.
+    `verified`: trial -> its verification (RunDir.verified), filled into the verified_* columns."""
     trials = study.get_trials(deepcopy=False)
     front = pareto_front(trials)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / TRIALS, _csv([trial_row(t) for t in trials]))
-    write_text(out / PARETO_CSV, _csv([trial_row(t) for t in front]))
-    _plot(trials, front, budget_ms, out / PARETO_PNG)
+    write_text(out / TRIALS, _csv([trial_row(t, verified) for t in trials]))
+    write_text(out / PARETO_CSV, _csv([trial_row(t, verified) for t in front]))
+    _plot(trials, front, budget_ms, out / PARETO_PNG, verified)
     return front
+
+
+def mark_verified(out: Path, verified: dict[int, dict]) -> None:
+    """Fill the verified_* columns of the trials.csv and pareto.csv already in `out` (nas verify,
+    which may not reach the study's storage); other columns are kept as they are."""
+    for name in (TRIALS, PARETO_CSV):
+        path = out / name
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            check = verified.get(int(row["number"]), {})
+            row["verified_accuracy"], row["verified_epochs"] = check.get("verified_accuracy", ""), check.get("verified_epochs", "")
+        write_text(path, _csv([{k: row.get(k, "") for k in TRIAL_COLUMNS} for row in rows]))
 
 
 def format_front(front: Sequence[optuna.trial.FrozenTrial]) -> str:
@@ -84,7 +104,7 @@ def format_front(front: Sequence[optuna.trial.FrozenTrial]) -> str:
     return "\n".join(lines)
 
 
-def _plot(trials, front, budget_ms: float | None, path: Path) -> None:
+def _plot(trials, front, budget_ms: float | None, path: Path, verified: dict[int, dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,10 +116,14 @@ def _plot(trials, front, budget_ms: float | None, path: Path) -> None:
     ax.scatter([t.values[1] for t in complete], [t.values[0] for t in complete], s=12, color="0.7", label=f"trials ({len(complete)})")
     if front:
         ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", color="tab:red", markersize=4, label=f"feasible Pareto front ({len(front)})")
+    checked = [(t, verified[t.number]) for t in complete if verified and t.number in verified]
+    if checked:
+        ax.scatter([t.values[1] for t, _ in checked], [v["verified_accuracy"] for _, v in checked], s=28, marker="*", color="tab:green",
+                   label=f"verified standalone ({len(checked)})")
     if budget_ms is not None:
         ax.axvline(budget_ms, color="tab:blue", linestyle="--", label=f"budget {budget_ms:.3g} ms")
     ax.set_xlabel("measured latency (ms)" if measured else "predicted latency (ms)")
-    ax.set_ylabel("top-1 accuracy (validation, inherited weights)")
+    ax.set_ylabel("top-1 accuracy (validation)" if checked else "top-1 accuracy (validation, inherited weights)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

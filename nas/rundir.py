@@ -38,6 +38,9 @@ PARETO_CSV = "pareto.csv"
 PARETO_PNG = "pareto.png"
 MANIFEST = "manifest.json"
 EXPORTS = "exports"
+VERIFY = "verify"  # the verification's training states (nas.verify)
+VERIFY_JSON = "verify/verify.json"  # its candidates, rungs and pick
+VERIFY_CANDIDATES = "verify/candidates.json"  # the candidates as chosen and measured, kept for a resume
 RAY_TRAIN = "ray_train"
 
 
@@ -146,6 +149,17 @@ class RunDir:
         if not self.has(MANIFEST):
             return None
         return self.manifest_data().get("settings", {}).get("budget_ms_resolved")
+
+    def verified(self) -> dict[int, dict]:
+        """trial -> its verification ({verified_accuracy, verified_epochs, ...}), from verify.json; {} without one."""
+        if not self.has(VERIFY_JSON):
+            return {}
+        try:
+            rows = json.loads(self.path(VERIFY_JSON).read_text())["candidates"]
+            return {int(r["trial"]): r for r in rows}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise NasError(f"{self.path(VERIFY_JSON)}: not a verification record ({type(error).__name__}); the file is damaged; "
+                           f"delete it and run nas verify --run {self.root} again") from None
 
     def manifest_data(self) -> dict:
         try:

@@ -29,7 +29,8 @@ from nas.kernels import KernelSpec
 BASELINE_KERNEL = "softmax"  # the largest subnet (the supernet's teacher) uses it everywhere
 MAX_DEPTH = 64  # layers; ViTs searched here have 2-24, and the space's size (choices ** depth) must stay a float
 REQUIRED = ("name", *FIXED_FIELDS, "embed_dim", "depth", "heads", "mlp_ratio", "kernels")
-OPTIONAL = ("description", "kernel_options", "data", "epochs")  # plus a section per kernel with choice options
+OPTIONAL = ("description", "kernel_options", "data", "epochs", "projections")
+PROJECTIONS = ("shared", "kernel")  # one qkv / proj per layer for every kernel, or one per kernel choice (nas.supernet)  # plus a section per kernel with choice options
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class SearchSpace(PatchGrid):
     source: str = ""
     data: str = "digits"  # the embedded dataset used when no --data is given
     epochs: int = 100  # supernet training epochs when no --epochs is given
+    projections: str = "shared"  # the supernet's attention projections: shared by a layer's kernels, or one group per kernel choice
 
     # ---- derived ---------------------------------------------------------------------------
 
@@ -271,6 +273,10 @@ def parse_space(data: Any, source: str) -> SearchSpace:
     if embedded_data not in EMBEDDED:
         raise fail("data", f"{embedded_data!r} is not an embedded dataset", f"use one of {', '.join(EMBEDDED)} (users' data is given with --data)")
 
+    projections = data.get("projections", "shared")
+    if projections not in PROJECTIONS:
+        raise fail("projections", f"{projections!r} is not a projection sharing", f"use one of {', '.join(PROJECTIONS)}")
+
     options = data.get("kernel_options", {}) or {}
     if not isinstance(options, dict):
         raise fail("kernel_options", "not a mapping", "map kernel names to option mappings")
@@ -300,5 +306,6 @@ def parse_space(data: Any, source: str) -> SearchSpace:
         source=source,
         data=embedded_data,
         epochs=positive_int("epochs", data.get("epochs", 100)),
+        projections=projections,
         **fixed,
     )

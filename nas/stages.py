@@ -218,7 +218,7 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
         latency = search.run_search(study, space, table, pool.evaluate, config, progress, measure=measure)
     finally:
         pool.shutdown()
-    front = report.write_outputs(study, report_dir or run.root, config.budget_ms)
+    front = report.write_outputs(study, report_dir or run.root, config.budget_ms, run.verified() if run.owns_storage(storage) else None)
     return study, front, latency
 
 
@@ -228,3 +228,22 @@ def export_stage(run: RunDir, trial: int, out: Path, progress=print, **options) 
     from nas.select import by_trial, load_candidates
 
     return export(run.root, by_trial(load_candidates(run.root), trial), out, progress=progress, **options)
+
+
+def trial_profiler(table, table_path):
+    """A profiler on this machine with the table's fingerprint, to measure the trials; refused in one
+    line when this machine is not the table's device or setting."""
+    from nas.latency.profiler import Profiler
+    from nas.select import local_devices
+
+    fp = table.fingerprint
+    if fp.device_name not in local_devices():
+        raise NasError(f"{table_path} was measured on {fp.device_name}, not on this machine: trials cannot be measured here; "
+                       "search on that device, or pass --latency predicted to let the table decide")
+    profiler = Profiler(fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+    if profiler.fingerprint() != fp:
+        raise NasError(f"{table_path}: this machine's setting differs from the table's ("
+                       + "; ".join(fp.differences(profiler.fingerprint())) + "): trials cannot be measured as the table was; "
+                       "rebuild the table here, or pass --latency predicted")
+    profiler.anchor_to(table.reference_ms)
+    return profiler

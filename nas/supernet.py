@@ -3,9 +3,13 @@
 Weight entanglement (AutoFormer / HAT): every width is the leading slice of the largest
 weight — embed dim `[:e]`, attention heads `[:h·head_dim]` of each of q, k and v, MLP
 hidden `[:hidden]` — and depth `d` uses the first d blocks. All kernels of a layer share
-that layer's qkv / proj weights; each kernel choice owns its small parameters per
-(layer, kernel), built for the largest head count (and embed dim, for residual-stream
-branches such as L²ViT's LCM and CPE) and sliced to the active heads (and embed dim).
+that layer's qkv / proj weights — or, in a space with `projections: kernel`, each kernel
+choice has its own qkv / proj per layer (one group per kernel choice, widths still
+entangled inside each group), which can be tied to the first group during a warm-up and
+then split (`tie_projections`, `split_projections`); each kernel choice owns its small
+parameters per (layer, kernel), built for the largest head count (and embed dim, for
+residual-stream branches such as L²ViT's LCM and CPE) and sliced to the active heads (and
+embed dim).
 No norm layer keeps running statistics (LayerNorm, and the kernels' `ImageNorm`), so
 nothing depends on which subnet ran last.
 """
@@ -28,30 +32,48 @@ class SuperBlock(nn.Module):
         e, h, d = max(space.embed_dim), max(space.heads), space.head_dim
         self.max_heads, self.head_dim = h, d
         self.norm1 = LayerNorm(e)
-        self.qkv = nn.Linear(e, 3 * h * d)
+        labels = [spec.label for spec in space.kernel_choices()]
+        self.grouped = space.projections == "kernel"
+        self.tied = False  # grouped: every kernel choice uses the first group's projections (a shared warm-up)
+        if self.grouped:
+            self.qkv_groups = nn.ModuleDict({label: nn.Linear(e, 3 * h * d) for label in labels})
+        else:
+            self.qkv = nn.Linear(e, 3 * h * d)
         options = space.kernel_options
         self.kernels = nn.ModuleDict(
             {spec.label: spec.build(d, h, grid=space.grid, embed_dim=e, **options.get(spec.name, {})) for spec in space.kernel_choices()}
         )
-        self.proj = nn.Linear(h * d, e)
+        if self.grouped:
+            self.proj_groups = nn.ModuleDict({label: nn.Linear(h * d, e) for label in labels})
+        else:
+            self.proj = nn.Linear(h * d, e)
         self.norm2 = LayerNorm(e)
         self.fc1 = nn.Linear(e, int(round(e * max(space.mlp_ratio))))
         self.fc2 = nn.Linear(self.fc1.out_features, e)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def projections(self, label: str) -> tuple[nn.Linear, nn.Linear]:
+        """The qkv and proj layers that kernel choice `label` uses."""
+        if not self.grouped:
+            return self.qkv, self.proj
+        if self.tied:
+            label = next(iter(self.qkv_groups))
+        return self.qkv_groups[label], self.proj_groups[label]
 
     def active_state(self, layer: LayerChoice, embed_dim: int) -> dict[str, Tensor]:
         """This block's weights for `layer` at `embed_dim`, named as in `subnet.Block`
         (kernel parameters excluded: the kernel slices them itself)."""
         e, width, hidden = embed_dim, layer.heads * self.head_dim, layer.hidden_dim(embed_dim)
         full = self.max_heads * self.head_dim
+        qkv, proj = self.projections(layer.kernel_spec.label)
         return {
             "norm1.weight": self.norm1.weight[:e],
             "norm1.bias": self.norm1.bias[:e],
             # qkv rows are [q heads | k heads | v heads]: keep the leading heads of each.
-            "attn.qkv.weight": self.qkv.weight.view(3, full, -1)[:, :width, :e].reshape(3 * width, e),
-            "attn.qkv.bias": self.qkv.bias.view(3, full)[:, :width].reshape(3 * width),
-            "attn.proj.weight": self.proj.weight[:e, :width],
-            "attn.proj.bias": self.proj.bias[:e],
+            "attn.qkv.weight": qkv.weight.view(3, full, -1)[:, :width, :e].reshape(3 * width, e),
+            "attn.qkv.bias": qkv.bias.view(3, full)[:, :width].reshape(3 * width),
+            "attn.proj.weight": proj.weight[:e, :width],
+            "attn.proj.bias": proj.bias[:e],
             "norm2.weight": self.norm2.weight[:e],
             "norm2.bias": self.norm2.bias[:e],
             "mlp.fc1.weight": self.fc1.weight[:hidden, :e],
@@ -95,6 +117,36 @@ class SuperNet(nn.Module):
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
+        if space.projections == "kernel":  # every group starts from the same weights (those the shared design would have)
+            with torch.no_grad():
+                for block in self.blocks:
+                    for groups in (block.qkv_groups, block.proj_groups):
+                        first = next(iter(groups.values()))
+                        for layer in groups.values():
+                            layer.weight.copy_(first.weight)
+                            layer.bias.copy_(first.bias)
+
+    def tie_projections(self, tied: bool) -> None:
+        """Grouped projections: with `tied`, every kernel choice trains and runs on the first group's."""
+        for block in self.blocks:
+            block.tied = tied and block.grouped
+
+    def split_projections(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """End of the shared warm-up: every group becomes a copy of the first group's weights and
+        of its optimizer state (so each starts where the shared training stopped), then untied."""
+        with torch.no_grad():
+            for block in self.blocks:
+                if not block.grouped:
+                    continue
+                for groups in (block.qkv_groups, block.proj_groups):
+                    first = next(iter(groups.values()))
+                    for layer in list(groups.values())[1:]:
+                        for name in ("weight", "bias"):
+                            getattr(layer, name).copy_(getattr(first, name))
+                            if optimizer is not None and getattr(first, name) in optimizer.state:
+                                optimizer.state[getattr(layer, name)] = {k: v.clone() if torch.is_tensor(v) else v
+                                                                         for k, v in optimizer.state[getattr(first, name)].items()}
+        self.tie_projections(False)
 
     def active_state(self, arch: Arch) -> dict[str, Tensor]:
         """The subnet's weights (views into the supernet's), named as in `subnet.ViT`."""

@@ -78,6 +78,7 @@ class TrainConfig:
     angular_aux: float = 1.0  # Castling-ViT: start weight of the angular kernels' auxiliary sparse softmax branch
     angular_aux_until: float = 0.5  # ... annealed linearly to 0 over this share of the training steps (0: never on)
     kernel_sampling: str = "random"  # "random": each subnet draws its kernels; "fair": FairNAS strict fairness (fair_kernels)
+    projection_warmup: float = 0.3  # a space with `projections: kernel`: share of the epochs its groups train tied (shared), then split
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ def fair_kernels(space: SearchSpace, seed: int, step: int) -> list:
 def check_kernel_sampling(config: TrainConfig) -> None:
     if config.kernel_sampling not in KERNEL_SAMPLINGS:
         raise NasError(f"--kernel-sampling {config.kernel_sampling!r}: use one of {', '.join(KERNEL_SAMPLINGS)}")
+    if not 0 <= config.projection_warmup < 1:
+        raise NasError(f"--projection-warmup {config.projection_warmup}: use a share of the epochs in [0, 1)")
     if config.kernel_sampling == "fair" and config.teacher != "fair":
         raise NasError(f"--kernel-sampling fair with --teacher {config.teacher}: under fair sampling the teacher takes the step's "
                        "kernels like its students; pass --teacher fair (the default)")
@@ -297,7 +300,12 @@ def train_supernet(
     net.train()
     started = time.perf_counter()
     bad_in_a_row = 0
+    split = round(config.projection_warmup * config.epochs) if space.projections == "kernel" else 0
     for epoch in range(start_epoch, config.epochs):
+        if 0 < split == epoch:  # the shared warm-up ends: each kernel choice's group starts from the shared weights and their state
+            net.split_projections(optimizer)
+        else:
+            net.tie_projections(epoch < split)
         skipped = 0
         epoch_start = time.perf_counter()
         order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
@@ -361,6 +369,7 @@ def train_supernet(
         progress(record)
 
     set_angular_aux(net, 0.0)  # whatever the schedule, nothing after training computes the auxiliary branch
+    net.tie_projections(False)
     summary = {
         "test_largest": accuracy(net, space.largest(), dataset, "test", config.batch_size, compute),
         "test_smallest": accuracy(net, space.smallest(), dataset, "test", config.batch_size, compute),

@@ -89,7 +89,10 @@ def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
     resume(command)
     after = json.loads(table_path.read_text())["entries"]
     assert 8 <= len(before) < len(after)  # killed part-way; completed by the resume
-    assert all(after[key] == value for key, value in before.items())  # not re-measured
+    # A finished entry is kept; the resume's checks (drift, widths: issue 25 #1) may measure it again, and then the lower figure
+    # stands and the entry counts the re-measurement. Nothing else changes it.
+    for key, value in before.items():
+        assert after[key] == value or (after[key]["remeasured"] > value["remeasured"] and after[key]["ms"] <= value["ms"]), key
     assert all(manifest(run)["stages"][s]["completed"] for s in ("latency", "train", "search"))
 
 

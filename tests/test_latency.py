@@ -121,7 +121,8 @@ def test_calibration_keeps_a_positive_slope_and_a_non_negative_floor(tmp_path, l
     archs = lut.held_out_archs(SPACE, 6, seed=0, exclude=set())
     raw = [table.raw(a) for a in archs]
     floor = min(raw)
-    measured = [line[0] * x + line[1] * floor for x in raw]  # intercepts in units of the smallest sum: all times > 0
+    # intercepts in units of the smallest sum (of the largest, for a negative slope): all times > 0 whatever the table measured
+    measured = [line[0] * x + line[1] * (floor if line[0] > 0 else max(raw)) for x in raw]
     assert min(measured) > 0
     lut.calibrate(table, archs, measured)
     a, b = table.calibration["a"], table.calibration["b"]

@@ -130,3 +130,90 @@ def test_loading_a_corrupt_weights_file_is_a_clear_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(NasError, match="not a readable safetensors file"):
         subnet.load(tmp_path)
+
+
+# ---- projections per kernel group (a space with `projections: kernel`) --------------------------------
+
+
+def grouped(name: str = "digits-tiny"):
+    from dataclasses import replace
+
+    return replace(load_space(name), projections="kernel")
+
+
+def test_grouped_projections_extract_each_kernel_choice_exactly():
+    space = grouped()
+    torch.manual_seed(0)
+    net = randomized(SuperNet(space)).eval()  # every group perturbed differently: a wrong group cannot hide
+    x = torch.randn(2, space.in_chans, space.image_size, space.image_size)
+    rng = random.Random(7)
+    archs = [space.largest(kernel=c) for c in space.kernel_choices()] + [space.sample(rng) for _ in range(10)]
+    with torch.no_grad():
+        for arch in archs:
+            diff = (net(x, arch) - extract(net, arch).eval()(x)).abs().max().item()
+            assert diff <= 1e-5, f"{arch}: max abs logit difference {diff}"
+    assert sorted(net.blocks[0].qkv_groups) == sorted(c.label for c in space.kernel_choices())
+
+
+def test_a_subnet_backward_reaches_only_its_own_groups_projections():
+    space = grouped()
+    net = SuperNet(space)
+    arch = space.sample(random.Random(3))
+    (net(torch.randn(2, 1, 32, 32), arch).sum()).backward()
+    for i, block in enumerate(net.blocks):
+        own = arch.layers[i].kernel_spec.label if i < arch.depth else None
+        for groups in (block.qkv_groups, block.proj_groups):
+            for label, layer in groups.items():
+                assert (layer.weight.grad is not None) == (label == own), f"block {i} group {label}"
+
+
+def test_tied_groups_train_as_shared_projections_and_split_into_copies_with_their_optimizer_state():
+    space = grouped()
+    torch.manual_seed(0)
+    shared_space = load_space("digits-tiny")
+    net, shared = SuperNet(space), SuperNet(shared_space)
+    first = next(iter(net.blocks[0].qkv_groups))
+    # the grouped supernet starts from the shared one's weights: its first group is the shared qkv / proj
+    state = {k.replace(f"qkv_groups.{first}.", "qkv.").replace(f"proj_groups.{first}.", "proj."): v
+             for k, v in net.state_dict().items() if "_groups." not in k or f"_groups.{first}." in k}
+    shared.load_state_dict(state)
+    net.tie_projections(True)
+    archs = [space.sample(random.Random(s)) for s in range(4)]
+    x, y = torch.randn(8, 1, 32, 32), torch.arange(8) % space.num_classes
+    opt_a, opt_b = torch.optim.AdamW(net.parameters(), lr=1e-2), torch.optim.AdamW(shared.parameters(), lr=1e-2)
+    for arch in archs:  # tied, the grouped supernet trains exactly as the shared one
+        for model, opt in ((net, opt_a), (shared, opt_b)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x, arch), y).backward()
+            opt.step()
+    with torch.no_grad():
+        for arch in archs:
+            assert (net(x, arch) - shared(x, arch)).abs().max().item() <= 1e-5
+    net.split_projections(opt_a)
+    for block in net.blocks:
+        for groups in (block.qkv_groups, block.proj_groups):
+            lead = next(iter(groups.values()))
+            for layer in groups.values():
+                assert torch.equal(layer.weight, lead.weight) and torch.equal(layer.bias, lead.bias)
+                if lead.weight in opt_a.state:
+                    assert torch.equal(opt_a.state[layer.weight]["exp_avg_sq"], opt_a.state[lead.weight]["exp_avg_sq"])
+    with torch.no_grad():
+        for arch in archs:  # split, every kernel choice starts from where the shared training stopped
+            assert (net(x, arch) - shared(x, arch)).abs().max().item() <= 1e-5
+
+
+def test_a_grouped_supernet_trains_tied_then_split_and_its_groups_part(tmp_path):
+    from nas.data import load_dataset
+    from nas.rundir import RunDir
+    from nas.train import TrainConfig, train_supernet
+
+    space = grouped()
+    dataset = load_dataset(None, space.image_size, space.in_chans)
+    dataset.split = {**dataset.split, "train": dataset.split["train"][:256]}
+    train_supernet(space, dataset, TrainConfig(epochs=2, batch_size=64, random_subnets=1, projection_warmup=0.5), tmp_path)
+    net = RunDir(tmp_path).supernet(RunDir(tmp_path).space_and_data()[0])  # the run records the grouped space
+    groups = list(net.blocks[0].qkv_groups.values())
+    assert not all(torch.equal(groups[0].weight, g.weight) for g in groups[1:])  # trained apart after the split
+    assert not any(block.tied for block in net.blocks)
+    with pytest.raises(NasError, match="--projection-warmup 1.0"):
+        train_supernet(space, dataset, TrainConfig(epochs=2, projection_warmup=1.0), tmp_path / "other")

@@ -31,28 +31,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.space import SearchSpace
+from nas.standalone import Recipe, Standalone
 
 FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Standalone training: AdamW, one warm-up epoch, cosine decay to 0, label smoothing;
-    Castling-ViT's auxiliary branch for angular layers as `nas train` uses it."""
-
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.1
-    angular_aux: float = 1.0
-    angular_aux_until: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -120,41 +105,11 @@ def _init_worker(data: str, image_size: int, in_chans: int) -> None:
 
 def train_curve(arch_json: str, seed: int, recipe: Recipe, dataset=None) -> dict:
     """Train `arch` from scratch with `recipe`; validation top-1 and mean training loss after every epoch."""
-    from nas.subnet import ViT
-    from nas.train import TrainConfig, angular_aux_at, set_angular_aux
-
-    dataset = dataset or _DATASET
-    arch = Arch.from_json(arch_json)
     started = time.perf_counter()
-    torch.manual_seed(seed)
-    model = ViT(arch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    batches = torch.Generator().manual_seed(seed)
-    per_epoch = max(1, dataset.size("train") // recipe.batch_size)
-    total, warmup = recipe.epochs * per_epoch, recipe.warmup_epochs * per_epoch
-    aux = TrainConfig(angular_aux=recipe.angular_aux, angular_aux_until=recipe.angular_aux_until)
-    curve, losses, step = [], [], 0
+    run = Standalone(Arch.from_json(arch_json), seed, recipe, dataset or _DATASET)
     for _epoch in range(recipe.epochs):
-        model.train()
-        order = torch.randperm(dataset.size("train"), generator=batches)
-        running = []
-        for b in range(per_epoch):
-            set_angular_aux(model, angular_aux_at(step, total, aux))
-            warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * warm * 0.5 * (1 + math.cos(math.pi * step / total))
-            x, y = dataset.batch("train", order[b * recipe.batch_size: (b + 1) * recipe.batch_size], batches)
-            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running.append(loss.item())
-            step += 1
-        set_angular_aux(model, 0.0)
-        model.eval()
-        curve.append(round(dataset.top1(model, "val"), 6))
-        losses.append(round(statistics.fmean(running), 6))
-    return {"curve": curve, "train_loss": losses, "seconds": round(time.perf_counter() - started, 1)}
+        run.train_epoch()
+    return {"curve": run.curve, "train_loss": run.train_loss, "seconds": round(time.perf_counter() - started, 1)}
 
 
 # ---- the dataset file ----------------------------------------------------------------------------

@@ -209,7 +209,7 @@ def run_bench_runtimes(args: argparse.Namespace) -> int:
 
 def run_bench_remeasure(args: argparse.Namespace) -> int:
     from nas.bench import latency as bench
-    from nas.commands.run import trial_profiler
+    from nas.stages import trial_profiler
     from nas.io import write_json
     from nas.latency.table import LatencyTable
     from nas.rundir import TABLE, TRIALS, RunDir

@@ -259,3 +259,38 @@ def run_bench_truth(args: argparse.Namespace) -> int:
                               "recipe": records[0]["recipe"] if records else None, "summary": summary})
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; {out} holds {len(records)} runs; wrote {summary_path}")
     return 0
+
+
+def add_bench_pick(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pick",
+        help="a run's verified pick against the best ground-truth arch under its budget",
+        description="Measure every arch of a ground-truth file (nas bench truth) on this machine with the run's profiler, keep "
+        "those within the run's budget, and report the best of them beside the run's verified pick (nas verify / nas run) and "
+        "the pick by inherited accuracy alone (trained on to the whole recipe if the halving stopped it). Writes "
+        "pick_<space>.json under --out.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="a verified run directory")
+    p.add_argument("--truth", type=Path, required=True, help="the ground-truth file of the run's space and data")
+    p.add_argument("--jobs", type=positive_int, default=2, help="training processes (default: %(default)s)")
+    p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
+    p.set_defaults(func=run_bench_pick, on_stop="same")
+
+
+def run_bench_pick(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas.bench import pick
+    from nas.io import write_json
+    from nas.latency import describe_device
+    from nas.rundir import RunDir
+
+    started = time.perf_counter()
+    result = pick.run(args.run, args.truth, args.jobs, progress=lambda line: print(line, flush=True))
+    print(pick.format_result(result))
+    space, _ = RunDir(args.run).space_and_data()
+    path = args.out / f"pick_{space.name}.json"
+    write_json(path, {"command": command_line(), "machine": describe_device(torch.device("cpu")), **result,
+                      "seconds": round(time.perf_counter() - started, 1)})
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; wrote {path}")
+    return 0

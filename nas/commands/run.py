@@ -48,6 +48,9 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", type=non_negative_int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
     p.add_argument("--validate", type=non_negative_int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
     add_latency_source(p)
+    p.add_argument("--verify", type=non_negative_int, default=d.verify, help="after the search, train this many of the best candidates "
+                   "under the budget standalone (successive halving) and pick by verified accuracy; 0: pick by inherited accuracy "
+                   "(default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
     p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
     add_connection_options(p, "sqlite in --out")
@@ -80,7 +83,7 @@ def run_run(args: argparse.Namespace) -> int:
         sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=storage,
         calibrate=args.calibrate, validate=args.validate, latency=args.latency, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
         precision=args.precision, loader_workers=args.loader_workers, randaugment=args.randaugment, val_images=args.val_images,
-        gpus_per_evaluator=args.gpus_per_evaluator, storage_path=args.storage_path,
+        gpus_per_evaluator=args.gpus_per_evaluator, storage_path=args.storage_path, verify=args.verify,
     )
     started = time.perf_counter()
     print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
@@ -127,7 +130,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     from nas.latency.table import LatencyTable
     from nas.pipeline import resolve_budget
     from nas.rundir import TABLE, WEIGHTS, RunDir
-    from nas.stages import Fit, check_connections, check_fit, check_out_dir, search_stage
+    from nas.stages import Fit, check_connections, check_fit, check_out_dir, search_stage, trial_profiler
     from nas.storage import redact, resolve
 
     run = RunDir(args.run)
@@ -172,25 +175,6 @@ def run_search_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def trial_profiler(table, table_path):
-    """A profiler on this machine with the table's fingerprint, to measure the trials; refused in one
-    line when this machine is not the table's device or setting."""
-    from nas.latency.profiler import Profiler
-    from nas.select import local_devices
-
-    fp = table.fingerprint
-    if fp.device_name not in local_devices():
-        raise NasError(f"{table_path} was measured on {fp.device_name}, not on this machine: trials cannot be measured here; "
-                       "search on that device, or pass --latency predicted to let the table decide")
-    profiler = Profiler(fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
-    if profiler.fingerprint() != fp:
-        raise NasError(f"{table_path}: this machine's setting differs from the table's ("
-                       + "; ".join(fp.differences(profiler.fingerprint())) + "): trials cannot be measured as the table was; "
-                       "rebuild the table here, or pass --latency predicted")
-    profiler.anchor_to(table.reference_ms)
-    return profiler
-
-
 def add_report(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("report", help="redraw a run's Pareto plot and tables from its study",
                             description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv and pareto.png; print the front.")
@@ -227,7 +211,7 @@ def run_report(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 — a corrupt database raises SQLAlchemy / sqlite errors
         raise NasError(f"{redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt") from None
     budget = args.budget_ms if args.budget_ms is not None else run.budget()
-    front = report.write_outputs(study, report_dir, budget)
+    front = report.write_outputs(study, report_dir, budget, run.verified() if run.owns_storage(storage) else None)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     print(f"{len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
     print(report.format_front(front))

@@ -39,7 +39,7 @@ FORMAT = "nas-latency-table/1"
 
 def space_digest(space: SearchSpace) -> str:
     """Hash of what shapes the entries (choices and fixed fields), not of name or comments."""
-    shape = {k: v for k, v in space.__dict__.items() if k not in ("name", "description", "source", "data", "epochs", "choice_limits")}
+    shape = {k: v for k, v in space.__dict__.items() if k not in ("name", "description", "source", "data", "epochs", "choice_limits", "projections")}
     shape["kernel_choices"] = [spec.label for spec in space.kernel_choices()]
     # A kernel whose operator changed (revision > 1) makes the tables measured before the change stale.
     revisions = kernel_revisions(space)

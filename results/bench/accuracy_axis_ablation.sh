@@ -17,3 +17,8 @@ nas bench fidelity --run /tmp/ablation/fair --truth "$truth" --tag truth-fair-sa
   nas train --space odd-one-out --epochs 14 --threads 1 --out /tmp/ablation/e14 \
     2>&1 | tee results/bench/fidelity_odd-one-out_14-epochs_train.log
 nas bench fidelity --run /tmp/ablation/e14 --truth "$truth" --tag truth-14-epochs --out results/bench
+# row 4 (2a): one qkv / proj group per kernel choice and layer, tied (shared) for the first 30 % of the epochs, then split
+[ -f /tmp/ablation/groups/supernet.safetensors ] || \
+  nas train --space results/bench/spaces/odd-one-out_kernel-projections.yaml --threads 1 --out /tmp/ablation/groups \
+    2>&1 | tee results/bench/fidelity_odd-one-out_kernel-projections_train.log
+nas bench fidelity --run /tmp/ablation/groups --truth "$truth" --tag truth-kernel-projections --out results/bench

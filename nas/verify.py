@@ -1,0 +1,296 @@
+"""The verified final choice: a run's best candidates under the budget, trained standalone with
+successive halving, and the pick by verified accuracy instead of inherited accuracy.
+
+1. Candidates: the feasible Pareto front under the budget, spread evenly over its latency range
+   (the most accurate by inherited accuracy always among them), then the most accurate other
+   feasible trials; one per arch. Each is measured again on the target device (as the pick of
+   an unverified run is) and one over the budget is replaced by the next.
+2. Successive halving: every candidate trains `rungs[0]` epochs of the ground truth's recipe
+   (nas.standalone: the same loop, seed and split, so a verified accuracy is comparable with the
+   ground truth's); the best `keep` share by validation top-1 goes on to the next rung, trained
+   on from where it stopped (the same cosine schedule, not restarted), until the last rung is the
+   whole recipe. The pick is the most accurate at the last rung (ties: the faster).
+3. Every candidate's state is saved after every epoch (verify/<digest>-seed<k>.pt, atomic), so a
+   stopped verification continues where it stopped and retrains no finished epoch; verify.json
+   records the candidates, every rung's figures and the pick.
+
+Multi-objective Optuna studies cannot prune, so the halving is ours. Training runs in local
+processes (`jobs`, spawned) on the machine that runs the stage, not on Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nas.arch import Arch
+from nas.errors import NasError
+from nas.standalone import Recipe, Standalone
+
+CANDIDATES = 4  # nas run's default (--verify): 4 × a third of the recipe, then 2 × the rest
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    candidates: int = CANDIDATES
+    rungs: tuple[float, ...] = (1 / 3, 1.0)  # shares of the recipe's epochs at which candidates are compared
+    keep: float = 0.5  # share of a rung's candidates that go on to the next (successive halving, η = 2)
+    recipe: Recipe = field(default_factory=Recipe)
+    seed: int = 0
+    jobs: int = 2  # training processes
+    device: str = "cpu"
+
+    def epochs(self) -> list[int]:
+        """The rungs in epochs: increasing, at least 1, the last the whole recipe."""
+        out: list[int] = []
+        for share in self.rungs:
+            epochs = min(self.recipe.epochs, max(1, round(share * self.recipe.epochs)))
+            if not out or epochs > out[-1]:
+                out.append(epochs)
+        if out[-1] != self.recipe.epochs:
+            out.append(self.recipe.epochs)
+        return out
+
+
+# ---- choosing candidates -------------------------------------------------------------------------
+
+
+def preference(candidates: Sequence, n: int) -> list:
+    """All `candidates` (nas.select.Candidate, already within the budget) in the order they are
+    tried: `n` front members spread evenly over the front's latency range, the most accurate
+    first, then the other archs by inherited accuracy. One entry per arch digest."""
+    by_accuracy = sorted(candidates, key=lambda c: (-c.accuracy, c.latency_ms, c.trial))
+    unique, seen = [], set()
+    for c in by_accuracy:
+        if c.arch.digest not in seen:
+            seen.add(c.arch.digest)
+            unique.append(c)
+    front, best = [], -math.inf
+    for c in sorted(unique, key=lambda c: (c.latency_ms, -c.accuracy, c.trial)):  # the feasible Pareto front, fastest first
+        if c.accuracy > best:
+            front.append(c)
+            best = c.accuracy
+    front.reverse()  # the most accurate (and slowest) first
+    if len(front) > n > 1:
+        spread = [front[round(i * (len(front) - 1) / (n - 1))] for i in range(n)]
+    else:
+        spread = front[:n]
+    first = {c.arch.digest for c in spread}
+    return spread + [c for c in unique if c.arch.digest not in first]
+
+
+def measured_candidates(ordered: Sequence, measure: Callable[[list[Arch]], list[float]], budget_ms: float, n: int,
+                        progress=print) -> tuple[list[tuple[object, float]], list[dict]]:
+    """The first `n` of `ordered` whose models measure within `budget_ms` now, with their measured
+    latency, and every measurement taken ({trial, search_ms, measured_ms}). A NasError if none does."""
+    chosen: list[tuple[object, float]] = []
+    checked: list[dict] = []
+    position = 0
+    while len(chosen) < n and position < len(ordered):
+        group = list(ordered[position: position + n - len(chosen)])
+        position += len(group)
+        for candidate, ms in zip(group, measure([c.arch for c in group])):
+            checked.append({"trial": candidate.trial, "search_ms": candidate.latency_ms, "measured_ms": ms})
+            if ms <= budget_ms:
+                chosen.append((candidate, ms))
+    over = [c for c in checked if c["measured_ms"] > budget_ms]
+    if over:
+        progress(f"!! {len(over)} candidate(s) measured over the budget {budget_ms} ms on re-measurement and were replaced ("
+                 + ", ".join(f"trial {c['trial']}: {c['measured_ms']:.4f} ms, {c['search_ms']:.4f} ms in the search" for c in over[:3]) + ")")
+    if not chosen:
+        fastest = min(checked, key=lambda c: c["measured_ms"])
+        raise NasError(f"no candidate measured within the budget {budget_ms} ms on re-measurement: the fastest of {len(checked)} was "
+                       f"trial {fastest['trial']} at {fastest['measured_ms']:.4f} ms; raise the budget or run on a quieter machine")
+    return chosen, checked
+
+
+# ---- successive halving --------------------------------------------------------------------------
+
+
+def successive_halving(names: Sequence[str], train_to: Callable[[list[str], int], dict[str, list[float]]], rungs: Sequence[int],
+                       keep: float, tie: Callable[[str], float] = lambda name: 0.0, progress=print) -> tuple[str, list[dict]]:
+    """Train every name to `rungs[0]` epochs, keep the best `keep` share (at least one) by the
+    accuracy after that many epochs, train those to the next rung, and so on. `train_to(names,
+    epochs)` returns each name's curve (accuracy after each epoch, at least `epochs` long); ties
+    go to the smaller `tie`. Returns the winner and each rung's {epochs, scores, kept}."""
+    alive = list(names)
+    history = []
+    for number, epochs in enumerate(rungs):
+        curves = train_to(alive, epochs)
+        scores = {name: curves[name][epochs - 1] for name in alive}
+        ranked = sorted(alive, key=lambda name: (-scores[name], tie(name), name))
+        last = number == len(rungs) - 1
+        kept = ranked[:1] if last else ranked[:max(1, math.ceil(len(alive) * keep))]
+        history.append({"epochs": epochs, "scores": scores, "kept": kept})
+        progress(f"rung {number + 1}/{len(rungs)} ({epochs} epochs): " + ", ".join(f"{name} {scores[name]:.4f}" for name in ranked)
+                 + ("" if last else f"; {len(kept)} go on"))
+        alive = kept
+    return alive[0], history
+
+
+# ---- training, resumable ---------------------------------------------------------------------------
+
+_DATASET = None
+
+
+def _init_worker(data: str, image_size: int, in_chans: int, split: dict, threads: int) -> None:
+    global _DATASET
+    from nas.data import load_dataset
+
+    torch.set_num_threads(threads)
+    _DATASET = load_dataset(data, image_size, in_chans, check_images=False)
+    _DATASET.split = split  # exactly the run's split
+
+
+def state_path(directory: Path, arch: Arch, seed: int) -> Path:
+    return Path(directory) / f"{arch.digest}-seed{seed}.pt"
+
+
+def read_state(path: Path) -> dict | None:
+    """A saved Standalone state, or None when absent or unreadable (a damaged file is trained again)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 — a cut or foreign file: start that candidate again
+        return None
+
+
+def train_to(arch_json: str, seed: int, recipe: Recipe, epochs: int, path: str, device: str = "cpu", dataset=None) -> dict:
+    """Train (or go on training) one arch to `epochs` epochs of `recipe`, saving its state after
+    each epoch to `path`; returns its curve and the seconds spent here."""
+    from nas.io import atomic_path
+
+    started = time.perf_counter()
+    run = Standalone(Arch.from_json(arch_json), seed, recipe, dataset or _DATASET, device)
+    state = read_state(Path(path))
+    if state is not None:
+        try:
+            run.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError):
+            run = Standalone(Arch.from_json(arch_json), seed, recipe, dataset or _DATASET, device)  # another recipe's: start over
+    while run.epoch < epochs:
+        run.train_epoch()
+        with atomic_path(path) as tmp:
+            torch.save(run.state_dict(), tmp)
+    return {"curve": run.curve, "seconds": round(time.perf_counter() - started, 1)}
+
+
+class Trainer:
+    """`successive_halving`'s train_to over saved states: a name is an arch digest; what a state
+    already holds is not trained again; the rest trains in `jobs` spawned processes."""
+
+    def __init__(self, directory: Path, archs: dict[str, Arch], config: VerifyConfig, data: str, dataset, progress=print) -> None:
+        self.directory, self.archs, self.config, self.data, self.dataset, self.progress = Path(directory), archs, config, data, dataset, progress
+        self.seconds = 0.0
+
+    def curve(self, name: str) -> list[float]:
+        state = read_state(state_path(self.directory, self.archs[name], self.config.seed))
+        return list(state["curve"]) if state and state.get("recipe") == self.config.recipe.to_dict() else []
+
+    def __call__(self, names: list[str], epochs: int) -> dict[str, list[float]]:
+        curves = {name: self.curve(name) for name in names}
+        todo = [name for name in names if len(curves[name]) < epochs]
+        if todo:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            jobs = max(1, min(self.config.jobs, len(todo)))
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            arch = next(iter(self.archs.values()))
+            context = multiprocessing.get_context("spawn")  # a forked child of a process that ran autograd cannot run it
+            started = time.perf_counter()
+            with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                                     initargs=(self.data, arch.image_size, arch.in_chans, self.dataset.split, threads)) as pool:
+                pending = {pool.submit(train_to, self.archs[name].to_json(indent=None), self.config.seed, self.config.recipe, epochs,
+                                       str(state_path(self.directory, self.archs[name], self.config.seed)), self.config.device): name
+                           for name in todo}
+                while pending:
+                    ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in ready:
+                        name = pending.pop(future)
+                        result = future.result()
+                        curves[name] = result["curve"]
+                        self.progress(f"  {name} ({self.archs[name]!r}): {epochs} epochs, val top-1 {result['curve'][epochs - 1]:.4f} "
+                                      f"({result['seconds']:.0f} s)")
+            self.seconds += time.perf_counter() - started
+        return curves
+
+
+# ---- the stage -------------------------------------------------------------------------------------
+
+
+def verify(run, candidates: Sequence, measure: Callable[[list[Arch]], list[float]], budget_ms: float, config: VerifyConfig, data: str,
+           dataset, progress=print) -> dict:
+    """Choose, re-measure and train a run's candidates (nas.select.Candidate of its complete trials);
+    writes and returns the record of verify.json (the pick under "pick")."""
+    from nas.io import write_json
+    from nas.rundir import VERIFY, VERIFY_JSON
+
+    if config.candidates < 1:
+        raise NasError(f"--verify {config.candidates}: verify at least 1 candidate (0 turns the verification off)")
+    within = [c for c in candidates if c.latency_ms <= budget_ms]
+    if not within:
+        raise NasError(f"no trial met the budget {budget_ms} ms in the search: nothing to verify; raise the budget")
+    chosen, checked = _chosen(run, within, measure, budget_ms, config, progress)
+    named = {f"trial {c.trial}": (c, ms) for c, ms in chosen}
+    rungs = config.epochs()
+    progress(f"verifying {len(named)} candidate(s) under {budget_ms} ms by standalone training ({config.recipe.epochs}-epoch recipe, "
+             f"seed {config.seed}; successive halving at {', '.join(map(str, rungs))} epochs; {config.jobs} process(es)): "
+             + ", ".join(f"{name} (inherited {c.accuracy:.4f}, {ms:.4f} ms)" for name, (c, ms) in named.items()))
+    trainer = Trainer(run.path(VERIFY), {name: c.arch for name, (c, _) in named.items()}, config, data, dataset, progress)
+    winner, history = successive_halving(list(named), trainer, rungs, config.keep, tie=lambda name: named[name][1], progress=progress)
+
+    def reached(name: str) -> tuple[float, int]:
+        epochs = max(h["epochs"] for h in history if name in h["scores"])
+        return next(h["scores"][name] for h in history if h["epochs"] == epochs), epochs
+
+    rows = []
+    for name, (c, ms) in named.items():
+        accuracy, epochs = reached(name)
+        rows.append({"trial": c.trial, "digest": c.arch.digest, "arch": c.arch.to_dict(), "inherited_accuracy": c.accuracy,
+                     "search_ms": c.latency_ms, "measured_ms": ms, "verified_accuracy": accuracy, "verified_epochs": epochs,
+                     "state": f"{VERIFY}/{state_path(Path(), c.arch, config.seed).name}"})
+    row = {r["trial"]: r for r in rows}
+    pick = row[named[winner][0].trial]
+    inherited = row[max(named.values(), key=lambda cm: (cm[0].accuracy, -cm[0].latency_ms))[0].trial]
+    record = {"format": 1, "budget_ms": budget_ms, "recipe": config.recipe.to_dict(), "seed": config.seed, "rungs": rungs,
+              "keep": config.keep, "candidates": rows,
+              "history": [{"epochs": h["epochs"], "scores": {str(named[n][0].trial): v for n, v in h["scores"].items()},
+                           "kept": [named[n][0].trial for n in h["kept"]]} for h in history],
+              "pick": pick, "inherited_pick": inherited, "measured": checked, "train_seconds": round(trainer.seconds, 1)}
+    write_json(run.path(VERIFY_JSON), record)
+    progress(f"verified pick: trial {pick['trial']}, standalone val top-1 {pick['verified_accuracy']:.4f} after {pick['verified_epochs']} "
+             f"epochs, {pick['measured_ms']:.4f} ms (the pick by inherited accuracy: trial {inherited['trial']}, "
+             f"{inherited['verified_accuracy']:.4f} after {inherited['verified_epochs']} epochs)")
+    return record
+
+
+def _chosen(run, within: Sequence, measure, budget_ms: float, config: VerifyConfig, progress) -> tuple[list[tuple[object, float]], list[dict]]:
+    """The candidates and their measured latency: chosen and measured once per set of feasible trials
+    (verify/candidates.json), so that a resumed verification trains the same ones (a re-measurement
+    would move a candidate near the budget in or out)."""
+    import json
+
+    from nas.io import write_json
+    from nas.rundir import VERIFY_CANDIDATES
+
+    key = {"budget_ms": budget_ms, "candidates": config.candidates, "trials": sorted(c.trial for c in within)}
+    by_trial = {c.trial: c for c in within}
+    path = run.path(VERIFY_CANDIDATES)
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved and {k: saved[k] for k in key} == key and all(by_trial[r["trial"]].arch.digest == r["digest"] for r in saved["chosen"]):
+            progress(f"verification: the {len(saved['chosen'])} candidate(s) chosen and measured before (verify/candidates.json)")
+            return [(by_trial[r["trial"]], float(r["measured_ms"])) for r in saved["chosen"]], saved["measured"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # damaged or of an older search: chosen again
+    chosen, checked = measured_candidates(preference(within, config.candidates), measure, budget_ms, config.candidates, progress)
+    write_json(path, {**key, "chosen": [{"trial": c.trial, "digest": c.arch.digest, "measured_ms": ms} for c, ms in chosen], "measured": checked})
+    return chosen, checked
