@@ -57,7 +57,7 @@ class RunConfig:
     val_images: int | None = None  # each trial scored on this many validation images (None: all)
     gpus_per_evaluator: float | None = None  # None: a whole GPU per evaluator when there are enough, else a share
     storage_path: str | None = None  # Ray Train's checkpoints with workers > 1 (None: <run>/ray_train)
-    verify: int = 4  # candidates trained standalone to verify the pick (nas.verify); 0: pick by inherited accuracy
+    verify: int = 8  # candidates trained standalone to verify the pick (nas.verify.CANDIDATES); 0: pick by inherited accuracy
 
 
 # On --resume, these must equal the run's: they change what the run computes. --trials may grow

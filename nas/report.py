@@ -92,13 +92,19 @@ def mark_verified(out: Path, verified: dict[int, dict]) -> None:
         write_text(path, _csv([{k: row.get(k, "") for k in TRIAL_COLUMNS} for row in rows]))
 
 
-def format_front(front: Sequence[optuna.trial.FrozenTrial]) -> str:
-    lines = [f"{'trial':>5} {'accuracy':>9} {'latency ms':>11} {'MMACs':>8} {'params':>8}  arch"]
+def format_front(front: Sequence[optuna.trial.FrozenTrial], verified: dict[int, dict] | None = None) -> str:
+    """The front as a table; with `verified` (RunDir.verified), a column of the candidates' standalone accuracy."""
+    checked = bool(verified) and any(t.number in verified for t in front)
+    lines = [f"{'trial':>5} {'accuracy':>9}" + (f" {'verified':>13}" if checked else "") + f" {'latency ms':>11} {'MMACs':>8} {'params':>8}  arch"]
     for t in front:
         arch = Arch.from_dict(t.user_attrs["arch"])
         kinds = ",".join(layer.kernel_spec.label for layer in arch.layers)
+        column = ""
+        if checked:
+            v = verified.get(t.number)
+            column = f" {v['verified_accuracy']:7.4f} @{v['verified_epochs']:>2}ep" if v else f" {'':>13}"
         lines.append(
-            f"{t.number:5d} {t.values[0]:9.4f} {t.values[1]:11.4f} {t.user_attrs['macs'] / 1e6:8.2f} {t.user_attrs['params']:8d}  "
+            f"{t.number:5d} {t.values[0]:9.4f}{column} {t.values[1]:11.4f} {t.user_attrs['macs'] / 1e6:8.2f} {t.user_attrs['params']:8d}  "
             f"e{arch.embed_dim} d{arch.depth} [{kinds}]"
         )
     return "\n".join(lines)

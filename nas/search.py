@@ -42,7 +42,7 @@ from nas.storage import check as check_storage
 from nas.storage import normalize, redact
 from nas.rundir import STUDY_NAME  # noqa: F401 — re-exported: callers use search.STUDY_NAME
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "tpe", "random", "gp")
 THIRD_OBJECTIVES = ("params", "macs")
 DASHBOARD_CONSTRAINTS = "constraints"
 
@@ -61,18 +61,21 @@ class SearchConfig:
 
 
 def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> Arch:
-    """Conditional parameters: depth and embed_dim, then per layer i < depth its kernel
-    choice (a label such as `taylor-o2-compact`), heads and mlp_ratio."""
+    """A fixed parameterisation: embed_dim, depth and, for every layer up to the space's largest
+    depth, its kernel choice (a label such as `taylor-o2-compact`), heads and mlp_ratio — the
+    same parameters in every trial, so that every sampler models all of them (a sampler falls
+    back to independent sampling for parameters that only some trials have). The arch uses the
+    first `depth` layers; the others' values change neither the arch nor its digest."""
     embed_dim = trial.suggest_categorical("embed_dim", list(space.embed_dim))
     depth = trial.suggest_categorical("depth", list(space.depth))
     choices = {spec.label: spec for spec in space.kernel_choices()}
     layers = []
-    for i in range(depth):
+    for i in range(max(space.depth)):
         spec = choices[trial.suggest_categorical(f"l{i}_kernel", list(choices))]
         heads = trial.suggest_categorical(f"l{i}_heads", list(space.heads))
         ratio = trial.suggest_categorical(f"l{i}_mlp_ratio", list(space.mlp_ratio))
         layers.append(space.make_layer(spec, heads, ratio))
-    return space.validate(space.make_arch(embed_dim, layers))
+    return space.validate(space.make_arch(embed_dim, layers[:depth]))
 
 
 def arch_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> Arch:
@@ -92,6 +95,10 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":  # Gaussian-process Bayesian optimisation (multi-objective, with the latency constraint)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
     raise NasError(f"--sampler {name!r}: use one of {', '.join(SAMPLERS)}")
 
 

@@ -236,3 +236,39 @@ def test_run_with_an_explicit_storage_url(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"]["storage"] == storage and manifest["stages"]["search"]["completed"]
     ray.shutdown()
+
+
+@pytest.mark.parametrize("sampler", search.SAMPLERS)
+def test_every_sampler_sees_the_same_parameters_in_every_trial(trained, sampler):
+    """A fixed parameterisation (issue 26): every trial suggests every layer up to the largest depth, so no
+    sampler falls back to independent sampling; the arch uses the first `depth` layers."""
+    space, _ = RunDir(trained).space_and_data()
+    table = lut.LatencyTable.load(trained / TABLE, space)
+    study = search.open_study_in_memory(search.SearchConfig(sampler=sampler, seed=1))
+
+    def evaluate(archs):
+        return [{"accuracy": 0.1 * a.depth + 0.01 * a.embed_dim / 16, "macs": 1, "params": 1} for a in archs]
+
+    search.run_search(study, space, table, evaluate, search.SearchConfig(trials=14, batch=2, sampler=sampler, seed=1, budget_ms=1000.0),
+                      progress=lambda line: None)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 14
+    names = {name for t in trials for name in t.params}
+    assert all(set(t.params) == names for t in trials)
+    assert names == {"embed_dim", "depth"} | {f"l{i}_{p}" for i in range(max(space.depth)) for p in ("kernel", "heads", "mlp_ratio")}
+    for t in trials:
+        arch = search.arch_of(t, space)
+        assert arch.depth == t.params["depth"] and arch.digest == t.user_attrs["digest"]
+
+
+def test_unused_layers_change_neither_the_arch_nor_its_digest(trained):
+    space, _ = RunDir(trained).space_and_data()
+    depth = min(space.depth)
+    labels = [spec.label for spec in space.kernel_choices()]
+    base = {"embed_dim": space.embed_dim[0], "depth": depth}
+    for i in range(max(space.depth)):
+        base.update({f"l{i}_kernel": labels[0], f"l{i}_heads": space.heads[0], f"l{i}_mlp_ratio": space.mlp_ratio[0]})
+    other = {**base, **{f"l{i}_kernel": labels[-1] for i in range(depth, max(space.depth))}}
+    a, b = (search.suggest_arch(optuna.trial.FixedTrial(p), space) for p in (base, other))
+    assert a == b and a.digest == b.digest and a.depth == depth
+    assert search.suggest_arch(optuna.trial.FixedTrial({**base, "l0_kernel": labels[-1]}), space).digest != a.digest

@@ -89,8 +89,12 @@ def test_ties_go_to_the_faster_candidate():
     assert winner == "fast"
 
 
-def test_rungs_in_epochs_end_with_the_whole_recipe():
-    assert VerifyConfig(recipe=Recipe(epochs=12)).epochs() == [4, 12]
+def test_rungs_double_the_epochs_as_they_halve_the_candidates_and_end_with_the_whole_recipe():
+    assert VerifyConfig(candidates=8, recipe=Recipe(epochs=12)).epochs() == [2, 3, 6, 12]
+    assert VerifyConfig(candidates=4, recipe=Recipe(epochs=12)).epochs() == [3, 6, 12]
+    assert VerifyConfig(candidates=3, recipe=Recipe(epochs=12)).epochs() == [3, 6, 12]
+    assert VerifyConfig(candidates=1, recipe=Recipe(epochs=12)).epochs() == [12]
+    assert VerifyConfig(candidates=8, recipe=Recipe(epochs=3)).epochs() == [1, 2, 3]  # no rung repeated
     assert VerifyConfig(recipe=Recipe(epochs=2), rungs=(1 / 3, 1.0)).epochs() == [1, 2]
     assert VerifyConfig(recipe=Recipe(epochs=1), rungs=(1 / 3, 0.5)).epochs() == [1]
 
@@ -123,7 +127,7 @@ def test_a_stopped_standalone_run_goes_on_exactly_as_an_uninterrupted_one(digits
 def test_a_killed_verification_retrains_no_finished_rung(digits, tmp_path):
     space, dataset = digits
     named = {f"trial {i}": a for i, a in enumerate(archs(4, 2))}
-    config = VerifyConfig(recipe=Recipe(epochs=3, batch_size=32), jobs=2)
+    config = VerifyConfig(recipe=Recipe(epochs=3, batch_size=32), jobs=2, rungs=(1 / 3, 1.0))
     rungs = config.epochs()
     assert rungs == [1, 3]
 
@@ -189,7 +193,9 @@ def test_nas_verify_trains_the_candidates_and_exports_the_verified_pick(searched
     assert sorted(r["trial"] for r in record["candidates"]) == [0, 1, 2]  # the front; the failed trial is no candidate
     finalists = record["history"][-1]["scores"]
     assert str(record["pick"]["trial"]) == max(finalists, key=finalists.get)
-    assert record["inherited_pick"]["trial"] == 2 and record["rungs"] == [4, 12]
+    assert record["inherited_pick"]["trial"] == 2 and record["rungs"] == [3, 6, 12]
+    trained = {str(r["trial"]): r["verified_epochs"] for r in record["candidates"]}
+    assert sorted(trained.values()) == [3, 6, 12] and trained[str(record["pick"]["trial"])] == 12
     meta = json.loads((searched / "exports" / "best" / "metadata.json").read_text())
     assert meta["source"]["trial"] == record["pick"]["trial"] and meta["accuracy"]["exported_weights"] == "verified"
     assert meta["accuracy"]["verified"]["val"] == pytest.approx(record["pick"]["verified_accuracy"], abs=1e-6)

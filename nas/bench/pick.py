@@ -60,7 +60,8 @@ def run(run_dir: Path, truth_path: Path, jobs: int = 2, progress=print) -> dict:
 
     inherited = record["inherited_pick"]
     if inherited["verified_epochs"] < record["recipe"]["epochs"]:  # stopped early by the halving: its whole-recipe figure
-        progress(f"training the pick by inherited accuracy (trial {inherited['trial']}) on to {record['recipe']['epochs']} epochs")
+        progress(f"the pick by inherited accuracy (trial {inherited['trial']}) stopped at {inherited['verified_epochs']} epochs: its "
+                 f"{record['recipe']['epochs']}-epoch figure (trained on here unless a saved state holds it)")
         config = VerifyConfig(recipe=Recipe(**record["recipe"]), seed=seed, jobs=jobs)
         trainer = Trainer(run.path(VERIFY), {"inherited": Arch.from_dict(inherited["arch"])}, config, data, dataset, progress)
         inherited = {**inherited, "standalone_accuracy": trainer(["inherited"], record["recipe"]["epochs"])["inherited"][-1]}

@@ -44,7 +44,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, default=None, help="supernet training epochs (default: the space's)")
     p.add_argument("--workers", type=positive_int, default=d.workers, help="Ray Train workers for the supernet; 1 trains in this process (default: %(default)s)")
     p.add_argument("--evaluators", type=positive_int, default=d.evaluators, help="Ray evaluator actors (default: %(default)s)")
-    p.add_argument("--sampler", default=d.sampler, choices=["tpe", "nsga2", "random"], help="default: %(default)s")
+    p.add_argument("--sampler", default=d.sampler, choices=["tpe", "nsga2", "random", "gp"], help="tpe (multivariate, grouped), nsga2, random or gp (Gaussian process; default: %(default)s)")
     p.add_argument("--calibrate", type=non_negative_int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
     p.add_argument("--validate", type=non_negative_int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
     add_latency_source(p)
@@ -111,7 +111,7 @@ def add_search(commands: argparse._SubParsersAction) -> None:
                    "Ray for, fractions allowed (default: a whole GPU when there is one per evaluator, else a share of one)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: none, the whole front)")
     p.add_argument("--trials", type=positive_int, default=100, help="default: %(default)s")
-    p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"], help="default: %(default)s")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random", "gp"], help="tpe (multivariate, grouped), nsga2, random or gp (Gaussian process; default: %(default)s)")
     p.add_argument("--third-objective", default=None, choices=["params", "macs"], help="also minimise params or MACs")
     p.add_argument("--evaluators", type=positive_int, default=2, help="Ray evaluator actors (default: %(default)s)")
     p.add_argument("--batch", type=positive_int, default=None, help="trials asked per round (default: 2 × evaluators)")
@@ -214,6 +214,6 @@ def run_report(args: argparse.Namespace) -> int:
     front = report.write_outputs(study, report_dir, budget, run.verified() if run.owns_storage(storage) else None)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     print(f"{len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
-    print(report.format_front(front))
+    print(report.format_front(front, run.verified() if run.owns_storage(storage) else None))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
     return 0
