@@ -29,8 +29,8 @@ from nas.kernels import KernelSpec
 BASELINE_KERNEL = "softmax"  # the largest subnet (the supernet's teacher) uses it everywhere
 MAX_DEPTH = 64  # layers; ViTs searched here have 2-24, and the space's size (choices ** depth) must stay a float
 REQUIRED = ("name", *FIXED_FIELDS, "embed_dim", "depth", "heads", "mlp_ratio", "kernels")
-OPTIONAL = ("description", "kernel_options", "data", "epochs", "projections")
-PROJECTIONS = ("shared", "kernel")  # one qkv / proj per layer for every kernel, or one per kernel choice (nas.supernet)  # plus a section per kernel with choice options
+OPTIONAL = ("description", "kernel_options", "data", "epochs", "projections")  # plus a section per kernel with choice options
+PROJECTIONS = ("shared", "kernel")  # one qkv / proj per layer for every kernel, or one per kernel choice (nas.supernet)
 
 
 @dataclass(frozen=True)

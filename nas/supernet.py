@@ -117,7 +117,7 @@ class SuperNet(nn.Module):
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-        if space.projections == "kernel":  # every group starts from the same weights (those the shared design would have)
+        if space.projections == "kernel":  # every group of a layer starts from the same weights: the first group's
             with torch.no_grad():
                 for block in self.blocks:
                     for groups in (block.qkv_groups, block.proj_groups):
