@@ -4,7 +4,8 @@ received through Ray's object store (no actor opens the run directory).
 Ray restarts a dead actor (`max_restarts`) and retries the call on the new one
 (`max_task_retries`). When those are spent, the arch's result is the exception (the search
 records that trial as failed) and the pool replaces the dead actor with a fresh one, so
-later trials run at full capacity. With `timeout_s`, a result that has not come back by
+later trials run at full capacity; the dead one is killed for good first, so that a restart Ray
+still has under way cannot hold the resources its replacement needs. With `timeout_s`, a result that has not come back by
 then is a failure too (TimeoutError), and its actor is killed and replaced: an actor whose
 restart never completes (seen with Ray 2.60 when an actor is killed twice in quick
 succession) cannot hang the search.
@@ -72,6 +73,10 @@ class EvaluatorPool:
             except (ray.exceptions.RayError, ValueError) as error:
                 results.append(error)
         for index in dead:
+            # Dead for good before the replacement: Ray may still be restarting the old actor (a restart budget left, or a
+            # restart that never completes), and a restarting actor keeps its CPUs and GPUs reserved, which its replacement
+            # would wait for.
+            ray.kill(self.actors[index], no_restart=True)
             self.actors[index] = self._new_actor()
             self.replaced += 1
         return results
