@@ -13,6 +13,7 @@ directory.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -55,7 +56,10 @@ class Evaluator:
         self.val_images = val_images
 
     def evaluate(self, arch: Arch) -> dict:
+        """{accuracy, macs, params, seconds}: `seconds`, this evaluation's own time (the search states how busy its evaluators were)."""
+        started = time.perf_counter()
         arch = self.space.validate(arch)
         top1 = accuracy(self.net, arch, self.dataset, "val", compute=self.compute, limit=self.val_images)
         cost = flops.count(arch)
-        return {"accuracy": top1 if math.isfinite(top1) else math.nan, "macs": cost.macs, "params": cost.params}
+        return {"accuracy": top1 if math.isfinite(top1) else math.nan, "macs": cost.macs, "params": cost.params,
+                "seconds": round(time.perf_counter() - started, 4)}

@@ -49,6 +49,7 @@ class RunConfig:
     seed: int = 0
     ray_address: str | None = None  # None: a local Ray instance
     storage: str | None = None  # None: sqlite:///<run>/study.db (the CLI also reads NAS_STORAGE_URL)
+    study_name: str | None = None  # the study in the storage; None: RunDir.study_name() (a new run: its directory's name)
     connect_timeout: float = CONNECT_TIMEOUT_S
     compute_device: str = "auto"  # what trains and evaluates (nas.compute); `device` above is the latency target
     precision: str = "fp32"
@@ -64,7 +65,7 @@ class RunConfig:
 # (the study is extended); the others (workers once trained, evaluators, Ray address, fit targets) only
 # change how it runs.
 RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "runtime", "budget_ms", "budget_quantile", "epochs", "sampler", "seed", "calibrate",
-                   "validate", "storage", "precision", "randaugment", "val_images", "latency")
+                   "validate", "storage", "study_name", "precision", "randaugment", "val_images", "latency")
 
 
 BUDGET_SETTINGS = ("budget_ms", "budget_quantile")  # change nothing computed before the search starts
@@ -177,7 +178,8 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     check_runtime(config.runtime, resolve_device(config.device), config.dtype)  # before any work
     check_local_capacity(config.ray_address, workers=config.workers, evaluators=config.evaluators)
     space = load_space(config.space)
-    config = replace(config, data=config.data or space.data, epochs=config.epochs or space.epochs)
+    config = replace(config, data=config.data or space.data, epochs=config.epochs or space.epochs,
+                     study_name=RunDir(run_dir).study_name(config.study_name))  # resolved once, recorded in manifest.json
     changes = {}
     if resume:
         previous = RunDir(run_dir).manifest_data()
@@ -267,12 +269,14 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     try:
         scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images}
         study, front, latency = search_stage(run, space, table, search_config, storage, study_exists, config.evaluators, config.ray_address,
-                                             progress, scoring=scoring, gpus_each=config.gpus_per_evaluator, measure=measure)
+                                             progress, scoring=scoring, gpus_each=config.gpus_per_evaluator, measure=measure,
+                                             study_name=config.study_name)
     finally:
         manifest.record("search", time.perf_counter() - started, False)
     speeds = profiler.speeds  # the reference's time per measured chunk / the table's: the machine's speed during the search
     manifest.record("search", 0.0, True, latency_measured=latency.measured, latency_seconds=round(latency.seconds, 2),
-                    prefiltered=latency.prefiltered, machine_speed=[min(speeds), max(speeds)] if speeds else None)
+                    prefiltered=latency.prefiltered, machine_speed=[min(speeds), max(speeds)] if speeds else None,
+                    evaluator_busy_s=round(sum(t.user_attrs.get("eval_seconds", 0.0) for t in study.get_trials(deepcopy=False)), 2))
     progress(report.format_front(front))
     trials = study.get_trials(deepcopy=False)
     failed = [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("interrupted")]

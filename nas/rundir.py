@@ -4,7 +4,7 @@
     split.json             the train / val / test split, drawn once
     supernet.safetensors   supernet weights; train_state.pt (optimizer), train_state.json (progress)
     latency_table.json     the device's lookup table (+ calibration and validation)
-    study.db               the Optuna study (SQLite) unless an external storage was given
+    study.db               the Optuna study (SQLite) unless an external storage was given; its name: study_name()
     trials.csv, pareto.csv, pareto.png
     exports/<name>/        standalone models
     manifest.json          versions, settings, device fingerprint, stage records, result
@@ -32,7 +32,6 @@ STATE = "train_state.pt"
 STATE_JSON = "train_state.json"
 TABLE = "latency_table.json"
 STUDY = "study.db"
-STUDY_NAME = "nas-search"  # the Optuna study of a run, in study.db or in --storage
 TRIALS = "trials.csv"
 PARETO_CSV = "pareto.csv"
 PARETO_PNG = "pareto.png"
@@ -174,6 +173,25 @@ class RunDir:
         if "result" in data and data["result"] is not None and not isinstance(data["result"], dict):
             raise NasError(f"{self.path(MANIFEST)}: field 'result' must be an object or null; the manifest is damaged")
         return data
+
+    def study_name(self, explicit: str | None = None) -> str:
+        """The name of the run's Optuna study: `explicit` (--study-name); else the name manifest.json
+        records (nas run resolves and records it); else the only study of the run's own study.db (a
+        `nas search --study-name` run, or a run made before --study-name, whose study is 'nas-search');
+        else the run directory's name."""
+        from nas.storage import check_study_name, sqlite_study_names
+
+        if explicit is not None:
+            return check_study_name(explicit)
+        if self.has(MANIFEST):
+            recorded = self.manifest_data().get("settings", {}).get("study_name")
+            if isinstance(recorded, str) and recorded:
+                return recorded
+        if self.has(STUDY):
+            names = sqlite_study_names(self.default_storage())
+            if len(names) == 1:
+                return names[0]
+        return self.root.resolve().name
 
     def default_storage(self) -> str:
         return f"sqlite:///{self.root.resolve() / STUDY}"

@@ -40,7 +40,6 @@ from nas.latency.trials import TrialLatency
 from nas.space import SearchSpace
 from nas.storage import check as check_storage
 from nas.storage import normalize, redact
-from nas.rundir import STUDY_NAME  # noqa: F401 — re-exported: callers use search.STUDY_NAME
 
 SAMPLERS = ("nsga2", "tpe", "random", "gp")
 THIRD_OBJECTIVES = ("params", "macs")
@@ -102,16 +101,20 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise NasError(f"--sampler {name!r}: use one of {', '.join(SAMPLERS)}")
 
 
-def open_study(storage: str, config: SearchConfig, resume: bool) -> optuna.Study:
+def open_study(storage: str, config: SearchConfig, resume: bool, study_name: str) -> optuna.Study:
+    """Study `study_name` of `storage`, created (refused if it exists) or continued with `resume`
+    (refused if it does not); other studies in the storage are left alone."""
     directions = ["maximize", "minimize"] + (["minimize"] if config.third_objective else [])
     names = check_storage(storage)
     storage = normalize(storage)
-    if STUDY_NAME in names and not resume:
-        raise NasError(f"{redact(storage)} already holds a study; pass --resume to continue it or choose another --out/--storage")
-    if STUDY_NAME not in names and resume:
-        raise NasError(f"--resume: {redact(storage)} holds no study to continue")
+    if study_name in names and not resume:
+        raise NasError(f"{redact(storage)} already holds a study named {study_name!r}; pass --resume to continue it, or another "
+                       f"--study-name (or --out/--storage)")
+    if study_name not in names and resume:
+        raise NasError(f"--resume: {redact(storage)} holds no study named {study_name!r} to continue"
+                       + (f" (it holds: {', '.join(sorted(names)[:20])}; pass --study-name NAME)" if names else ""))
     study = optuna.create_study(
-        storage=storage, study_name=STUDY_NAME, directions=directions, sampler=make_sampler(config.sampler, config.seed), load_if_exists=True
+        storage=storage, study_name=study_name, directions=directions, sampler=make_sampler(config.sampler, config.seed), load_if_exists=True
     )
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in directions]:
         raise NasError("--resume: the study was started with other objectives (--third-objective must match)")
@@ -189,11 +192,15 @@ def run_search(
     config: SearchConfig,
     progress: Callable[[str], None] = print,
     measure: Callable[[list[Arch]], list[float]] | None = None,
+    evaluators: int | None = None,
 ) -> TrialLatency:
     """Ask/tell until `config.trials` trials have finished (COMPLETE, PRUNED or FAILED).
     `measure(archs) -> ms each`: the whole models' latencies on the target device (a
-    profiler's `measure_models`); None: the table's predictions decide. Returns the judge (its figures)."""
+    profiler's `measure_models`); None: the table's predictions decide. `evaluators`: how many
+    evaluate in parallel; with it, the last line states how busy they were (from the evaluations'
+    own `seconds`, kept as each trial's `eval_seconds`). Returns the judge (its figures)."""
     started = time.perf_counter()
+    busy = 0.0
     latency = trial_latency(study, table, measure, config.budget_ms)
     while True:
         with interrupts.deferred():
@@ -201,11 +208,14 @@ def run_search(
         done = sum(counted(t) for t in trials)
         if done >= config.trials:
             progress(latency.summary())
+            if evaluators:
+                progress(busy_line(busy, evaluators, time.perf_counter() - started, latency.seconds))
             return latency
         finished = {t.user_attrs["digest"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs}
         batch: list[optuna.Trial] = []
         try:
-            reused, skipped = _run_batch(study, space, latency, evaluate, config, min(config.batch, config.trials - done), finished, batch, progress)
+            reused, skipped, seconds = _run_batch(study, space, latency, evaluate, config, min(config.batch, config.trials - done), finished, batch, progress)
+            busy += seconds
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM, wherever it lands: running trials are marked interrupted, re-run on --resume
             # Every RUNNING trial, not only those in `batch`: one stopped inside `study.ask()` (signals are held there,
             # an error in the sampler is not) has a row but no place in `batch`. The driver is the study's only writer.
@@ -224,12 +234,19 @@ def run_search(
         )
 
 
-def _run_batch(study, space, latency, evaluate, config, size, finished, batch, progress) -> tuple[int, int]:
+def busy_line(busy_s: float, evaluators: int, stage_s: float, measuring_s: float) -> str:
+    """How much of the search's evaluator time went into evaluations."""
+    share = busy_s / (evaluators * stage_s) if stage_s > 0 else 0.0
+    return (f"evaluators: busy {busy_s:.1f} s of {evaluators} x {stage_s:.1f} s ({share:.0%}); the rest they waited: for the trials' "
+            f"latency measurements ({measuring_s:.1f} s, taken with no evaluation running), for each batch's slowest trial, for the sampler")
+
+
+def _run_batch(study, space, latency, evaluate, config, size, finished, batch, progress) -> tuple[int, int, float]:
     """Ask `size` trials (appended to `batch` as soon as each exists), judge their latency,
     evaluate the fresh archs within the budget, tell every trial.
 
-    Returns how many trials reused an earlier result instead of being evaluated, and how many
-    were over the budget (told PRUNED, not scored). The storage is written with Ctrl-C /
+    Returns how many trials reused an earlier result instead of being evaluated, how many
+    were over the budget (told PRUNED, not scored), and the evaluations' own seconds. The storage is written with Ctrl-C /
     SIGTERM held (nas.interrupts); the measurement and the evaluation, the long parts, stop at once.
     """
     with interrupts.deferred():
@@ -243,7 +260,8 @@ def _run_batch(study, space, latency, evaluate, config, size, finished, batch, p
     evaluated = dict(zip((a.digest for a in fresh), evaluate(fresh) if fresh else []))
     with interrupts.deferred():
         _tell(study, config, batch, archs, judgements, finished, evaluated, progress)
-    return len(scored) - len(fresh), len(archs) - len(scored)
+    seconds = sum(r.get("seconds", 0.0) for r in evaluated.values() if isinstance(r, dict))
+    return len(scored) - len(fresh), len(archs) - len(scored), seconds
 
 
 def _ask(study, space, size, batch) -> list[Arch]:
@@ -283,6 +301,8 @@ def _tell(study, config, batch, archs, judgements, finished, evaluated, progress
             trial.set_user_attr("reused_from", earlier.number)
         else:
             result = evaluated[arch.digest]
+            if isinstance(result, dict) and "seconds" in result:
+                trial.set_user_attr("eval_seconds", result["seconds"])
         if isinstance(result, BaseException) or not math.isfinite(result.get("accuracy", math.nan)):
             reason = repr(result) if isinstance(result, BaseException) else "accuracy is NaN"
             trial.set_user_attr("failure", reason[:500])

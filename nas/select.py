@@ -63,13 +63,13 @@ def load_candidates(run_dir: Path) -> list[Candidate]:
 def check_complete(path: Path, rows: int) -> None:
     """trials.csv lists every trial of the run's own study (each state): fewer rows than the study
     holds is a cut or stale file, whose best arch may be missing. Studies in another storage are not read."""
-    from nas.rundir import STUDY, STUDY_NAME
+    from nas.rundir import STUDY, RunDir
     from nas.storage import sqlite_trial_count
 
     study = path.parent / STUDY
     if not study.is_file():
         return
-    held = sqlite_trial_count(f"sqlite:///{study}", STUDY_NAME)
+    held = sqlite_trial_count(f"sqlite:///{study}", RunDir(path.parent).study_name())
     if held is not None and held != rows:
         raise NasError(f"{path} lists {rows} trial(s) but the run's study holds {held}: the file is cut or stale; "
                        f"rewrite it with nas report --run {path.parent}")

@@ -195,11 +195,13 @@ def resumable_training(run: RunDir) -> bool:
 
 
 def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print,
-                 report_dir: Path | None = None, scoring: dict | None = None, gpus_each: float | None = None, measure=None):
+                 report_dir: Path | None = None, scoring: dict | None = None, gpus_each: float | None = None, measure=None,
+                 study_name: str | None = None):
     """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png into
     `report_dir` (default: the run directory). `scoring`: the evaluators' device, precision
     and val_images (nas.evaluate.Evaluator); `gpus_each`: GPUs per evaluator (EvaluatorPool). The evaluators receive the supernet and
-    the validation split through Ray's object store: only this process reads the run directory."""
+    the validation split through Ray's object store: only this process reads the run directory. `study_name`:
+    the study in `storage` (default: `run.study_name()`)."""
     from nas import report, search
     from nas.evaluate import evaluation_state
     from workers.cluster import init_ray, require_cpus
@@ -208,14 +210,14 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
     state = evaluation_state(run.root)  # read here, by the driver alone; a corrupt checkpoint fails here with one line
     init_ray(ray_address, progress=progress)
     require_cpus("evaluators", evaluators)
-    study = search.open_study(storage, config, resume)
+    study = search.open_study(storage, config, resume, study_name or run.study_name())
     if resume:
         interrupted = search.recover_interrupted(study)
         if interrupted:
             progress(f"resuming: {interrupted} trial(s) interrupted by the last run are re-enqueued")
     pool = EvaluatorPool(state, evaluators, scoring=scoring, gpus_each=gpus_each)
     try:
-        latency = search.run_search(study, space, table, pool.evaluate, config, progress, measure=measure)
+        latency = search.run_search(study, space, table, pool.evaluate, config, progress, measure=measure, evaluators=evaluators)
     finally:
         pool.shutdown()
     front = report.write_outputs(study, report_dir or run.root, config.budget_ms, run.verified() if run.owns_storage(storage) else None)

@@ -158,6 +158,20 @@ def lost_schema_race(error: BaseException) -> bool:
     return "already exists" in text or "alembic_version" in text
 
 
+def check_study_name(name: str) -> str:
+    """A --study-name: 1 to 128 characters, none of them a space or control character (it is
+    printed in commands to copy, and one storage may hold a team's studies)."""
+    if not name or len(name) > 128 or any(c.isspace() or not c.isprintable() for c in name):
+        raise NasError(f"--study-name {name!r}: use 1 to 128 printable characters without spaces, e.g. --study-name cifar-gpu-2ms")
+    return name
+
+
+def study_not_found(storage: str, name: str, names: list[str]) -> NasError:
+    """The one-line error for a study that `storage` does not hold, naming those it does."""
+    held = ", ".join(sorted(names)[:20]) + (" ..." if len(names) > 20 else "")
+    return NasError(f"{redact(storage)} holds no study named {name!r}" + (f" (it holds: {held}); pass --study-name NAME" if names else " (it holds none)"))
+
+
 def sqlite_study_names(url: str) -> list[str]:
     """The study names in an SQLite storage, read without writing to it (no schema is created)."""
     import sqlite3

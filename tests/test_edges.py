@@ -158,12 +158,12 @@ def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
 
     import optuna
 
-    from nas.rundir import STUDY, STUDY_NAME, TRIALS
+    from nas.rundir import STUDY, TRIALS
     from nas.select import load_candidates
     from nas.space import load_space
 
     arch = json.dumps(load_space("digits-tiny").smallest().to_dict())
-    study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / STUDY}", directions=["maximize", "minimize"])
+    study = optuna.create_study(study_name="any-name", storage=f"sqlite:///{tmp_path / STUDY}", directions=["maximize", "minimize"])
     for number in range(4):
         study.add_trial(optuna.trial.create_trial(values=[0.5 + number / 10, 1.0]))
     fields = ["number", "state", "accuracy", "latency_ms", "macs", "params", "arch"]

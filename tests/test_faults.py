@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from nas.cli import main
 from nas.errors import NasError
 from nas.io import atomic_path, write_text
+from nas.rundir import RunDir
 from runs import FAST, make_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,14 +124,14 @@ def test_kill_during_the_search_keeps_every_finished_trial(tmp_path):
     storage = f"sqlite:///{run / 'study.db'}"
 
     def finished():
-        study = optuna.load_study(study_name="nas-search", storage=storage)
+        study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
         return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 3
 
     kill_when(command, lambda: (run / "study.db").exists() and finished())
-    study = optuna.load_study(study_name="nas-search", storage=storage)
+    study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
     before = {t.number: t.values for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
     resume(command)
-    study = optuna.load_study(study_name="nas-search", storage=storage)
+    study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
     by_number = {t.number: t for t in study.trials}
     assert all(by_number[n].values == v for n, v in before.items())
     counted = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE

@@ -84,7 +84,7 @@ def test_extending_a_finished_run_continues_the_sampler_and_keeps_the_export_con
     extended = [*command[:command.index("--trials") + 1], "8", *command[command.index("--trials") + 2:], "--resume"]
     result = subprocess.run(extended, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
     trials = sorted(study.trials, key=lambda t: t.number)
     assert len(trials) == 8 and not (run / "study.db").exists()
     assert [t.params for t in trials[4:]] != [t.params for t in trials[:4]], "the sampler replayed its first trials"
@@ -119,7 +119,7 @@ def test_an_extended_study_never_evaluates_an_arch_twice(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     for trials, resume in ((20, False), (60, True)):
         config = search.SearchConfig(trials=trials, batch=4, sampler="random", seed=0)
-        study = search.open_study(storage, config, resume)
+        study = search.open_study(storage, config, resume, "s")
         search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)
     assert len(study.trials) == 60
     assert len(evaluated) == len(set(evaluated)), "an arch was evaluated twice"
@@ -153,7 +153,7 @@ def test_an_interrupt_anywhere_in_a_batch_leaves_no_trial_running(tmp_path, wher
             return float(arch.embed_dim * arch.depth)
 
     config = search.SearchConfig(trials=12, batch=4, sampler="random", seed=0)
-    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, False)
+    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, False, "s")
     tell = study.tell
 
     def stopping_tell(*args, **kwargs):
@@ -212,7 +212,7 @@ def test_sigterm_while_the_study_is_written_waits_for_the_writes(tmp_path, where
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     config = search.SearchConfig(trials=12, batch=4, sampler="random", seed=0)
-    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, False)
+    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, False, "s")
     calls = []
 
     def signal_on_the_sixth(stage):  # the second of the second batch of four
@@ -416,7 +416,7 @@ def _truncate(path: Path) -> None:
 
 
 def _study(run: Path) -> None:
-    optuna.create_study(storage=f"sqlite:///{run / 'study.db'}", study_name=search.STUDY_NAME, directions=["maximize", "minimize"])
+    optuna.create_study(storage=f"sqlite:///{run / 'study.db'}", study_name=RunDir(run).study_name(), directions=["maximize", "minimize"])
 
 
 READ_ONLY = "/proc/nas-read-only/out"  # nobody, root included, can create anything under /proc
@@ -433,7 +433,7 @@ CASES = {
     "--calibrate -1": (lambda t, r: ["run", "--calibrate", "-1", "--out", str(t / "run")], "expected an integer >= 0"),
     "--validate -1": (lambda t, r: ["latency", "--validate", "-1", "--out", str(t / "t.json")], "expected an integer >= 0"),
     "--lr inf": (lambda t, r: ["train", "--lr", "inf", "--out", str(t / "run")], "expected a positive finite number"),
-    "report on an empty study.db": (lambda t, r: (r / "study.db").write_bytes(b"") or ["report", "--run", str(r)], "holds no study named nas-search"),
+    "report on an empty study.db": (lambda t, r: (r / "study.db").write_bytes(b"") or ["report", "--run", str(r)], "holds no study named"),
 }
 
 
@@ -463,7 +463,7 @@ def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
     def complete() -> int:
-        study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+        study = optuna.load_study(study_name="run", storage=storage)  # nas run's default: the run directory's name
         return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
     deadline = time.time() + 300
@@ -481,13 +481,13 @@ def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err[-2000:]
     assert "nas: stopped by SIGTERM" in err and "Aborted" not in err and "stack trace" not in err.lower()
-    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
     _, alive = psutil.wait_procs(ray_children, timeout=30)
     assert not alive, f"Ray processes outlived the driver: {[p.pid for p in alive]}"
     result = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
-    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
     assert sum(search.counted(t) for t in study.trials) == 12
 
 
@@ -522,7 +522,7 @@ def test_constraints_are_stored_where_optuna_dashboard_reads_them(tmp_path):
             return float(arch.embed_dim)
 
     config = search.SearchConfig(trials=4, batch=2, sampler="random", budget_ms=12.0)  # embed 8 feasible, 16 not: a property of this Table
-    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, resume=False)
+    study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, resume=False, study_name="s")
     search.run_search(study, space, Table(), lambda archs: [{"accuracy": 0.5, "macs": 1, "params": 1}] * len(archs), config, lambda line: None)
     for trial in study.trials:
         slack = trial.user_attrs["latency_ms"] - 12.0

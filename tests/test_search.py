@@ -60,7 +60,7 @@ def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, 
     assert all(r["feasible"] == "True" and float(r["latency_ms"]) <= float(budget) for r in front)
     for a in points:  # non-dominated
         assert not any(b != a and b[0] >= a[0] and b[1] <= a[1] for b in points)
-    study = optuna.load_study(study_name=search.STUDY_NAME, storage=f"sqlite:///{trained / 'study.db'}")
+    study = optuna.load_study(study_name=RunDir(trained).study_name(), storage=f"sqlite:///{trained / 'study.db'}")
     assert all(t.constraints for t in study.trials), "every trial carries the latency constraint"
     assert "accuracy" in capsys.readouterr().out
 
@@ -89,7 +89,7 @@ def test_kill_mid_search_then_resume_keeps_finished_trials(tmp_path):
         while time.time() < deadline:
             time.sleep(1.0)
             try:
-                study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+                study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
             except (KeyError, Exception):  # noqa: BLE001 — not created yet
                 continue
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -102,7 +102,7 @@ def test_kill_mid_search_then_resume_keeps_finished_trials(tmp_path):
     assert before, "the search did not get going in time"
     result = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
     after = {t.number: t for t in study.trials}
     for number, values in before.items():
         assert after[number].state == optuna.trial.TrialState.COMPLETE and tuple(after[number].values) == values
@@ -156,6 +156,25 @@ def test_nan_accuracy_is_a_failed_trial_not_zero(trained):
     assert search.pareto_front(study.trials) == []
 
 
+def test_the_search_states_how_busy_its_evaluators_were():
+    space = load_space("digits-tiny")
+
+    class Table:  # a latency predictor is all the loop needs
+        def predict(self, arch):
+            return 1.0
+
+    def evaluate(archs):  # each evaluation reports its own time, as nas.evaluate.Evaluator does
+        return [{"accuracy": 0.5, "macs": 1, "params": 1, "seconds": 0.25} for _ in archs]
+
+    lines = []
+    config = search.SearchConfig(trials=6, batch=2, sampler="random")
+    study = search.open_study_in_memory(config)
+    search.run_search(study, space, Table(), evaluate, config, progress=lines.append, evaluators=2)
+    fresh = [t for t in study.trials if "reused_from" not in t.user_attrs]
+    assert fresh and all(t.user_attrs["eval_seconds"] == 0.25 for t in fresh)
+    assert lines[-1].startswith(f"evaluators: busy {0.25 * len(fresh):.1f} s of 2 x ")
+
+
 def test_infeasible_budget_is_refused_before_training(tmp_path, capsys):
     out = tmp_path / "run"
     from test_faults import tiny_space_file
@@ -166,6 +185,32 @@ def test_infeasible_budget_is_refused_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--budget-ms 0.0001 is below the smallest latency any arch of tiny reaches on this device" in err
     assert not (out / "supernet.safetensors").exists() and not (out / "study.db").exists()
+
+
+def test_two_studies_in_one_storage_stay_separate(trained, ray_local, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'team.db'}"
+    for name, trials in (("first", 3), ("second", 2)):
+        assert main(["search", "--run", str(trained), "--trials", str(trials), "--sampler", "random", "--evaluators", "1",
+                     "--storage", storage, "--study-name", name, "--report-dir", str(tmp_path / name)]) == 0
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == {"first": 3, "second": 2}
+    assert [len(list(csv.DictReader((tmp_path / name / "trials.csv").open()))) for name in ("first", "second")] == [3, 2]
+    capsys.readouterr()
+    again = ["search", "--run", str(trained), "--trials", "3", "--evaluators", "1", "--storage", storage, "--study-name", "first",
+             "--report-dir", str(tmp_path / "again")]
+    assert main(again) == 2  # the same name without --resume: refused, naming both ways out
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a study named 'first'" in err[0] and "--resume" in err[0] and "--study-name" in err[0]
+    assert main(["report", "--storage", storage]) == 0  # the storage's studies, listed
+    listed = capsys.readouterr().out
+    assert "2 studies" in listed and "first: 3 trials (3 complete)" in listed and "second: 2 trials (2 complete)" in listed
+    assert main(["report", "--run", str(trained), "--storage", storage, "--study-name", "second", "--report-dir", str(tmp_path / "r")]) == 0
+    assert "study second: 2 trials" in capsys.readouterr().out
+    assert len(list(csv.DictReader((tmp_path / "r" / "trials.csv").open()))) == 2
+    assert main(["report", "--run", str(trained), "--storage", storage, "--study-name", "third", "--report-dir", str(tmp_path / "r")]) == 2
+    assert "holds no study named 'third' (it holds: first, second); pass --study-name NAME" in capsys.readouterr().err
+    assert main(["search", "--run", str(trained), "--storage", storage, "--study-name", "a b", "--report-dir", str(tmp_path / "x")]) == 2
+    assert "--study-name 'a b': use 1 to 128 printable characters without spaces" in capsys.readouterr().err
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == {"first": 3, "second": 2}
 
 
 def test_storage_password_is_redacted():
@@ -184,15 +229,17 @@ def test_postgresql_storage(trained, ray_local, capsys, tmp_path):
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     except Exception as error:  # noqa: BLE001
         pytest.skip(f"PostgreSQL at {redact(url)} is not reachable: {error}")
-    if search.STUDY_NAME in names:
-        optuna.delete_study(study_name=search.STUDY_NAME, storage=storage)
-    assert main(["search", "--run", str(trained), "--trials", "4", "--evaluators", "1", "--storage", url, "--report-dir", str(tmp_path)]) == 0
-    study = optuna.load_study(study_name=search.STUDY_NAME, storage=storage)
+    name = "nas-ci-postgres"
+    if name in names:
+        optuna.delete_study(study_name=name, storage=storage)
+    assert main(["search", "--run", str(trained), "--trials", "4", "--evaluators", "1", "--storage", url, "--study-name", name,
+                 "--report-dir", str(tmp_path)]) == 0
+    study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[-1]
     printed = capsys.readouterr().out
     assert f":{password}@" not in printed and ":***@" in printed
-    optuna.delete_study(study_name=search.STUDY_NAME, storage=storage)
+    optuna.delete_study(study_name=name, storage=storage)
 
 
 def test_ddp_ranks_sample_the_same_subnets(tmp_path):
@@ -240,8 +287,9 @@ def test_run_with_an_explicit_storage_url(tmp_path, capsys):
             "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--storage", storage, "--out", str(out)]
     assert main(args) == 0
     assert not (out / "study.db").exists() and (tmp_path / "elsewhere.db").exists()
-    assert len(optuna.load_study(study_name=search.STUDY_NAME, storage=storage).trials) == 3
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["study_name"] == "run" == RunDir(out).study_name()  # the run directory's name, recorded
+    assert len(optuna.load_study(study_name="run", storage=storage).trials) == 3
     assert manifest["settings"]["storage"] == storage and manifest["stages"]["search"]["completed"]
     ray.shutdown()
 

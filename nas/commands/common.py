@@ -167,12 +167,14 @@ def fit_of(args):
 
 
 def add_connection_options(p, storage_default: str) -> None:
-    """--storage (or NAS_STORAGE_URL) and --connect-timeout."""
+    """--storage (or NAS_STORAGE_URL), --connect-timeout and --study-name."""
     p.add_argument("--storage", default=None, help=f"Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, "
                    f"in the environment variable NAS_STORAGE_URL, so it is not in the process list (default: {storage_default})")
     from nas.storage import CONNECT_TIMEOUT_S
 
     p.add_argument("--connect-timeout", type=positive_float, default=CONNECT_TIMEOUT_S, help="seconds to reach --storage and --ray-address before any work (default: %(default)s)")
+    p.add_argument("--study-name", default=None, help="the study in the storage, so that one storage holds several searches (default: the one "
+                   "the run recorded, else the only study in the run's study.db, else the run directory's name)")
 
 
 class _Split(argparse.Action):

@@ -73,7 +73,7 @@ def run_run(args: argparse.Namespace) -> int:
     if args.storage_path is not None and args.workers == 1:
         raise NasError("--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
                        "trains in this process into --out. Drop --storage-path or pass --workers 2 or more")
-    from nas.storage import resolve
+    from nas.storage import check_study_name, resolve
 
     out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     storage, source = resolve(args.storage)
@@ -84,6 +84,7 @@ def run_run(args: argparse.Namespace) -> int:
         calibrate=args.calibrate, validate=args.validate, latency=args.latency, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
         precision=args.precision, loader_workers=args.loader_workers, randaugment=args.randaugment, val_images=args.val_images,
         gpus_per_evaluator=args.gpus_per_evaluator, storage_path=args.storage_path, verify=args.verify,
+        study_name=None if args.study_name is None else check_study_name(args.study_name),
     )
     started = time.perf_counter()
     print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
@@ -134,6 +135,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     from nas.storage import redact, resolve
 
     run = RunDir(args.run)
+    study_name = run.study_name(args.study_name)  # a bad --study-name is refused before any work
     space, _ = run.space_and_data()
     storage = resolve(args.storage)[0] or run.default_storage()
     report_dir = run.report_dir(storage, args.report_dir)  # refused before any work when the study is not the run's
@@ -162,10 +164,11 @@ def run_search_command(args: argparse.Namespace) -> int:
     progress = lambda line: print(line, flush=True)  # noqa: E731
     check_connections(args.ray_address, storage, args.connect_timeout, progress)
     print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s) on {compute.device} "
-          f"({compute.precision}), budget {budget if budget is not None else 'none'}, storage {redact(storage)}", flush=True)
+          f"({compute.precision}), budget {budget if budget is not None else 'none'}, storage {redact(storage)}, study {study_name}", flush=True)
     study, front, _ = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
                                    progress=progress, report_dir=report_dir, scoring=scoring, gpus_each=args.gpus_per_evaluator,
-                                   measure=(lambda archs: profiler.measure_models(archs, profiler.protocol.for_trials())) if profiler else None)
+                                   measure=(lambda archs: profiler.measure_models(archs, profiler.protocol.for_trials())) if profiler else None,
+                                   study_name=study_name)
     print(report.format_front(front))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
     if budget is not None and not front:
@@ -176,9 +179,10 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 
 def add_report(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("report", help="redraw a run's Pareto plot and tables from its study",
-                            description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv and pareto.png; print the front.")
-    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p = commands.add_parser("report", help="redraw a run's Pareto plot and tables from its study; list a storage's studies",
+                            description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv and pareto.png; print the front. "
+                                        "Without --run: list the studies in --storage (or NAS_STORAGE_URL).")
+    p.add_argument("--run", type=Path, default=None, help="run directory (without it: list the studies in --storage)")
     add_connection_options(p, "sqlite:///<run>/study.db")
     p.add_argument("--report-dir", type=out_path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
                    "required for a study in another --storage)")
@@ -189,13 +193,17 @@ def add_report(commands: argparse._SubParsersAction) -> None:
 def run_report(args: argparse.Namespace) -> int:
     import optuna
 
-    from nas import report, search
+    from nas import report
     from nas.rundir import STUDY, RunDir
     from nas.stages import check_out_dir
-    from nas.storage import check, normalize, redact, resolve, sqlite_study_names
+    from nas.storage import check, normalize, redact, resolve, sqlite_study_names, study_not_found
 
-    run = RunDir(args.run)
     flag = resolve(args.storage)[0]
+    if args.run is None:
+        if flag is None:
+            raise NasError("nas report: pass --run RUN (a run's study) or --storage URL (or NAS_STORAGE_URL) to list the studies it holds")
+        return list_studies(flag, args.connect_timeout)
+    run = RunDir(args.run)
     storage = flag or run.default_storage()
     if flag is None and not run.has(STUDY):
         raise NasError(f"{args.run} holds no study.db; pass --storage if the study lives elsewhere")
@@ -203,17 +211,39 @@ def run_report(args: argparse.Namespace) -> int:
     check_out_dir(report_dir, "--report-dir")
     # A report only reads the study: an SQLite file is opened read-only (Optuna would write its schema into an empty one).
     names = sqlite_study_names(storage) if storage.startswith("sqlite:///") else check(storage, args.connect_timeout)
-    if search.STUDY_NAME not in names:
-        raise NasError(f"{redact(storage)} holds no study named {search.STUDY_NAME}")
+    study_name = run.study_name(args.study_name)
+    if study_name not in names:
+        raise study_not_found(storage, study_name, names)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=search.STUDY_NAME, storage=normalize(storage))
+        study = optuna.load_study(study_name=study_name, storage=normalize(storage))
     except Exception as error:  # noqa: BLE001 — a corrupt database raises SQLAlchemy / sqlite errors
         raise NasError(f"{redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt") from None
     budget = args.budget_ms if args.budget_ms is not None else run.budget()
     front = report.write_outputs(study, report_dir, budget, run.verified() if run.owns_storage(storage) else None)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    print(f"{len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
+    print(f"study {study_name}: {len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
     print(report.format_front(front, run.verified() if run.owns_storage(storage) else None))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
+    return 0
+
+
+def list_studies(storage: str, connect_timeout: float) -> int:
+    """`nas report --storage URL`: one line per study (name, trials by state, when it started)."""
+    import optuna
+
+    from nas.storage import check, normalize, redact, sqlite_study_names
+
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+        raise NasError(f"--storage {storage}: no such file")
+    names = sqlite_study_names(storage) if storage.startswith("sqlite:///") else check(storage, connect_timeout)
+    print(f"{redact(storage)}: {len(names)} stud{'y' if len(names) == 1 else 'ies'}")
+    if not names:
+        return 0
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for summary in sorted(optuna.get_all_study_summaries(normalize(storage), include_best_trial=False), key=lambda s: s.study_name):
+        states = [t.state.name.lower() for t in optuna.load_study(study_name=summary.study_name, storage=normalize(storage)).get_trials(deepcopy=False)]
+        counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
+        started = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "-"
+        print(f"  {summary.study_name}: {len(states)} trials ({counts}), started {started}")
     return 0
