@@ -39,7 +39,7 @@ from nas.latency.table import LatencyTable
 from nas.latency.trials import TrialLatency
 from nas.space import SearchSpace
 from nas.storage import check as check_storage
-from nas.storage import normalize, redact
+from nas.storage import normalize, redact, study_not_found
 
 SAMPLERS = ("nsga2", "tpe", "random", "gp")
 THIRD_OBJECTIVES = ("params", "macs")
@@ -111,8 +111,7 @@ def open_study(storage: str, config: SearchConfig, resume: bool, study_name: str
         raise NasError(f"{redact(storage)} already holds a study named {study_name!r}; pass --resume to continue it, or another "
                        f"--study-name (or --out/--storage)")
     if study_name not in names and resume:
-        raise NasError(f"--resume: {redact(storage)} holds no study named {study_name!r} to continue"
-                       + (f" (it holds: {', '.join(sorted(names)[:20])}; pass --study-name NAME)" if names else ""))
+        raise NasError(f"--resume: {study_not_found(storage, study_name, names)}")
     study = optuna.create_study(
         storage=storage, study_name=study_name, directions=directions, sampler=make_sampler(config.sampler, config.seed), load_if_exists=True
     )

@@ -64,15 +64,13 @@ def check_complete(path: Path, rows: int) -> None:
     """trials.csv lists every trial of the run's own study (each state): fewer rows than the study
     holds is a cut or stale file, whose best arch may be missing. Studies in another storage are not read."""
     from nas.rundir import STUDY, RunDir
-    from nas.storage import sqlite_study_names, sqlite_trial_count
+    from nas.storage import sqlite_trial_count
 
     study = path.parent / STUDY
     if not study.is_file():
         return
-    name = RunDir(path.parent).study_name()
-    if name not in sqlite_study_names(f"sqlite:///{study}"):  # not the run's own study (several named ones): nothing to compare
-        return
-    held = sqlite_trial_count(f"sqlite:///{study}", name)
+    # None when study.db holds no study of the run's name (several named ones): nothing to compare
+    held = sqlite_trial_count(f"sqlite:///{study}", RunDir(path.parent).study_name())
     if held is not None and held != rows:
         raise NasError(f"{path} lists {rows} trial(s) but the run's study holds {held}: the file is cut or stale; "
                        f"rewrite it with nas report --run {path.parent}")

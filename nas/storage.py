@@ -192,7 +192,7 @@ def sqlite_study_names(url: str) -> list[str]:
 
 def sqlite_trial_count(url: str, study_name: str) -> int | None:
     """How many trials (any state) study `study_name` of an SQLite storage holds, read without writing;
-    None without Optuna's tables."""
+    None without Optuna's tables or without a study of that name."""
     import sqlite3
 
     path = url[len("sqlite:///"):]
@@ -201,6 +201,8 @@ def sqlite_trial_count(url: str, study_name: str) -> int | None:
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not {"trials", "studies"} <= tables:
+                return None
+            if connection.execute("SELECT 1 FROM studies WHERE study_name = ?", (study_name,)).fetchone() is None:
                 return None
             query = "SELECT COUNT(*) FROM trials JOIN studies ON trials.study_id = studies.study_id WHERE studies.study_name = ?"
             return int(connection.execute(query, (study_name,)).fetchone()[0])

@@ -204,6 +204,7 @@ def run_report(args: argparse.Namespace) -> int:
             raise NasError("nas report: pass --run RUN (a run's study) or --storage URL (or NAS_STORAGE_URL) to list the studies it holds")
         return list_studies(flag, args.connect_timeout)
     run = RunDir(args.run)
+    study_name = run.study_name(args.study_name)  # a bad --study-name is refused before the storage is opened
     storage = flag or run.default_storage()
     if flag is None and not run.has(STUDY):
         raise NasError(f"{args.run} holds no study.db; pass --storage if the study lives elsewhere")
@@ -211,7 +212,6 @@ def run_report(args: argparse.Namespace) -> int:
     check_out_dir(report_dir, "--report-dir")
     # A report only reads the study: an SQLite file is opened read-only (Optuna would write its schema into an empty one).
     names = sqlite_study_names(storage) if storage.startswith("sqlite:///") else check(storage, args.connect_timeout)
-    study_name = run.study_name(args.study_name)
     if study_name not in names:
         raise study_not_found(storage, study_name, names)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
