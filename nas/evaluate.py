@@ -63,3 +63,26 @@ class Evaluator:
         cost = flops.count(arch)
         return {"accuracy": top1 if math.isfinite(top1) else math.nan, "macs": cost.macs, "params": cost.params,
                 "seconds": round(time.perf_counter() - started, 4)}
+
+
+class LocalPool:
+    """One `Evaluator` in this process, behind the interface of `workers.evaluator.EvaluatorPool`
+    (`evaluate`, `actors`, `shutdown`): where Ray is not installed (a bare GPU machine), the
+    search scores its archs here, one after another, with this process's threads and device.
+    A failed evaluation comes back as its exception, as from the pool."""
+
+    def __init__(self, state: dict, scoring: dict | None = None) -> None:
+        self.actors = [Evaluator(state, None, **(scoring or {}))]
+        self.replaced = 0
+
+    def evaluate(self, archs) -> list:
+        results = []
+        for arch in archs:
+            try:
+                results.append(self.actors[0].evaluate(arch))
+            except Exception as error:  # noqa: BLE001 — the search records the trial as failed, with this reason
+                results.append(error)
+        return results
+
+    def shutdown(self) -> None:
+        self.actors = []

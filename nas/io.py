@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one.
+And JSON-lines logs of long benchmarks: one record per line, appended and flushed, so a kill
+leaves whole lines and at most a cut last one (`append_line`, `read_lines`)."""
 
 from __future__ import annotations
 
@@ -44,3 +46,41 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json(path: str | os.PathLike, data: object) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def append_line(path: str | os.PathLike, record: dict) -> None:
+    """One JSON line, written with one call and flushed to disk: a kill leaves whole lines and at most a cut last one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    with open(path, "ab") as handle:
+        if handle.tell() > 0:  # a cut line from a kill: end it so that the new record starts a line
+            with open(path, "rb") as reader:
+                reader.seek(-1, os.SEEK_END)
+                if reader.read(1) != b"\n":
+                    data = b"\n" + data
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_lines(path: str | os.PathLike) -> tuple[list[object], int, int | None]:
+    """(records, cut, bad): the JSON lines of `path` ([] if it does not exist), how many cut lines
+    (an interrupted append: the last line, not JSON) were dropped, and the number of the first
+    other line that is not JSON (None if none: the caller names the damaged file)."""
+    path = Path(path)
+    if not path.is_file():
+        return [], 0, None
+    records, cut = [], 0
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                cut += 1
+                continue
+            return records, cut, number
+    return records, cut, None

@@ -155,7 +155,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     from nas.compute import Compute
     from nas.data import load_dataset
     from nas.space import load_space
-    from workers.cluster import check_local_capacity
+    from workers.cluster import check_local_capacity, require_ray
 
     check_out_dir(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -177,6 +177,8 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
 
     check_runtime(config.runtime, resolve_device(config.device), config.dtype)  # before any work
     check_local_capacity(config.ray_address, workers=config.workers, evaluators=config.evaluators)
+    if config.workers > 1:
+        require_ray(f"--workers {config.workers}: distributed training", "ray[train]", ", or train with --workers 1")
     space = load_space(config.space)
     config = replace(config, data=config.data or space.data, epochs=config.epochs or space.epochs,
                      study_name=RunDir(run_dir).study_name(config.study_name))  # resolved once, recorded in manifest.json

@@ -79,7 +79,9 @@ def check_connections(ray_address: str | None, storage: str | None, timeout_s: f
     from nas.storage import check, redact
 
     if ray_address is not None:
-        from workers.cluster import check_ray_address
+        from workers.cluster import check_ray_address, require_ray
+
+        require_ray(f"--ray-address {ray_address}: joining a cluster", "ray[default]")
 
         progress(f"checking --ray-address {ray_address} (timeout {timeout_s:.0f} s)...")
         cpus = check_ray_address(ray_address, timeout_s)
@@ -181,6 +183,9 @@ def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, re
 
     compute = compute or CPU
     if workers > 1:
+        from workers.cluster import require_ray
+
+        require_ray(f"--workers {workers}: distributed training", "ray[train]", ", or train with --workers 1")
         from workers.trainer import train_distributed
 
         loading = {"randaugment": getattr(dataset, "randaugment", False), "workers": getattr(dataset, "workers", 0)}
@@ -203,19 +208,31 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
     the validation split through Ray's object store: only this process reads the run directory. `study_name`:
     the study in `storage` (default: `run.study_name()`)."""
     from nas import report, search
-    from nas.evaluate import evaluation_state
-    from workers.cluster import init_ray, require_cpus
-    from workers.evaluator import EvaluatorPool
+    from nas.evaluate import LocalPool, evaluation_state
+    from workers.cluster import init_ray, ray_available, require_cpus, require_ray
 
     state = evaluation_state(run.root)  # read here, by the driver alone; a corrupt checkpoint fails here with one line
-    init_ray(ray_address, progress=progress)
-    require_cpus("evaluators", evaluators)
+    local = not ray_available()
+    if local:
+        if ray_address is not None:
+            require_ray(f"--ray-address {ray_address}: joining a cluster", "ray[default]")
+        progress("Ray is not installed: the archs are scored by one evaluator in this process"
+                 + (f" (--evaluators {evaluators} needs Ray)" if evaluators > 1 else ""))
+        evaluators = 1
+    else:
+        init_ray(ray_address, progress=progress)
+        require_cpus("evaluators", evaluators)
     study = search.open_study(storage, config, resume, study_name or run.study_name())
     if resume:
         interrupted = search.recover_interrupted(study)
         if interrupted:
             progress(f"resuming: {interrupted} trial(s) interrupted by the last run are re-enqueued")
-    pool = EvaluatorPool(state, evaluators, scoring=scoring, gpus_each=gpus_each)
+    if local:
+        pool = LocalPool(state, scoring=scoring)
+    else:
+        from workers.evaluator import EvaluatorPool
+
+        pool = EvaluatorPool(state, evaluators, scoring=scoring, gpus_each=gpus_each)
     try:
         latency = search.run_search(study, space, table, pool.evaluate, config, progress, measure=measure, evaluators=evaluators)
     finally:

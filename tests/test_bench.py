@@ -56,6 +56,7 @@ def test_token_grid_is_most_square():
     [
         (["--kernels", "softmax,performer"], "unknown kernel label(s) performer; valid labels: softmax, relu"),
         (["--modes", "bwd"], "unknown mode(s) bwd"),
+        (["--paths", "fused"], "unknown path(s) fused; valid paths: eager, compiled"),
         (["--device", "tpu"], "--device 'tpu'"),
     ],
 )
@@ -136,3 +137,40 @@ def test_bench_zoo_trains_every_kernel_and_variant_and_writes_its_table(tmp_path
     assert all(0.02 < d["l2vit_lcm_norm"] < 0.5 for d in data["deviations"].values())  # BatchNorm vs ImageNorm in the LCM: a real difference
     assert all(0.02 < d["taylor_compact_shortcut_norm"] < 0.5 for d in data["deviations"].values())  # BatchNorm vs ImageNorm in QT-ViT's shortcut
     assert main(["bench", "zoo", "--tokens", "200", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", [spec.label for spec in kernels.variants()])
+def test_every_kernel_compiles_as_one_graph_and_equals_its_eager_path(label):
+    """Issue 27: `torch.compile(fullgraph=True)` (a graph break is an error) on a non-square grid with
+    fewer heads than built; forward and gradients equal to the eager path's within 1e-5."""
+    import torch
+
+    from nas.bench.kernels import kernel_call
+
+    spec = {s.label: s for s in kernels.variants()}[label]
+    grid, heads = (3, 5), 2
+    torch.manual_seed(0)
+    module = spec.build(8, 3, grid=grid, embed_dim=3 * 8)
+    for p in module.parameters():  # away from the initial zeros/ones, so that every parameter matters
+        p.data.add_(0.1 * torch.randn_like(p))
+    q, k, v = (torch.randn(2, heads, 15, 8, requires_grad=True) for _ in range(3))
+    params = list(module.parameters())
+    results = []
+    for path in ("eager", "compiled"):
+        outputs = kernel_call(module, grid, path)(q, k, v)
+        grads = torch.autograd.grad(sum((o * o).sum() for o in outputs), [q, k, v, *params])
+        results.append((outputs, grads))
+    (eager_out, eager_grads), (compiled_out, compiled_grads) = results
+    for a, b in zip(eager_out + list(eager_grads), compiled_out + list(compiled_grads)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (label, (a - b).abs().max().item())
+
+
+def test_sweep_with_the_compiled_path(tmp_path, capsys):
+    assert main(["bench", "kernels", "--tokens", "16", "--heads", "2", "--head-dim", "8", "--kernels", "softmax,relu",
+                 "--modes", "fwd", "--paths", "eager,compiled", "--repeats", "3", "--max-seconds", "0.01", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "kernels_cpu_fp32.csv").open()))
+    assert {(r["kernel"], r["path"]) for r in rows} == {(k, p) for k in ("softmax", "relu") for p in ("eager", "compiled")}
+    assert all(float(r["speedup_vs_eager"]) == 1.0 for r in rows if r["path"] == "eager")
+    assert set(json.loads((tmp_path / "kernels_cpu_fp32.json").read_text())["crossover_tokens"]) == {"relu", "relu (compiled)"}
+    assert "median latency, fwd, compiled" in capsys.readouterr().out

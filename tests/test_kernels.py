@@ -102,7 +102,7 @@ def test_taylor_order2_full_is_exactly_one_plus_x_plus_half_x_squared():
 
 
 def test_taylor_feature_widths():
-    assert kernels.get("taylor", head_dim=16, num_heads=1, order=2, variant="full").feature_dim == 1 + 16 + 256
+    assert kernels.get("taylor", head_dim=16, num_heads=1, order=2, variant="full").feature_dim == 1 + 16 + 16 * 17 // 2  # the unique products
     assert kernels.get("taylor", head_dim=16, num_heads=1, grid=(4, 4), order=2, variant="compact").feature_dim == 17
     assert kernels.get("taylor", head_dim=16, num_heads=1, order=1).feature_dim == 17
 
@@ -328,3 +328,19 @@ def test_grid_that_does_not_match_tokens_is_refused(name):
 def test_registry_holds_the_seven_kernels():
     assert kernels.names() == ["softmax", "relu", "angular", "taylor", "focused", "l2vit", "window"]
     assert GRID_KERNELS == ["angular", "focused", "l2vit", "window"]
+
+
+@pytest.mark.parametrize("blocks", [True, False])
+def test_taylor_order2_full_both_forms_equal_the_reference(monkeypatch, blocks):
+    """Issue 27: the symmetric d(d+1)/2 map (in blocks, used on large inputs on the CPU) and the d² map
+    (small inputs) are one operator: forward and gradients equal the naive reference, with fewer heads than built."""
+    from nas.kernels import naive, taylor
+
+    monkeypatch.setattr(taylor, "BLOCKS_FROM", 1 if blocks else 2**62)
+    module = kernels.get("taylor", head_dim=8, num_heads=4, order=2, variant="full")
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 15, 8, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out, ref = module(q, k, v), naive.reference(module, q, k, v, None)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), (q, k, v)), torch.autograd.grad(ref.square().sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -267,14 +267,35 @@ def test_hypervolume_of_a_front():
 
 @pytest.mark.slow
 def test_bench_search_runs_on_a_tiny_setting(trained, ray_local, tmp_path, capsys):
-    assert main(["bench", "search", "--run", str(trained), "--trials", "4", "--seeds", "0,1", "--reference-archs", "20",
-                 "--evaluators", "1", "--ref-accuracy", "0.0", "--out", str(tmp_path)]) == 0
+    args = ["bench", "search", "--run", str(trained), "--trials", "4", "--seeds", "0,1", "--reference-archs", "20",
+            "--samplers", "tpe,nsga2,random", "--checkpoints", "2", "--evaluators", "1", "--ref-accuracy", "0.0", "--out", str(tmp_path)]
+    assert main(args) == 0
     data = json.loads((tmp_path / "search_digits-tiny.json").read_text())
     assert set(data["hypervolume"]) == {"nsga2", "tpe", "random"}
     assert set(data["throughput_archs_per_second"]) == {"1_evaluators", "2_evaluators"}
     assert data["reference_front"]["archs"] == 20 and data["reference_front"]["hypervolume"] > 0
-    assert all(0 <= stats["share_mean"] for stats in data["hypervolume"].values())
+    assert all(0 <= stats["share_mean"] and "share_at_2" in stats for stats in data["hypervolume"].values())
+    assert set(data["targets"]) == {"nsga2_above_random_at_4_trials"}  # TPE's target is at 50 trials
+    rows = list(csv.DictReader((tmp_path / "search_digits-tiny.csv").open()))
+    assert len(rows) == 6 and all(float(r["hypervolume_at_2"]) <= float(r["hypervolume"]) for r in rows)
     assert "of the reference on average" in capsys.readouterr().out
+    # Resumable: run again, and every score and study comes from the logs (one line each), nothing is scored twice.
+    scores = (tmp_path / "search_digits-tiny_scores.jsonl").read_text().splitlines()
+    assert len(scores) == len({json.loads(line)["digest"] for line in scores}) >= 20
+    assert len((tmp_path / "search_digits-tiny_studies.jsonl").read_text().splitlines()) == 6
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("(from the log)") == 6 and f"{len(scores)} archs already scored" in out
+    assert (tmp_path / "search_digits-tiny_scores.jsonl").read_text().splitlines() == scores
+    assert json.loads((tmp_path / "search_digits-tiny.json").read_text())["hypervolume"] == data["hypervolume"]
+
+
+def test_hypervolume_after_counts_only_the_first_trials_within_the_budget():
+    from nas.bench.search import hypervolume_after
+
+    points = [[0.6, 1.0], [None, 5.0], [0.9, 3.0], [0.95, 4.5]]  # a pruned trial, then one over the budget of 4 ms
+    assert hypervolume_after(points, 1, 0.5, 4.0) == pytest.approx(3 * 0.1)
+    assert hypervolume_after(points, 4, 0.5, 4.0) == pytest.approx(3 * 0.1 + 1 * 0.3)
 
 
 @pytest.mark.slow

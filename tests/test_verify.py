@@ -13,6 +13,7 @@ import nas
 from nas.cli import main
 from nas.data import load_dataset
 from nas.errors import NasError
+from nas.io import append_line
 from nas.rundir import VERIFY, VERIFY_JSON, RunDir
 from nas.select import Candidate, load_candidates
 from nas.space import load_space
@@ -238,7 +239,7 @@ def test_bench_pick_sets_the_verified_pick_beside_the_best_ground_truth_arch_und
     path = tmp_path / "truth.jsonl"
     three = archs(3, 9)
     for arch, seed, final in [(three[0], 0, 0.61), (three[1], 0, 0.83), (three[1], 1, 0.79), (three[2], 0, 0.72), (three[2], 1, 0.76)]:
-        truth.append(path, {**key, "digest": arch.digest, "arch": arch.to_dict(), "seed": seed, "curve": [final / 2, final]})
+        append_line(path, {**key, "digest": arch.digest, "arch": arch.to_dict(), "seed": seed, "curve": [final / 2, final]})
     result = pick_run(searched, path, progress=lambda line: None)
     assert result["truth_archs"] == 3 and result["truth_archs_within_budget"] == 3
     assert result["best_truth_within_budget"]["digest"] == three[1].digest and result["best_truth_within_budget"]["standalone_accuracy"] == 0.83
@@ -246,6 +247,6 @@ def test_bench_pick_sets_the_verified_pick_beside_the_best_ground_truth_arch_und
     assert result["verified_pick"]["standalone_accuracy"] == record["pick"]["verified_accuracy"]
     assert result["inherited_pick"]["trial"] == 2 and result["met"] == (record["pick"]["verified_accuracy"] >= 0.83 - result["seed_sd"])
     other = tmp_path / "other.jsonl"
-    truth.append(other, {**key, "recipe": {**record["recipe"], "epochs": 3}, "digest": three[0].digest, "arch": three[0].to_dict(), "seed": 0, "curve": [0.5]})
+    append_line(other, {**key, "recipe": {**record["recipe"], "epochs": 3}, "digest": three[0].digest, "arch": three[0].to_dict(), "seed": 0, "curve": [0.5]})
     with pytest.raises(NasError, match="another recipe"):
         pick_run(searched, other, progress=lambda line: None)

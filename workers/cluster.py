@@ -39,6 +39,22 @@ def use_token_if_available() -> str | None:
     return source
 
 
+def ray_available() -> bool:
+    """Whether Ray can be imported here: a bare GPU machine may have torch without it, and then the
+    pipeline runs in one process (in-process evaluator, no distributed training)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_ray(what: str, package: str, instead: str = "") -> None:
+    """Before any work: refuse (one line) `what` where Ray is not installed."""
+    if not ray_available():
+        raise NasError(f"{what} needs Ray, which is not installed here (pip install '{package}'){instead}")
+
+
 def check_local_capacity(ray_address: str | None, **counts: int) -> None:
     """Before any work: on a local Ray instance, each count (e.g. workers=2) fits this machine's CPUs."""
     if ray_address is not None:

@@ -5,6 +5,11 @@ each token count, each kernel's forward (inference, no autograd) and forward+bac
 (gradients of q, k, v and the kernel's own parameters) are timed with `nas.latency`'s
 timer, and for each kernel the crossover — the smallest swept N from which on it beats
 softmax at every larger swept N — is reported.
+
+`paths` are the ways a kernel runs: `eager` (its module, called as it is) and `compiled`
+(the same call under `torch.compile(fullgraph=True)`: one graph, no breaks — a break is an
+error —, compiled in the warm-up call, so the timed calls exclude compilation). Each path is
+compared with softmax on the same path, and every path with the eager one (`speedup_vs_eager`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from nas.latency.device import device_tag
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd")
+PATHS = ("eager", "compiled")
 DEFAULT_TOKENS = tuple(2**i for i in range(6, 15))  # 64 … 16384
 BASELINE = "softmax"
 
@@ -41,6 +47,7 @@ class KernelBenchConfig:
     tokens: tuple[int, ...] = DEFAULT_TOKENS
     kernels: tuple[str, ...] = field(default_factory=lambda: tuple(spec.label for spec in kernels.variants()))
     modes: tuple[str, ...] = MODES
+    paths: tuple[str, ...] = ("eager",)
     warmup: int = 1
     repeats: int = 10
     min_repeats: int = 3
@@ -58,6 +65,7 @@ class BenchRow:
     q1_ms: float
     q3_ms: float
     repeats: int
+    path: str = "eager"
 
 
 def token_grid(tokens: int) -> tuple[int, int]:
@@ -85,18 +93,19 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
         line = []
         for label in labels:
             module = specs[label].build(config.head_dim, config.heads, grid=grid, embed_dim=config.heads * config.head_dim).to(device=device, dtype=dtype)
-            for mode in config.modes:
-                timing = measure(
-                    _step(module, grid, mode),
-                    inputs,
-                    device=device,
-                    warmup=config.warmup,
-                    repeats=config.repeats,
-                    min_repeats=config.min_repeats,
-                    max_seconds=config.max_seconds,
-                )
-                rows.append(BenchRow(label, mode, tokens, grid, timing.median_ms, timing.q1_ms, timing.q3_ms, timing.repeats))
-            line.append(f"{label} {rows[-len(config.modes)].median_ms:.3g}")
+            for path in config.paths:
+                for mode in config.modes:
+                    timing = measure(
+                        _step(module, grid, mode, path),
+                        inputs,
+                        device=device,
+                        warmup=config.warmup,
+                        repeats=config.repeats,
+                        min_repeats=config.min_repeats,
+                        max_seconds=config.max_seconds,
+                    )
+                    rows.append(BenchRow(label, mode, tokens, grid, timing.median_ms, timing.q1_ms, timing.q3_ms, timing.repeats, path))
+                line.append(f"{label}{'' if path == 'eager' else ' ' + path} {rows[-len(config.modes)].median_ms:.3g}")
         progress(
             f"[{step}/{len(config.tokens)}] N={tokens} grid={grid[0]}x{grid[1]} "
             f"({time.perf_counter() - started:.1f} s), {config.modes[0]} ms: " + ", ".join(line)
@@ -104,9 +113,10 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
     return rows
 
 
-def _step(module: kernels.AttentionKernel, grid: tuple[int, int], mode: str) -> Callable[..., object]:
-    """One timed call: the kernel, plus its residual-stream branches (L²ViT's LCM and CPE) on tokens of width
-    h·d (v's elements as (B, N, h·d)) for kernels that have them, since a layer with that kernel runs them all."""
+def kernel_call(module: kernels.AttentionKernel, grid: tuple[int, int], path: str = "eager") -> Callable[..., list]:
+    """The kernel, plus its residual-stream branches (L²ViT's LCM and CPE) on tokens of width h·d (v's
+    elements as (B, N, h·d)) for kernels that have them, since a layer with that kernel runs them all;
+    with path `compiled`, that call under torch.compile(fullgraph=True) (compiled at its first call)."""
 
     def run(q, k, v):
         outputs = [module(q, k, v, grid)]
@@ -116,6 +126,19 @@ def _step(module: kernels.AttentionKernel, grid: tuple[int, int], mode: str) -> 
         if module.has_position:
             outputs.append(module.position(tokens, grid))
         return outputs
+
+    if path == "eager":
+        return run
+    if path != "compiled":
+        raise ValueError(f"unknown path {path!r}; use one of {', '.join(PATHS)}")
+    torch._dynamo.reset()  # each module is its own graph: a fresh cache, no recompile limit shared across kernels
+    return torch.compile(run, fullgraph=True, dynamic=False)
+
+
+def _step(module: kernels.AttentionKernel, grid: tuple[int, int], mode: str, path: str = "eager") -> Callable[..., object]:
+    """One timed call of `kernel_call`: forward under no_grad, or forward and the gradients of q, k, v and
+    the kernel's parameters."""
+    run = kernel_call(module, grid, path)
 
     if mode == "fwd":
 
@@ -135,23 +158,26 @@ def _step(module: kernels.AttentionKernel, grid: tuple[int, int], mode: str) -> 
 
 
 def crossovers(rows: Sequence[BenchRow]) -> dict[str, dict[str, int | None]]:
-    """For each kernel and mode: the smallest swept N from which on it is faster than softmax
-    at every larger swept N, or None if it is not faster at the largest N."""
-    time_of = {(r.kernel, r.mode, r.tokens): r.median_ms for r in rows}
+    """For each kernel (and path: keys `label` on the eager path, `label (path)` on another) and mode:
+    the smallest swept N from which on it is faster than softmax on the same path at every larger
+    swept N, or None if it is not faster at the largest N."""
+    time_of = {(r.kernel, r.path, r.mode, r.tokens): r.median_ms for r in rows}
     tokens = sorted({r.tokens for r in rows})
     result: dict[str, dict[str, int | None]] = {}
-    for kernel in dict.fromkeys(r.kernel for r in rows):
-        if kernel == BASELINE:
-            continue
-        result[kernel] = {}
-        for mode in dict.fromkeys(r.mode for r in rows):
-            crossover = None
-            for n in reversed(tokens):
-                if time_of[(kernel, mode, n)] < time_of[(BASELINE, mode, n)]:
-                    crossover = n
-                else:
-                    break
-            result[kernel][mode] = crossover
+    for path in dict.fromkeys(r.path for r in rows):
+        for kernel in dict.fromkeys(r.kernel for r in rows):
+            if kernel == BASELINE:
+                continue
+            key = kernel if path == "eager" else f"{kernel} ({path})"
+            result[key] = {}
+            for mode in dict.fromkeys(r.mode for r in rows):
+                crossover = None
+                for n in reversed(tokens):
+                    if time_of[(kernel, path, mode, n)] < time_of[(BASELINE, path, mode, n)]:
+                        crossover = n
+                    else:
+                        break
+                result[key][mode] = crossover
     return result
 
 
@@ -164,17 +190,19 @@ def format_crossover(value: int | None, tokens: Sequence[int]) -> str:
 def format_tables(rows: Sequence[BenchRow]) -> str:
     tokens = sorted({r.tokens for r in rows})
     kernel_labels = list(dict.fromkeys(r.kernel for r in rows))
-    time_of = {(r.kernel, r.mode, r.tokens): r.median_ms for r in rows}
+    time_of = {(r.kernel, r.path, r.mode, r.tokens): r.median_ms for r in rows}
     out = io.StringIO()
     width = max(len(label) for label in kernel_labels) + 2
-    for mode in dict.fromkeys(r.mode for r in rows):
-        out.write(f"\nmedian latency, {mode} (ms)\n")
-        out.write("tokens".rjust(7) + "".join(label.rjust(width) for label in kernel_labels) + "\n")
-        for n in tokens:
-            out.write(str(n).rjust(7) + "".join(f"{time_of[(label, mode, n)]:{width}.3f}" for label in kernel_labels) + "\n")
-    out.write("\ncrossover: smallest N from which on the kernel beats softmax (swept N only)\n")
+    for path in dict.fromkeys(r.path for r in rows):
+        for mode in dict.fromkeys(r.mode for r in rows):
+            out.write(f"\nmedian latency, {mode}, {path} (ms)\n")
+            out.write("tokens".rjust(7) + "".join(label.rjust(width) for label in kernel_labels) + "\n")
+            for n in tokens:
+                out.write(str(n).rjust(7) + "".join(f"{time_of[(label, path, mode, n)]:{width}.3f}" for label in kernel_labels) + "\n")
+    out.write("\ncrossover: smallest N from which on the kernel beats softmax (swept N only, same path)\n")
     table = crossovers(rows)
     modes = list(dict.fromkeys(r.mode for r in rows))
+    width = max(len(key) for key in table) + 2 if table else width
     out.write("kernel".ljust(width) + "".join(mode.rjust(18) for mode in modes) + "\n")
     for kernel, by_mode in table.items():
         out.write(kernel.ljust(width) + "".join(format_crossover(by_mode[m], tokens).rjust(18) for m in modes) + "\n")
@@ -196,11 +224,15 @@ def write_results(
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["kernel", "mode", "tokens", "grid_h", "grid_w", "median_ms", "q1_ms", "q3_ms", "repeats", "speedup_vs_softmax"])
-    baseline = {(r.mode, r.tokens): r.median_ms for r in rows if r.kernel == BASELINE}
+    writer.writerow(["kernel", "path", "mode", "tokens", "grid_h", "grid_w", "median_ms", "q1_ms", "q3_ms", "repeats",
+                     "speedup_vs_softmax", "speedup_vs_eager"])
+    baseline = {(r.path, r.mode, r.tokens): r.median_ms for r in rows if r.kernel == BASELINE}
+    eager = {(r.kernel, r.mode, r.tokens): r.median_ms for r in rows if r.path == "eager"}
     for r in rows:
-        speedup = baseline[(r.mode, r.tokens)] / r.median_ms
-        writer.writerow([r.kernel, r.mode, r.tokens, *r.grid, f"{r.median_ms:.6g}", f"{r.q1_ms:.6g}", f"{r.q3_ms:.6g}", r.repeats, f"{speedup:.4g}"])
+        speedup = baseline[(r.path, r.mode, r.tokens)] / r.median_ms
+        versus_eager = eager[(r.kernel, r.mode, r.tokens)] / r.median_ms if (r.kernel, r.mode, r.tokens) in eager else ""
+        writer.writerow([r.kernel, r.path, r.mode, r.tokens, *r.grid, f"{r.median_ms:.6g}", f"{r.q1_ms:.6g}", f"{r.q3_ms:.6g}",
+                         r.repeats, f"{speedup:.4g}", versus_eager if versus_eager == "" else f"{versus_eager:.4g}"])
     write_text(paths[0], buffer.getvalue())
 
     write_json(
@@ -216,7 +248,8 @@ def write_results(
                 f"per (kernel, mode, N): {config.warmup} warm-up call(s), then up to {config.repeats} timed calls "
                 f"(at least {config.min_repeats}, about {config.max_seconds} s); median reported with quartiles; "
                 "two random input sets rotated; fwd under torch.no_grad, fwd+bwd = autograd.grad of q, k, v and "
-                "the kernel's parameters; CUDA: CUDA events + synchronize, CPU: perf_counter"
+                "the kernel's parameters; CUDA: CUDA events + synchronize, CPU: perf_counter; path compiled: "
+                "torch.compile(fullgraph=True, dynamic=False), compiled in the warm-up call (not timed)"
             ),
             "crossover_tokens": crossovers(rows),
             "crossover_definition": "smallest swept N from which on the kernel's median beats softmax's at every larger swept N; null = not faster at the largest N",
@@ -236,10 +269,13 @@ def _plot(rows: Sequence[BenchRow], config: KernelBenchConfig, path: Path) -> No
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False)
     name = describe_device(torch.device(config.device))["name"]
     for ax, mode in zip(axes[0], modes):
-        for kernel in dict.fromkeys(r.kernel for r in rows):
-            points = sorted((r.tokens, r.median_ms) for r in rows if r.kernel == kernel and r.mode == mode)
-            style = {"color": "black", "linewidth": 2.5, "zorder": 3} if kernel == BASELINE else {"linewidth": 1.2}
-            ax.plot(*zip(*points), marker="o", markersize=3, label=kernel, **style)
+        for way in dict.fromkeys(r.path for r in rows):
+            for kernel in dict.fromkeys(r.kernel for r in rows):
+                points = sorted((r.tokens, r.median_ms) for r in rows if r.kernel == kernel and r.mode == mode and r.path == way)
+                style = {"color": "black", "linewidth": 2.5, "zorder": 3} if kernel == BASELINE else {"linewidth": 1.2}
+                if way != "eager":
+                    style = {**style, "linestyle": "--"}
+                ax.plot(*zip(*points), marker="o", markersize=3, label=kernel if way == "eager" else f"{kernel} ({way})", **style)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("tokens N")

@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
 import random
 import statistics
 import time
@@ -34,6 +33,7 @@ import torch
 
 from nas.arch import Arch
 from nas.errors import NasError
+from nas.io import append_line, read_lines
 from nas.space import SearchSpace
 from nas.standalone import Recipe, Standalone
 
@@ -126,40 +126,17 @@ def read(path: Path) -> tuple[list[dict], int]:
     A line that parses but lacks a field is a damaged file: one NasError line naming it."""
     if not path.is_file():
         raise NasError(f"{path}: no such truth file; make one with `nas bench truth`")
-    records, cut = [], 0
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the last line, without its newline: an append that was cut
-                cut += 1
-                continue
-            raise NasError(f"{path}: line {number} is not JSON; the file is damaged") from None
+    records, cut, bad = read_lines(path)
+    if bad is not None:
+        raise NasError(f"{path}: line {bad} is not JSON; the file is damaged")
+    for number, record in enumerate(records, 1):
         missing = [k for k in ("format", "space", "data", "split", "recipe", "digest", "arch", "seed", "curve")
                    if not isinstance(record, dict) or k not in record]
         if missing:
-            raise NasError(f"{path}: line {number} lacks {', '.join(missing) or 'its fields'}; not a truth file")
+            raise NasError(f"{path}: record {number} lacks {', '.join(missing) or 'its fields'}; not a truth file")
         if not isinstance(record["curve"], list) or not record["curve"] or not all(isinstance(v, (int, float)) for v in record["curve"]):
-            raise NasError(f"{path}: line {number}: 'curve' must be a non-empty list of accuracies")
-        records.append(record)
+            raise NasError(f"{path}: record {number}: 'curve' must be a non-empty list of accuracies")
     return records, cut
-
-
-def append(path: Path, record: dict) -> None:
-    """One line, written with one call and flushed to disk: a kill leaves whole lines and at most a cut last one."""
-    data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    with open(path, "ab") as handle:
-        if handle.tell() > 0:  # a cut line from a kill: end it so that the new record starts a line
-            with open(path, "rb") as reader:
-                reader.seek(-1, os.SEEK_END)
-                if reader.read(1) != b"\n":
-                    data = b"\n" + data
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def run(space: SearchSpace, data: str, out: Path, config: TruthConfig, progress: Callable[[str], None] = print) -> list[dict]:
@@ -204,7 +181,7 @@ def run(space: SearchSpace, data: str, out: Path, config: TruthConfig, progress:
                     result = future.result()
                     record = {"format": FORMAT, **key, "index": index, "digest": arch.digest, "arch": arch.to_dict(), "seed": seed,
                               **result, "threads": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-                    append(out, record)
+                    append_line(out, record)
                     done[(arch.digest, seed)] = record
                     finished += 1
                     eta = (time.perf_counter() - started) / finished * (len(jobs) - finished) / 60

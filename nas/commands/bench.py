@@ -11,7 +11,7 @@ from nas.errors import NasError
 
 
 def add_bench_kernels(sub: argparse._SubParsersAction) -> None:
-    from nas.bench.kernels import DEFAULT_TOKENS, DTYPES, MODES, KernelBenchConfig
+    from nas.bench.kernels import DEFAULT_TOKENS, DTYPES, MODES, PATHS, KernelBenchConfig
 
     defaults = KernelBenchConfig()
     p = sub.add_parser(
@@ -31,6 +31,8 @@ def add_bench_kernels(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--kernels", type=str_list, default=defaults.kernels, help="comma-separated kernel labels (default: all)")
     p.add_argument("--modes", type=str_list, default=MODES, help="fwd, fwd+bwd or both (default: both)")
+    p.add_argument("--paths", type=str_list, default=defaults.paths,
+                   help=f"how the kernels run: {' or '.join(PATHS)} (torch.compile, fullgraph), or both (default: eager)")
     p.add_argument("--warmup", type=positive_int, default=defaults.warmup, help="warm-up calls (default: %(default)s)")
     p.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="most timed calls (default: %(default)s)")
     p.add_argument(
@@ -57,13 +59,16 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
     bad_modes = [mode for mode in args.modes if mode not in bench.MODES]
     if bad_modes:
         raise NasError(f"--modes: unknown mode(s) {', '.join(bad_modes)}; valid modes: {', '.join(bench.MODES)}")
+    bad_paths = [path for path in args.paths if path not in bench.PATHS]
+    if bad_paths:
+        raise NasError(f"--paths: unknown path(s) {', '.join(bad_paths)}; valid paths: {', '.join(bench.PATHS)}")
     device = resolve_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = bench.KernelBenchConfig(
         device=str(device), dtype=args.dtype, head_dim=args.head_dim, heads=args.heads, batch_size=args.batch_size,
         tokens=tuple(sorted(set(args.tokens))), kernels=tuple(args.kernels), modes=tuple(args.modes),
-        warmup=args.warmup, repeats=args.repeats, max_seconds=args.max_seconds, seed=args.seed,
+        paths=tuple(dict.fromkeys(args.paths)), warmup=args.warmup, repeats=args.repeats, max_seconds=args.max_seconds, seed=args.seed,
     )
     print(
         f"nas bench kernels: {len(config.kernels)} kernels vs softmax on {device} ({config.dtype}, "

@@ -134,7 +134,7 @@ def linear_attention(
     phi_q: Sequence[Feature],
     phi_k: Sequence[Feature],
     v: Tensor,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float | Tensor] | None = None,
     eps: float = 1e-6,
     min_denominator: float | None = None,
 ) -> Tensor:
@@ -143,8 +143,8 @@ def linear_attention(
         out_i = φ(q_i)ᵀ S / (φ(q_i)ᵀ z + eps),  S = mean_j φ(k_j) v_jᵀ,  z = mean_j φ(k_j)
 
     φ is given as matching blocks, φ(x) = [w_1^½·φ_1(x), w_2^½·φ_2(x), ...]: each block a
-    (B, h, N, D_b) tensor or a float (a constant column), each weight w_b applied to the
-    block's small D_b×(d+1) statistics. So no N×D tensor is concatenated or rescaled: on
+    (B, h, N, D_b) tensor or a float (a constant column), each weight w_b — a float, or a
+    (D_b, 1) tensor of one weight per feature — applied to the block's small D_b×(d+1) statistics. So no N×D tensor is concatenated or rescaled: on
     wide maps (Taylor order 2) those passes cost more than the matmuls. The mean (instead
     of the sum) keeps the statistics O(1) whatever N is; `eps` is added to that
     mean-normalised denominator. With `min_denominator` the denominator is clamped from

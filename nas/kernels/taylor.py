@@ -12,6 +12,7 @@ from nas.kernels.base import AttentionKernel, Grid, ImageNorm, check_grid, check
 from nas.kernels.registry import register
 
 VARIANTS = ("full", "compact")
+BLOCKS_FROM = 2**21  # entries of x⊗x (B·h·N·d²) from which order 2 full uses the symmetric blocks on the CPU
 
 
 @register
@@ -19,10 +20,17 @@ class TaylorAttention(AttentionKernel):
     """Taylor expansion of softmax's exp(q·k/√d), as an exact dot product of feature maps.
 
     order=2, variant="full": sim = 1 + s + s²/2 with s = q·k/√d, always ≥ 1/2. Since
-        s² = ⟨q⊗q, k⊗k⟩/d, φ(x) = [1, x/d^¼, vec(x⊗x)/(√2·√d)], D = 1 + d + d². The
-        d(d+1)/2 unique entries of x⊗x would suffice, but gathering them took ~25× longer
-        than the broadcast outer product on CPU (11 ms vs 0.4 ms at N=1024, 4 heads, d=32),
-        more than the duplicate entries cost in the matmuls.
+        s² = ⟨q⊗q, k⊗k⟩/d and x⊗x is symmetric, s² = Σ_{a≤b} c_ab (q_a q_b)(k_a k_b)/d with
+        c_aa = 1 and c_ab = 2: φ(x) = [1, x/d^¼, (c_ab^½ x_a x_b)_{a≤b}/(√2·√d)],
+        D = 1 + d + d(d+1)/2 (revisions 1–2 used all d² entries of x⊗x: the same operator with
+        about twice the matmul work). The d(d+1)/2 products are given as d blocks, one per
+        leading index a: x_a·(x_a, …, x_{d−1}), each N×(d−a) — no N×D tensor is built (a gather of
+        the unique entries, or one N×D buffer, cost more in memory traffic and page faults than the
+        matmuls they save) —, and the weights c_ab scale each block's small (d−a)×(d+1) statistics.
+        Those 2d small products cost a fixed overhead per call: where x⊗x of all tokens is small
+        (under `BLOCKS_FROM` entries: 8 MiB in fp32, e.g. fewer than 512 tokens of 4 heads with
+        d = 32), and off the CPU (not measured there yet), the d² map vec(x⊗x) as one broadcast
+        product is faster, and is used (`results/bench/taylor_symmetric_cpu.jsonl`).
     order=2, variant="compact": QT-ViT's fast form, as the authors' attention (`LiteMLA.
         relu_linear_att` in AMD-AIG-AIMA/AMD_QTViT, efficientvit/models/nn/ops.py):
 
@@ -49,7 +57,7 @@ class TaylorAttention(AttentionKernel):
     name = "taylor"
     variants = ({"order": 1}, {"order": 2, "variant": "full"}, {"order": 2, "variant": "compact"})
     label_prefixes = {"order": "o"}
-    revision = 2
+    revision = 3  # 2: the compact form's shortcut and positional encoding; 3: order 2 full's symmetric map (faster: tables before are stale)
 
     def __init__(
         self,
@@ -98,7 +106,7 @@ class TaylorAttention(AttentionKernel):
     def feature_dim(self) -> int:
         """D, the width of φ."""
         d = self.head_dim
-        return 1 + d + d * d if self.variant == "full" else d + 1
+        return 1 + d + d * (d + 1) // 2 if self.variant == "full" else d + 1
 
     def extra_repr(self) -> str:
         extras = f", shortcut={self.shortcut}, grid={self.grid}" if self.variant == "compact" else ""
@@ -118,9 +126,16 @@ class TaylorAttention(AttentionKernel):
                 k = k + self.positional_encoding[: q.shape[1]].to(dtype)
             phi_q, phi_k = [self._unit_square(q), 1.0], [self._unit_square(k), 1.0]
             weights = [1.0, self.gamma.to(dtype) ** 2]
-        else:
+        elif q.device.type != "cpu" or q.numel() * self.head_dim < BLOCKS_FROM:  # the d² map in one product
             phi_q, phi_k = [1.0, q, self._outer(q)], [1.0, k, self._outer(k)]
             weights = [1.0, self.head_dim**-0.5, 1.0 / (2 * self.head_dim)]
+        else:  # the symmetric map, one block per leading index
+            d = self.head_dim
+            pairs = torch.full((d, 1), 2.0 / (2 * d), dtype=dtype, device=q.device)  # c_ab / 2d: 2 off the diagonal ...
+            pairs[0] = 1.0 / (2 * d)  # ... and 1 on it (the first entry of each block, b = a)
+            phi_q = [1.0, q] + [q[..., a:] * q[..., a : a + 1] for a in range(d)]
+            phi_k = [1.0, k] + [k[..., a:] * k[..., a : a + 1] for a in range(d)]
+            weights = [1.0, d**-0.5] + [pairs[: d - a] for a in range(d)]
         out = linear_attention(phi_q, phi_k, v_c, weights=weights, eps=self.eps)
         if self.shortcut:  # GELU(norm(v)): each channel of each head of each image over its tokens
             batch, heads, tokens, d = v_c.shape
@@ -130,7 +145,7 @@ class TaylorAttention(AttentionKernel):
 
     def macs(self, heads: int, grid: Grid) -> int:
         tokens, d = grid[0] * grid[1], self.head_dim
-        features = {1: 2 * d, 2: d * d if self.variant == "full" else 5 * d}[self.order]  # per token, q or k
+        features = {1: 2 * d, 2: d * (d + 1) // 2 if self.variant == "full" else 5 * d}[self.order]  # per token, q or k
         extras = heads * tokens * d * ((self.positional_encoding is not None) + 5 * self.shortcut)  # + P; mean, var, normalise, affine, GELU
         return linear_attention_macs(heads, tokens, d, self.feature_dim) + 2 * heads * tokens * features + extras
 
