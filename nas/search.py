@@ -10,7 +10,11 @@ or predicted over it by more than the prior's error) is not scored; its trial is
 PRUNED with its latency and constraint, so that the samplers learn the boundary. The loop
 only asks and tells: it asks a batch of trials, judges their latency, hands the archs
 within the budget to `evaluate` (a pool of Ray evaluator actors, or a plain function),
-and tells the results. A trial whose evaluation fails or yields NaN is told FAILED, never
+and tells the results. Where no latency is measured on this machine (the table decides), the
+loop is asynchronous instead, given a pool with `start`/`wait` (workers.evaluator): each
+evaluator that finishes has its trial told and gets the next trial at once, so none waits for
+a batch's slowest arch. Measured latencies keep the batches: each batch's models are measured
+while no evaluation runs, since an evaluation beside them would slow the device they time. A trial whose evaluation fails or yields NaN is told FAILED, never
 dropped.
 
 Each arch is evaluated at most once per study: a trial whose arch already has a finished
@@ -192,15 +196,20 @@ def run_search(
     progress: Callable[[str], None] = print,
     measure: Callable[[list[Arch]], list[float]] | None = None,
     evaluators: int | None = None,
+    pool=None,
 ) -> TrialLatency:
     """Ask/tell until `config.trials` trials have finished (COMPLETE, PRUNED or FAILED).
     `measure(archs) -> ms each`: the whole models' latencies on the target device (a
     profiler's `measure_models`); None: the table's predictions decide. `evaluators`: how many
     evaluate in parallel; with it, the last line states how busy they were (from the evaluations'
-    own `seconds`, kept as each trial's `eval_seconds`). Returns the judge (its figures)."""
+    own `seconds`, kept as each trial's `eval_seconds`). `pool`: an evaluator pool with
+    `start`/`wait`; with it and no `measure`, the loop is asynchronous (`evaluate` unused).
+    Returns the judge (its figures)."""
+    latency = trial_latency(study, table, measure, config.budget_ms)
+    if pool is not None and measure is None and hasattr(pool, "start"):
+        return _run_async(study, space, latency, pool, config, progress, evaluators or len(pool.actors))
     started = time.perf_counter()
     busy = 0.0
-    latency = trial_latency(study, table, measure, config.budget_ms)
     while True:
         with interrupts.deferred():
             trials = study.get_trials(deepcopy=False)
@@ -233,11 +242,98 @@ def run_search(
         )
 
 
-def busy_line(busy_s: float, evaluators: int, stage_s: float, measuring_s: float) -> str:
-    """How much of the search's evaluator time went into evaluations."""
+def busy_line(busy_s: float, evaluators: int, stage_s: float, measuring_s: float | None) -> str:
+    """How much of the search's evaluator time went into evaluations (`measuring_s` None: the asynchronous loop)."""
     share = busy_s / (evaluators * stage_s) if stage_s > 0 else 0.0
-    return (f"evaluators: busy {busy_s:.1f} s of {evaluators} x {stage_s:.1f} s ({share:.0%}); the rest they waited: for the trials' "
-            f"latency measurements ({measuring_s:.1f} s, taken with no evaluation running), for each batch's slowest trial, for the sampler")
+    head = f"evaluators: busy {busy_s:.1f} s of {evaluators} x {stage_s:.1f} s ({share:.0%}); the rest they waited"
+    if measuring_s is None:
+        return head + ": for the sampler and the storage (asynchronous: no batches, no measurements)"
+    return (head + f": for the trials' latency measurements ({measuring_s:.1f} s, taken with no evaluation running), for each "
+            "batch's slowest trial, for the sampler")
+
+
+def _run_async(study, space, latency, pool, config, progress, evaluators) -> TrialLatency:
+    """The asynchronous loop: keep every evaluator busy; tell each trial as its result comes back.
+    One trial is asked ahead (while the evaluators run), so a freed evaluator starts at once instead
+    of waiting for the sampler. A trial whose arch is already finished reuses that result; one whose
+    arch is in flight waits for it (each arch is evaluated once). On Ctrl-C / SIGTERM every trial
+    asked and not told (running, waiting or asked ahead) is marked interrupted."""
+    started, busy, told = time.perf_counter(), 0.0, 0
+    flying: dict[int, tuple] = {}  # ticket -> (trial, arch, judgement)
+    waiting: dict[str, list] = {}  # digest in flight -> the other trials of that arch
+    ahead: list[tuple] = []  # asked and judged, not yet given to an evaluator
+    state = {}
+
+    def ask_one() -> tuple | None:
+        """Ask and judge one trial; None when it was told at once (over the budget, or a finished arch)."""
+        batch: list[optuna.Trial] = []
+        with interrupts.deferred():
+            arch = _ask(study, space, 1, batch)[0]
+        judgement = latency.judge([arch])[0]
+        with interrupts.deferred():
+            _constrain(study, config, batch, [judgement])
+            if judgement.skipped or arch.digest in finished:
+                _tell(study, config, batch, [arch], [judgement], finished, {}, progress)
+                state["done"] += 1
+                return None
+        return batch[0], arch, judgement
+
+    def give(item: tuple) -> None:
+        if item[1].digest in finished:  # asked ahead, and its arch finished meanwhile: reuse that result
+            with interrupts.deferred():
+                _tell(study, config, [item[0]], [item[1]], [item[2]], finished, {}, progress)
+            state["done"] += 1
+        elif item[1].digest in {a.digest for _, a, _ in flying.values()}:
+            waiting.setdefault(item[1].digest, []).append(item)
+        else:
+            flying[pool.start(item[1])] = item
+
+    def pending() -> int:
+        return len(flying) + sum(len(v) for v in waiting.values()) + len(ahead)
+
+    try:
+        with interrupts.deferred():
+            trials = study.get_trials(deepcopy=False)
+        state["done"] = sum(counted(t) for t in trials)
+        finished = {t.user_attrs["digest"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs}
+        while state["done"] < config.trials:
+            while pool.idle() and (ahead or state["done"] + pending() < config.trials):
+                item = ahead.pop(0) if ahead else ask_one()
+                if item is not None:
+                    give(item)
+            if not ahead and state["done"] + pending() < config.trials:
+                item = ask_one()
+                if item is not None:
+                    ahead.append(item)
+            for ticket, result in pool.wait():
+                trial, arch, judgement = flying.pop(ticket)
+                group = [(trial, arch, judgement)] + waiting.pop(arch.digest, [])
+                with interrupts.deferred():
+                    _tell(study, config, [g[0] for g in group], [g[1] for g in group], [g[2] for g in group], {},
+                          {arch.digest: result}, progress)
+                    if isinstance(result, dict):
+                        busy += result.get("seconds", 0.0)
+                        finished_trial = study._storage.get_trial(trial._trial_id)
+                        if finished_trial.state == optuna.trial.TrialState.COMPLETE:
+                            finished[arch.digest] = finished_trial
+                state["done"] += len(group)
+                told += len(group)
+                if ahead and pool.idle():  # the trial asked ahead starts at once on the freed evaluator
+                    give(ahead.pop(0))
+            if told >= config.batch or state["done"] >= config.trials:
+                told = 0
+                with interrupts.deferred():
+                    best = _best_feasible(study)
+                progress(f"[{min(state['done'], config.trials)}/{config.trials}] trials finished ({time.perf_counter() - started:.0f} s, "
+                         f"asynchronous, {len(flying)} in flight)"
+                         + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else ""))
+    except KeyboardInterrupt:
+        running = recover_interrupted(study)
+        progress(f"stopped: {running} running trial(s) marked interrupted; --resume re-runs them")
+        raise
+    progress(latency.summary())
+    progress(busy_line(busy, evaluators, time.perf_counter() - started, None))
+    return latency
 
 
 def _run_batch(study, space, latency, evaluate, config, size, finished, batch, progress) -> tuple[int, int, float]:

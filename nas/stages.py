@@ -234,7 +234,8 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
 
         pool = EvaluatorPool(state, evaluators, scoring=scoring, gpus_each=gpus_each)
     try:
-        latency = search.run_search(study, space, table, pool.evaluate, config, progress, measure=measure, evaluators=evaluators)
+        latency = search.run_search(study, space, table, pool.evaluate, config, progress, measure=measure, evaluators=evaluators,
+                                    pool=pool)
     finally:
         pool.shutdown()
     front = report.write_outputs(study, report_dir or run.root, config.budget_ms, run.verified() if run.owns_storage(storage) else None)

@@ -42,3 +42,11 @@ def test_what_needs_ray_says_so_in_one_line(tmp_path, args, message):
                            "--calibrate", "0", "--validate", "0", "--out", str(tmp_path / "run"), *args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_finding_ray_does_not_import_it():
+    """Ray reads RAY_AUTH_MODE when imported: the checks that look for it must not import it before the
+    cluster token is set (a search joining a `ray start --head` cluster failed its authentication so)."""
+    code = "import sys; from workers.cluster import ray_available; assert ray_available(); assert 'ray' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -349,3 +349,84 @@ def test_unused_layers_change_neither_the_arch_nor_its_digest(trained):
     a, b = (search.suggest_arch(optuna.trial.FixedTrial(p), space) for p in (base, other))
     assert a == b and a.digest == b.digest and a.depth == depth
     assert search.suggest_arch(optuna.trial.FixedTrial({**base, "l0_kernel": labels[-1]}), space).digest != a.digest
+
+
+class ThreadPool:
+    """A fake asynchronous evaluator pool (the interface of EvaluatorPool's `start`/`wait`): evaluator i
+    takes `delays[i]` seconds per arch, in a thread. `log`: (evaluator, digest) of every evaluation."""
+
+    def __init__(self, delays, stop_after: int | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.delays, self.actors, self.stop_after = delays, list(range(len(delays))), stop_after
+        self.executor, self.flying, self.log, self.answered = ThreadPoolExecutor(len(delays)), {}, [], 0
+
+    def idle(self):
+        return len(self.actors) - len(self.flying)
+
+    def start(self, arch):
+        index = next(i for i in self.actors if i not in self.flying)
+        self.flying[index] = self.executor.submit(self._evaluate, index, arch)
+        return index
+
+    def _evaluate(self, index, arch):
+        time.sleep(self.delays[index])
+        self.log.append((index, arch.digest))
+        return {"accuracy": 0.1 * arch.depth + 0.01 * arch.embed_dim / 16, "macs": 1, "params": 1, "seconds": self.delays[index]}
+
+    def wait(self):
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        if self.stop_after is not None and self.answered >= self.stop_after:
+            raise KeyboardInterrupt  # Ctrl-C while evaluations are in flight
+        done, _ = wait(list(self.flying.values()), return_when=FIRST_COMPLETED)
+        out = [(i, f.result()) for i, f in list(self.flying.items()) if f in done]
+        for i, _ in out:
+            del self.flying[i]
+        self.answered += len(out)
+        return out
+
+    def evaluate(self, archs):
+        raise AssertionError("the asynchronous loop gives archs one by one (start/wait)")
+
+
+def space_and_table(trained):
+    space, _ = RunDir(trained).space_and_data()
+    return space, lut.LatencyTable.load(trained / TABLE, space)
+
+
+def test_asynchronous_search_keeps_the_other_evaluators_going_beside_a_slow_one(trained):
+    """Issue 26, 3: with one slow evaluator, the fast one keeps getting trials instead of waiting for a batch."""
+    space, table = space_and_table(trained)
+    pool = ThreadPool([0.6, 0.005])
+    study = search.open_study_in_memory(search.SearchConfig(sampler="random", seed=0))
+    lines = []
+    search.run_search(study, space, table, pool.evaluate, search.SearchConfig(trials=20, batch=4, sampler="random", budget_ms=1000.0),
+                      progress=lines.append, evaluators=2, pool=pool)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 20 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    slow, fast = (sum(1 for i, _ in pool.log if i == e) for e in (0, 1))
+    assert fast >= 3 * slow, (slow, fast)  # batches of 4 would give each evaluator 2 per batch
+    assert len({d for _, d in pool.log}) == len(pool.log)  # each arch evaluated once
+    assert all(t.user_attrs["eval_seconds"] in (0.6, 0.005) for t in trials if "reused_from" not in t.user_attrs)
+    assert "asynchronous: no batches" in lines[-1]
+
+
+def test_asynchronous_search_killed_and_resumed_loses_no_trial_and_scores_none_twice(trained, tmp_path):
+    space, table = space_and_table(trained)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    config = search.SearchConfig(trials=12, batch=2, sampler="tpe", seed=3, budget_ms=1000.0)
+    study = search.open_study(storage, config, resume=False, study_name="s")
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(study, space, table, None, config, progress=lambda line: None, evaluators=2, pool=ThreadPool([0.05, 0.02], stop_after=5))
+    interrupted = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("interrupted")]
+    assert len(interrupted) >= 2 and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    study = search.open_study(storage, config, resume=True, study_name="s")
+    search.run_search(study, space, table, None, config, progress=lambda line: None, evaluators=2, pool=ThreadPool([0.05, 0.02]))
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sum(search.counted(t) for t in trials) == 12 == len(complete)  # nothing lost: 12 scored trials
+    scored = [t.user_attrs["digest"] for t in complete if "reused_from" not in t.user_attrs]
+    assert len(scored) == len(set(scored))  # no arch scored twice
+    for t in interrupted:  # each interrupted trial's arch was run again
+        assert any(c.params == t.params for c in complete), t.number

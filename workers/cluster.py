@@ -40,13 +40,16 @@ def use_token_if_available() -> str | None:
 
 
 def ray_available() -> bool:
-    """Whether Ray can be imported here: a bare GPU machine may have torch without it, and then the
-    pipeline runs in one process (in-process evaluator, no distributed training)."""
+    """Whether Ray is installed here: a bare GPU machine may have torch without it, and then the
+    pipeline runs in one process (in-process evaluator, no distributed training). Found without
+    importing it: Ray reads RAY_AUTH_MODE when it is imported, and `use_token_if_available` must
+    set it first."""
+    import importlib.util
+
     try:
-        import ray  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 def require_ray(what: str, package: str, instead: str = "") -> None:

@@ -9,11 +9,15 @@ still has under way cannot hold the resources its replacement needs. With `timeo
 then is a failure too (TimeoutError), and its actor is killed and replaced: an actor whose
 restart never completes (seen with Ray 2.60 when an actor is killed twice in quick
 succession) cannot hang the search.
+
+`evaluate` scores a batch; `start`/`wait` give one arch to an idle actor and answer as soon as
+any actor has finished, for the search's asynchronous loop (nas.search).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import ray
@@ -49,6 +53,7 @@ class EvaluatorPool:
         self.actors = [self._new_actor() for _ in range(size)]
         self.replaced = 0
         self.timeout_s = timeout_s
+        self._flying: dict[int, tuple] = {}  # actor index -> (its in-flight ref, when it started), for `start`/`wait`
 
     def evaluate(self, archs: Sequence[Arch]) -> list[dict | BaseException]:
         """Score archs in parallel, round-robin over the actors; failures come back as exceptions."""
@@ -61,25 +66,68 @@ class EvaluatorPool:
         results: list[dict | BaseException] = []
         dead: set[int] = set()
         for index, ref in submitted:
-            try:
-                results.append(ray.get(ref, timeout=self.timeout_s))
-            except ray.exceptions.GetTimeoutError:
-                results.append(TimeoutError(f"no result from evaluator {index} within {self.timeout_s:g} s"))
-                ray.kill(self.actors[index], no_restart=True)
+            result, died = self._result(index, ref, self.timeout_s)
+            results.append(result)
+            if died:
                 dead.add(index)
-            except ray.exceptions.RayActorError as error:  # the actor died (ActorDiedError in newer Ray is one)
-                results.append(error)
-                dead.add(index)
-            except (ray.exceptions.RayError, ValueError) as error:
-                results.append(error)
         for index in dead:
-            # Dead for good before the replacement: Ray may still be restarting the old actor (a restart budget left, or a
-            # restart that never completes), and a restarting actor keeps its CPUs and GPUs reserved, which its replacement
-            # would wait for.
-            ray.kill(self.actors[index], no_restart=True)
-            self.actors[index] = self._new_actor()
-            self.replaced += 1
+            self._replace(index)
         return results
+
+    # ---- asynchronous use (nas.search's loop without batches): one arch per actor at a time ----
+
+    def idle(self) -> int:
+        """How many actors have no arch in flight (`start` gives one to each)."""
+        return len(self.actors) - len(self._flying)
+
+    def start(self, arch: Arch) -> int:
+        """Give `arch` to an idle actor; returns that actor's index, the ticket `wait` answers with."""
+        index = next(i for i in range(len(self.actors)) if i not in self._flying)
+        self._flying[index] = (self.actors[index].evaluate.remote(arch), time.monotonic())
+        return index
+
+    def wait(self) -> list[tuple[int, dict | BaseException]]:
+        """Block until at least one started arch has its result (or failed, or passed `timeout_s`);
+        returns (ticket, result) for each, the dead actors replaced as in `collect`."""
+        if not self._flying:
+            return []
+        timeout = None
+        if self.timeout_s is not None:
+            oldest = min(started for _, started in self._flying.values())
+            timeout = max(0.0, oldest + self.timeout_s - time.monotonic())
+        ready, _ = ray.wait([ref for ref, _ in self._flying.values()], num_returns=1, timeout=timeout)
+        ready = set(ready)
+        out = []
+        for index, (ref, started) in list(self._flying.items()):
+            late = self.timeout_s is not None and time.monotonic() - started >= self.timeout_s
+            if ref not in ready and not late:
+                continue
+            del self._flying[index]
+            result, died = self._result(index, ref, 0 if ref not in ready else None)
+            out.append((index, result))
+            if died:
+                self._replace(index)
+        return out
+
+    def _result(self, index: int, ref, timeout_s: float | None) -> tuple[dict | BaseException, bool]:
+        """The result of `ref` from actor `index` (or its failure), and whether that actor is dead."""
+        try:
+            return ray.get(ref, timeout=timeout_s), False
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(self.actors[index], no_restart=True)
+            return TimeoutError(f"no result from evaluator {index} within {self.timeout_s:g} s"), True
+        except ray.exceptions.RayActorError as error:  # the actor died (ActorDiedError in newer Ray is one)
+            return error, True
+        except (ray.exceptions.RayError, ValueError) as error:
+            return error, False
+
+    def _replace(self, index: int) -> None:
+        # Dead for good before the replacement: Ray may still be restarting the old actor (a restart budget left, or a
+        # restart that never completes), and a restarting actor keeps its CPUs and GPUs reserved, which its replacement
+        # would wait for.
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self._new_actor()
+        self.replaced += 1
 
     def shutdown(self) -> None:
         for actor in self.actors:
