@@ -14,8 +14,8 @@ and tells the results. Where no latency is measured on this machine (the table d
 loop is asynchronous instead, given a pool with `start`/`wait` (workers.evaluator): each
 evaluator that finishes has its trial told and gets the next trial at once, so none waits for
 a batch's slowest arch. Measured latencies keep the batches: each batch's models are measured
-while no evaluation runs, since an evaluation beside them would slow the device they time. A trial whose evaluation fails or yields NaN is told FAILED, never
-dropped.
+while no evaluation runs, since an evaluation beside them would slow the device they time.
+A trial whose evaluation fails or yields NaN is told FAILED, never dropped.
 
 Each arch is evaluated at most once per study: a trial whose arch already has a finished
 result (an earlier trial, or another trial of the same batch) reuses it (`reused_from`).

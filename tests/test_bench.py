@@ -56,7 +56,8 @@ def test_token_grid_is_most_square():
     [
         (["--kernels", "softmax,performer"], "unknown kernel label(s) performer; valid labels: softmax, relu"),
         (["--modes", "bwd"], "unknown mode(s) bwd"),
-        (["--paths", "fused"], "unknown path(s) fused; valid paths: eager, compiled"),
+        (["--paths", "fast"], "unknown path(s) fast; valid paths: eager, compiled, fused"),
+        (["--paths", "eager,fused"], "--paths fused on cpu: Triton runs on CUDA devices"),
         (["--device", "tpu"], "--device 'tpu'"),
     ],
 )

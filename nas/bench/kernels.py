@@ -32,7 +32,7 @@ from nas.latency.device import device_tag
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd")
-PATHS = ("eager", "compiled")
+PATHS = ("eager", "compiled", "fused")
 DEFAULT_TOKENS = tuple(2**i for i in range(6, 15))  # 64 … 16384
 BASELINE = "softmax"
 
@@ -129,6 +129,14 @@ def kernel_call(module: kernels.AttentionKernel, grid: tuple[int, int], path: st
 
     if path == "eager":
         return run
+    if path == "fused":  # the linear kernels' core by nas.kernels.fused's Triton kernels (the others run eager)
+        from nas.kernels import fused
+
+        def run_fused(q, k, v):
+            with fused.path():
+                return run(q, k, v)
+
+        return run_fused
     if path != "compiled":
         raise ValueError(f"unknown path {path!r}; use one of {', '.join(PATHS)}")
     torch._dynamo.reset()  # each module is its own graph: a fresh cache, no recompile limit shared across kernels

@@ -32,7 +32,7 @@ def add_bench_kernels(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kernels", type=str_list, default=defaults.kernels, help="comma-separated kernel labels (default: all)")
     p.add_argument("--modes", type=str_list, default=MODES, help="fwd, fwd+bwd or both (default: both)")
     p.add_argument("--paths", type=str_list, default=defaults.paths,
-                   help=f"how the kernels run: {' or '.join(PATHS)} (torch.compile, fullgraph), or both (default: eager)")
+                   help=f"how the kernels run: {', '.join(PATHS)} (compiled: torch.compile, fullgraph; fused: Triton, CUDA), comma-separated (default: eager)")
     p.add_argument("--warmup", type=positive_int, default=defaults.warmup, help="warm-up calls (default: %(default)s)")
     p.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="most timed calls (default: %(default)s)")
     p.add_argument(
@@ -63,6 +63,12 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
     if bad_paths:
         raise NasError(f"--paths: unknown path(s) {', '.join(bad_paths)}; valid paths: {', '.join(bench.PATHS)}")
     device = resolve_device(args.device, "--device")
+    if "fused" in args.paths:
+        from nas.kernels.fused import available
+
+        why = available(device)
+        if why:
+            raise NasError(f"--paths fused on {device}: {why}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = bench.KernelBenchConfig(

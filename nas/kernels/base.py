@@ -25,6 +25,7 @@ trained with another revision are refused (it is part of the space digest).
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Sequence
 from typing import ClassVar, Union
@@ -128,6 +129,7 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 Feature = Union[Tensor, float]  # a float c stands for a constant feature column of value c
+FUSED = contextvars.ContextVar("nas_fused_linear_attention", default=False)  # set by nas.kernels.fused.path()
 
 
 def linear_attention(
@@ -149,8 +151,12 @@ def linear_attention(
     of the sum) keeps the statistics O(1) whatever N is; `eps` is added to that
     mean-normalised denominator. With `min_denominator` the denominator is clamped from
     below instead (L²ViT). A ones column appended to v yields numerator and denominator
-    from the same matmuls.
+    from the same matmuls. Within `nas.kernels.fused.path()`, the fused Triton kernels compute it.
     """
+    if FUSED.get():
+        from nas.kernels.fused import linear_attention_fused
+
+        return linear_attention_fused(phi_q, phi_k, v, weights, eps, min_denominator)
     tokens = v.shape[-2]
     ones = torch.ones(v.shape[:-1] + (1,), dtype=v.dtype, device=v.device)
     v1 = torch.cat([v, ones], dim=-1)  # (B, h, N, d + 1)

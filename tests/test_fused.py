@@ -1,0 +1,78 @@
+"""Issue 27: the linear kernels' fused Triton core equals the eager one, forward and gradients (float32),
+under Triton's interpreter on the CPU (a subprocess: TRITON_INTERPRET is read when Triton compiles), and on CUDA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_faults import REPO
+
+pytest.importorskip("triton")
+
+# (batch, heads, tokens, head_dim, heads built, grid): fewer heads than built, non-square grids, more tokens than one
+# chunk (32) and, for Taylor order 2 full at d = 16, more features (153) than one tile (64).
+SHAPES = [(2, 2, 15, 8, 3, (3, 5)), (1, 3, 16, 8, 4, (4, 4)), (2, 1, 35, 16, 2, (5, 7)), (1, 2, 64, 8, 2, (8, 8))]
+LINEAR = ["relu", "taylor-o1", "taylor-o2-full", "taylor-o2-compact", "focused", "l2vit"]  # the kernels with linear_attention's core
+
+CHECK = """
+import sys
+import torch
+from nas import kernels
+from nas.kernels import fused
+
+device = sys.argv[1]
+specs = {s.label: s for s in kernels.variants()}
+for batch, heads, tokens, d, built, grid in SHAPES:
+    for label in LINEAR:
+        torch.manual_seed(tokens)
+        module = specs[label].build(d, built, grid=grid, embed_dim=built * d).to(device)
+        for p in module.parameters():  # away from their initial values, so that every parameter matters
+            p.data.add_(0.1 * torch.randn_like(p))
+        q, k, v = (torch.randn(batch, heads, tokens, d, device=device, requires_grad=True) for _ in range(3))
+        results = []
+        for fast in (False, True):
+            if fast:
+                with fused.path():
+                    out = module(q, k, v, grid)
+            else:
+                out = module(q, k, v, grid)
+            wrt = [q, k, v, *module.parameters()]
+            results.append([out, *torch.autograd.grad((out * out).sum(), wrt, allow_unused=True)])
+        for a, b in zip(*results):
+            if a is not None:
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=lambda m: f"{label} {tokens} tokens: {m}")
+print("checked", len(SHAPES) * len(LINEAR))
+"""
+
+
+def test_fused_core_equals_the_eager_one_under_the_interpreter():
+    code = f"SHAPES = {SHAPES!r}\nLINEAR = {LINEAR!r}\n" + CHECK
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", code, "cpu"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0 and f"checked {len(SHAPES) * len(LINEAR)}" in done.stdout, done.stderr[-3000:]
+
+
+def test_fused_path_is_refused_where_triton_cannot_run():
+    from nas import kernels
+    from nas.kernels import fused
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter runs it here")
+    module = kernels.get("relu", head_dim=8, num_heads=2)
+    q = torch.randn(1, 2, 4, 8)
+    with fused.path(), pytest.raises(RuntimeError, match="Triton runs on CUDA devices"):
+        module(q, q, q)
+    assert torch.isfinite(module(q, q, q)).all()  # outside the block, the eager path
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False on this machine")
+def test_fused_core_equals_the_eager_one_on_cuda():
+    code = f"SHAPES = {SHAPES!r}\nLINEAR = {LINEAR!r}\n" + CHECK
+    done = subprocess.run([sys.executable, "-c", code, "cuda"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
