@@ -129,7 +129,8 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 Feature = Union[Tensor, float]  # a float c stands for a constant feature column of value c
-FUSED = contextvars.ContextVar("nas_fused_linear_attention", default=False)  # set by nas.kernels.fused.path()
+# Within nas.kernels.fused.path(): the fused core, a function with linear_attention's arguments (None: the eager form below).
+FUSED = contextvars.ContextVar("nas_fused_linear_attention", default=None)
 
 
 def linear_attention(
@@ -153,10 +154,9 @@ def linear_attention(
     below instead (L²ViT). A ones column appended to v yields numerator and denominator
     from the same matmuls. Within `nas.kernels.fused.path()`, the fused Triton kernels compute it.
     """
-    if FUSED.get():
-        from nas.kernels.fused import linear_attention_fused
-
-        return linear_attention_fused(phi_q, phi_k, v, weights, eps, min_denominator)
+    fused = FUSED.get()
+    if fused is not None:
+        return fused(phi_q, phi_k, v, weights, eps, min_denominator)
     tokens = v.shape[-2]
     ones = torch.ones(v.shape[:-1] + (1,), dtype=v.dtype, device=v.device)
     v1 = torch.cat([v, ones], dim=-1)  # (B, h, N, d + 1)

@@ -150,7 +150,7 @@ class FusedLinearAttention(torch.autograd.Function):
 @contextlib.contextmanager
 def path() -> Iterator[None]:
     """Within it, every linear kernel's core (`linear_attention`) runs fused; refused where it cannot run."""
-    token = base.FUSED.set(True)
+    token = base.FUSED.set(linear_attention_fused)
     try:
         yield
     finally:
