@@ -25,7 +25,6 @@ trained with another revision are refused (it is part of the space digest).
 
 from __future__ import annotations
 
-import contextvars
 import math
 from collections.abc import Sequence
 from typing import ClassVar, Union
@@ -130,7 +129,8 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 Feature = Union[Tensor, float]  # a float c stands for a constant feature column of value c
 # Within nas.kernels.fused.path(): the fused core, a function with linear_attention's arguments (None: the eager form below).
-FUSED = contextvars.ContextVar("nas_fused_linear_attention", default=None)
+# A module global, not a ContextVar: torch.compile (torch 2.6) cannot trace ContextVar.get() in a full graph.
+FUSED = None
 
 
 def linear_attention(
@@ -154,9 +154,8 @@ def linear_attention(
     below instead (L²ViT). A ones column appended to v yields numerator and denominator
     from the same matmuls. Within `nas.kernels.fused.path()`, the fused Triton kernels compute it.
     """
-    fused = FUSED.get()
-    if fused is not None:
-        return fused(phi_q, phi_k, v, weights, eps, min_denominator)
+    if FUSED is not None:
+        return FUSED(phi_q, phi_k, v, weights, eps, min_denominator)
     tokens = v.shape[-2]
     ones = torch.ones(v.shape[:-1] + (1,), dtype=v.dtype, device=v.device)
     v1 = torch.cat([v, ones], dim=-1)  # (B, h, N, d + 1)

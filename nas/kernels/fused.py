@@ -150,11 +150,11 @@ class FusedLinearAttention(torch.autograd.Function):
 @contextlib.contextmanager
 def path() -> Iterator[None]:
     """Within it, every linear kernel's core (`linear_attention`) runs fused; refused where it cannot run."""
-    token = base.FUSED.set(linear_attention_fused)
+    before, base.FUSED = base.FUSED, linear_attention_fused
     try:
         yield
     finally:
-        base.FUSED.reset(token)
+        base.FUSED = before
 
 
 def linear_attention_fused(phi_q: Sequence, phi_k: Sequence, v: Tensor, weights: Sequence | None = None, eps: float = 1e-6,
