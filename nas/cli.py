@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_quality.add_bench_zoo(benchmarks)
     bench_quality.add_bench_truth(benchmarks)
     bench_quality.add_bench_pick(benchmarks)
+    bench_quality.add_bench_blockwise(benchmarks)
     return parser
 
 

@@ -275,7 +275,7 @@ def score_against_truth(run_dir: Path, truth_path: Path, config: FidelityConfig,
 
 
 def write(rows: list[dict], summary: dict, config: FidelityConfig, space_name: str, out: Path, command: str | None, machine: dict,
-          tag: str | None = None) -> list[Path]:
+          tag: str | None = None, xlabel: str = "inherited accuracy (supernet weights, val)") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / (f"fidelity_{space_name}" + (f"_{tag}" if tag else ""))
     buffer = io.StringIO()
@@ -290,11 +290,11 @@ def write(rows: list[dict], summary: dict, config: FidelityConfig, space_name: s
                    else asdict(config)),
         "summary": summary, "archs": rows,
     })
-    _plot(rows, summary, stem.with_suffix(".png"))
+    _plot(rows, summary, stem.with_suffix(".png"), xlabel)
     return [stem.with_suffix(s) for s in (".csv", ".json", ".png")]
 
 
-def _plot(rows: list[dict], summary: dict, path: Path) -> None:
+def _plot(rows: list[dict], summary: dict, path: Path, xlabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,7 +305,7 @@ def _plot(rows: list[dict], summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for r in rows:
         ax.errorbar(r["inherited"], r["standalone"], yerr=[[r["standalone"] - min(r["seeds"])], [max(r["seeds"]) - r["standalone"]]], fmt="o", color="tab:blue", ms=4, capsize=2)
-    ax.set_xlabel("inherited accuracy (supernet weights, val)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("standalone accuracy (trained from scratch, val; seed range)")
     lo, hi = summary["kendall_tau_90"]
     ax.set_title(f"Kendall τ {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], Spearman ρ {summary['spearman_rho']:.2f}", fontsize=9)
