@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from nas import kernels
 from nas.bench.kernels import BenchRow, crossovers, token_grid
@@ -32,6 +33,23 @@ def test_tiny_sweep_writes_csv_json_png(tmp_path, capsys):
     assert meta["machine"]["torch"] and meta["machine"]["threads"] >= 1
     assert set(meta["crossover_tokens"]) == set(labels) - {"softmax"}
     assert (tmp_path / "kernels_cpu_fp32.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "roofline at N=64" in printed and meta["peaks"]["flops_per_s"] > 0 and meta["peaks"]["bytes_per_s"] > 0
+    assert all(float(r["gflop"]) > 0 and float(r["roofline_share"]) > 0 and r["bound"] in ("compute", "memory") for r in rows)
+    softmax = {(r["mode"], r["tokens"]): r for r in rows if r["kernel"] == "softmax"}
+    assert float(softmax[("fwd+bwd", "64")]["gflop"]) == pytest.approx(3 * float(softmax[("fwd", "64")]["gflop"]))
+
+
+def test_roofline_work_and_share_on_known_figures():
+    from nas.bench.roofline import Peaks, share, work
+
+    module = {s.label: s for s in kernels.variants()}["softmax"].build(8, 2, grid=(4, 4), embed_dim=16)
+    flops, moved = work(module, (4, 4), heads=2, head_dim=8, batch_size=3, mode="fwd", dtype=torch.float32)
+    assert flops == 2 * module.macs(2, (4, 4)) * 3 and moved == 4 * 3 * 2 * 16 * 8 * 4  # q, k, v read, the output written
+    assert work(module, (4, 4), 2, 8, 3, "fwd+bwd", torch.bfloat16) == (3 * flops, 8 * 3 * 2 * 16 * 8 * 2)
+    peaks = Peaks(flops_per_s=1e12, bytes_per_s=1e10, matmul=1, copy_bytes=1)
+    fit = share(10**9, 10**6, 2.0, peaks)  # compute roof 1 ms, memory roof 0.1 ms, measured 2 ms
+    assert fit["bound"] == "compute" and fit["roofline_share"] == pytest.approx(0.5) and fit["tflops"] == pytest.approx(0.5)
+    assert fit["intensity"] == 1000 and share(10**6, 10**8, 20.0, peaks)["bound"] == "memory"
 
 
 def row(kernel, tokens, ms):

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from nas import kernels
+from nas.bench import roofline
 from nas.io import atomic_path, write_json, write_text
 from nas.latency import describe_device, measure
 from nas.latency.device import device_tag
@@ -66,6 +67,8 @@ class BenchRow:
     q3_ms: float
     repeats: int
     path: str = "eager"
+    flops: int = 0  # the call's work by the kernel's formula (nas.bench.roofline.work)
+    bytes: int = 0  # the least bytes the call moves
 
 
 def token_grid(tokens: int) -> tuple[int, int]:
@@ -95,6 +98,7 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
             module = specs[label].build(config.head_dim, config.heads, grid=grid, embed_dim=config.heads * config.head_dim).to(device=device, dtype=dtype)
             for path in config.paths:
                 for mode in config.modes:
+                    flops, moved = roofline.work(module, grid, config.heads, config.head_dim, config.batch_size, mode, dtype)
                     timing = measure(
                         _step(module, grid, mode, path),
                         inputs,
@@ -104,7 +108,8 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
                         min_repeats=config.min_repeats,
                         max_seconds=config.max_seconds,
                     )
-                    rows.append(BenchRow(label, mode, tokens, grid, timing.median_ms, timing.q1_ms, timing.q3_ms, timing.repeats, path))
+                    rows.append(BenchRow(label, mode, tokens, grid, timing.median_ms, timing.q1_ms, timing.q3_ms, timing.repeats, path,
+                                         flops, moved))
                 line.append(f"{label}{'' if path == 'eager' else ' ' + path} {rows[-len(config.modes)].median_ms:.3g}")
         progress(
             f"[{step}/{len(config.tokens)}] N={tokens} grid={grid[0]}x{grid[1]} "
@@ -195,7 +200,7 @@ def format_crossover(value: int | None, tokens: Sequence[int]) -> str:
     return f"<= {value}" if value == min(tokens) else str(value)
 
 
-def format_tables(rows: Sequence[BenchRow]) -> str:
+def format_tables(rows: Sequence[BenchRow], peaks: roofline.Peaks | None = None) -> str:
     tokens = sorted({r.tokens for r in rows})
     kernel_labels = list(dict.fromkeys(r.kernel for r in rows))
     time_of = {(r.kernel, r.path, r.mode, r.tokens): r.median_ms for r in rows}
@@ -214,6 +219,15 @@ def format_tables(rows: Sequence[BenchRow]) -> str:
     out.write("kernel".ljust(width) + "".join(mode.rjust(18) for mode in modes) + "\n")
     for kernel, by_mode in table.items():
         out.write(kernel.ljust(width) + "".join(format_crossover(by_mode[m], tokens).rjust(18) for m in modes) + "\n")
+    if peaks is not None:
+        n = tokens[-1]
+        out.write(f"\nroofline at N={n}: share of the time the measured peaks allow ({peaks.flops_per_s / 1e12:.3g} TFLOP/s, "
+                  f"{peaks.bytes_per_s / 1e9:.3g} GB/s), achieved TFLOP/s, GB/s, the binding roof\n")
+        for r in rows:
+            if r.tokens == n and r.flops:
+                fit = roofline.share(r.flops, r.bytes, r.median_ms, peaks)
+                out.write(f"{r.kernel:>20} {r.path:>8} {r.mode:>8} {100 * fit['roofline_share']:6.1f} % {fit['tflops']:9.4f} "
+                          f"{fit['gbs']:9.2f} {fit['bound']}\n")
     return out.getvalue()
 
 
@@ -224,7 +238,8 @@ def output_stem(config: KernelBenchConfig) -> str:
 
 
 def write_results(
-    rows: Sequence[BenchRow], config: KernelBenchConfig, out_dir: Path, wall_seconds: float, command: str | None = None
+    rows: Sequence[BenchRow], config: KernelBenchConfig, out_dir: Path, wall_seconds: float, command: str | None = None,
+    peaks: roofline.Peaks | None = None,
 ) -> list[Path]:
     """CSV of every measurement, a sidecar JSON (machine, protocol, crossovers) and a PNG plot."""
     stem = out_dir / output_stem(config)
@@ -233,14 +248,18 @@ def write_results(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["kernel", "path", "mode", "tokens", "grid_h", "grid_w", "median_ms", "q1_ms", "q3_ms", "repeats",
-                     "speedup_vs_softmax", "speedup_vs_eager"])
+                     "speedup_vs_softmax", "speedup_vs_eager", "gflop", "mbytes", "intensity", "tflops", "gbs", "bound",
+                     "roofline_share"])
     baseline = {(r.path, r.mode, r.tokens): r.median_ms for r in rows if r.kernel == BASELINE}
     eager = {(r.kernel, r.mode, r.tokens): r.median_ms for r in rows if r.path == "eager"}
     for r in rows:
         speedup = baseline[(r.path, r.mode, r.tokens)] / r.median_ms
         versus_eager = eager[(r.kernel, r.mode, r.tokens)] / r.median_ms if (r.kernel, r.mode, r.tokens) in eager else ""
+        fit = roofline.share(r.flops, r.bytes, r.median_ms, peaks) if peaks is not None and r.flops else None
         writer.writerow([r.kernel, r.path, r.mode, r.tokens, *r.grid, f"{r.median_ms:.6g}", f"{r.q1_ms:.6g}", f"{r.q3_ms:.6g}",
-                         r.repeats, f"{speedup:.4g}", versus_eager if versus_eager == "" else f"{versus_eager:.4g}"])
+                         r.repeats, f"{speedup:.4g}", versus_eager if versus_eager == "" else f"{versus_eager:.4g}",
+                         f"{r.flops / 1e9:.6g}", f"{r.bytes / 2**20:.6g}", f"{r.flops / r.bytes:.4g}" if r.bytes else "",
+                         *([f"{fit['tflops']:.4g}", f"{fit['gbs']:.4g}", fit["bound"], f"{fit['roofline_share']:.4g}"] if fit else ["", "", "", ""])])
     write_text(paths[0], buffer.getvalue())
 
     write_json(
@@ -260,6 +279,8 @@ def write_results(
                 "torch.compile(fullgraph=True, dynamic=False), compiled in the warm-up call (not timed)"
             ),
             "crossover_tokens": crossovers(rows),
+            "peaks": peaks.to_dict() if peaks is not None else None,
+            "roofline_definition": roofline.__doc__.split("\n\n", 1)[1].strip(),
             "crossover_definition": "smallest swept N from which on the kernel's median beats softmax's at every larger swept N; null = not faster at the largest N",
         },
     )

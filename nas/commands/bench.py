@@ -85,8 +85,13 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     rows = bench.run(config, progress=lambda line: print(line, flush=True))
     wall = time.perf_counter() - started
-    print(bench.format_tables(rows))
-    paths = bench.write_results(rows, config, args.out, wall, command_line())
+    from nas.bench import roofline
+
+    peaks = roofline.measure_peaks(device, bench.DTYPES[config.dtype])
+    print(f"measured peaks on {device}: {peaks.flops_per_s / 1e12:.3g} TFLOP/s ({peaks.matmul}^3 matmul), "
+          f"{peaks.bytes_per_s / 1e9:.3g} GB/s (copy of {peaks.copy_bytes / 2**20:.0f} MiB)", flush=True)
+    print(bench.format_tables(rows, peaks))
+    paths = bench.write_results(rows, config, args.out, wall, command_line(), peaks)
     print(f"done in {wall:.0f} s; wrote {', '.join(str(p) for p in paths)}")
     return 0
 
