@@ -25,6 +25,23 @@ def test_version_prints_the_package_version(capsys):
     assert stop.value.code == 0 and metadata.version("vit-nas") in capsys.readouterr().out
 
 
+def test_python_dash_m_nas_is_the_nas_command():
+    """Where the console script is not installed (a GPU machine with the repository on PYTHONPATH)."""
+    done = subprocess.run([sys.executable, "-m", "nas", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("nas (vit-nas)")
+
+
+def test_the_gpu_bundle_pins_the_versions_installed_here():
+    from importlib import metadata
+
+    from nas.bundle import PACKAGES, pins
+
+    assert "optuna" in PACKAGES and "fvcore" in PACKAGES
+    assert pins() == [f"{name}=={metadata.version(name)}" for name in PACKAGES]
+    with pytest.raises(SystemExit, match="not-a-package-here not installed"):
+        pins(("optuna", "not-a-package-here"))
+
+
 @pytest.mark.parametrize("budget", ["nan", "inf", "-1", "0", "0.5,nan"])
 def test_select_refuses_a_budget_that_is_not_a_positive_finite_number(budget, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:
