@@ -128,3 +128,11 @@ def test_the_bench_builds_a_resumable_table_and_scores_it_against_a_truth_file(t
     assert json.loads(json.dumps(summary))["truth"]["archs"] == 3
     with pytest.raises(NasError, match="another split"):
         bench.score_against_truth(table, space, truth_path, "0" * 16, "digits")
+
+
+def test_nas_bench_blockwise_refuses_a_missing_truth_file_in_one_line(tmp_path, capsys):
+    from nas.cli import main
+
+    assert main(["bench", "blockwise", "--space", "digits-tiny", "--truth", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.jsonl: no such file" in err[0] and list(tmp_path.iterdir()) == []

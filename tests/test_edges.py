@@ -201,7 +201,8 @@ def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
 
 
 @pytest.mark.parametrize("which", [["kernels"], ["supernet"], ["latency", "--space", "digits-tiny"], ["train"],
-                                       ["truth", "--space", "digits-tiny"], ["zoo"], ["pick", "--run", "r", "--truth", "t"]])
+                                       ["truth", "--space", "digits-tiny"], ["zoo"], ["pick", "--run", "r", "--truth", "t"],
+                                       ["blockwise"]])
 def test_every_benchmark_checks_its_output_before_the_work(which, tmp_path, capsys, monkeypatch):
     from nas.commands import bench, bench_quality
 

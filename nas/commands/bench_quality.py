@@ -318,6 +318,7 @@ def run_bench_blockwise(args: argparse.Namespace) -> int:
     from nas.data import load_dataset
     from nas.latency import describe_device
     from nas.space import load_space
+    from nas.stages import check_out_file
 
     space = load_space(args.space)
     data = args.data or space.data
@@ -327,6 +328,7 @@ def run_bench_blockwise(args: argparse.Namespace) -> int:
     if not args.tag or any(c in args.tag for c in "/\\ "):
         raise NasError(f"--tag {args.tag!r}: use a short name without spaces or slashes")
     table_path = args.table or args.out / f"blockwise_{space.name}.jsonl"
+    check_out_file(table_path)  # an explicit --out was checked before the command; the table may lie elsewhere
     work = args.work or Path("/tmp") / f"nas-blockwise-{space.name}"
     d = blockwise.BlockwiseConfig()
     config = replace(d, jobs=args.jobs, seed=args.seed, local=replace(d.local, epochs=args.local_epochs))
