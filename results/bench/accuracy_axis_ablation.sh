@@ -22,3 +22,16 @@ nas bench fidelity --run /tmp/ablation/e14 --truth "$truth" --tag truth-14-epoch
   nas train --space results/bench/spaces/odd-one-out_kernel-projections.yaml --threads 1 --out /tmp/ablation/groups \
     2>&1 | tee results/bench/fidelity_odd-one-out_kernel-projections_train.log
 nas bench fidelity --run /tmp/ablation/groups --truth "$truth" --tag truth-kernel-projections --out results/bench
+# rows 5-6: the reference recipe (nas train's defaults for odd-one-out: 7 epochs, --teacher fair) with seeds 1 and 2,
+# so that the default recipe is reported for three supernet seeds (2026-12-06, both trained at once beside the
+# block-wise bench, 38.7-38.9 min each)
+for s in 1 2; do
+  [ -f /tmp/seeds/seed$s/supernet.safetensors ] || \
+    nas train --space odd-one-out --seed $s --threads 1 --out /tmp/seeds/seed$s \
+      2>&1 | tee results/bench/fidelity_odd-one-out_truth-supernet-seed${s}_train.log
+  nas bench fidelity --run /tmp/seeds/seed$s --truth "$truth" --tag truth-supernet-seed$s --out results/bench
+done
+# row 7 (2d): block-wise local distillation from standalone softmax parents, a second estimator beside the supernet;
+# resumable (results/bench/blockwise_odd-one-out.jsonl, one line per (embed dim, layer)); writes fidelity_*_truth-blockwise.*
+nas bench blockwise --space odd-one-out --truth "$truth" --jobs 2 --out results/bench \
+  2>&1 | tee -a results/bench/blockwise_odd-one-out.log
