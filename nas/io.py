@@ -84,3 +84,10 @@ def read_lines(path: str | os.PathLike) -> tuple[list[object], int, int | None]:
                 continue
             return records, cut, number
     return records, cut, None
+
+
+def drop_cut_tail(path: str | os.PathLike) -> None:
+    """Cut off what follows the last newline of `path` (a line an interrupted append left unfinished)."""
+    with open(path, "rb+") as handle:
+        text = handle.read()
+        handle.truncate(text.rfind(b"\n") + 1)

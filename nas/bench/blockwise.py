@@ -27,7 +27,7 @@ import torch
 from nas.arch import Arch
 from nas.blockwise import LocalRecipe, layer_scores, parent_arch, predict, train_students
 from nas.errors import NasError
-from nas.io import append_line, read_lines
+from nas.io import append_line, drop_cut_tail, read_lines
 from nas.space import SearchSpace
 from nas.standalone import Recipe
 
@@ -134,10 +134,8 @@ def run(space: SearchSpace, data: str, out: Path, work: Path, config: BlockwiseC
     done: dict[tuple[int, int], dict] = {}
     if out.exists():
         done, cut = read_table(out, key)
-        if cut:
-            with open(out, "rb+") as handle:
-                text = handle.read()
-                handle.truncate(text.rfind(b"\n") + 1)
+        if cut:  # the tail after the last newline: cut off, so that the next record starts its own line
+            drop_cut_tail(out)
             progress(f"{out}: dropped {cut} cut line(s) of an interrupted run; they are built again")
     jobs = [(e, i) for e in space.embed_dim for i in range(max(space.depth)) if (e, i) not in done]
     parents = sorted({e for e, _ in jobs}, reverse=True)

@@ -33,7 +33,7 @@ import torch
 
 from nas.arch import Arch
 from nas.errors import NasError
-from nas.io import append_line, read_lines
+from nas.io import append_line, drop_cut_tail, read_lines
 from nas.space import SearchSpace
 from nas.standalone import Recipe, Standalone
 
@@ -156,9 +156,7 @@ def run(space: SearchSpace, data: str, out: Path, config: TruthConfig, progress:
                                "pass another --out or the same settings")
             done[(record["digest"], record["seed"])] = record
         if cut:  # the tail after the last newline: cut off, so that the next record starts its own line
-            with open(out, "rb+") as handle:
-                text = handle.read()
-                handle.truncate(text.rfind(b"\n") + 1)
+            drop_cut_tail(out)
             progress(f"{out}: dropped {cut} cut line(s) of an interrupted run; they are trained again")
     archs = truth_archs(space, config.mixed, config.seed, config.pool)
     jobs = [(i, a, s) for i, a in enumerate(archs) for s in seeds_of(i, len(archs), config) if (a.digest, s) not in done]
