@@ -136,3 +136,17 @@ def test_nas_bench_blockwise_refuses_a_missing_truth_file_in_one_line(tmp_path, 
     assert main(["bench", "blockwise", "--space", "digits-tiny", "--truth", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.jsonl: no such file" in err[0] and list(tmp_path.iterdir()) == []
+
+
+def test_nas_bench_blockwise_refuses_a_truth_of_another_space_before_the_work(tmp_path, capsys):
+    from nas.bench import truth
+    from nas.cli import main
+
+    other = load_space("digits-tiny")
+    key = {"format": truth.FORMAT, "space": other.name, "data": "digits", "split": "0" * 16, "recipe": Recipe().to_dict()}
+    path = tmp_path / "truth.jsonl"
+    append_line(path, {**key, "digest": other.largest().digest, "arch": other.largest().to_dict(), "seed": 0, "curve": [0.5]})
+    assert main(["bench", "blockwise", "--space", "odd-one-out", "--truth", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "made on space digits-tiny" in err[0] and not (tmp_path / "out" / "blockwise_odd-one-out.jsonl").exists()
+

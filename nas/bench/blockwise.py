@@ -180,11 +180,9 @@ def run(space: SearchSpace, data: str, out: Path, work: Path, config: BlockwiseC
     return table_of(done, space)
 
 
-def score_against_truth(table: dict[int, dict], space: SearchSpace, truth_path: Path, split: str, data: str) -> tuple[list[dict], dict]:
-    """Every arch of a ground-truth file predicted by the table, scored as `nas bench fidelity --truth` scores a
-    supernet (the prediction in the `inherited` column)."""
+def read_truth(space: SearchSpace, truth_path: Path, split: str, data: str) -> list[dict]:
+    """The records of a ground-truth file made on `space`, `data` and `split` (checked before any training)."""
     from nas.bench import truth
-    from nas.bench.fidelity import FidelityConfig, summarize
 
     records, _ = truth.read(truth_path)
     if not records:
@@ -193,6 +191,18 @@ def score_against_truth(table: dict[int, dict], space: SearchSpace, truth_path: 
     if first["space"] != space.name or first["data"] != data or first["split"] != split:
         raise NasError(f"--truth {truth_path}: made on space {first['space']} / data {first['data']} / another split; "
                        f"use a truth file of {space.name} / {data}")
+    for record in records:
+        space.validate(Arch.from_json(json.dumps(record["arch"])))
+    return records
+
+
+def score_against_truth(table: dict[int, dict], space: SearchSpace, truth_path: Path, split: str, data: str) -> tuple[list[dict], dict]:
+    """Every arch of a ground-truth file predicted by the table, scored as `nas bench fidelity --truth` scores a
+    supernet (the prediction in the `inherited` column)."""
+    from nas.bench import truth
+    from nas.bench.fidelity import FidelityConfig, summarize
+
+    records = read_truth(space, truth_path, split, data)
     rows = []
     for digest, entry in truth.by_arch(records).items():
         arch = space.validate(Arch.from_json(json.dumps(entry["arch"])))
