@@ -73,8 +73,7 @@ def choice_key(layer: LayerChoice) -> str:
 
 def widths(space: SearchSpace) -> list[tuple[int, float]]:
     """Every (heads, MLP ratio) of the space, largest first, smallest last."""
-    pairs = [(h, m) for h in sorted(space.heads, reverse=True) for m in sorted(space.mlp_ratio, reverse=True)]
-    return pairs
+    return [(h, m) for h in sorted(space.heads, reverse=True) for m in sorted(space.mlp_ratio, reverse=True)]
 
 
 def block_space(space: SearchSpace, embed_dim: int, spec: KernelSpec) -> SearchSpace:

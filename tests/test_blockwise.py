@@ -96,7 +96,8 @@ def test_the_bench_builds_a_resumable_table_and_scores_it_against_a_truth_file(t
     path, space, dataset = tiny
     config = bench.BlockwiseConfig(recipe=Recipe(epochs=1, batch_size=128), local=LocalRecipe(epochs=1, batch_size=128), jobs=2)
     out, work, lines = tmp_path / "table.jsonl", tmp_path / "work", []
-    table = bench.run(space, "digits", out, work, config, progress=lines.append)
+    split = truth.split_digest(load_dataset("digits", space.image_size, space.in_chans).split)
+    table = bench.run(space, "digits", split, out, work, config, progress=lines.append)
     records, cut = bench.read_table(out)
     assert cut == 0 and sorted(records) == [(16, 0), (16, 1), (24, 0), (24, 1)]
     assert set(table) == {16, 24} and len(table[16]["layers"]) == 2 and SKIP in table[24]["layers"][1]
@@ -104,18 +105,16 @@ def test_the_bench_builds_a_resumable_table_and_scores_it_against_a_truth_file(t
     assert len(list(work.glob("parent-*.pt"))) == 2
     # a rerun trains nothing; a cut last line is dropped and that layer alone is built again
     again = []
-    assert bench.run(space, "digits", out, work, config, progress=again.append) == table
+    assert bench.run(space, "digits", split, out, work, config, progress=again.append) == table
     assert "0 layer(s) to distil" in again[0]
     text = out.read_text().splitlines(keepends=True)
     out.write_text("".join(text[:-1]) + text[-1][:40])
     resumed = []
-    bench.run(space, "digits", out, work, config, progress=resumed.append)
+    bench.run(space, "digits", split, out, work, config, progress=resumed.append)
     assert "1 layer(s) to distil" in resumed[1] and sum(1 for _ in out.open()) == 4
     with pytest.raises(NasError, match="another local"):
-        bench.run(space, "digits", out, work, replace(config, local=LocalRecipe(epochs=2, batch_size=128)), progress=lambda line: None)
+        bench.run(space, "digits", split, out, work, replace(config, local=LocalRecipe(epochs=2, batch_size=128)), progress=lambda line: None)
     # scored against a hand-made truth file of three archs
-    full = load_dataset("digits", space.image_size, space.in_chans)
-    split = truth.split_digest(full.split)
     key = {"format": truth.FORMAT, "space": space.name, "data": "digits", "split": split, "recipe": Recipe().to_dict()}
     truth_path = tmp_path / "truth.jsonl"
     archs = [space.largest(), space.smallest(), parent_arch(space, 16)]

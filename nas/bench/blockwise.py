@@ -123,14 +123,11 @@ def table_of(records: dict[tuple[int, int], dict], space: SearchSpace) -> dict[i
     return table
 
 
-def run(space: SearchSpace, data: str, out: Path, work: Path, config: BlockwiseConfig,
+def run(space: SearchSpace, data: str, split: str, out: Path, work: Path, config: BlockwiseConfig,
         progress: Callable[[str], None] = print) -> dict[int, dict]:
-    """Build what `out` lacks of the block-wise table of `space`; the complete table."""
-    from nas.bench.truth import split_digest
-    from nas.data import load_dataset
-
-    dataset = load_dataset(data, space.image_size, space.in_chans)
-    key = key_of(space, data, split_digest(dataset.split), config)
+    """Build what `out` lacks of the block-wise table of `space` on `data` (whose split digest is `split`, as
+    `nas.bench.truth.split_digest` gives it; the workers load the same split); the complete table."""
+    key = key_of(space, data, split, config)
     done: dict[tuple[int, int], dict] = {}
     if out.exists():
         done, cut = read_table(out, key)

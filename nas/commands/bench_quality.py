@@ -336,7 +336,7 @@ def run_bench_blockwise(args: argparse.Namespace) -> int:
     split = split_digest(load_dataset(data, space.image_size, space.in_chans).split)
     blockwise.read_truth(space, truth_path, split, data)  # a truth of another space, data or split: refused before the work
     say = lambda line: print(line, flush=True)  # noqa: E731
-    table = blockwise.run(space, data, table_path, work, config, progress=say)
+    table = blockwise.run(space, data, split, table_path, work, config, progress=say)
     rows, summary = blockwise.score_against_truth(table, space, truth_path, split, data)
     print(fidelity.format_summary(summary))
     paths = fidelity.write(rows, summary, fidelity.FidelityConfig(), space.name, args.out, command_line(),
