@@ -138,7 +138,7 @@ def train_students(parent: ViT, layer: int, space: SearchSpace, dataset, recipe:
                    progress: Callable[[str], None] | None = None) -> tuple[Students, list[float]]:
     """Train the students of the parent's block `layer` by local distillation; the students and the mean loss of
     each epoch (summed over kernel choices and the step's widths). Deterministic for (parent, layer, recipe, seed)."""
-    from nas.train import TrainConfig, angular_aux_at, set_angular_aux
+    from nas.training import TrainConfig, angular_aux_at, set_angular_aux
 
     torch.manual_seed(seed * 1000 + layer)
     students = Students(space, parent, layer)

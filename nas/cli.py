@@ -22,7 +22,9 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the arguments, the benchmarks' parsers only when they name `bench` (their
+    defaults import torch: `nas --help` and the other commands do without)."""
     parser = Parser(
         prog="nas", description="Hardware-aware architecture search for efficient Vision Transformers."
     )
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_verify(commands)
     run.add_report(commands)
     bench = commands.add_parser("bench", help="benchmarks (results under results/bench/)", description="Benchmarks.")
+    if argv is not None and next((a for a in argv if not a.startswith("-")), None) != "bench":
+        return parser
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     bench_commands.add_bench_kernels(benchmarks)
     bench_commands.add_bench_supernet(benchmarks)
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if argv is None:
         hide_secrets()
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     _received.clear()
     if threading.current_thread() is threading.main_thread():

@@ -22,7 +22,7 @@ from nas import flops
 from nas.arch import Arch
 from nas.compute import Compute
 from nas.rundir import RunDir
-from nas.train import accuracy
+from nas.training import accuracy
 
 
 def evaluation_state(run_dir: str | Path) -> dict:

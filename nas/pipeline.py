@@ -19,72 +19,41 @@ wall time and completion of each stage.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
+from nas import config as config_tree
+from nas.config import RunConfig
 from nas.errors import NasError
 from nas.rundir import EXPORTS, MANIFEST, STUDY, TABLE, Manifest, RunDir
-from nas.storage import CONNECT_TIMEOUT_S
 from nas.stages import check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    space: str = "odd-one-out"
-    data: str | None = None
-    device: str = "cpu"
-    dtype: str = "fp32"
-    batch_size: int = 1
-    runtime: str = "eager"  # what the latency is measured in (nas.latency.runtime)
-    budget_ms: float | None = None  # None: the budget_quantile of the predicted latency of random archs (default_budget)
-    budget_quantile: float = 0.5
-    trials: int = 100
-    epochs: int | None = None  # None: the space's default
-    workers: int = 1
-    evaluators: int = 2
-    sampler: str = "tpe"
-    calibrate: int = 10
-    validate: int = 50
-    latency: str = "measured"  # what decides a trial: its whole model measured on the target device, or the table's prediction
-    seed: int = 0
-    ray_address: str | None = None  # None: a local Ray instance
-    storage: str | None = None  # None: sqlite:///<run>/study.db (the CLI also reads NAS_STORAGE_URL)
-    study_name: str | None = None  # the study in the storage; None: RunDir.study_name() (a new run: its directory's name)
-    connect_timeout: float = CONNECT_TIMEOUT_S
-    compute_device: str = "auto"  # what trains and evaluates (nas.compute); `device` above is the latency target
-    precision: str = "fp32"
-    loader_workers: int = 2
-    randaugment: bool = False
-    val_images: int | None = None  # each trial scored on this many validation images (None: all)
-    gpus_per_evaluator: float | None = None  # None: a whole GPU per evaluator when there are enough, else a share
-    storage_path: str | None = None  # Ray Train's checkpoints with workers > 1 (None: <run>/ray_train)
-    verify: int = 8  # candidates trained standalone to verify the pick (nas.verify.CANDIDATES); 0: pick by inherited accuracy
-
-
-# On --resume, these must equal the run's: they change what the run computes. --trials may grow
-# (the study is extended); the others (workers once trained, evaluators, Ray address, fit targets) only
-# change how it runs.
-RESULT_SETTINGS = ("space", "data", "device", "dtype", "batch_size", "runtime", "budget_ms", "budget_quantile", "epochs", "sampler", "seed", "calibrate",
-                   "validate", "storage", "study_name", "precision", "randaugment", "val_images", "latency")
-
-
-BUDGET_SETTINGS = ("budget_ms", "budget_quantile")  # change nothing computed before the search starts
-
-
 def resume_changes(previous: dict, settings: dict, trained: bool, searched: bool = True) -> dict:
-    """The settings of a resumed run that differ from the run's manifest: {name: (before, now)}.
-    A NasError lists those that would change its results (the budget only once the search has begun)."""
-    keys = tuple(k for k in RESULT_SETTINGS if searched or k not in BUDGET_SETTINGS) + (() if trained else ("workers",))
-    if isinstance(previous.get("trials"), int) and settings.get("trials", previous["trials"]) < previous["trials"]:
-        raise NasError(f"--resume --trials {settings['trials']}: this run was started for {previous['trials']} trials and a "
-                       f"study does not shrink; resume with --trials {previous['trials']} (or more, to extend it)")
-    refused = {k: (previous[k], settings[k]) for k in keys if k in previous and previous[k] != settings.get(k)}
+    """The settings of a resumed run that differ from the run's manifest: {dotted name: (before, now)}.
+    A NasError lists those that would change its results, by each setting's resume rule (nas.config):
+    the budget only once the search has begun, the workers only until the supernet is trained."""
+    previous, settings = config_tree.flatten(previous), config_tree.flatten(settings)
+    rules = config_tree.resume_rules(RunConfig)
+
+    def rule(name: str) -> str:
+        return rules.get(name, config_tree.RESULT)
+
+    def flag(name: str) -> str:
+        return config_tree.flag_of(RunConfig, name)
+
+    for name in (k for k in settings if rule(k) == config_tree.GROWS and isinstance(previous.get(k), int)):
+        if settings[name] < previous[name]:
+            raise NasError(f"--resume {flag(name)} {settings[name]}: this run was started for {previous[name]} {name} and a "
+                           f"study does not shrink; resume with {flag(name)} {previous[name]} (or more, to extend it)")
+    fixed = {config_tree.RESULT} | ({config_tree.BUDGET} if searched else set()) | (set() if trained else {config_tree.UNTIL_TRAINED})
+    refused = {k: (previous[k], settings.get(k)) for k in settings if rule(k) in fixed and k in previous and previous[k] != settings.get(k)}
     if refused:
-        listed = "; ".join(f"--{k.replace('_', '-')} was {before!r}, now {now!r}" for k, (before, now) in refused.items())
+        listed = "; ".join(f"{flag(k)} was {before!r}, now {now!r}" for k, (before, now) in refused.items())
         raise NasError(f"--resume with other settings would mix results: {listed}. Resume with the run's settings, or start "
                        "a new run with another --out")
     return {k: (previous[k], settings.get(k)) for k in settings if k in previous and previous[k] != settings.get(k)
-            and k not in ("connect_timeout",)}
+            and rule(k) != config_tree.SILENT}
 
 
 BUDGET_SAMPLES = 2000  # random archs whose predicted latencies define the default budget
@@ -108,7 +77,7 @@ def default_budget(space, table, seed: int = 0, samples: int = BUDGET_SAMPLES, q
 
 
 def resolve_budget(space, table, budget_ms: float | None, progress=lambda line: None, quantile: float = BUDGET_QUANTILE) -> float:
-    from nas.search import smallest_latency
+    from nas.study import smallest_latency
 
     if budget_ms is None:
         budget, line = default_budget(space, table, quantile=quantile)
@@ -147,7 +116,7 @@ def settings_record(config: RunConfig) -> dict:
     """The settings as manifest.json records them: the storage URL without its password."""
     from nas.storage import redact
 
-    return {**asdict(config), "storage": redact(config.storage) if config.storage else None}
+    return {**config_tree.to_dict(config), "storage": redact(config.storage) if config.storage else None}
 
 
 def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
@@ -158,6 +127,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     from workers.cluster import check_local_capacity, require_ray
 
     check_out_dir(run_dir)
+    given = config
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise NasError(f"{run_dir} already exists and is not empty; pass --resume to continue that run or choose another --out")
     if resume and not (run_dir / MANIFEST).exists():
@@ -169,6 +139,9 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     if not 0 < config.budget_quantile <= 1:
         raise NasError(f"--budget-quantile must be in (0, 1], got {config.budget_quantile}")
     from nas.latency.trials import SOURCES
+    from nas.training import check_config
+
+    check_config(config.train_config(), config.workers)
 
     if config.latency not in SOURCES:
         raise NasError(f"--latency {config.latency!r}: use one of {', '.join(SOURCES)}")
@@ -194,13 +167,23 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     if config.val_images is not None and config.val_images > dataset.size("val"):
         raise NasError(f"--val-images {config.val_images}: the validation split holds only {dataset.size('val')} images; "
                        f"use at most {dataset.size('val')}, or leave it out to score on all of them")
+    if config.train.batch_size > dataset.size("train"):
+        raise NasError(f"--train.batch-size {config.train.batch_size}: the training split holds only {dataset.size('train')} images; "
+                       f"use at most {dataset.size('train')}")
     if dataset.num_classes != space.num_classes:
         space = space.with_num_classes(dataset.num_classes)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     run = RunDir(run_dir)
+    run.write_run_config(given)
+    from nas import log
+    from nas.rundir import LOG, versions
+
     try:
-        return _stages(config, run, space, dataset, resume, changes, progress, compute)
+        with log.to_file(run.path(LOG)) as logger:
+            logger.debug("nas run %s in %s; versions %s", "resumed" if resume else "started", run_dir, versions())
+            logger.debug("settings:\n%s", config_tree.dump(replace(config, storage=settings_record(config)["storage"])))
+            return _stages(config, run, space, dataset, resume, changes, log.tee(progress), compute)
     except NasError as error:
         # A user error before any work leaves nothing behind; a measured latency table (minutes of work) is kept,
         # e.g. when the budget is refused as unreachable: --resume with another budget continues from it.
@@ -220,10 +203,11 @@ def manifest_has_search(run: RunDir) -> bool:
 
 
 def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress, compute) -> dict:
-    from nas import report, search
+    from nas import report
+    from nas import study as search
     from nas.latency.profiler import Profiler
-    from nas.select import pick_within_budget
-    from nas.train import TrainConfig, accuracy
+    from nas.selection import pick_within_budget
+    from nas.training import accuracy
 
     manifest = Manifest(run, settings_record(config))
     if changes:
@@ -251,7 +235,7 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         progress(f"== train: {config.epochs} epochs, {config.workers} worker(s) on {compute.device} ({compute.precision})")
         manifest.data["compute"] = compute.record()
         try:
-            summary = train_stage(space, config.data, dataset, TrainConfig(epochs=config.epochs, seed=config.seed, precision=config.precision), run,
+            summary = train_stage(space, config.data, dataset, config.train_config(), run,
                                   config.workers, resumable_training(run), config.ray_address, progress, compute=compute,
                                   storage_path=config.storage_path)
         finally:
@@ -297,7 +281,7 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     previous = manifest.data.get("result") or {}
     if manifest.done("export") and previous.get("export") and previous.get("trials_seen") == len(trials) and previous.get("verify") == config.verify:
         return previous  # an interrupted run resumed after its export: nothing changed
-    candidates = [_candidate(t, space) for t in feasible]
+    candidates = [candidate_of(t, space) for t in feasible]
     verification = None
     if config.verify:
         from nas.verify import VerifyConfig, verify
@@ -371,9 +355,55 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
     return result
 
 
-def _candidate(trial, space):
+def candidate_of(trial, space):
     """A feasible trial as a selection candidate (its search latency: measured, or predicted)."""
-    from nas.search import arch_of
-    from nas.select import Candidate
+    from nas.study import arch_of
+    from nas.selection import Candidate
 
     return Candidate(trial.number, trial.values[0], trial.values[1], trial.user_attrs["macs"], trial.user_attrs["params"], arch_of(trial, space))
+
+
+def search_run(run_dir: Path, config, resume: bool = False, progress=print):
+    """`nas search` (nas.config.SearchSettings) over a run directory that holds a trained supernet and a latency
+    table: (the study, its Pareto front, the folder of trials.csv and pareto.*, the budget or None)."""
+    from nas import study as search
+    from nas.compute import Compute
+    from nas.latency.table import LatencyTable
+    from nas.rundir import WEIGHTS
+    from nas.stages import Fit, check_fit, trial_profiler
+    from nas.storage import redact, resolve
+
+    run = RunDir(run_dir)
+    study_name = run.study_name(config.study_name)  # a bad --study-name is refused before any work
+    space, _ = run.space_and_data()
+    storage = resolve(config.storage)[0] or run.default_storage()
+    report_dir = run.report_dir(storage, None if config.report_dir is None else Path(config.report_dir))  # before any work
+    check_out_dir(report_dir, "--report-dir")
+    table_path = Path(config.table) if config.table else run.path(TABLE)
+    if not table_path.is_file():
+        raise NasError(f"{table_path} does not exist; build it with nas latency --space ... --out {table_path}")
+    table = LatencyTable.load(table_path, space)
+    profiler = None
+    if config.latency == "predicted":
+        check_fit(table, table_path, Fit.stored_with(table, config.accept_poor_fit))
+    else:
+        profiler = trial_profiler(table, table_path)
+    compute = Compute.parse(config.compute_device, config.precision)
+    scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images}
+    if not run.has(WEIGHTS):
+        raise NasError(f"{run_dir} holds no {WEIGHTS}; train the supernet first (nas train --out {run_dir})")
+    if config.val_images is not None and config.val_images > run.split_size("val"):
+        raise NasError(f"--val-images {config.val_images}: the run's validation split holds only {run.split_size('val')} images; "
+                       f"use at most {run.split_size('val')}, or leave it out to score on all of them")
+    budget = resolve_budget(space, table, config.budget_ms) if config.budget_ms is not None else None
+    search_config = search.SearchConfig(trials=config.trials, batch=config.batch or 2 * config.evaluators, sampler=config.sampler,
+                                        seed=config.seed, budget_ms=budget, third_objective=config.third_objective)
+    check_connections(config.ray_address, storage, config.connect_timeout, progress)
+    progress(f"nas search: {space.name}, {search_config.trials} trials ({search_config.sampler}), {config.evaluators} evaluator(s) on "
+             f"{compute.device} ({compute.precision}), budget {budget if budget is not None else 'none'}, storage {redact(storage)}, "
+             f"study {study_name}")
+    measure = (lambda archs: profiler.measure_models(archs, profiler.protocol.for_trials())) if profiler else None
+    study, front, _ = search_stage(run, space, table, search_config, storage, resume, config.evaluators, config.ray_address,
+                                   progress=progress, report_dir=report_dir, scoring=scoring, gpus_each=config.gpus_per_evaluator,
+                                   measure=measure, study_name=study_name)
+    return study, front, report_dir, budget

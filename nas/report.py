@@ -16,8 +16,8 @@ import optuna
 from nas.arch import Arch
 from nas.io import atomic_path, write_text
 from nas.rundir import PARETO_CSV, PARETO_PNG, TRIALS
-from nas.search import feasible
-from nas.search import pareto_front
+from nas.study import feasible
+from nas.study import pareto_front
 
 # latency_ms decides (measured, or predicted where nothing measured: latency_source); predicted_ms is the table's prior.
 # A PRUNED trial is an arch over the budget, judged but not scored (`skipped` says why).

@@ -8,6 +8,8 @@
     trials.csv, pareto.csv, pareto.png
     exports/<name>/        standalone models
     manifest.json          versions, settings, device fingerprint, stage records, result
+    nas.log                the run's log: the console's lines and debug detail (nas.log)
+    run.yaml               `nas run`'s settings as given (nas.config): `nas run --config <run>/run.yaml` replays it
 
 Every stage reads and writes through `RunDir`; files are written atomically (nas.io).
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from nas.errors import NasError
-from nas.io import write_json
+from nas.io import write_json, write_text
 
 CONFIG = "config.yaml"
 SPLIT = "split.json"
@@ -36,6 +38,8 @@ TRIALS = "trials.csv"
 PARETO_CSV = "pareto.csv"
 PARETO_PNG = "pareto.png"
 MANIFEST = "manifest.json"
+RUN_CONFIG = "run.yaml"
+LOG = "nas.log"
 EXPORTS = "exports"
 VERIFY = "verify"  # the verification's training states (nas.verify)
 VERIFY_JSON = "verify/verify.json"  # its candidates, rungs and pick
@@ -173,6 +177,18 @@ class RunDir:
         if "result" in data and data["result"] is not None and not isinstance(data["result"], dict):
             raise NasError(f"{self.path(MANIFEST)}: field 'result' must be an object or null; the manifest is damaged")
         return data
+
+    def write_run_config(self, config) -> None:
+        """run.yaml: the settings as given, replayable with --config; a storage URL with a password is left
+        out (NAS_STORAGE_URL supplies it again)."""
+        from dataclasses import replace
+
+        from nas import config as config_tree
+        from nas.storage import redact
+
+        if config.storage and redact(config.storage) != config.storage:
+            config = replace(config, storage=None)
+        write_text(self.path(RUN_CONFIG), config_tree.dump(config))
 
     def study_name(self, explicit: str | None = None) -> str:
         """The name of the run's Optuna study: `explicit` (--study-name); else the name manifest.json

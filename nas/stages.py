@@ -3,7 +3,7 @@
     latency_stage   build the device's lookup table, calibrate it, validate it
     train_stage     train the supernet, in this process or on Ray Train
     search_stage    the Optuna study over Ray evaluator actors; trials.csv, pareto.*
-    export_stage    a chosen arch as a standalone model (nas.export)
+    export_stage    a chosen arch as a standalone model (nas.exporter)
 
 Each reads and writes the run directory through `nas.rundir`. Ray is imported only where a
 stage hands work to `workers/`.
@@ -179,7 +179,7 @@ def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, re
     """Train (or continue) the supernet into the run directory on `compute` (nas.compute;
     default the CPU); returns the final summary. `storage_path`: Ray Train's checkpoints (workers > 1)."""
     from nas.compute import CPU
-    from nas.train import format_epoch, train_supernet
+    from nas.training import format_epoch, train_supernet
 
     compute = compute or CPU
     if workers > 1:
@@ -207,7 +207,8 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
     and val_images (nas.evaluate.Evaluator); `gpus_each`: GPUs per evaluator (EvaluatorPool). The evaluators receive the supernet and
     the validation split through Ray's object store: only this process reads the run directory. `study_name`:
     the study in `storage` (default: `run.study_name()`)."""
-    from nas import report, search
+    from nas import report
+    from nas import study as search
     from nas.evaluate import LocalPool, evaluation_state
     from workers.cluster import init_ray, ray_available, require_cpus, require_ray
 
@@ -244,8 +245,8 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
 
 def export_stage(run: RunDir, trial: int, out: Path, progress=print, **options) -> dict:
     """Export complete trial `trial` of the run (from trials.csv) into `out`; returns the metadata."""
-    from nas.export import export
-    from nas.select import by_trial, load_candidates
+    from nas.exporter import export
+    from nas.selection import by_trial, load_candidates
 
     return export(run.root, by_trial(load_candidates(run.root), trial), out, progress=progress, **options)
 
@@ -254,7 +255,7 @@ def trial_profiler(table, table_path):
     """A profiler on this machine with the table's fingerprint, to measure the trials; refused in one
     line when this machine is not the table's device or setting."""
     from nas.latency.profiler import Profiler
-    from nas.select import local_devices
+    from nas.selection import local_devices
 
     fp = table.fingerprint
     if fp.device_name not in local_devices():

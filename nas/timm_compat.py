@@ -6,10 +6,10 @@ the shapes agree. An arch maps onto timm's VisionTransformer (class_token=False,
 global_pool='avg') when every layer is softmax with the same heads and MLP ratio and
 heads·head_dim = embed_dim (timm's attention width is the embed dim).
 
-Importing this module registers the timm model `vit_nas`:
+`import nas` registers the timm model `vit_nas` (as soon as timm is imported):
 
-    import nas.timm_compat, timm
-    model = timm.create_model("vit_nas", arch="export/arch.json", checkpoint_path="export/model.safetensors")
+    import nas, timm
+    model = timm.create_model("vit_nas", pretrained=True, pretrained_cfg_overlay=dict(file="export/model.safetensors"))
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
 from nas.arch import Arch, LayerChoice
@@ -25,31 +24,65 @@ from nas.errors import NasError
 from nas.subnet import ViT
 
 
-@register_model
-def vit_nas(pretrained: bool = False, arch: Arch | dict | str | Path | None = None, **kwargs) -> ViT:
-    """timm entry point for an exported arch: `arch` is an Arch, its dict, an arch.json path
-    or an export directory. Weights come through timm's `checkpoint_path=` (safetensors)."""
-    if pretrained:
-        raise NasError("vit_nas has no hub weights; pass checkpoint_path='<export>/model.safetensors'")
-    if arch is None:
-        raise NasError("timm.create_model('vit_nas', ...) needs arch=<arch.json or export directory>")
-    metadata = {}
-    if isinstance(arch, (str, Path)):
-        path = Path(arch) / "arch.json" if Path(arch).is_dir() else Path(arch)
-        arch = Arch.from_json(path.read_text(), str(path))
-        if (path.parent / "metadata.json").is_file():
-            metadata = json.loads((path.parent / "metadata.json").read_text())
-    elif isinstance(arch, dict):
-        arch = Arch.from_dict(arch)
-    unused = [k for k in kwargs if not k.startswith("pretrained_cfg") and k not in ("cache_dir",)]
+def vit_nas(pretrained: bool = False, arch: Arch | dict | str | Path | None = None, pretrained_cfg=None, pretrained_cfg_overlay=None,
+            **kwargs) -> ViT:
+    """timm entry point `vit_nas` (registered by `import nas`) for an exported arch.
+
+    - `timm.create_model("vit_nas", pretrained=True, pretrained_cfg_overlay=dict(file="<export>/model.safetensors"))`
+      or `timm.create_model("local-dir:<export>", pretrained=True)` (timm reads the export's config.json): the export's
+      arch and weights (their SHA-256 checked), as `nas.load` gives them;
+    - `timm.create_model("vit_nas", arch=<Arch, its dict, arch.json or an export directory>)`: that arch, fresh weights
+      (timm's `checkpoint_path=` loads a safetensors file into it)."""
+    from nas.subnet import load
+
+    file = _cfg_file(pretrained_cfg_overlay) or _cfg_file(pretrained_cfg)
+    folder = None if file is None else (Path(file) if Path(file).is_dir() else Path(file).parent)
+    if pretrained and folder is None:
+        raise NasError("vit_nas has no hub weights: pass pretrained_cfg_overlay=dict(file='<export>/model.safetensors'), or create "
+                       "'local-dir:<export>'")
+    unused = [k for k in kwargs if k not in ("cache_dir", "pretrained_model_args")]
     if unused:
         raise NasError(f"vit_nas takes arch= only; the arch fixes {', '.join(unused)}")
-    model = ViT(arch)
-    model.pretrained_cfg = model.default_cfg = pretrained_cfg(arch, metadata)
+    if arch is None and folder is None:
+        raise NasError("timm.create_model('vit_nas', ...) needs arch=<arch.json or export directory>, or pretrained=True with "
+                       "pretrained_cfg_overlay=dict(file='<export>/model.safetensors')")
+    metadata = {}
+    if pretrained:
+        model = load(folder)
+        arch = model.arch
+        metadata = _metadata(folder)
+    else:
+        if arch is None or isinstance(arch, (str, Path)):
+            path = folder / "arch.json" if arch is None else Path(arch) / "arch.json" if Path(arch).is_dir() else Path(arch)
+            arch = Arch.from_json(path.read_text(), str(path))
+            metadata = _metadata(path.parent)
+        elif isinstance(arch, dict):
+            arch = Arch.from_dict(arch)
+        model = ViT(arch)
+    model.pretrained_cfg = model.default_cfg = data_cfg(arch, metadata)
     return model
 
 
-def pretrained_cfg(arch: Arch, metadata: dict) -> dict:
+def _cfg_file(cfg) -> str | None:
+    """The `file` of a timm pretrained config (a dict, a timm PretrainedCfg, or None)."""
+    value = cfg.get("file") if isinstance(cfg, dict) else getattr(cfg, "file", None)
+    return str(value) if value else None
+
+
+def _metadata(folder: Path) -> dict:
+    path = folder / "metadata.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def timm_config(arch: Arch, metadata: dict) -> dict:
+    """An export's config.json, as timm's `local-dir:` and Hugging Face loaders read it: the architecture,
+    its class count and its pretrained config (input size, crop, mean/std, class names)."""
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg(arch, metadata).items()}
+    return {"architecture": "vit_nas", "num_classes": arch.num_classes, "num_features": arch.embed_dim,
+            "global_pool": "avg", "pretrained_cfg": cfg}
+
+
+def data_cfg(arch: Arch, metadata: dict) -> dict:
     """timm's data config of an export (what `timm.data.resolve_data_config(model=...)` reads): input size,
     interpolation and crop from the arch and the export's metadata.json, mean/std of the training data and
     class names where the export recorded them (an arch alone has no mean/std: timm then assumes ImageNet's)."""

@@ -38,7 +38,7 @@ from nas.arch import Arch
 from nas.errors import NasError
 from nas.standalone import Recipe, Standalone
 
-CANDIDATES = 8  # nas run's default (--verify): 8 × 2 epochs, 4 × 3, 2 × 6, 1 × 12 (32 epochs of training in all)
+from nas.config import VERIFY_CANDIDATES as CANDIDATES  # noqa: E402  nas run's default (--verify): 8 × 2 epochs, 4 × 3, 2 × 6, 1 × 12 (32 epochs of training in all)
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class VerifyConfig:
 
 
 def preference(candidates: Sequence, n: int) -> list:
-    """All `candidates` (nas.select.Candidate, already within the budget) in the order they are
+    """All `candidates` (nas.selection.Candidate, already within the budget) in the order they are
     tried: `n` front members spread evenly over the front's latency range, the most accurate
     first, then the other archs by inherited accuracy. One entry per arch digest."""
     by_accuracy = sorted(candidates, key=lambda c: (-c.accuracy, c.latency_ms, c.trial))
@@ -196,41 +196,69 @@ def train_to(arch_json: str, seed: int, recipe: Recipe, epochs: int, path: str, 
 
 class Trainer:
     """`successive_halving`'s train_to over saved states: each name trains its arch (`archs`), saved
-    under the arch's digest; epochs a state already holds are not trained again; the rest trains in
-    `jobs` spawned processes (with one job, on all of this machine's threads)."""
+    under the arch's digest; epochs a state already holds are not trained again. Several candidates
+    train in `jobs` spawned processes, one pool kept across rungs (each spawn costs seconds of imports);
+    a single one, or with one job, trains in this process on all of its threads. `close()` ends the pool."""
 
     def __init__(self, directory: Path, archs: dict[str, Arch], config: VerifyConfig, data: str, dataset, progress=print) -> None:
         self.directory, self.archs, self.config, self.data, self.dataset, self.progress = Path(directory), archs, config, data, dataset, progress
         self.seconds = 0.0
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_jobs = 0
 
     def curve(self, name: str) -> list[float]:
         state = read_state(state_path(self.directory, self.archs[name], self.config.seed))
         return list(state["curve"]) if state and state.get("recipe") == self.config.recipe.to_dict() else []
 
-    def __call__(self, names: list[str], epochs: int) -> dict[str, list[float]]:
-        curves = {name: self.curve(name) for name in names}
-        todo = [name for name in names if len(curves[name]) < epochs]
-        if todo:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            jobs = max(1, min(self.config.jobs, len(todo)))
+    def _trained(self, name: str, epochs: int, result: dict) -> None:
+        self.progress(f"  {name} ({self.archs[name]!r}): {epochs} epochs, val top-1 {result['curve'][epochs - 1]:.4f} "
+                      f"({result['seconds']:.0f} s)")
+
+    def _pool_of(self, jobs: int) -> ProcessPoolExecutor:
+        if self._pool is None or self._pool_jobs != jobs:
+            self.close()
             threads = max(1, (os.cpu_count() or 1) // jobs)
             arch = next(iter(self.archs.values()))
             context = multiprocessing.get_context("spawn")  # a forked child of a process that ran autograd cannot run it
-            started = time.perf_counter()
-            with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                                     initargs=(self.data, arch.image_size, arch.in_chans, self.dataset.split, threads)) as pool:
-                pending = {pool.submit(train_to, self.archs[name].to_json(indent=None), self.config.seed, self.config.recipe, epochs,
-                                       str(state_path(self.directory, self.archs[name], self.config.seed)), self.config.device): name
-                           for name in todo}
-                while pending:
-                    ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in ready:
-                        name = pending.pop(future)
-                        result = future.result()
-                        curves[name] = result["curve"]
-                        self.progress(f"  {name} ({self.archs[name]!r}): {epochs} epochs, val top-1 {result['curve'][epochs - 1]:.4f} "
-                                      f"({result['seconds']:.0f} s)")
-            self.seconds += time.perf_counter() - started
+            self._pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                                             initargs=(self.data, arch.image_size, arch.in_chans, self.dataset.split, threads))
+            self._pool_jobs = jobs
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._pool_jobs = None, 0
+
+    def __call__(self, names: list[str], epochs: int) -> dict[str, list[float]]:
+        curves = {name: self.curve(name) for name in names}
+        todo = [name for name in names if len(curves[name]) < epochs]
+        if not todo:
+            return curves
+        self.directory.mkdir(parents=True, exist_ok=True)
+        jobs = max(1, min(self.config.jobs, len(todo)))
+        started = time.perf_counter()
+
+        def args(name: str) -> tuple:
+            return (self.archs[name].to_json(indent=None), self.config.seed, self.config.recipe, epochs,
+                    str(state_path(self.directory, self.archs[name], self.config.seed)), self.config.device)
+
+        if jobs == 1:
+            for name in todo:
+                result = train_to(*args(name), dataset=self.dataset)
+                curves[name] = result["curve"]
+                self._trained(name, epochs, result)
+        else:
+            pool = self._pool_of(jobs)
+            pending = {pool.submit(train_to, *args(name)): name for name in todo}
+            while pending:
+                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    name = pending.pop(future)
+                    result = future.result()
+                    curves[name] = result["curve"]
+                    self._trained(name, epochs, result)
+        self.seconds += time.perf_counter() - started
         return curves
 
 
@@ -239,7 +267,7 @@ class Trainer:
 
 def verify(run, candidates: Sequence, measure: Callable[[list[Arch]], list[float]], budget_ms: float, config: VerifyConfig, data: str,
            dataset, progress=print) -> dict:
-    """Choose, re-measure and train a run's candidates (nas.select.Candidate of its complete trials);
+    """Choose, re-measure and train a run's candidates (nas.selection.Candidate of its complete trials);
     writes and returns the record of verify.json (the pick under "pick")."""
     from nas.io import write_json
     from nas.rundir import VERIFY, VERIFY_JSON
@@ -256,7 +284,10 @@ def verify(run, candidates: Sequence, measure: Callable[[list[Arch]], list[float
              f"seed {config.seed}; successive halving at {', '.join(map(str, rungs))} epochs; {config.jobs} process(es)): "
              + ", ".join(f"{name} (inherited {c.accuracy:.4f}, {ms:.4f} ms)" for name, (c, ms) in named.items()))
     trainer = Trainer(run.path(VERIFY), {name: c.arch for name, (c, _) in named.items()}, config, data, dataset, progress)
-    winner, history = successive_halving(list(named), trainer, rungs, config.keep, tie=lambda name: named[name][1], progress=progress)
+    try:
+        winner, history = successive_halving(list(named), trainer, rungs, config.keep, tie=lambda name: named[name][1], progress=progress)
+    finally:
+        trainer.close()
 
     def reached(name: str) -> tuple[float, int]:
         epochs = max(h["epochs"] for h in history if name in h["scores"])

@@ -9,7 +9,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 ray = pytest.importorskip("ray")
 
-from nas import search  # noqa: E402  (after the skips: it needs optuna)
+from nas import study as search  # noqa: E402  (after the skips: it needs optuna)
 from nas.evaluate import evaluation_state  # noqa: E402
 from nas.latency import table as lut  # noqa: E402
 from nas.rundir import TABLE, RunDir  # noqa: E402
@@ -79,7 +79,7 @@ def test_ray_train_on_the_cluster_keeps_checkpoints_in_storage_path_and_the_driv
 
     from nas.errors import NasError
     from nas.space import load_space
-    from nas.train import TrainConfig
+    from nas.training import TrainConfig
     from workers.trainer import train_distributed
 
     def leftovers() -> set[Path]:

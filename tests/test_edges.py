@@ -176,7 +176,7 @@ def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
     import optuna
 
     from nas.rundir import STUDY, TRIALS
-    from nas.select import load_candidates
+    from nas.selection import load_candidates
     from nas.space import load_space
 
     arch = json.dumps(load_space("digits-tiny").smallest().to_dict())
@@ -357,7 +357,7 @@ def test_the_budget_count_is_over_judged_trials_only():
     latency constraint but were never judged; the count is over COMPLETE and PRUNED trials."""
     import optuna
 
-    from nas.search import budget_counts
+    from nas.study import budget_counts
 
     def trial(state, slack, **kwargs):
         return optuna.trial.create_trial(state=state, constraints={"latency": slack}, **kwargs)

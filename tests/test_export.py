@@ -14,10 +14,10 @@ import torch
 import nas
 from nas.cli import main
 from nas.errors import NasError
-from nas.export import export
+from nas.exporter import export
 from nas.report import TRIAL_COLUMNS
 from nas.rundir import RunDir
-from nas.select import by_trial, load_candidates, select
+from nas.selection import by_trial, load_candidates, select
 from nas.space import load_space
 from nas.supernet import extract
 from runs import make_run
@@ -108,7 +108,7 @@ def exported(run, tmp_path_factory):
 
 def test_export_writes_every_file(exported):
     _, candidate, out, meta = exported
-    assert sorted(p.name for p in out.iterdir()) == ["arch.json", "metadata.json", "model.onnx", "model.pt", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["arch.json", "config.json", "metadata.json", "model.onnx", "model.pt", "model.safetensors"]
     assert meta["arch_digest"] == candidate.arch.digest and meta["source"]["trial"] == candidate.trial
     assert meta["latency"]["predicted_ms"] > 0 and meta["latency"]["measured_ms"] > 0
     assert meta["macs"] > 0 and meta["params"] > 0 and meta["versions"]["torch"]
@@ -157,6 +157,40 @@ def test_load_and_timm_route_rebuild_the_same_model_without_pickle(exported, mon
     assert via_timm.arch == ours.arch
 
 
+def test_an_export_loads_through_timms_own_paths_in_a_fresh_process(exported):
+    """`import nas, timm`: vit_nas is registered, and timm's pretrained loading finds the export's weights through the
+    overlay's `file` (and, where this timm has it, through `local-dir:` and the export's config.json)."""
+    import json
+    import subprocess
+    import sys
+
+    _, _, out, _ = exported
+    code = f"""
+import json, sys, torch
+import nas, timm
+ours = nas.load({str(out)!r}).eval()
+x = torch.randn(2, ours.arch.in_chans, ours.arch.image_size, ours.arch.image_size)
+model = timm.create_model("vit_nas", pretrained=True, pretrained_cfg_overlay=dict(file={str(out / "model.safetensors")!r})).eval()
+with torch.no_grad():
+    assert torch.equal(model(x), ours(x))
+cfg = timm.data.resolve_data_config(model=model)
+assert tuple(cfg["input_size"]) == (ours.arch.in_chans, ours.arch.image_size, ours.arch.image_size), cfg
+try:
+    local = timm.create_model("local-dir:" + {str(out)!r}, pretrained=True).eval()
+except ValueError as error:  # a timm without the local-dir: source
+    assert "source" in str(error), error
+    print("no local-dir")
+else:
+    with torch.no_grad():
+        assert torch.equal(local(x), ours(x))
+    print("local-dir")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "vit_nas" and config["pretrained_cfg"]["num_classes"] == config["num_classes"]
+
+
 def test_existing_export_directory_is_refused_unless_overwrite(exported):
     run, candidate, out, _ = exported
     before = sorted(p.name for p in out.iterdir())
@@ -164,7 +198,7 @@ def test_existing_export_directory_is_refused_unless_overwrite(exported):
         export(run, candidate, out, progress=lambda line: None)
     assert sorted(p.name for p in out.iterdir()) == before
     export(run, candidate, out, formats=("safetensors",), overwrite=True, progress=lambda line: None)
-    assert sorted(p.name for p in out.iterdir()) == ["arch.json", "metadata.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["arch.json", "config.json", "metadata.json", "model.safetensors"]
 
 
 def test_finetuning_never_exports_lower_validation_accuracy(run, tmp_path):
@@ -190,7 +224,7 @@ def test_every_kernel_survives_extraction_onnx_and_torchscript(label, tmp_path):
     """A uniform arch of each kernel (L²ViT's residual-stream LCM, FLatten's positional encoding, the window
     bias, Castling's sequence conv included), extracted from a perturbed supernet: ONNX and TorchScript equal it."""
     ort = pytest.importorskip("onnxruntime")
-    from nas.export import to_onnx, to_torchscript
+    from nas.exporter import to_onnx, to_torchscript
     from nas.supernet import SuperNet
     from test_supernet import randomized
 

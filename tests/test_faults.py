@@ -200,7 +200,7 @@ def poisoned(dataset, steps: set[int], batch_size: int):
 def test_nan_loss_steps_are_skipped_and_counted(tmp_path):
     from nas.data import load_dataset
     from nas.space import parse_space
-    from nas.train import TrainConfig, train_supernet
+    from nas.training import TrainConfig, train_supernet
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     data = poisoned(load_dataset(None, space.image_size, space.in_chans), {1, 3}, 128)
@@ -213,7 +213,7 @@ def test_nan_loss_steps_are_skipped_and_counted(tmp_path):
 def test_persistent_nan_loss_stops_training_with_a_clear_message(tmp_path):
     from nas.data import load_dataset
     from nas.space import parse_space
-    from nas.train import TrainConfig, train_supernet
+    from nas.training import TrainConfig, train_supernet
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     data = poisoned(load_dataset(None, space.image_size, space.in_chans), set(range(100)), 128)
@@ -359,7 +359,7 @@ def test_local_ray_dashboard_listens_on_loopback_only():
 def test_storage_password_never_reaches_the_manifest(tmp_path):
     from nas.pipeline import RunConfig
     from nas.rundir import Manifest, RunDir
-    from nas.search import redact
+    from nas.study import redact
 
     config = RunConfig(storage="postgresql://nas:hunter2@db.example:5432/nas")
     Manifest(RunDir(tmp_path), {**config.__dict__, "storage": redact(config.storage)}).save()

@@ -8,13 +8,13 @@ import random
 import optuna
 import pytest
 
-from nas import search
+from nas import study as search
 from nas.errors import NasError
 from nas.latency import profiler as profiler_module
 from nas.latency.probe import Protocol
 from nas.latency.profiler import Profiler
 from nas.latency.trials import MIN_MARGIN, TrialLatency
-from nas.select import Candidate, pick_within_budget
+from nas.selection import Candidate, pick_within_budget
 from nas.space import load_space
 
 SPACE = load_space("digits-tiny")
@@ -163,7 +163,7 @@ def test_the_pick_falls_back_to_the_next_candidate_that_measures_within_the_budg
 
 def test_the_budget_refusal_allows_the_priors_error(tmp_path):
     from nas.pipeline import resolve_budget
-    from nas.search import smallest_latency
+    from nas.study import smallest_latency
     from test_latency import SPACE as space
     from test_latency import built_table
 

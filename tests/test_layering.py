@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LOWER = ["nas.kernels", "nas.arch", "nas.space", "nas.supernet", "nas.subnet", "nas.latency", "nas.latency.table",
          "nas.latency.profiler", "nas.latency.probe", "nas.latency.timer", "nas.latency.trials", "nas.latency.runtime", "nas.flops", "nas.compute", "nas.data", "nas.odd_one_out",
-         "nas.rundir", "nas.train", "nas.evaluate", "nas.export", "nas.standalone", "nas.verify"]
-BLOCKED = ["ray", "optuna", "nas.search", "nas.pipeline", "nas.bench", "nas.stages", "nas.cli", "nas.commands", "workers"]
+         "nas.rundir", "nas.training", "nas.evaluate", "nas.exporter", "nas.standalone", "nas.verify"]
+BLOCKED = ["ray", "optuna", "nas.study", "nas.pipeline", "nas.bench", "nas.stages", "nas.cli", "nas.commands", "workers"]
 
 
 def test_lower_floors_import_without_ray_optuna_or_upper_floors():

@@ -12,13 +12,13 @@ import torch
 import yaml
 from torch import nn
 
-from nas import search
+from nas import study as search
 from nas.arch import Arch
 from nas.kernels import AttentionKernel, registry
 from nas.latency import table as lut
 from nas.latency.profiler import Profiler
 from nas.report import write_outputs
-from nas.select import load_candidates
+from nas.selection import load_candidates
 from nas.space import load_space
 from nas.supernet import SuperNet, extract
 from runs import FAST

@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from nas.compute import Compute
 from nas.space import load_space
 from nas.supernet import SuperNet, extract
-from nas.train import TrainConfig, make_optimizer, optimizer_step, sandwich, sandwich_step
+from nas.training import TrainConfig, make_optimizer, optimizer_step, sandwich, sandwich_step
 
 SPACE = load_space("digits-tiny")  # every kernel of the registry, Taylor's orders and variants
 META = Compute(torch.device("meta"))
@@ -155,7 +155,7 @@ def test_compute_device_errors_are_one_line():
 @CUDA
 def test_two_bf16_training_steps_and_an_evaluation_on_cuda():
     from nas.data import load_dataset
-    from nas.train import accuracy
+    from nas.training import accuracy
 
     compute = Compute.parse("cuda", "bf16")
     torch.manual_seed(0)
@@ -174,7 +174,7 @@ def test_two_bf16_training_steps_and_an_evaluation_on_cuda():
 @CUDA
 def test_export_fine_tune_on_cuda():
     from nas.data import load_dataset
-    from nas.export import finetune, top1
+    from nas.exporter import finetune, top1
 
     compute = Compute.parse("cuda", "bf16")
     data = load_dataset(None, SPACE.image_size, SPACE.in_chans)

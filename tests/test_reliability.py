@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from nas import search
+from nas import study as search
 from nas.cli import main
 from nas.rundir import RunDir
 from runs import make_run
@@ -494,7 +494,7 @@ def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_ray_train_leaves_no_checkpoint_copies_in_the_temp_folder(tmp_path):
     from nas.space import load_space
-    from nas.train import TrainConfig
+    from nas.training import TrainConfig
     from workers.trainer import train_distributed
 
     def copies() -> set[Path]:
@@ -536,8 +536,8 @@ def test_export_carries_its_preprocessing_for_timm(trained, tmp_path):
     import timm.data
 
     import nas.timm_compat  # noqa: F401 — registers vit_nas
-    from nas.export import export
-    from nas.select import Candidate
+    from nas.exporter import export
+    from nas.selection import Candidate
 
     space, data = RunDir(trained).space_and_data()
     arch = space.smallest()

@@ -14,13 +14,13 @@ import time
 import optuna
 import pytest
 
-from nas import search
+from nas import study as search
 from nas.cli import main
 from nas.latency import table as lut
 from nas.rundir import TABLE, RunDir
 from nas.space import load_space
 from nas.storage import normalize, redact, redact_text
-from nas.train import TrainConfig
+from nas.training import TrainConfig
 from workers.cluster import init_ray
 from runs import make_run
 

@@ -205,7 +205,7 @@ def test_tied_groups_train_as_shared_projections_and_split_into_copies_with_thei
 def test_a_grouped_supernet_trains_tied_then_split_and_its_groups_part(tmp_path):
     from nas.data import load_dataset
     from nas.rundir import RunDir
-    from nas.train import TrainConfig, train_supernet
+    from nas.training import TrainConfig, train_supernet
 
     space = grouped()
     dataset = load_dataset(None, space.image_size, space.in_chans)

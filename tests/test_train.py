@@ -14,7 +14,7 @@ from nas.data import load_dataset
 from nas.errors import NasError
 from nas.space import load_space
 from nas.rundir import RunDir
-from nas.train import TrainConfig, sandwich, step_rng, train_supernet
+from nas.training import TrainConfig, sandwich, step_rng, train_supernet
 
 SPACE = load_space("digits-tiny")
 DATA = load_dataset(None, SPACE.image_size, SPACE.in_chans)
@@ -97,7 +97,7 @@ def test_cli_train_bad_input_is_one_line(tmp_path, capsys):
 def test_an_image_folder_run_stopped_mid_epoch_restarts_that_epoch_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
     """Streamed data, two loader processes: a run interrupted in the middle of epoch 2 resumes
     from the epoch-1 checkpoint, replays epoch 2 from its start and ends with the same weights."""
-    from nas import train
+    from nas import training as train
     from test_data import make_image_folder
 
     space = load_space("digits-tiny")
@@ -128,7 +128,7 @@ def test_an_image_folder_run_stopped_mid_epoch_restarts_that_epoch_and_ends_as_a
 
 
 def test_mixup_and_cutmix_train_on_soft_targets_and_need_an_even_batch(tmp_path):
-    from nas.train import check_mixup, make_mixup, mixed
+    from nas.training import check_mixup, make_mixup, mixed
 
     config = TrainConfig(epochs=1, batch_size=64, random_subnets=0, mixup=0.8, cutmix=1.0)
     mixup = make_mixup(config, 10)
@@ -146,7 +146,7 @@ def test_mixup_and_cutmix_train_on_soft_targets_and_need_an_even_batch(tmp_path)
 def test_angular_auxiliary_branch_is_annealed_to_zero_and_then_costs_nothing(tmp_path, monkeypatch):
     """Castling-ViT's recipe: weight `angular_aux` at step 0, linearly to 0 at `angular_aux_until` of the steps;
     from there on no angular layer computes its softmax, in training as in evaluation."""
-    import nas.train as train
+    import nas.training as train
     from nas.kernels.angular import AngularAttention
 
     config = TrainConfig(epochs=2, batch_size=128, random_subnets=1, warmup_epochs=1, angular_aux=0.8, angular_aux_until=0.5)
@@ -185,7 +185,7 @@ def test_fair_sampling_trains_each_kernel_of_each_layer_once_per_k_steps_and_sha
     import random
     from collections import Counter
 
-    from nas.train import fair_kernels, fair_sandwich
+    from nas.training import fair_kernels, fair_sandwich
 
     choices = SPACE.kernel_choices()
     k = len(choices)

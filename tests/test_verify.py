@@ -15,7 +15,7 @@ from nas.data import load_dataset
 from nas.errors import NasError
 from nas.io import append_line
 from nas.rundir import VERIFY, VERIFY_JSON, RunDir
-from nas.select import Candidate, load_candidates
+from nas.selection import Candidate, load_candidates
 from nas.space import load_space
 from nas.standalone import Recipe
 from nas.verify import Trainer, VerifyConfig, measured_candidates, preference, read_state, state_path, successive_halving, train_to
@@ -144,12 +144,14 @@ def test_a_killed_verification_retrains_no_finished_rung(digits, tmp_path):
 
     with pytest.raises(Killed):
         successive_halving(list(named), killed_after_rung_one, rungs, 0.5, progress=lambda line: None)
+    first.close()
     before = {name: read_state(state_path(tmp_path, arch, 0))["curve"] for name, arch in named.items()}
     assert all(len(curve) == 1 for curve in before.values())
 
     lines = []
     second = Trainer(tmp_path, named, config, space.data, dataset, progress=lines.append)
     winner, history = successive_halving(list(named), second, rungs, 0.5, progress=lambda line: None)
+    second.close()
     assert len(lines) == 2 and all("3 epochs" in line for line in lines)  # only the two survivors train, rung 2 only
     assert history[0]["scores"] == {name: curve[0] for name, curve in before.items()}
     assert winner in history[0]["kept"] and len(history[0]["kept"]) == 2

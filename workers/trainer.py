@@ -1,6 +1,6 @@
 """Supernet training on Ray Train: `TorchTrainer` with K workers (gloo on CPU, NCCL on GPU).
 
-Each worker runs `nas.train.train_supernet` as one rank of a `Distributed` group: the same
+Each worker runs `nas.training.train_supernet` as one rank of a `Distributed` group: the same
 subnets on every rank (the step's RNG depends only on seed and step), its shard of every
 batch, gradients averaged after each sandwich step. No rank opens the run directory, which
 may live on another machine: each trains in a folder of its own node's temp dir (removed at
@@ -26,7 +26,7 @@ from nas.errors import NasError
 from nas.io import atomic_path, write_json
 from nas.space import SearchSpace
 from nas.rundir import CONFIG, RAY_TRAIN, SPLIT, STATE, STATE_JSON, WEIGHTS
-from nas.train import Distributed, TrainConfig, format_epoch, train_supernet
+from nas.training import Distributed, TrainConfig, format_epoch, train_supernet
 
 CHECKPOINT_FILES = (CONFIG, SPLIT, WEIGHTS, STATE, STATE_JSON)  # train_state.json last: it names the epoch of the others
 

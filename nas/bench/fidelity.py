@@ -114,7 +114,7 @@ def train_standalone(arch_json: str, seed: int, schedule: Schedule, dataset=None
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     batches = torch.Generator().manual_seed(seed)
     model.train()
-    from nas.train import TrainConfig, angular_aux_at, set_angular_aux
+    from nas.training import TrainConfig, angular_aux_at, set_angular_aux
 
     aux = TrainConfig(angular_aux=schedule.angular_aux, angular_aux_until=schedule.angular_aux_until)
     for step in range(schedule.steps):
@@ -191,7 +191,7 @@ def reusable(path: Path | None, schedule: Schedule) -> dict[tuple[str, int], flo
 
 def run(run_dir: Path, config: FidelityConfig, reuse: Path | None = None, progress: Callable[[str], None] = print) -> tuple[list[dict], dict]:
     from nas.rundir import TABLE, RunDir
-    from nas.train import accuracy
+    from nas.training import accuracy
 
     run = RunDir(run_dir)
     space, data = run.space_and_data()
@@ -239,7 +239,7 @@ def score_against_truth(run_dir: Path, truth_path: Path, config: FidelityConfig,
     after the full schedule), plus the truth's own noise ceiling."""
     from nas.bench import truth
     from nas.rundir import TABLE, RunDir
-    from nas.train import accuracy
+    from nas.training import accuracy
 
     records, cut = truth.read(truth_path)
     if not records:

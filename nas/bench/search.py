@@ -33,7 +33,7 @@ from pathlib import Path
 
 import optuna
 
-from nas import search
+from nas import study as search
 from nas.errors import NasError
 from nas.io import append_line, read_lines, write_json, write_text
 

@@ -102,7 +102,7 @@ def run_case(config: TrainBenchConfig, data: str | None, loader_workers: int, pr
     from nas.data import load_dataset
     from nas.space import load_space
     from nas.supernet import SuperNet
-    from nas.train import TrainConfig, accuracy, make_optimizer, optimizer_step, sandwich, sandwich_step, step_seeds
+    from nas.training import TrainConfig, accuracy, make_optimizer, optimizer_step, sandwich, sandwich_step, step_seeds
 
     compute = Compute.parse(config.device, config.precision)
     space = load_space(config.space)

@@ -40,7 +40,7 @@ def run_bench_search(args: argparse.Namespace) -> int:
     from nas.bench import search as bench
     from nas.pipeline import resolve_budget
     from nas.rundir import WEIGHTS, RunDir
-    from nas.search import SAMPLERS
+    from nas.study import SAMPLERS
     from workers.cluster import init_ray, require_ray
 
     require_ray("nas bench search (it times 1 and 2 evaluator actors)", "ray[default]")

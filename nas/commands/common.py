@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from nas.config import non_negative_float, non_negative_int, positive_float, positive_int, ray_storage_path  # noqa: F401
+
 
 def int_list(text: str) -> tuple[int, ...]:
     try:
@@ -70,44 +72,6 @@ def str_list(text: str) -> tuple[str, ...]:
     return values
 
 
-def _positive(cast, what: str):
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
-        if not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a positive finite {what}, got {text!r}")
-        return value
-
-    parse.__name__ = f"positive_{cast.__name__}"
-    return parse
-
-
-positive_int = _positive(int, "integer")
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-positive_float = _positive(float, "number")
-
-
 def float_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
@@ -119,14 +83,6 @@ def float_list(text: str) -> tuple[float, ...]:
     if bad:
         raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {', '.join(map(str, bad))} in {text!r}")
     return values
-
-
-def ray_storage_path(value: str) -> str:
-    """--storage-path: a URI Ray Train writes to (s3://, gs://, ...) as given, or a folder made absolute
-    (on a cluster it must be the same shared folder on every node)."""
-    if "://" in value:
-        return value
-    return str(Path(value).expanduser().resolve())
 
 
 STORAGE_PATH_HELP = ("with --workers > 1: where Ray Train keeps its checkpoints; on a cluster, a folder every node sees "
@@ -183,11 +139,16 @@ class _Split(argparse.Action):
                        "and --compute-device (the device that trains and evaluates)\n")
 
 
+def refuse_device_flag(p) -> None:
+    """The old --device, refused in one line so that it is not taken for the compute device."""
+    p.add_argument("--device", action=_Split, dest="old_device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def add_target_device(p, default, help: str) -> None:
     """--target-device: whose latency the table measures (its fingerprint); the old --device is
     refused in one line, so that it is not taken for the compute device."""
     p.add_argument("--target-device", dest="device", default=default, help=help)
-    p.add_argument("--device", action=_Split, help=argparse.SUPPRESS)
+    p.add_argument("--device", action=_Split, dest="old_device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def add_compute_options(p, loading: bool = True) -> None:

@@ -11,39 +11,22 @@ from nas.errors import NasError
 
 
 def add_train(commands: argparse._SubParsersAction) -> None:
-    from nas.train import TrainConfig
+    from nas import config as config_tree
 
-    defaults = TrainConfig()
     p = commands.add_parser(
         "train",
         help="train a weight-sharing supernet (sandwich rule, in-place distillation)",
         description="Train the supernet of a search space on a dataset and write supernet.safetensors, its training "
         "state, the data split and config.yaml into --out. Prints held-out test accuracy of the largest and "
-        "smallest subnets at the end.",
+        "smallest subnets at the end. The training settings are the fields of nas.config.TrainConfig (nas run sets "
+        "them as --train.<name>).",
     )
     p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
     p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)")
     p.add_argument("--epochs", type=positive_int, default=None, help="default: the space's `epochs` field (its YAML; 100 when absent)")
-    p.add_argument("--teacher", default=defaults.teacher, choices=["fair", "softmax"], help="kernels of the label-trained widest path: a random kernel per layer (fair) or softmax everywhere (default: %(default)s)")
-    p.add_argument("--kernel-sampling", default=defaults.kernel_sampling, choices=["random", "fair"],
-                   help="kernels of the sandwich's subnets: each draws its own per layer (random), or strict fairness (fair: within "
-                   "every K steps each layer trains each of the K kernel choices once, and one step's subnets share their kernels) "
-                   "(default: %(default)s)")
-    p.add_argument("--projection-warmup", type=non_negative_float, default=defaults.projection_warmup,
-                   help="a space with `projections: kernel`: share of the epochs (0-1) whose kernel groups train tied, as shared "
-                   "projections, before each group goes on from those weights (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default: %(default)s")
-    p.add_argument("--lr", type=positive_float, default=defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
-    p.add_argument("--random-subnets", type=int, default=defaults.random_subnets, help="random subnets per step besides largest and smallest (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    config_tree.add_flags(p, config_tree.TrainConfig, exclude=("epochs", "precision"))
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
     add_compute_options(p)
-    p.add_argument("--angular-aux", type=non_negative_float, default=defaults.angular_aux,
-                   help="Castling-ViT: start weight of the angular kernels' auxiliary masked-softmax branch, 0 turns it off (default: %(default)s)")
-    p.add_argument("--angular-aux-until", type=non_negative_float, default=defaults.angular_aux_until,
-                   help="share of the training steps over which that weight falls linearly to 0 (default: %(default)s)")
-    p.add_argument("--mixup", type=non_negative_float, default=0.0, help="timm Mixup alpha (default: 0, off)")
-    p.add_argument("--cutmix", type=non_negative_float, default=0.0, help="timm CutMix alpha (default: 0, off)")
     p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (one GPU each on CUDA); 1 trains in this process (default: %(default)s)")
     p.add_argument("--ray-address", default=None, help="with --workers > 1: 'auto' or an address to join a Ray cluster (default: local Ray)")
     p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
@@ -55,64 +38,21 @@ def add_train(commands: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from nas.compute import Compute
-    from nas.data import load_dataset
-    from nas.space import load_space
-    from nas.train import TrainConfig, check_kernel_sampling, check_mixup
+    from nas import api
+    from nas import config as config_tree
+    from nas.rundir import STATE_JSON
 
-    from nas.stages import check_connections, check_out_dir
-
-    if args.random_subnets < 0:
-        raise NasError(f"--random-subnets must be >= 0, got {args.random_subnets}")
-    check_kernel_sampling(TrainConfig(teacher=args.teacher, kernel_sampling=args.kernel_sampling, projection_warmup=args.projection_warmup))
-    if args.angular_aux_until > 1:
-        raise NasError(f"--angular-aux-until is a share of the training steps, at most 1; got {args.angular_aux_until}")
-    if args.storage_path is not None and args.workers == 1:
-        raise NasError("--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
-                       "trains in this process into --out. Drop --storage-path or pass --workers 2 or more")
-    check_out_dir(args.out)
-    if args.workers > 1:
-        from nas.storage import CONNECT_TIMEOUT_S
-
-        check_connections(args.ray_address, None, CONNECT_TIMEOUT_S, progress=lambda line: print(line, flush=True))
+    config = config_tree.from_args(config_tree.TrainConfig, args, config_tree.TrainConfig(precision=args.precision))
+    config = config_tree.with_values(config, {"epochs": args.epochs or 0})  # 0: the space's
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    space = load_space(args.space)
-    args.data = args.data or space.data
-    compute = Compute.parse(args.compute_device, args.precision)
-    check_mixup(args.mixup, args.cutmix, args.batch_size, args.workers)
-    dataset = load_dataset(args.data, space.image_size, space.in_chans, args.randaugment, args.loader_workers)
-    if args.batch_size > dataset.size("train"):
-        raise NasError(f"--batch-size {args.batch_size}: the training split holds only {dataset.size('train')} images; "
-                       f"use at most {dataset.size('train')}")
-    if dataset.num_classes != space.num_classes:
-        print(f"note: the data has {dataset.num_classes} classes; the space's num_classes {space.num_classes} is replaced")
-        space = space.with_num_classes(dataset.num_classes)
-    config = TrainConfig(epochs=args.epochs or space.epochs, batch_size=args.batch_size, lr=args.lr, random_subnets=args.random_subnets,
-                         teacher=args.teacher, seed=args.seed, precision=args.precision, mixup=args.mixup, cutmix=args.cutmix,
-                         angular_aux=args.angular_aux, angular_aux_until=args.angular_aux_until, kernel_sampling=args.kernel_sampling,
-                         projection_warmup=args.projection_warmup)
-    print(
-        f"nas train: space {space.name} ({space.size():.3g} archs), data {dataset.name} "
-        f"(train {dataset.size('train')}, val {dataset.size('val')}, test {dataset.size('test')}), "
-        f"{config.epochs} epochs on {compute.device} ({compute.precision}, {torch.get_num_threads()} threads) -> {args.out}",
-        flush=True,
-    )
-
-    from nas.rundir import RunDir
-    from nas.stages import resumable_training, train_stage
-
-    run = RunDir(args.out)
-    created, had = not args.out.exists(), set(args.out.iterdir()) if args.out.is_dir() else set()
     try:
-        summary = train_stage(space, args.data, dataset, config, run, args.workers, args.resume, args.ray_address,
-                              progress=lambda line: print(line, flush=True), compute=compute, storage_path=args.storage_path)
+        summary = api.train(args.out, config, space=args.space, data=args.data, compute_device=args.compute_device,
+                            randaugment=args.randaugment, loader_workers=args.loader_workers, workers=args.workers,
+                            ray_address=args.ray_address, storage_path=args.storage_path, resume=args.resume,
+                            progress=lambda line: print(line, flush=True))
     except (NasError, KeyboardInterrupt):
-        if not args.resume and not resumable_training(run):  # stopped before the first checkpoint: leave nothing behind
-            import shutil
-
-            for path in [args.out] if created else set(args.out.iterdir()) - had:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if not args.resume and not (args.out / STATE_JSON).exists():
             args.on_stop = "again"  # nothing to --resume from
         raise
     print(
@@ -201,7 +141,7 @@ def add_select(commands: argparse._SubParsersAction) -> None:
 def run_select(args: argparse.Namespace) -> int:
     import json
 
-    from nas.select import check_device, load_candidates, select
+    from nas.selection import check_device, load_candidates, select
 
     fp, _ = check_device(args.run, args.device)
     candidates = load_candidates(args.run)
@@ -234,18 +174,11 @@ def add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from nas.compute import Compute
-    from nas.export import export
-    from nas.select import by_trial, load_candidates, select
-    from nas.stages import check_out_dir
+    from nas import api
 
-    check_out_dir(args.out)
-    candidates = load_candidates(args.run)
-    candidate = by_trial(candidates, args.trial) if args.trial is not None else select(candidates, args.budget_ms)[0]
-    print(f"nas export: trial {candidate.trial} of {args.run} -> {args.out}", flush=True)
-    compute = Compute.parse(args.compute_device, args.precision)
-    meta = export(args.run, candidate, args.out, tuple(args.format), args.finetune_epochs, args.overwrite, args.device,
-                  progress=lambda line: print(line, flush=True), compute=compute, budget_ms=args.budget_ms)
+    meta = api.export(args.run, args.out, trial=args.trial, budget_ms=args.budget_ms, formats=tuple(args.format),
+                      finetune_epochs=args.finetune_epochs, overwrite=args.overwrite, compute_device=args.compute_device,
+                      precision=args.precision, target_device=args.device, progress=lambda line: print(line, flush=True))
     latency = meta["latency"]
     measured = f"{latency['measured_ms']:.4f} ms measured ({latency['error']:+.1%})" if latency["measured_ms"] else latency["note"]
     print(f"latency: {latency['predicted_ms']:.4f} ms predicted, {measured}")
@@ -254,7 +187,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_verify(commands: argparse._SubParsersAction) -> None:
-    from nas.verify import CANDIDATES
+    from nas.config import VERIFY_CANDIDATES as CANDIDATES
 
     p = commands.add_parser("verify", help="train a run's best candidates under its budget standalone; export the verified pick",
                             description="Choose a run's best candidates under the budget (spread over the front's latency range), "
@@ -276,10 +209,10 @@ def run_verify(args: argparse.Namespace) -> int:
     from nas import report
     from nas.stages import trial_profiler
     from nas.compute import Compute
-    from nas.export import export
+    from nas.exporter import export
     from nas.io import write_json
     from nas.rundir import EXPORTS, MANIFEST, TABLE, RunDir
-    from nas.select import by_trial, load_candidates
+    from nas.selection import by_trial, load_candidates
     from nas.stages import check_out_dir
     from nas.verify import VerifyConfig, verify
 

@@ -18,77 +18,63 @@ from nas.errors import NasError
 
 
 def add_run(commands: argparse._SubParsersAction) -> None:
-    from nas.pipeline import RunConfig
+    from nas import config as config_tree
+    from nas.commands.common import refuse_device_flag
 
-    d = RunConfig()
     p = commands.add_parser(
         "run",
         help="the whole pipeline: latency table, supernet training, search, export (default: odd-one-out on this CPU)",
-        description="Build and validate the device's latency table, train the supernet, and run the Optuna search "
-        "on local Ray (or a cluster), writing everything into --out.",
+        description="Build and validate the device's latency table, train the supernet, search with Optuna on local Ray (or a "
+        "cluster), verify the best candidates by training them standalone, and export the pick, writing everything into --out. "
+        "Every setting below is a field of nas.config.RunConfig; --config FILE sets them from YAML (flags override it).",
     )
-    p.add_argument("--space", default=d.space, help="search space name or YAML path (default: %(default)s)")
-    p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)")
-    add_target_device(p, d.device, "device whose latency is optimised: cpu, cuda or cuda:<i> (default: cpu)")
-    p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "fp16"], help="inference dtype of the latency measurement (default: fp32)")
-    add_runtime(p)
-    add_compute_options(p)
-    p.add_argument("--val-images", type=positive_int, default=None, help="score each search trial on this many validation images (a fixed sample; default: all)")
-    p.add_argument("--gpus-per-evaluator", type=positive_float, default=None, help="with a CUDA compute device: GPUs each evaluator asks "
-                   "Ray for, fractions allowed (default: a whole GPU when there is one per evaluator, else a share of one)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="inference batch size for latency (default: %(default)s)")
-    p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget in ms (default: the median predicted latency of 2,000 random archs: about half the space is feasible)")
-    p.add_argument("--budget-quantile", type=positive_float, default=None, help="instead of --budget-ms: the budget admits about "
-                   f"this share of random archs (0-1; 1 admits all; default: {d.budget_quantile})")
-    p.add_argument("--trials", type=positive_int, default=d.trials, help="default: %(default)s")
-    p.add_argument("--epochs", type=positive_int, default=None, help="supernet training epochs (default: the space's)")
-    p.add_argument("--workers", type=positive_int, default=d.workers, help="Ray Train workers for the supernet; 1 trains in this process (default: %(default)s)")
-    p.add_argument("--evaluators", type=positive_int, default=d.evaluators, help="Ray evaluator actors (default: %(default)s)")
-    p.add_argument("--sampler", default=d.sampler, choices=["tpe", "nsga2", "random", "gp"], help="tpe (multivariate, grouped), nsga2, random or gp (Gaussian process; default: %(default)s)")
-    p.add_argument("--calibrate", type=non_negative_int, default=d.calibrate, help="whole models for the latency calibration (default: %(default)s)")
-    p.add_argument("--validate", type=non_negative_int, default=d.validate, help="held-out whole models to validate the latency table (default: %(default)s)")
-    add_latency_source(p)
-    p.add_argument("--verify", type=non_negative_int, default=d.verify, help="after the search, train this many of the best candidates "
-                   "under the budget standalone (successive halving) and pick by verified accuracy; 0: pick by inherited accuracy "
-                   "(default: %(default)s)")
-    p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: start a local Ray)")
-    p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
-    add_connection_options(p, "sqlite in --out")
-    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--config", type=Path, default=None, help="YAML file of settings, as --print-config writes it; a run directory's "
+                   "run.yaml replays that run (flags given as well override the file)")
+    p.add_argument("--print-config", action="store_true", help="print the settings this command would run with, as YAML, and exit")
     p.add_argument("--out", type=out_path, default=None, help="run directory (default: results/run-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    config_tree.add_flags(p, config_tree.RunConfig)
+    refuse_device_flag(p)
     p.set_defaults(func=run_run, on_stop="resume")
+
+
+def run_config(args: argparse.Namespace):
+    """The RunConfig of `nas run`'s arguments: the defaults, then --config FILE, then the flags given."""
+    from nas import config as config_tree
+    from nas.storage import check_study_name
+
+    base = config_tree.load(config_tree.RunConfig, args.config) if args.config is not None else config_tree.RunConfig()
+    given = config_tree.given(config_tree.RunConfig, args)
+    if "budget_ms" in given and "budget_quantile" in given:
+        raise NasError(f"--budget-ms {given['budget_ms']} and --budget-quantile {given['budget_quantile']}: pass one; the quantile only "
+                       "sets the budget when no --budget-ms is given")
+    config = config_tree.with_values(base, given)
+    if config.storage_path is not None and config.workers == 1:
+        raise NasError("--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
+                       "trains in this process into --out. Drop --storage-path or pass --workers 2 or more")
+    if config.study_name is not None:
+        check_study_name(config.study_name)
+    return config
 
 
 def run_run(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from nas.pipeline import RunConfig, run
+    from nas import api
+    from nas import config as config_tree
+    from nas.storage import resolve
 
     if args.resume and args.out is None:
         raise NasError("--resume needs --out: the run directory to continue")
-    if args.budget_ms is not None and args.budget_quantile is not None:
-        raise NasError(f"--budget-ms {args.budget_ms} and --budget-quantile {args.budget_quantile}: pass one; the quantile only "
-                       "sets the budget when no --budget-ms is given")
-    if args.storage_path is not None and args.workers == 1:
-        raise NasError("--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
-                       "trains in this process into --out. Drop --storage-path or pass --workers 2 or more")
-    from nas.storage import check_study_name, resolve
-
+    config = run_config(args)
+    if args.print_config:
+        print(config_tree.dump(config), end="")
+        return 0
     out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
-    storage, source = resolve(args.storage)
-    config = RunConfig(
-        space=args.space, data=args.data, device=args.device, dtype=args.dtype, batch_size=args.batch_size, runtime=args.backend,
-        budget_ms=args.budget_ms, budget_quantile=RunConfig.budget_quantile if args.budget_quantile is None else args.budget_quantile, trials=args.trials, epochs=args.epochs, workers=args.workers, evaluators=args.evaluators,
-        sampler=args.sampler, seed=args.seed, ray_address=args.ray_address, storage=storage,
-        calibrate=args.calibrate, validate=args.validate, latency=args.latency, connect_timeout=args.connect_timeout, compute_device=args.compute_device,
-        precision=args.precision, loader_workers=args.loader_workers, randaugment=args.randaugment, val_images=args.val_images,
-        gpus_per_evaluator=args.gpus_per_evaluator, storage_path=args.storage_path, verify=args.verify,
-        study_name=None if args.study_name is None else check_study_name(args.study_name),
-    )
+    source = resolve(config.storage)[1]
     started = time.perf_counter()
     print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
-    result = run(config, out, args.resume, progress=lambda line: print(line, flush=True))
+    result = api.run(config, out, resume=args.resume, progress=lambda line: print(line, flush=True))
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; run directory {out}")
     if not result:
         print("no feasible arch was found under the budget")
@@ -96,79 +82,28 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def add_search(commands: argparse._SubParsersAction) -> None:
+    from nas import config as config_tree
+
     p = commands.add_parser(
         "search",
         help="Optuna search over a trained supernet (Ray evaluator actors)",
         description="Search a run directory that holds a trained supernet and a latency table (nas train, nas latency "
-        "--out <run>/latency_table.json); writes study.db (or --storage), trials.csv, pareto.csv, pareto.png.",
+        "--out <run>/latency_table.json); writes study.db (or --storage), trials.csv, pareto.csv, pareto.png. "
+        "The settings are the fields of nas.config.SearchSettings.",
     )
     p.add_argument("--run", type=Path, required=True, help="run directory")
-    p.add_argument("--table", type=Path, default=None, help="latency table (default: <run>/latency_table.json)")
-    add_latency_source(p)
-    p.add_argument("--accept-poor-fit", action="store_true", help="with --latency predicted: search on a table that failed its validation anyway")
-    add_compute_options(p, loading=False)
-    p.add_argument("--val-images", type=positive_int, default=None, help="score each trial on this many validation images (a fixed sample; default: all)")
-    p.add_argument("--gpus-per-evaluator", type=positive_float, default=None, help="with a CUDA compute device: GPUs each evaluator asks "
-                   "Ray for, fractions allowed (default: a whole GPU when there is one per evaluator, else a share of one)")
-    p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: none, the whole front)")
-    p.add_argument("--trials", type=positive_int, default=100, help="default: %(default)s")
-    p.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random", "gp"], help="tpe (multivariate, grouped), nsga2, random or gp (Gaussian process; default: %(default)s)")
-    p.add_argument("--third-objective", default=None, choices=["params", "macs"], help="also minimise params or MACs")
-    p.add_argument("--evaluators", type=positive_int, default=2, help="Ray evaluator actors (default: %(default)s)")
-    p.add_argument("--batch", type=positive_int, default=None, help="trials asked per round (default: 2 × evaluators)")
-    p.add_argument("--ray-address", default=None, help="'auto' or an address to join a Ray cluster (default: local Ray)")
-    add_connection_options(p, "sqlite:///<run>/study.db")
-    p.add_argument("--report-dir", type=out_path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
-                   "required for a study in another --storage)")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--resume", action="store_true", help="continue the study")
+    config_tree.add_flags(p, config_tree.SearchSettings)
     p.set_defaults(func=run_search_command, on_stop="resume")
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    from nas import report, search
-    from nas.compute import Compute
-    from nas.latency.table import LatencyTable
-    from nas.pipeline import resolve_budget
-    from nas.rundir import TABLE, WEIGHTS, RunDir
-    from nas.stages import Fit, check_connections, check_fit, check_out_dir, search_stage, trial_profiler
-    from nas.storage import redact, resolve
+    from nas import config as config_tree
+    from nas import report
+    from nas.pipeline import search_run
 
-    run = RunDir(args.run)
-    study_name = run.study_name(args.study_name)  # a bad --study-name is refused before any work
-    space, _ = run.space_and_data()
-    storage = resolve(args.storage)[0] or run.default_storage()
-    report_dir = run.report_dir(storage, args.report_dir)  # refused before any work when the study is not the run's
-    check_out_dir(report_dir, "--report-dir")
-    table_path = args.table or run.path(TABLE)
-    if not table_path.is_file():
-        raise NasError(f"{table_path} does not exist; build it with nas latency --space ... --out {table_path}")
-    table = LatencyTable.load(table_path, space)
-    profiler = None
-    if args.latency == "predicted":
-        check_fit(table, table_path, Fit.stored_with(table, args.accept_poor_fit))
-    else:
-        profiler = trial_profiler(table, table_path)
-    compute = Compute.parse(args.compute_device, args.precision)
-    scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": args.val_images}
-    if not run.has(WEIGHTS):
-        raise NasError(f"{args.run} holds no {WEIGHTS}; train the supernet first (nas train --out {args.run})")
-    if args.val_images is not None and args.val_images > run.split_size("val"):
-        raise NasError(f"--val-images {args.val_images}: the run's validation split holds only {run.split_size('val')} images; "
-                       f"use at most {run.split_size('val')}, or leave it out to score on all of them")
-    budget = resolve_budget(space, table, args.budget_ms) if args.budget_ms is not None else None
-    config = search.SearchConfig(
-        trials=args.trials, batch=args.batch or 2 * args.evaluators, sampler=args.sampler, seed=args.seed,
-        budget_ms=budget, third_objective=args.third_objective,
-    )
-    progress = lambda line: print(line, flush=True)  # noqa: E731
-    check_connections(args.ray_address, storage, args.connect_timeout, progress)
-    print(f"nas search: {space.name}, {config.trials} trials ({config.sampler}), {args.evaluators} evaluator(s) on {compute.device} "
-          f"({compute.precision}), budget {budget if budget is not None else 'none'}, storage {redact(storage)}, study {study_name}", flush=True)
-    study, front, _ = search_stage(run, space, table, config, storage, args.resume, args.evaluators, args.ray_address,
-                                   progress=progress, report_dir=report_dir, scoring=scoring, gpus_each=args.gpus_per_evaluator,
-                                   measure=(lambda archs: profiler.measure_models(archs, profiler.protocol.for_trials())) if profiler else None,
-                                   study_name=study_name)
+    config = config_tree.from_args(config_tree.SearchSettings, args)
+    study, front, report_dir, budget = search_run(args.run, config, args.resume, progress=lambda line: print(line, flush=True))
     print(report.format_front(front))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
     if budget is not None and not front:

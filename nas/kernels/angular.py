@@ -44,7 +44,7 @@ class AngularAttention(AttentionKernel):
     training-only auxiliary branch: m = S ⊙ [S > `aux_threshold`] with S = softmax(q·kᵀ/√d),
     a masked (sparse) softmax inside the normalisation, weighted by `aux_weight` (the authors
     add it with weight 1; the paper's recipe anneals it to 0 during training: see
-    `nas.train`). At weight 0, and always in eval mode, it is never computed.
+    `nas.training`). At weight 0, and always in eval mode, it is never computed.
 
     variant="paper" (the kernel before revision 2): the paper's ratio form
     (½·Σ_j v_j + (1/π)·q̂ᵀK̂ᵀV) / (N/2 + (1/π)·q̂ᵀΣ_j k̂_j), plus a depthwise

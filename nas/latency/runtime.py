@@ -3,7 +3,7 @@
     eager        the standalone PyTorch modules, called as they are
     cuda-graph   each call captured once into a CUDA graph and replayed (CUDA only)
     onnxruntime  the module's ONNX graph — written by the exporter `nas export` uses
-                 (nas.export.to_onnx: torch.onnx, dynamo, opset 18) — in an ONNX Runtime
+                 (nas.exporter.to_onnx: torch.onnx, dynamo, opset 18) — in an ONNX Runtime
                  session on the CPU execution provider, with as many intra-op threads as
                  the fingerprint's CPU threads
 
@@ -69,7 +69,7 @@ INPUT, OUTPUT = "images", "logits"
 
 def onnx_bytes(module: torch.nn.Module, fn: Callable, example: torch.Tensor) -> bytes:
     """The ONNX graph of `fn` (a call of `module`; `module` itself for a whole model), with a
-    dynamic batch: the exporter and settings of `nas export`'s model.onnx (nas.export.to_onnx)."""
+    dynamic batch: the exporter and settings of `nas export`'s model.onnx (nas.exporter.to_onnx)."""
     wrapped = module if fn is module else _Positional(module, fn)
     if example.shape[0] < 2:  # a batch of 1 would be specialised to 1 by the exporter
         example = torch.cat([example, example])

@@ -45,6 +45,7 @@ import yaml
 from nas.arch import Arch
 from nas.weights import load_weights, save_weights
 from nas.compute import CPU, Compute
+from nas.config import TrainConfig
 from nas.data import Dataset, check_split, save_split
 from nas.errors import NasError
 from nas.io import atomic_path, write_json, write_text
@@ -53,32 +54,6 @@ from nas.rundir import CONFIG, SPLIT, STATE, STATE_JSON, WEIGHTS, space_record
 from nas.space import SearchSpace
 from nas.supernet import SuperNet
 
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 3e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: int = 2
-    random_subnets: int = 2
-    label_smoothing: float = 0.1
-    distill_weight: float = 0.5
-    distill_ramp: float = 0.25
-    max_bad_steps: int = 5  # consecutive non-finite losses before training stops
-    drop_path: float = 0.0
-    augment: bool = True
-    teacher: str = "fair"  # label-trained widest path: "fair" = a random kernel per layer each step; "softmax" = softmax everywhere
-    seed: int = 0
-    precision: str = "fp32"  # autocast of the forward passes: fp32, bf16 or fp16 (with a gradient scaler)
-    mixup: float = 0.0  # timm Mixup alpha (0: off); the labels become soft targets
-    cutmix: float = 0.0  # timm CutMix alpha (0: off)
-    angular_aux: float = 1.0  # Castling-ViT: start weight of the angular kernels' auxiliary sparse softmax branch
-    angular_aux_until: float = 0.5  # ... annealed linearly to 0 over this share of the training steps (0: never on)
-    kernel_sampling: str = "random"  # "random": each subnet draws its kernels; "fair": FairNAS strict fairness (fair_kernels)
-    projection_warmup: float = 0.3  # a space with `projections: kernel`: share of the epochs its groups train tied (shared), then split
 
 
 @dataclass(frozen=True)
@@ -406,6 +381,14 @@ def optimizer_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
         scaler.update()
     else:
         optimizer.step()
+
+
+def check_config(config: TrainConfig, workers: int = 1) -> None:
+    """Every training setting, at the edge (nas train, nas run), before any work."""
+    check_kernel_sampling(config)
+    if config.angular_aux_until > 1:
+        raise NasError(f"--angular-aux-until is a share of the training steps, at most 1; got {config.angular_aux_until}")
+    check_mixup(config.mixup, config.cutmix, config.batch_size, workers)
 
 
 def check_mixup(mixup: float, cutmix: float, batch_size: int, workers: int = 1) -> None:

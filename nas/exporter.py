@@ -6,6 +6,8 @@
     <out>/model.pt            TorchScript (traced)
     <out>/metadata.json       arch hash, source run/trial, accuracies, predicted and measured
                               latency with the fingerprint, MACs, params, versions
+    <out>/config.json         timm's model config (architecture vit_nas, pretrained_cfg): timm's
+                              `local-dir:<out>` and `pretrained_cfg_overlay=dict(file=...)` find the weights
 
 Files are written into a temporary directory that is renamed into place, so an export is
 complete or absent. `nas.load(<out>)` rebuilds the model from arch.json + safetensors
@@ -31,7 +33,7 @@ from nas.data import Dataset
 from nas.errors import NasError
 from nas.io import write_json
 from nas.rundir import RunDir, versions
-from nas.select import Candidate, check_device
+from nas.selection import Candidate, check_device
 from nas.subnet import ViT
 from nas.supernet import extract
 
@@ -152,7 +154,7 @@ def export(
     The model's latency is measured here (on the run's device, when this machine is it), or
     taken as `measured_ms` when the caller has just measured it (nas run's pick). With
     `budget_ms`, a measured latency over it is a warning line and `over_budget` in the metadata.
-    `pick`: the candidates measured to choose this one (nas.select.pick_within_budget), recorded.
+    `pick`: the candidates measured to choose this one (nas.selection.pick_within_budget), recorded.
     `verified`: the candidate's row of the run's verification (nas.verify): its standalone-trained
     weights (its saved state) are exported instead of the inherited ones, and both figures recorded."""
     from nas.latency.profiler import Profiler
@@ -237,6 +239,9 @@ def export(
             "versions": versions(),
         }
         write_json(staging / "metadata.json", metadata)
+        from nas.timm_compat import timm_config
+
+        write_json(staging / "config.json", timm_config(arch, metadata))  # timm's local-dir: and overlay loading read it
         os.chmod(staging, 0o755)
         for path in staging.iterdir():
             os.chmod(path, 0o644)
