@@ -198,6 +198,7 @@ class RunConfig:
                                      default_text="the run directory's name")
     connect_timeout: float = setting(CONNECT_TIMEOUT_S, "seconds to reach --storage and --ray-address before any work",
                                      parse=positive_float, resume=SILENT)
+    tensorboard: bool = setting(False, "write training and search scalars for TensorBoard into <run>/tensorboard", resume=FREE)
     # verification
     verify: int = setting(VERIFY_CANDIDATES, "after the search, train this many of the best candidates under the budget standalone (successive "
                           "halving) and pick by verified accuracy; 0: pick by inherited accuracy", parse=non_negative_int, resume=FREE)

@@ -177,13 +177,18 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     run = RunDir(run_dir)
     run.write_run_config(given)
     from nas import log
-    from nas.rundir import LOG, versions
+    from nas.rundir import LOG, TENSORBOARD, versions
 
+    scalars = None
     try:
+        if config.tensorboard:
+            from nas.tensorboard import Scalars
+
+            scalars = Scalars(run.path(TENSORBOARD))
         with log.to_file(run.path(LOG)) as logger:
             logger.debug("nas run %s in %s; versions %s", "resumed" if resume else "started", run_dir, versions())
             logger.debug("settings:\n%s", config_tree.dump(replace(config, storage=settings_record(config)["storage"])))
-            return _stages(config, run, space, dataset, resume, changes, log.tee(progress), compute)
+            return _stages(config, run, space, dataset, resume, changes, log.tee(progress), compute, scalars)
     except NasError as error:
         # A user error before any work leaves nothing behind; a measured latency table (minutes of work) is kept,
         # e.g. when the budget is refused as unreachable: --resume with another budget continues from it.
@@ -196,13 +201,16 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
                 raise NasError(f"{error}. The latency table measured so far is kept: run again with --resume --out {run_dir} "
                                "and another budget to continue from it") from None
         raise
+    finally:
+        if scalars is not None:
+            scalars.close()
 
 
 def manifest_has_search(run: RunDir) -> bool:
     return run.has(MANIFEST) and "search" in run.manifest_data().get("stages", {})
 
 
-def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress, compute) -> dict:
+def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress, compute, scalars=None) -> dict:
     from nas import report
     from nas import study as search
     from nas.latency.profiler import Profiler
@@ -237,7 +245,7 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
         try:
             summary = train_stage(space, config.data, dataset, config.train_config(), run,
                                   config.workers, resumable_training(run), config.ray_address, progress, compute=compute,
-                                  storage_path=config.storage_path)
+                                  storage_path=config.storage_path, on_epoch=None if scalars is None else scalars.epoch)
         finally:
             manifest.record("train", time.perf_counter() - started, False)
         manifest.record("train", 0.0, True, test_largest=summary["test_largest"], test_smallest=summary["test_smallest"])
@@ -265,6 +273,8 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
                     evaluator_busy_s=round(sum(t.user_attrs.get("eval_seconds", 0.0) for t in study.get_trials(deepcopy=False)), 2))
     progress(report.format_front(front))
     trials = study.get_trials(deepcopy=False)
+    if scalars is not None:
+        scalars.search(trials, budget)
     failed = [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("interrupted")]
     if failed:
         progress(f"{len(failed)} trial(s) failed and are recorded as such in trials.csv: "

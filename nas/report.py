@@ -1,5 +1,6 @@
 """Reporting a study: trials.csv (every trial), pareto.csv (the feasible front), pareto.png,
-and the front as a printed table. Arches are read back with the one codec (`Arch.from_dict`
+hypervolume.png (the feasible front's hypervolume after each trial), latency_fit.png (the latency
+table's predictions against the models measured on the device), and the front as a printed table. Arches are read back with the one codec (`Arch.from_dict`
 of the trial's `arch` attribute, the same JSON as the CSV column and arch.json).
 """
 
@@ -15,7 +16,7 @@ import optuna
 
 from nas.arch import Arch
 from nas.io import atomic_path, write_text
-from nas.rundir import PARETO_CSV, PARETO_PNG, TRIALS
+from nas.rundir import HYPERVOLUME_PNG, LATENCY_FIT_PNG, PARETO_CSV, PARETO_PNG, TRIALS
 from nas.study import feasible
 from nas.study import pareto_front
 
@@ -74,7 +75,99 @@ def write_outputs(study: optuna.Study, out: Path, budget_ms: float | None, verif
     write_text(out / TRIALS, _csv([trial_row(t, verified) for t in trials]))
     write_text(out / PARETO_CSV, _csv([trial_row(t, verified) for t in front]))
     _plot(trials, front, budget_ms, out / PARETO_PNG, verified)
+    _plot_hypervolume(trials, budget_ms, out / HYPERVOLUME_PNG)
     return front
+
+
+# ---- hypervolume: the area the feasible front dominates (accuracy up, latency down) ---------------------
+
+
+def front_of(points: list[tuple[float, float]], budget: float) -> list[tuple[float, float]]:
+    """The non-dominated (accuracy, latency) points within `budget`, by latency."""
+    feasible_points = sorted({p for p in points if p[1] <= budget}, key=lambda p: (p[1], -p[0]))
+    front, best = [], -1.0
+    for acc, lat in feasible_points:
+        if acc > best:
+            front.append((acc, lat))
+            best = acc
+    return front
+
+
+def hypervolume(points: list[tuple[float, float]], ref_accuracy: float, ref_latency: float) -> float:
+    """Area dominated by (accuracy ↑, latency ↓) points, bounded by the reference point."""
+    useful = sorted((lat, acc) for acc, lat in points if acc > ref_accuracy and lat < ref_latency)
+    area, best = 0.0, ref_accuracy
+    for lat, acc in useful:  # by latency; each point adds the slab of accuracy it improves on
+        if acc > best:
+            area += (ref_latency - lat) * (acc - best)
+            best = acc
+    return area
+
+
+def hypervolume_history(trials, budget_ms: float | None) -> tuple[list[int], list[float], float]:
+    """(trial numbers, the hypervolume of the feasible front of the complete trials up to each, the reference
+    latency): reference point accuracy 0 and the budget (without one, the slowest complete trial)."""
+    complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)), key=lambda t: t.number)
+    ref_latency = budget_ms if budget_ms is not None else max((t.values[1] for t in complete), default=0.0)
+    numbers, volumes, points = [], [], []
+    for t in complete:
+        points.append((t.values[0], t.values[1]))
+        numbers.append(t.number)
+        volumes.append(hypervolume(front_of(points, ref_latency), 0.0, ref_latency))
+    return numbers, volumes, ref_latency
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+
+
+def _plot_hypervolume(trials, budget_ms: float | None, path: Path) -> None:
+    numbers, volumes, ref_latency = hypervolume_history(trials, budget_ms)
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.step(numbers, volumes, where="post", color="tab:red")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("hypervolume (accuracy × ms)")
+    ax.set_title(f"feasible front's hypervolume (reference: accuracy 0, {ref_latency:.4g} ms)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    _save(plt, fig, path)
+
+
+def plot_latency_fit(table: dict, trials, path: Path) -> int:
+    """latency_fit.png: the table's predicted latency against the measured one, for its held-out validation
+    models and the search's measured trials; returns the number of points drawn."""
+    validation = [(p["predicted_ms"], p["measured_ms"]) for p in (table.get("validation") or {}).get("points", [])]
+    measured = [(t.user_attrs["predicted_ms"], t.user_attrs["measured_ms"]) for t in trials
+                if t.user_attrs.get("measured_ms") is not None and t.user_attrs.get("predicted_ms") is not None]
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for points, label, color in ((validation, "validation models", "tab:blue"), (measured, "search trials", "tab:orange")):
+        if points:
+            ax.scatter([m for _, m in points], [p for p, _ in points], s=12, color=color, label=f"{label} ({len(points)})")
+    everything = validation + measured
+    if everything:
+        low, high = min(min(p) for p in everything), max(max(p) for p in everything)
+        ax.plot([low, high], [low, high], color="0.5", linestyle="--", linewidth=1, label="predicted = measured")
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    fingerprint = table.get("fingerprint", {})
+    ax.set_title(f"latency table on {fingerprint.get('device_name', '?')} ({fingerprint.get('dtype', '?')})", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    _save(plt, fig, path)
+    return len(everything)
 
 
 def mark_verified(out: Path, verified: dict[int, dict]) -> None:

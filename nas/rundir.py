@@ -5,9 +5,10 @@
     supernet.safetensors   supernet weights; train_state.pt (optimizer), train_state.json (progress)
     latency_table.json     the device's lookup table (+ calibration and validation)
     study.db               the Optuna study (SQLite) unless an external storage was given; its name: study_name()
-    trials.csv, pareto.csv, pareto.png
+    trials.csv, pareto.csv, pareto.png, hypervolume.png, latency_fit.png (nas report)
     exports/<name>/        standalone models
     manifest.json          versions, settings, device fingerprint, stage records, result
+    tensorboard/           with --tensorboard: training and search scalars (nas.tensorboard)
     nas.log                the run's log: the console's lines and debug detail (nas.log)
     run.yaml               `nas run`'s settings as given (nas.config): `nas run --config <run>/run.yaml` replays it
 
@@ -37,9 +38,12 @@ STUDY = "study.db"
 TRIALS = "trials.csv"
 PARETO_CSV = "pareto.csv"
 PARETO_PNG = "pareto.png"
+HYPERVOLUME_PNG = "hypervolume.png"  # the feasible front's hypervolume after each trial (nas.report)
+LATENCY_FIT_PNG = "latency_fit.png"  # the table's predictions against measured models (nas report)
 MANIFEST = "manifest.json"
 RUN_CONFIG = "run.yaml"
 LOG = "nas.log"
+TENSORBOARD = "tensorboard"  # nas run --tensorboard: training and search scalars (nas.tensorboard)
 EXPORTS = "exports"
 VERIFY = "verify"  # the verification's training states (nas.verify)
 VERIFY_JSON = "verify/verify.json"  # its candidates, rungs and pick

@@ -175,9 +175,10 @@ def _remeasure_worst(table, space, archs: list, measured: list[float], profiler,
 
 
 def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, resume: bool, ray_address: str | None, progress=print,
-                compute=None, storage_path: str | None = None) -> dict:
+                compute=None, storage_path: str | None = None, on_epoch=None) -> dict:
     """Train (or continue) the supernet into the run directory on `compute` (nas.compute;
-    default the CPU); returns the final summary. `storage_path`: Ray Train's checkpoints (workers > 1)."""
+    default the CPU); returns the final summary. `storage_path`: Ray Train's checkpoints (workers > 1).
+    `on_epoch`: called with each epoch's record (in this process; with workers > 1 the lines only)."""
     from nas.compute import CPU
     from nas.training import format_epoch, train_supernet
 
@@ -191,8 +192,12 @@ def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, re
         loading = {"randaugment": getattr(dataset, "randaugment", False), "workers": getattr(dataset, "workers", 0)}
         return train_distributed(space, data, config, run.root, workers, resume, ray_address, progress, use_gpu=compute.cuda, loading=loading,
                                  storage_path=storage_path)
-    return train_supernet(space, dataset, config, run.root, resume=resume, data_arg=data, progress=lambda record: progress(format_epoch(record)),
-                          compute=compute)
+    def epoch(record: dict) -> None:
+        if on_epoch is not None:
+            on_epoch(record)
+        progress(format_epoch(record))
+
+    return train_supernet(space, dataset, config, run.root, resume=resume, data_arg=data, progress=epoch, compute=compute)
 
 
 def resumable_training(run: RunDir) -> bool:

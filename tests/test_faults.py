@@ -268,7 +268,9 @@ def test_infeasible_budget_keeps_only_the_measured_table(tmp_path, capsys):
     assert main(["run", "--space", bad_yaml(tmp_path), "--budget-ms", "0.000001", "--calibrate", "0", "--validate", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "below the smallest latency any arch of tiny reaches" in err and "--resume" in err
-    assert sorted(p.name for p in out.iterdir()) == ["latency_table.json", "manifest.json"]  # no training, no study
+    # no training, no study: the measured table, the records (manifest, log) and the settings to resume with
+    assert sorted(p.name for p in out.iterdir()) == ["latency_table.json", "manifest.json", "nas.log", "run.yaml"]
+    assert "below the smallest latency" in (out / "nas.log").read_text()  # the refusal is in the log
 
 
 @pytest.fixture(scope="module")
@@ -357,11 +359,13 @@ def test_local_ray_dashboard_listens_on_loopback_only():
 
 
 def test_storage_password_never_reaches_the_manifest(tmp_path):
+    import dataclasses
+
     from nas.pipeline import RunConfig
     from nas.rundir import Manifest, RunDir
     from nas.study import redact
 
     config = RunConfig(storage="postgresql://nas:hunter2@db.example:5432/nas")
-    Manifest(RunDir(tmp_path), {**config.__dict__, "storage": redact(config.storage)}).save()
+    Manifest(RunDir(tmp_path), {**dataclasses.asdict(config), "storage": redact(config.storage)}).save()
     text = (tmp_path / "manifest.json").read_text()
     assert "hunter2" not in text and "nas:***@db.example" in text

@@ -61,10 +61,49 @@ def finished_run(tmp_path_factory):
     storage = f"sqlite:///{root / 'elsewhere.db'}"
     env = {**os.environ, "NAS_STORAGE_URL": storage}
     command = nas_run("--space", str(tiny_space_file(root)), "--epochs", "1", "--trials", "4", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(root / "run"))
+                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--tensorboard", "--out", str(root / "run"))
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return root / "run", command, env, storage
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a folder's TensorBoard event files: {tag: [(step, value), ...]} (TFRecord framing, Event protos)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    values: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                values.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return values
+
+
+@pytest.mark.slow
+def test_a_run_writes_its_log_its_replayable_settings_and_tensorboard_scalars(finished_run):
+    import yaml
+
+    run, _, env, storage = finished_run
+    log = (run / "nas.log").read_text()
+    assert all(stage in log for stage in ("== latency", "== train", "== search", "== export")) and " DEBUG nas: settings:" in log
+    replay = subprocess.run(nas_run("--config", str(run / "run.yaml"), "--print-config"), capture_output=True, text=True, timeout=120,
+                            cwd=REPO, env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert yaml.safe_load(replay.stdout) == yaml.safe_load((run / "run.yaml").read_text())
+    assert yaml.safe_load(replay.stdout)["trials"] == 4 and yaml.safe_load(replay.stdout)["tensorboard"] is True
+    scalars = tensorboard_scalars(run / "tensorboard")
+    assert [step for step, _ in scalars["train/loss"]] == [1] and len(scalars["train/val_largest"]) == 1
+    study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
+    complete = sorted(t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert [step for step, _ in scalars["search/accuracy"]] == complete
+    volumes = [v for _, v in scalars["search/hypervolume"]]
+    assert volumes and all(b >= a for a, b in zip(volumes, volumes[1:]))
 
 
 @pytest.mark.slow

@@ -65,6 +65,22 @@ def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, 
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_report_draws_the_hypervolume_history_and_the_latency_fit(trained, ray_local, capsys):
+    """`nas report`: hypervolume.png (never falling, ending at the final front's) and latency_fit.png."""
+    from nas.report import front_of, hypervolume, hypervolume_history
+
+    assert (trained / "study.db").exists(), "runs after the tiny search above"
+    assert main(["report", "--run", str(trained)]) == 0
+    assert "hypervolume.png, latency_fit.png" in capsys.readouterr().out
+    for name in ("hypervolume.png", "latency_fit.png"):
+        assert (trained / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    study = optuna.load_study(study_name=RunDir(trained).study_name(), storage=f"sqlite:///{trained / 'study.db'}")
+    numbers, volumes, ref = hypervolume_history(study.get_trials(), None)
+    assert numbers and all(b >= a for a, b in zip(volumes, volumes[1:]))
+    points = [(t.values[0], t.values[1]) for t in study.get_trials() if t.state.name == "COMPLETE" and search.feasible(t)]
+    assert volumes[-1] == pytest.approx(hypervolume(front_of(points, ref), 0.0, ref))
+
+
 def test_a_search_with_no_feasible_trial_fails_with_one_line(trained, ray_local, capsys, tmp_path):
     space, _ = RunDir(trained).space_and_data()
     table = lut.LatencyTable.load(trained / TABLE, space)

@@ -34,6 +34,7 @@ from pathlib import Path
 import optuna
 
 from nas import study as search
+from nas.report import front_of, hypervolume  # noqa: F401  (bench callers use them from here)
 from nas.errors import NasError
 from nas.io import append_line, read_lines, write_json, write_text
 
@@ -98,28 +99,6 @@ def reference_points(space, table, evaluate, count: int, seed: int = 0, progress
                 points.append((result["accuracy"], table.predict(arch)))
         progress(f"reference: {min(start + 100, len(archs))}/{len(archs)} random archs scored ({time.perf_counter() - started:.0f} s)")
     return points
-
-
-def front_of(points: list[tuple[float, float]], budget: float) -> list[tuple[float, float]]:
-    """The feasible non-dominated (accuracy ↑, latency ↓) points."""
-    feasible = sorted({p for p in points if p[1] <= budget}, key=lambda p: (p[1], -p[0]))
-    front, best = [], -1.0
-    for acc, lat in feasible:
-        if acc > best:
-            front.append((acc, lat))
-            best = acc
-    return front
-
-
-def hypervolume(points: list[tuple[float, float]], ref_accuracy: float, ref_latency: float) -> float:
-    """Area dominated by (accuracy ↑, latency ↓) points, bounded by the reference point."""
-    useful = sorted((lat, acc) for acc, lat in points if acc > ref_accuracy and lat < ref_latency)
-    area, best = 0.0, ref_accuracy
-    for lat, acc in useful:  # by latency; each point adds the slab of accuracy it improves on
-        if acc > best:
-            area += (ref_latency - lat) * (acc - best)
-            best = acc
-    return area
 
 
 def study_points(trials) -> list[list]:

@@ -105,7 +105,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     config = config_tree.from_args(config_tree.SearchSettings, args)
     study, front, report_dir, budget = search_run(args.run, config, args.resume, progress=lambda line: print(line, flush=True))
     print(report.format_front(front))
-    print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
+    print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png, hypervolume.png")
     if budget is not None and not front:
         from nas.pipeline import no_feasible_trial
 
@@ -115,7 +115,9 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 def add_report(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("report", help="redraw a run's Pareto plot and tables from its study; list a storage's studies",
-                            description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv and pareto.png; print the front. "
+                            description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv, pareto.png, hypervolume.png (the "
+                                        "feasible front's hypervolume after each trial) and latency_fit.png (the latency table's predictions "
+                                        "against the measured models); print the front. "
                                         "Without --run: list the studies in --storage (or NAS_STORAGE_URL).")
     p.add_argument("--run", type=Path, default=None, help="run directory (without it: list the studies in --storage)")
     add_connection_options(p, "sqlite:///<run>/study.db")
@@ -129,7 +131,7 @@ def run_report(args: argparse.Namespace) -> int:
     import optuna
 
     from nas import report
-    from nas.rundir import STUDY, RunDir
+    from nas.rundir import LATENCY_FIT_PNG, STUDY, TABLE, RunDir
     from nas.stages import check_out_dir
     from nas.storage import check, normalize, redact, resolve, sqlite_study_names, study_not_found
 
@@ -156,10 +158,16 @@ def run_report(args: argparse.Namespace) -> int:
         raise NasError(f"{redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt") from None
     budget = args.budget_ms if args.budget_ms is not None else run.budget()
     front = report.write_outputs(study, report_dir, budget, run.verified() if run.owns_storage(storage) else None)
+    written = "trials.csv, pareto.csv, pareto.png, hypervolume.png"
+    if run.has(TABLE):
+        import json
+
+        report.plot_latency_fit(json.loads(run.path(TABLE).read_text()), study.get_trials(deepcopy=False), report_dir / LATENCY_FIT_PNG)
+        written += ", latency_fit.png"
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     print(f"study {study_name}: {len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
     print(report.format_front(front, run.verified() if run.owns_storage(storage) else None))
-    print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png")
+    print(f"wrote {report_dir}/{written}")
     return 0
 
 
