@@ -34,13 +34,13 @@ def resume_changes(previous: dict, settings: dict, trained: bool, searched: bool
     A NasError lists those that would change its results, by each setting's resume rule (nas.config):
     the budget only once the search has begun, the workers only until the supernet is trained."""
     previous, settings = config_tree.flatten(previous), config_tree.flatten(settings)
-    rules = config_tree.resume_rules(RunConfig)
+    rules = config_tree.resume_rules(config_tree.RunConfig)  # looked up now: the tree is the one place settings are declared
 
     def rule(name: str) -> str:
         return rules.get(name, config_tree.RESULT)
 
     def flag(name: str) -> str:
-        return config_tree.flag_of(RunConfig, name)
+        return config_tree.flag_of(config_tree.RunConfig, name)
 
     for name in (k for k in settings if rule(k) == config_tree.GROWS and isinstance(previous.get(k), int)):
         if settings[name] < previous[name]:

@@ -6,14 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from nas.commands.common import (out_path, add_compute_options, add_connection_options, add_runtime, add_target_device, non_negative_int,
-                                 positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP)
-
-
-def add_latency_source(p) -> None:
-    p.add_argument("--latency", default="measured", choices=["measured", "predicted"],
-                   help="what decides each trial's latency: its whole model measured on the target device (the table is the prior "
-                   "and pre-filter), or the table's prediction alone (default: %(default)s)")
+from nas.commands.common import add_connection_options, out_path, positive_float
 from nas.errors import NasError
 
 
