@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
+from nas.config import CONNECT_TIMEOUT_S  # noqa: F401  seconds to reach a storage or a Ray cluster before any work
 from nas.errors import NasError
 
 ENV = "NAS_STORAGE_URL"
 SCHEMA_RACE_TRIES = 5  # connections tried when another process creates Optuna's tables at the same moment
-from nas.config import CONNECT_TIMEOUT_S  # noqa: E402,F401  seconds to reach a storage or a Ray cluster before any work
 SECRET_KEYS = ("password", "passwd", "pwd", "pass", "secret", "token", "sslpassword", "api_key", "apikey")
 _URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+)")
 

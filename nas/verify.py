@@ -35,10 +35,9 @@ from pathlib import Path
 import torch
 
 from nas.arch import Arch
+from nas.config import VERIFY_CANDIDATES as CANDIDATES  # nas run's --verify: 8 × 2 epochs, 4 × 3, 2 × 6, 1 × 12 (32 in all)
 from nas.errors import NasError
 from nas.standalone import Recipe, Standalone
-
-from nas.config import VERIFY_CANDIDATES as CANDIDATES  # noqa: E402  nas run's default (--verify): 8 × 2 epochs, 4 × 3, 2 × 6, 1 × 12 (32 epochs of training in all)
 
 
 @dataclass(frozen=True)
