@@ -329,7 +329,7 @@ def _parser(f: dataclasses.Field):
     return f.metadata.get("parse") or _kind(f)[0]
 
 
-def check_value(cls, dotted: str, f: dataclasses.Field, value, where: str):
+def check_value(dotted: str, f: dataclasses.Field, value, where: str):
     """A value read from a config file, checked as its flag would be; NasError naming the setting otherwise."""
     kind, optional = _kind(f)
     if value is None:
@@ -363,9 +363,9 @@ def from_mapping(cls, mapping, where: str, base=None):
     for dotted, value in flatten(mapping).items():
         if dotted not in known:
             close = [k for k in known if k.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1]]
-            hint = f" (did you mean {close[0]}?)" if close else f"; the settings are those of `--print-config`"
+            hint = f" (did you mean {close[0]}?)" if close else "; the settings are those of `--print-config`"
             raise NasError(f"{where}: unknown setting {dotted!r}{hint}")
-        values[dotted] = check_value(cls, dotted, known[dotted], value, where)
+        values[dotted] = check_value(dotted, known[dotted], value, where)
     return with_values(base if base is not None else cls(), values)
 
 
@@ -389,10 +389,9 @@ def dump(config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, *, defaults=None, exclude: tuple[str, ...] = (), given_only: bool = True,
-              prefix: str = "") -> None:
-    """One flag per setting of `cls` (nested groups as --group.name). With `given_only` the flags leave
-    unset settings out of the namespace (`given`), so a config file's values are not overridden by defaults."""
+def add_flags(parser: argparse.ArgumentParser, cls, *, defaults=None, exclude: tuple[str, ...] = (), prefix: str = "") -> None:
+    """One flag per setting of `cls` (nested groups as --group.name). Unset flags stay out of the namespace
+    (`given`), so a config file's values are not overridden by defaults; the help shows each default."""
     defaults = defaults if defaults is not None else cls()
     for f in dataclasses.fields(cls):
         if f.name in exclude:
@@ -400,7 +399,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, defaults=None, exclude: t
         if "group" in f.metadata:
             title = parser.add_argument_group(f"{f.name} settings ({f.metadata['help']})")
             add_flags(title, f.metadata["group"], defaults=getattr(defaults, f.name), exclude=f.metadata["owned"],
-                      given_only=given_only, prefix=f"{prefix}{f.name}.")
+                      prefix=f"{prefix}{f.name}.")
             continue
         dotted = prefix + f.name
         meta = f.metadata
@@ -408,7 +407,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, defaults=None, exclude: t
         shown = meta.get("default_text") if default is None else ("on" if default is True else "off" if default is False else default)
         text = f"{meta.get('help', '')} (default: {shown})".replace("%", "%%")
         flags = meta.get("flags") or (_derived_flag(dotted),)
-        kwargs = {"dest": dotted, "help": text, "default": argparse.SUPPRESS if given_only else default}
+        kwargs = {"dest": dotted, "help": text, "default": argparse.SUPPRESS}
         kind, _ = _kind(f)
         if kind is bool:  # --name / --no-name (--group.no-name in a group)
             negative = tuple(flag[: flag.rfind(".") + 1 if "." in flag else 2] + "no-" + flag[flag.rfind(".") + 1 if "." in flag else 2:]

@@ -16,7 +16,7 @@ import optuna
 
 from nas.arch import Arch
 from nas.io import atomic_path, write_text
-from nas.rundir import HYPERVOLUME_PNG, LATENCY_FIT_PNG, PARETO_CSV, PARETO_PNG, TRIALS
+from nas.rundir import HYPERVOLUME_PNG, PARETO_CSV, PARETO_PNG, TRIALS
 from nas.study import feasible
 from nas.study import pareto_front
 
@@ -204,11 +204,7 @@ def format_front(front: Sequence[optuna.trial.FrozenTrial], verified: dict[int, 
 
 
 def _plot(trials, front, budget_ms: float | None, path: Path, verified: dict[int, dict] | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _figure()
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     measured = any(t.user_attrs.get("latency_source") == "measured" for t in complete)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -225,7 +221,4 @@ def _plot(trials, front, budget_ms: float | None, path: Path, verified: dict[int
     ax.set_ylabel("top-1 accuracy (validation)" if checked else "top-1 accuracy (validation, inherited weights)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
+    _save(plt, fig, path)

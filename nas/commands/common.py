@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from nas.config import non_negative_float, non_negative_int, positive_float, positive_int, ray_storage_path  # noqa: F401
+from nas.config import non_negative_float, non_negative_int, out_dir, positive_float, positive_int, ray_storage_path  # noqa: F401
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -59,10 +59,8 @@ def local_threads(text: str) -> int:
 
 
 def out_path(text: str) -> Path:
-    """An output path; an empty one (`--out ''`, an unset shell variable) would silently mean the current directory."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("empty path; name the output, e.g. --out results/my-run")
-    return Path(text)
+    """An output path (nas.config.out_dir: an empty one is refused), as a Path."""
+    return Path(out_dir(text))
 
 
 def str_list(text: str) -> tuple[str, ...]:

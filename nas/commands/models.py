@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.commands.common import (out_path, add_compute_options, add_fit_options, add_runtime, add_target_device, local_threads, fit_of, float_list, non_negative_float, non_negative_int,
+from nas.commands.common import (out_path, add_compute_options, add_fit_options, add_runtime, add_target_device, local_threads, fit_of, float_list, non_negative_int,
                                  positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP, str_list)
 from nas.errors import NasError
 
