@@ -213,7 +213,7 @@ def manifest_has_search(run: RunDir) -> bool:
 def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress, compute, scalars=None) -> dict:
     from nas import report
     from nas import study as search
-    from nas.latency.profiler import Profiler
+    from nas.latency.profiler import MAX_SPEED_RATIO, Profiler
     from nas.selection import pick_within_budget
     from nas.training import accuracy
 
@@ -267,10 +267,13 @@ def _stages(config: RunConfig, run: RunDir, space, dataset, resume: bool, change
                                              study_name=config.study_name)
     finally:
         manifest.record("search", time.perf_counter() - started, False)
-    speeds = profiler.speeds  # the reference's time per measured chunk / the table's: the machine's speed during the search
+    speeds = profiler.speeds  # per measure_models call: the reference's best time / the table's (the machine's quiet speed)
     manifest.record("search", 0.0, True, latency_measured=latency.measured, latency_seconds=round(latency.seconds, 2),
                     prefiltered=latency.prefiltered, machine_speed=[min(speeds), max(speeds)] if speeds else None,
                     evaluator_busy_s=round(sum(t.user_attrs.get("eval_seconds", 0.0) for t in study.get_trials(deepcopy=False)), 2))
+    if speeds and not all(1 / MAX_SPEED_RATIO <= speed <= MAX_SPEED_RATIO for speed in speeds):
+        progress(f"!! the latency reference's best time during the search was {min(speeds):.2f}-{max(speeds):.2f}x the table's: "
+                 f"beyond {MAX_SPEED_RATIO}x the trials' figures are left as measured, not expressed at the table's speed")
     progress(report.format_front(front))
     trials = study.get_trials(deepcopy=False)
     if scalars is not None:

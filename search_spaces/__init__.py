@@ -1,4 +1,2 @@
-"""Search spaces as YAML files, loadable by name.
-
-No space is defined yet: the spaces, `Arch` and the supernet come with the next issue.
-"""
+"""Search spaces as YAML files, loaded by name (`--space odd-one-out`, `digits-tiny`, ...) or by a
+path to a user's file with `nas.space.load_space`."""

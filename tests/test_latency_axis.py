@@ -237,7 +237,7 @@ def test_a_resumed_run_with_another_runtime_is_refused():
 
 
 def test_figures_are_expressed_at_the_tables_speed_when_the_whole_machine_slows_down(monkeypatch):
-    """A host that becomes 25 % slower for good (another VM, a lower clock) slows the reference
+    """A host that runs 25 % slower for good (another VM, a lower clock) slows the reference
     as much as the models: anchored to the table's reference time, the figures stay the table's."""
     machine = {"speed": 1.0}
 
@@ -250,11 +250,39 @@ def test_figures_are_expressed_at_the_tables_speed_when_the_whole_machine_slows_
     profiler = Profiler("cpu", "fp32", 1, protocol=PROTOCOL)
     profiler.anchor_to(0.2)  # the table was measured at speed 1
     assert profiler.measure_models(batch) == pytest.approx([true_ms(a) for a in batch], rel=1e-6)
-    machine["speed"] = 1.25
-    slow = profiler.measure_models(batch)
-    assert slow == pytest.approx([true_ms(a) for a in batch], rel=1e-6) and profiler.speeds[-1] == pytest.approx(1.25)
+    machine["speed"] = 1.25  # the search's (or the export's) profiler on a host slower for good
+    slower = Profiler("cpu", "fp32", 1, protocol=PROTOCOL)
+    slower.anchor_to(0.2)
+    assert slower.measure_models(batch) == pytest.approx([true_ms(a) for a in batch], rel=1e-6)
+    assert slower.speeds[-1] == pytest.approx(1.25)
     unanchored = Profiler("cpu", "fp32", 1, protocol=PROTOCOL)
     assert unanchored.measure_models(batch) == pytest.approx([1.25 * true_ms(a) for a in batch], rel=1e-6)
+
+
+@pytest.mark.parametrize("reference_slowdown", [1.4, 200.0])
+def test_interference_that_slows_the_reference_more_than_the_models_never_shrinks_a_figure(monkeypatch, reference_slowdown):
+    """Under oversubscription the tiny reference block ran 200x slower while models ran a few times
+    slower (measured on 2 cores, 2026-12-06): the figures must not be divided by that slowdown. A
+    profiler that saw the machine quiet once corrects by that quiet speed only; one that never did
+    corrects by at most MAX_SPEED_RATIO (1.5) and leaves a larger slowdown as measured."""
+    busy = {"on": False}
+
+    def fake_model_unit(arch, device, fp, protocol):
+        return lambda: true_ms(arch) * (3.0 if busy["on"] else 1.0)
+
+    monkeypatch.setattr(profiler_module, "model_unit", fake_model_unit)
+    monkeypatch.setattr(Profiler, "reference", lambda self: 0.2 * (reference_slowdown if busy["on"] else 1.0))
+    batch = archs(4)
+    quiet_once = Profiler("cpu", "fp32", 1, protocol=PROTOCOL)
+    quiet_once.anchor_to(0.2)
+    quiet_once.measure_models(batch)
+    busy["on"] = True
+    figures = quiet_once.measure_models(batch)
+    assert all(ms >= true_ms(a) * (1 - 1e-6) for ms, a in zip(figures, batch))
+    never_quiet = Profiler("cpu", "fp32", 1, protocol=PROTOCOL)
+    never_quiet.anchor_to(0.2)
+    figures = never_quiet.measure_models(batch)
+    assert all(ms >= true_ms(a) * (1 - 1e-6) for ms, a in zip(figures, batch))
 
 
 def test_a_table_records_the_reference_time_it_was_measured_at(tmp_path):

@@ -16,6 +16,9 @@ from nas.latency.robust import DriftProbe, measure_units, measure_with_drift
 from nas.latency.table import measure_probes
 
 
+MAX_SPEED_RATIO = 1.5  # the widest quiet-speed change a table's figures are corrected for (see Profiler.speed)
+
+
 class Profiler:
     def __init__(self, device: str, dtype: str, batch_size: int, backend: str = "eager", threads: int | None = None, protocol: Protocol = Protocol()) -> None:
         if threads is not None:
@@ -26,7 +29,7 @@ class Profiler:
         self._reference = None
         self._probe: DriftProbe | None = None  # kept across measure_models calls: its best is the machine's quiet speed
         self.anchor_ms: float | None = None  # the reference time whole-model figures are expressed at (a table's reference_ms)
-        self.speeds: list[float] = []  # per measured chunk of models: the reference's time then / anchor_ms
+        self.speeds: list[float] = []  # per measure_models call: the reference's best time so far / anchor_ms
 
     def fingerprint(self) -> Fingerprint:
         return self._fingerprint
@@ -50,33 +53,40 @@ class Profiler:
         slower than its best time seen by this profiler (over all its calls: a search measures
         a few models at a time, and a neighbour busy during one call is seen against the quiet best).
 
-        With `anchor_ms` (see `anchor_to`) each chunk's figures are scaled by anchor_ms / the
-        reference's time around the chunk (the lower of its timings just before and just
-        after): a machine whose speed drifts — another VM on the host, a clock that changes
-        — then reports figures at the speed its table was measured at, so that the trials of
-        a search, its pick and a later re-measurement are comparable with each other and with
-        the table. The reference is a softmax block of the same small scale, dispatch-bound
-        on CPUs like the models. `protocol`: the timing of the models (default: the table's; the
-        drift checks keep the profiler's)."""
+        With `anchor_ms` (see `anchor_to`) the figures are scaled by `speed()`: the reference's
+        best time seen by this profiler over the table's. A host that runs slower or faster for
+        good (another clock, another VM size) then reports figures at the speed its table was
+        measured at, so that a search's trials, its pick and a later re-measurement compare
+        with each other and with the table. Only the best time counts: interference slows the
+        tiny reference far more than the models (on 2 oversubscribed cores it ran 200x slower
+        while models ran a few times slower), and dividing by its time then would shrink the
+        figures below the truth; interference is left to the re-measurement, which keeps the
+        lower figures. `protocol`: the timing of the models (default: the table's; the drift
+        checks keep the profiler's)."""
         protocol = protocol or self.protocol
         keys = [f"{i}:{arch.digest}" for i, arch in enumerate(archs)]
         by_key = dict(zip(keys, archs))
 
         def chunk_entries(chunk: list[str], provisional: bool = False) -> dict:
             units = {key: model_unit(by_key[key], self.device, self._fingerprint, protocol) for key in chunk}
-            before = self._yardstick() if self.anchor_ms else None
-            entries = measure_units(units, protocol, provisional)
-            if self.anchor_ms:
-                speed = min(before, self._yardstick()) / self.anchor_ms
-                self.speeds.append(round(speed, 4))
-                for entry in entries.values():
-                    entry["raw_ms"], entry["ms"] = entry["ms"], entry["ms"] / speed
-            return entries
+            return measure_units(units, protocol, provisional)
 
         if self._probe is None:
             self._probe = DriftProbe(self.reference, self.protocol)
         entries = measure_with_drift([keys[i : i + 8] for i in range(0, len(keys), 8)], chunk_entries, self._probe, self.protocol)
-        return [entries[key]["ms"] for key in keys]
+        raw = [entries[key]["ms"] for key in keys]
+        speed = self.speed()
+        if speed is None:
+            return raw
+        self.speeds.append(round(speed, 4))
+        scale = speed if 1 / MAX_SPEED_RATIO <= speed <= MAX_SPEED_RATIO else 1.0
+        return [ms / scale for ms in raw]
 
-    def _yardstick(self) -> float:
-        return min(self.reference() for _ in range(2))
+    def speed(self) -> float | None:
+        """The reference's best time seen by this profiler over the table's (`anchor_ms`): the machine's
+        quiet speed against the table's (1.25: 25 % slower). Figures are scaled by it only within
+        `MAX_SPEED_RATIO` either way; beyond, the host is not the table's in effect, or it was never
+        quiet while this profiler measured, and the figures are left as measured."""
+        if not self.anchor_ms or self._probe is None:
+            return None
+        return self._probe.best / self.anchor_ms
