@@ -14,10 +14,30 @@ from __future__ import annotations
 import sys
 
 __version__ = "0.1.0"
-__all__ = ["run", "train", "search", "select", "export", "load", "RunConfig", "TrainConfig", "SearchSettings", "__version__"]
+__all__ = [
+    "run",
+    "train",
+    "search",
+    "select",
+    "export",
+    "load",
+    "RunConfig",
+    "TrainConfig",
+    "SearchSettings",
+    "__version__",
+]
 
-_API = {"run": "nas.api", "train": "nas.api", "search": "nas.api", "select": "nas.api", "export": "nas.api", "load": "nas.api",
-        "RunConfig": "nas.config", "TrainConfig": "nas.config", "SearchSettings": "nas.config"}
+_API = {
+    "run": "nas.api",
+    "train": "nas.api",
+    "search": "nas.api",
+    "select": "nas.api",
+    "export": "nas.api",
+    "load": "nas.api",
+    "RunConfig": "nas.config",
+    "TrainConfig": "nas.config",
+    "SearchSettings": "nas.config",
+}
 
 
 def __getattr__(name: str):

@@ -24,12 +24,20 @@ def _with(config, settings: dict, what: str):
     names = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(settings) - names)
     if unknown:
-        raise NasError(f"{what}: unknown setting(s) {', '.join(unknown)}; the settings are the fields of {type(config).__name__}")
+        raise NasError(
+            f"{what}: unknown setting(s) {', '.join(unknown)}; the settings are the fields of {type(config).__name__}"
+        )
     return dataclasses.replace(config, **settings)
 
 
-def run(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
-        progress: Callable[[str], None] = print, **settings) -> dict | None:
+def run(
+    config: RunConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: Callable[[str], None] = print,
+    **settings,
+) -> dict | None:
     """The whole pipeline (`nas run`) into the run directory `out` (default results/run-<date>-<time>); keyword
     `settings` replace fields of `config`. Returns the manifest's result: the pick's arch, its inherited and verified
     accuracies, its latencies (predicted, searched, measured again) and its export directory."""
@@ -48,10 +56,21 @@ def run(config: RunConfig | None = None, out: str | Path | None = None, *, resum
     return run_pipeline(config, out, resume, progress=progress)
 
 
-def train(out: str | Path, config: TrainConfig | None = None, *, space: str = "digits-tiny", data: str | None = None,
-          compute_device: str = "auto", randaugment: bool = False, loader_workers: int = 2, workers: int = 1,
-          ray_address: str | None = None, storage_path: str | None = None, resume: bool = False,
-          progress: Callable[[str], None] = print) -> dict:
+def train(
+    out: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    space: str = "digits-tiny",
+    data: str | None = None,
+    compute_device: str = "auto",
+    randaugment: bool = False,
+    loader_workers: int = 2,
+    workers: int = 1,
+    ray_address: str | None = None,
+    storage_path: str | None = None,
+    resume: bool = False,
+    progress: Callable[[str], None] = print,
+) -> dict:
     """Train the supernet of `space` (`nas train`) into `out`; `config.epochs` None-like (0) takes the space's.
     Returns the summary: held-out test top-1 of the largest and smallest subnets and the training time.
     Stopped before its first checkpoint, it leaves nothing behind."""
@@ -71,8 +90,10 @@ def train(out: str | Path, config: TrainConfig | None = None, *, space: str = "d
     config = config or TrainConfig()
     check_config(config, workers)
     if storage_path is not None and workers == 1:
-        raise NasError("--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
-                       "trains in this process into --out. Drop --storage-path or pass --workers 2 or more")
+        raise NasError(
+            "--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
+            "trains in this process into --out. Drop --storage-path or pass --workers 2 or more"
+        )
     check_out_dir(out)
     if workers > 1:
         from nas.config import CONNECT_TIMEOUT_S
@@ -83,23 +104,40 @@ def train(out: str | Path, config: TrainConfig | None = None, *, space: str = "d
     compute = Compute.parse(compute_device, config.precision)
     dataset = load_dataset(data, loaded.image_size, loaded.in_chans, randaugment, loader_workers)
     if config.batch_size > dataset.size("train"):
-        raise NasError(f"--batch-size {config.batch_size}: the training split holds only {dataset.size('train')} images; "
-                       f"use at most {dataset.size('train')}")
+        raise NasError(
+            f"--batch-size {config.batch_size}: the training split holds only {dataset.size('train')} images; "
+            f"use at most {dataset.size('train')}"
+        )
     if dataset.num_classes != loaded.num_classes:
-        progress(f"note: the data has {dataset.num_classes} classes; the space's num_classes {loaded.num_classes} is replaced")
+        progress(
+            f"note: the data has {dataset.num_classes} classes; the space's num_classes {loaded.num_classes} is replaced"
+        )
         loaded = loaded.with_num_classes(dataset.num_classes)
     config = dataclasses.replace(config, epochs=config.epochs or loaded.epochs)
-    progress(f"nas train: space {loaded.name} ({loaded.size():.3g} archs), data {dataset.name} "
-             f"(train {dataset.size('train')}, val {dataset.size('val')}, test {dataset.size('test')}), "
-             f"{config.epochs} epochs on {compute.device} ({compute.precision}, {torch.get_num_threads()} threads) -> {out}")
+    progress(
+        f"nas train: space {loaded.name} ({loaded.size():.3g} archs), data {dataset.name} "
+        f"(train {dataset.size('train')}, val {dataset.size('val')}, test {dataset.size('test')}), "
+        f"{config.epochs} epochs on {compute.device} ({compute.precision}, {torch.get_num_threads()} threads) -> {out}"
+    )
     run_dir = RunDir(out)
     created, had = not out.exists(), set(out.iterdir()) if out.is_dir() else set()
     try:
         out.mkdir(parents=True, exist_ok=True)
         with log.to_file(run_dir.path(LOG)) as logger:
             logger.debug("nas train into %s; settings %s", out, config)
-            return train_stage(loaded, data, dataset, config, run_dir, workers, resume, ray_address, progress=log.tee(progress),
-                               compute=compute, storage_path=storage_path)
+            return train_stage(
+                loaded,
+                data,
+                dataset,
+                config,
+                run_dir,
+                workers,
+                resume,
+                ray_address,
+                progress=log.tee(progress),
+                compute=compute,
+                storage_path=storage_path,
+            )
     except (NasError, KeyboardInterrupt):
         if not resume and not resumable_training(run_dir):  # stopped before the first checkpoint: leave nothing behind
             for path in [out] if created else set(out.iterdir()) - had:
@@ -107,13 +145,18 @@ def train(out: str | Path, config: TrainConfig | None = None, *, space: str = "d
         raise
 
 
-def search(run_dir: str | Path, config: SearchSettings | None = None, *, resume: bool = False,
-           progress: Callable[[str], None] = print, **settings) -> list:
+def search(
+    run_dir: str | Path,
+    config: SearchSettings | None = None,
+    *,
+    resume: bool = False,
+    progress: Callable[[str], None] = print,
+    **settings,
+) -> list:
     """The Optuna search (`nas search`) over a run directory holding a trained supernet and a latency table;
     keyword `settings` replace fields of `config`. Returns the feasible Pareto front (nas.selection.Candidate)."""
-    from nas.pipeline import candidate_of
+    from nas.pipeline import candidate_of, search_run
     from nas.rundir import RunDir
-    from nas.pipeline import search_run
 
     config = _with(config or SearchSettings(), settings, "nas.study")
     _, front, _, _ = search_run(Path(run_dir), config, resume, progress)
@@ -129,10 +172,20 @@ def select(run_dir: str | Path, budget_ms: float, top: int = 1) -> list:
     return choose(load_candidates(Path(run_dir)), budget_ms, top)
 
 
-def export(run_dir: str | Path, out: str | Path, *, trial: int | None = None, budget_ms: float | None = None,
-           formats: tuple[str, ...] = ("safetensors", "onnx", "torchscript"), finetune_epochs: int = 0, overwrite: bool = False,
-           compute_device: str = "auto", precision: str = "fp32", target_device: str | None = None,
-           progress: Callable[[str], None] = print) -> dict:
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    trial: int | None = None,
+    budget_ms: float | None = None,
+    formats: tuple[str, ...] = ("safetensors", "onnx", "torchscript"),
+    finetune_epochs: int = 0,
+    overwrite: bool = False,
+    compute_device: str = "auto",
+    precision: str = "fp32",
+    target_device: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict:
     """One trial of a run (or the most accurate within `budget_ms`) as a standalone model in `out` (`nas export`):
     arch.json, model.safetensors, config.json (timm), metadata.json and the other `formats`. `target_device`: the
     device the run's latencies were measured on, to export for it from another machine. Returns the metadata."""
@@ -149,8 +202,18 @@ def export(run_dir: str | Path, out: str | Path, *, trial: int | None = None, bu
     candidates = load_candidates(Path(run_dir))
     candidate = by_trial(candidates, trial) if trial is not None else choose(candidates, budget_ms)[0]
     progress(f"nas export: trial {candidate.trial} of {run_dir} -> {out}")
-    return write(Path(run_dir), candidate, out, tuple(formats), finetune_epochs, overwrite, target_device, progress=progress,
-                 compute=Compute.parse(compute_device, precision), budget_ms=budget_ms)
+    return write(
+        Path(run_dir),
+        candidate,
+        out,
+        tuple(formats),
+        finetune_epochs,
+        overwrite,
+        target_device,
+        progress=progress,
+        compute=Compute.parse(compute_device, precision),
+        budget_ms=budget_ms,
+    )
 
 
 def load(directory: str | Path):

@@ -164,8 +164,10 @@ def _layer(data: Any, where: str) -> LayerChoice:
     choice_options = {key for variant in _declared_variants(kernel) for key in variant}
     unknown = sorted(set(data) - {"kernel", "heads", "mlp_ratio"} - choice_options)
     if unknown:
-        raise NasError(f"{where}: unknown field(s) {', '.join(unknown)}"
-                       + (f" (kernel {kernel!r} chooses {', '.join(sorted(choice_options))})" if choice_options else ""))
+        raise NasError(
+            f"{where}: unknown field(s) {', '.join(unknown)}"
+            + (f" (kernel {kernel!r} chooses {', '.join(sorted(choice_options))})" if choice_options else "")
+        )
     ratio = data["mlp_ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
         raise NasError(f"{where}: field 'mlp_ratio' must be a number, got {ratio!r}")
@@ -173,8 +175,15 @@ def _layer(data: Any, where: str) -> LayerChoice:
     for key, value in options.items():
         allowed = [v[key] for v in _declared_variants(kernel) if key in v]
         if not any(type(value) is type(a) and value == a for a in allowed):
-            raise NasError(f"{where}: field '{key}' is {value!r}; kernel {kernel!r} takes {', '.join(map(repr, dict.fromkeys(allowed)))}")
-    return LayerChoice(kernel=kernel, heads=_int(data["heads"], f"{where}: field 'heads'"), mlp_ratio=ratio, options=tuple(options.items()))
+            raise NasError(
+                f"{where}: field '{key}' is {value!r}; kernel {kernel!r} takes {', '.join(map(repr, dict.fromkeys(allowed)))}"
+            )
+    return LayerChoice(
+        kernel=kernel,
+        heads=_int(data["heads"], f"{where}: field 'heads'"),
+        mlp_ratio=ratio,
+        options=tuple(options.items()),
+    )
 
 
 def _declared_variants(kernel: str) -> tuple[dict, ...]:

@@ -78,8 +78,13 @@ def widths(space: SearchSpace) -> list[tuple[int, float]]:
 
 def block_space(space: SearchSpace, embed_dim: int, spec: KernelSpec) -> SearchSpace:
     """`space` narrowed to one embed dim and one kernel choice: a `SuperBlock` of it is one student block."""
-    narrowed = replace(space, embed_dim=(embed_dim,), kernels=(spec.name,), projections="shared",
-                       choice_limits={spec.name: {key: (value,) for key, value in spec.options.items()}})
+    narrowed = replace(
+        space,
+        embed_dim=(embed_dim,),
+        kernels=(spec.name,),
+        projections="shared",
+        choice_limits={spec.name: {key: (value,) for key, value in spec.options.items()}},
+    )
     if [c.label for c in narrowed.kernel_choices()] != [spec.label]:
         raise NasError(f"kernel choice {spec.label}: the space cannot be narrowed to it alone")
     return narrowed
@@ -92,21 +97,31 @@ class Students(nn.Module):
         super().__init__()
         self.space, self.layer, self.grid = space, layer, parent.grid
         self.specs = {spec.label: spec for spec in space.kernel_choices()}
-        self.blocks = nn.ModuleDict({label: SuperBlock(block_space(space, parent.arch.embed_dim, spec)) for label, spec in self.specs.items()})
+        self.blocks = nn.ModuleDict(
+            {label: SuperBlock(block_space(space, parent.arch.embed_dim, spec)) for label, spec in self.specs.items()}
+        )
         self.warm_start(parent.blocks[layer])
 
     @torch.no_grad()
     def warm_start(self, source: nn.Module) -> None:
         """Every student's norms, q/k/v, proj and MLP become copies of the parent block's (same shapes: the parent
         is the widest arch); a kernel's own parameters keep their initialisation."""
-        pairs = {"norm1": source.norm1, "qkv": source.attn.qkv, "proj": source.attn.proj, "norm2": source.norm2,
-                 "fc1": source.mlp.fc1, "fc2": source.mlp.fc2}
+        pairs = {
+            "norm1": source.norm1,
+            "qkv": source.attn.qkv,
+            "proj": source.attn.proj,
+            "norm2": source.norm2,
+            "fc1": source.mlp.fc1,
+            "fc2": source.mlp.fc2,
+        }
         for block in self.blocks.values():
             for name, module in pairs.items():
                 target = getattr(block, name)
                 if target.weight.shape != module.weight.shape:
-                    raise NasError(f"student {name} {tuple(target.weight.shape)} vs parent {tuple(module.weight.shape)}: "
-                                   "the parent must be the space's widest arch at this embed dim")
+                    raise NasError(
+                        f"student {name} {tuple(target.weight.shape)} vs parent {tuple(module.weight.shape)}: "
+                        "the parent must be the space's widest arch at this embed dim"
+                    )
                 target.weight.copy_(module.weight)
                 target.bias.copy_(module.bias)
 
@@ -134,8 +149,15 @@ def sandwich(space: SearchSpace, rng: random.Random, extra: int) -> list[tuple[i
     return chosen
 
 
-def train_students(parent: ViT, layer: int, space: SearchSpace, dataset, recipe: LocalRecipe, seed: int,
-                   progress: Callable[[str], None] | None = None) -> tuple[Students, list[float]]:
+def train_students(
+    parent: ViT,
+    layer: int,
+    space: SearchSpace,
+    dataset,
+    recipe: LocalRecipe,
+    seed: int,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Students, list[float]]:
     """Train the students of the parent's block `layer` by local distillation; the students and the mean loss of
     each epoch (summed over kernel choices and the step's widths). Deterministic for (parent, layer, recipe, seed)."""
     from nas.training import TrainConfig, angular_aux_at, set_angular_aux
@@ -156,15 +178,18 @@ def train_students(parent: ViT, layer: int, space: SearchSpace, dataset, recipe:
         order = torch.randperm(dataset.size("train"), generator=batches)
         running = 0.0
         for b in range(per_epoch):
-            x, _ = dataset.batch("train", order[b * recipe.batch_size: (b + 1) * recipe.batch_size], batches)
+            x, _ = dataset.batch("train", order[b * recipe.batch_size : (b + 1) * recipe.batch_size], batches)
             with torch.no_grad():
                 inputs = tokens_before(parent, x, layer)
                 target = parent.blocks[layer](inputs, parent.grid)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             set_angular_aux(students, angular_aux_at(step, total, aux))
-            loss = sum(F.mse_loss(students(inputs, students.choice(label, h, m)), target)
-                       for h, m in sandwich(space, rng, recipe.random_widths) for label in students.specs)
+            loss = sum(
+                F.mse_loss(students(inputs, students.choice(label, h, m)), target)
+                for h, m in sandwich(space, rng, recipe.random_widths)
+                for label in students.specs
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -179,7 +204,9 @@ def train_students(parent: ViT, layer: int, space: SearchSpace, dataset, recipe:
 
 
 @torch.no_grad()
-def layer_scores(parent: ViT, students: Students, dataset, split: str = "val", batch_size: int = 256) -> dict[str, float]:
+def layer_scores(
+    parent: ViT, students: Students, dataset, split: str = "val", batch_size: int = 256
+) -> dict[str, float]:
     """Validation top-1 of the parent with block `students.layer` replaced by each student at each width, and
     skipped where shallower archs of the space lack the layer: `choice_key -> top1` (and `skip -> top1`)."""
     layer, space = students.layer, students.space
@@ -192,7 +219,7 @@ def layer_scores(parent: ViT, students: Students, dataset, split: str = "val", b
         correct = 0
         for tokens, y in cached:
             tokens = block(tokens)
-            for later in parent.blocks[layer + 1:]:
+            for later in parent.blocks[layer + 1 :]:
                 tokens = later(tokens, parent.grid)
             correct += (parent.classify(tokens).argmax(-1) == y).sum().item()
         return round(correct / n, 6)

@@ -50,23 +50,50 @@ def download(pin: str, out: Path, python: str) -> Path:
     a source archive and the build is pure Python."""
     before = set(out.glob("*.whl"))
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                              "--python-version", python, "--implementation", "cp", *platforms, "-d", str(out), pin],
-                             capture_output=True, text=True)
+    fetched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            python,
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(out),
+            pin,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if fetched.returncode != 0:
         with tempfile.TemporaryDirectory() as build:
-            built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", build, pin],
-                                   capture_output=True, text=True)
+            built = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", build, pin],
+                capture_output=True,
+                text=True,
+            )
             wheels = list(Path(build).glob("*.whl"))
             if built.returncode != 0 or len(wheels) != 1:
-                raise SystemExit(f"nas.bundle: {pin}: no wheel for Python {python} and no build here "
-                                 f"({(fetched.stderr or built.stderr).strip().splitlines()[-1:]})")
+                raise SystemExit(
+                    f"nas.bundle: {pin}: no wheel for Python {python} and no build here "
+                    f"({(fetched.stderr or built.stderr).strip().splitlines()[-1:]})"
+                )
             if not wheels[0].name.endswith("-py3-none-any.whl"):
-                raise SystemExit(f"nas.bundle: {pin}: built {wheels[0].name}, not pure Python; it would not run on Python {python}")
+                raise SystemExit(
+                    f"nas.bundle: {pin}: built {wheels[0].name}, not pure Python; it would not run on Python {python}"
+                )
             shutil.copy2(wheels[0], out / wheels[0].name)
     new = set(out.glob("*.whl")) - before
     if len(new) != 1:
-        found = [w for w in out.glob("*.whl") if w.name.lower().startswith(pin.split("==")[0].replace("-", "_").lower())]
+        found = [
+            w for w in out.glob("*.whl") if w.name.lower().startswith(pin.split("==")[0].replace("-", "_").lower())
+        ]
         if found:  # already in the folder from an earlier call
             return found[0]
         raise SystemExit(f"nas.bundle: {pin}: expected one wheel, found {sorted(w.name for w in new)}")
@@ -75,8 +102,12 @@ def download(pin: str, out: Path, python: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nas.bundle", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(".whl"), help="the wheel folder (default: .whl, ignored by git)")
-    parser.add_argument("--python", default="3.12", help="the target machine's Python version (default: %(default)s, the GPU image's)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(".whl"), help="the wheel folder (default: .whl, ignored by git)"
+    )
+    parser.add_argument(
+        "--python", default="3.12", help="the target machine's Python version (default: %(default)s, the GPU image's)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     wheels = []
@@ -86,9 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{pin}: {wheel.name} ({wheel.stat().st_size / 2**20:.2f} MiB)", flush=True)
     total = sum(w.stat().st_size for w in wheels) / 2**20
     if total > LIMIT_MIB:
-        raise SystemExit(f"nas.bundle: {total:.1f} MiB of wheels is over {LIMIT_MIB} MiB; a device call carries 64 MiB with the tree")
-    print(f"{len(wheels)} wheels, {total:.1f} MiB in {args.out}. There: python3 -m pip install -q --no-index --no-deps "
-          f"--no-compile --target /tmp/site {args.out}/*.whl && export PYTHONPATH=/tmp/site:$PWD && python3 -m nas run ...")
+        raise SystemExit(
+            f"nas.bundle: {total:.1f} MiB of wheels is over {LIMIT_MIB} MiB; a device call carries 64 MiB with the tree"
+        )
+    print(
+        f"{len(wheels)} wheels, {total:.1f} MiB in {args.out}. There: python3 -m pip install -q --no-index --no-deps "
+        f"--no-compile --target /tmp/site {args.out}/*.whl && export PYTHONPATH=/tmp/site:$PWD && python3 -m nas run ..."
+    )
     return 0
 
 

@@ -25,9 +25,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the arguments, the benchmarks' parsers only when they name `bench` (their
     defaults import torch: `nas --help` and the other commands do without)."""
-    parser = Parser(
-        prog="nas", description="Hardware-aware architecture search for efficient Vision Transformers."
-    )
+    parser = Parser(prog="nas", description="Hardware-aware architecture search for efficient Vision Transformers.")
     parser.add_argument("--version", action="version", version=f"nas (vit-nas) {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.add_run(commands)

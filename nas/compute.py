@@ -38,9 +38,13 @@ class Compute:
             raise NasError(f"--compute-device {device!r}: use auto, cpu, cuda or cuda:<index>")
         if parsed.type == "cuda":
             if not torch.cuda.is_available():
-                raise NasError(f"--compute-device {device}: CUDA is not available on this machine; use --compute-device cpu")
+                raise NasError(
+                    f"--compute-device {device}: CUDA is not available on this machine; use --compute-device cpu"
+                )
             if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-                raise NasError(f"--compute-device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+                raise NasError(
+                    f"--compute-device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                )
         if parsed.type == "cpu" and precision == "fp16" and not cpu_fp16_autocast():
             raise NasError("--precision fp16 is not supported on the CPU by this torch; use bf16 or fp32")
         return cls(parsed, precision)

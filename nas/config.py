@@ -94,12 +94,30 @@ def ray_storage_path(value: str) -> str:
 # ---- declaring settings ------------------------------------------------------------------------------
 
 
-def setting(default, help: str, *, parse=None, choices=None, resume: str = RESULT, flags: tuple[str, ...] = (), default_text: str | None = None):
+def setting(
+    default,
+    help: str,
+    *,
+    parse=None,
+    choices=None,
+    resume: str = RESULT,
+    flags: tuple[str, ...] = (),
+    default_text: str | None = None,
+):
     """A field of a stage's config: `parse` turns a flag's text into the value (default: the field's type),
     `flags` replaces the flag derived from the name, `default_text` says what a None default means."""
     assert resume in RULES, resume
-    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "resume": resume, "flags": flags,
-                                            "default_text": default_text})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "parse": parse,
+            "choices": choices,
+            "resume": resume,
+            "flags": flags,
+            "default_text": default_text,
+        },
+    )
 
 
 def group(cls, help: str, *, owned: tuple[str, ...] = ()):
@@ -117,28 +135,53 @@ class TrainConfig:
     min_lr: float = setting(1e-5, "learning rate at the end of the cosine schedule", parse=non_negative_float)
     weight_decay: float = setting(0.05, "AdamW weight decay", parse=non_negative_float)
     warmup_epochs: int = setting(2, "epochs of linear learning-rate warm-up", parse=non_negative_int)
-    random_subnets: int = setting(2, "random subnets per step besides the largest and the smallest", parse=non_negative_int)
+    random_subnets: int = setting(
+        2, "random subnets per step besides the largest and the smallest", parse=non_negative_int
+    )
     label_smoothing: float = setting(0.1, "label smoothing of the largest subnet's loss", parse=share)
-    distill_weight: float = setting(0.5, "weight of the in-place distillation loss of the other subnets", parse=non_negative_float)
+    distill_weight: float = setting(
+        0.5, "weight of the in-place distillation loss of the other subnets", parse=non_negative_float
+    )
     distill_ramp: float = setting(0.25, "share of the steps over which that weight rises from 0", parse=share)
-    max_bad_steps: int = setting(5, "consecutive non-finite losses before training stops", parse=positive_int, resume=FREE)
+    max_bad_steps: int = setting(
+        5, "consecutive non-finite losses before training stops", parse=positive_int, resume=FREE
+    )
     drop_path: float = setting(0.0, "stochastic depth rate of the deepest block", parse=share)
     augment: bool = setting(True, "random crops and flips of the training images")
-    teacher: str = setting("fair", "kernels of the label-trained widest path: a random kernel per layer each step (fair) or "
-                           "softmax everywhere", choices=("fair", "softmax"))
+    teacher: str = setting(
+        "fair",
+        "kernels of the label-trained widest path: a random kernel per layer each step (fair) or softmax everywhere",
+        choices=("fair", "softmax"),
+    )
     seed: int = setting(0, "seed of the subnet sampling and the initialisation")
-    precision: str = setting("fp32", "autocast precision of the forward passes (fp16 with a gradient scaler)", choices=("fp32", "bf16", "fp16"))
+    precision: str = setting(
+        "fp32",
+        "autocast precision of the forward passes (fp16 with a gradient scaler)",
+        choices=("fp32", "bf16", "fp16"),
+    )
     mixup: float = setting(0.0, "timm Mixup alpha (0: off); the labels become soft targets", parse=non_negative_float)
     cutmix: float = setting(0.0, "timm CutMix alpha (0: off)", parse=non_negative_float)
-    angular_aux: float = setting(1.0, "Castling-ViT: start weight of the angular kernels' auxiliary masked-softmax branch (0: off)",
-                                 parse=non_negative_float)
-    angular_aux_until: float = setting(0.5, "share of the training steps (0-1) over which that weight falls linearly to 0",
-                                       parse=non_negative_float)
-    kernel_sampling: str = setting("random", "kernels of the sandwich's subnets: each draws its own per layer (random), or strict "
-                                   "fairness (fair: within every K steps each layer trains each of the K kernel choices once, and one "
-                                   "step's subnets share their kernels)", choices=("random", "fair"))
-    projection_warmup: float = setting(0.3, "a space with `projections: kernel`: share of the epochs (0-1) whose kernel groups train "
-                                       "tied, as shared projections, before each group goes on from those weights", parse=non_negative_float)
+    angular_aux: float = setting(
+        1.0,
+        "Castling-ViT: start weight of the angular kernels' auxiliary masked-softmax branch (0: off)",
+        parse=non_negative_float,
+    )
+    angular_aux_until: float = setting(
+        0.5, "share of the training steps (0-1) over which that weight falls linearly to 0", parse=non_negative_float
+    )
+    kernel_sampling: str = setting(
+        "random",
+        "kernels of the sandwich's subnets: each draws its own per layer (random), or strict "
+        "fairness (fair: within every K steps each layer trains each of the K kernel choices once, and one "
+        "step's subnets share their kernels)",
+        choices=("random", "fair"),
+    )
+    projection_warmup: float = setting(
+        0.3,
+        "a space with `projections: kernel`: share of the epochs (0-1) whose kernel groups train "
+        "tied, as shared projections, before each group goes on from those weights",
+        parse=non_negative_float,
+    )
 
 
 CONNECT_TIMEOUT_S = 30.0  # seconds to reach a storage or a Ray cluster before any work (--connect-timeout)
@@ -152,60 +195,128 @@ class RunConfig:
     """`nas run`: the whole pipeline (latency table, supernet training, search, verification, export)."""
 
     space: str = setting("odd-one-out", "search space name or YAML path")
-    data: str | None = setting(None, "CIFAR-10 python folder or ImageFolder root", default_text="the space's embedded dataset")
+    data: str | None = setting(
+        None, "CIFAR-10 python folder or ImageFolder root", default_text="the space's embedded dataset"
+    )
     seed: int = setting(0, "seed of every stage")
     # latency
     device: str = setting("cpu", "device whose latency is optimised: cpu, cuda or cuda:<i>", flags=("--target-device",))
     dtype: str = setting("fp32", "inference dtype of the latency measurement", choices=DTYPES)
     batch_size: int = setting(1, "inference batch size for latency", parse=positive_int)
-    runtime: str = setting("eager", "what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
-                           "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint",
-                           flags=("--runtime", "--backend"))
+    runtime: str = setting(
+        "eager",
+        "what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
+        "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint",
+        flags=("--runtime", "--backend"),
+    )
     calibrate: int = setting(10, "whole models for the latency calibration", parse=non_negative_int)
     validate: int = setting(50, "held-out whole models to validate the latency table", parse=non_negative_int)
-    latency: str = setting("measured", "what decides each trial's latency: its whole model measured on the target device (the table is "
-                           "the prior and pre-filter), or the table's prediction alone", choices=("measured", "predicted"))
-    budget_ms: float | None = setting(None, "latency budget in ms", parse=positive_float, resume=BUDGET,
-                                      default_text="the --budget-quantile of the predicted latency of 2,000 random archs")
-    budget_quantile: float = setting(0.5, "without --budget-ms: the budget admits about this share of random archs (0-1; 1 admits all)",
-                                     parse=positive_float, resume=BUDGET)
+    latency: str = setting(
+        "measured",
+        "what decides each trial's latency: its whole model measured on the target device (the table is "
+        "the prior and pre-filter), or the table's prediction alone",
+        choices=("measured", "predicted"),
+    )
+    budget_ms: float | None = setting(
+        None,
+        "latency budget in ms",
+        parse=positive_float,
+        resume=BUDGET,
+        default_text="the --budget-quantile of the predicted latency of 2,000 random archs",
+    )
+    budget_quantile: float = setting(
+        0.5,
+        "without --budget-ms: the budget admits about this share of random archs (0-1; 1 admits all)",
+        parse=positive_float,
+        resume=BUDGET,
+    )
     # training
     epochs: int | None = setting(None, "supernet training epochs", parse=positive_int, default_text="the space's")
-    workers: int = setting(1, "Ray Train workers for the supernet; 1 trains in this process", parse=positive_int, resume=UNTIL_TRAINED)
-    compute_device: str = setting("auto", "device that trains and evaluates: auto (CUDA when available), cpu, cuda or cuda:<i>; "
-                                  "independent of --target-device", resume=FREE)
-    precision: str = setting("fp32", "autocast precision of training and evaluation (fp16 with a gradient scaler)", choices=DTYPES)
-    loader_workers: int = setting(2, "DataLoader processes decoding ImageFolder images (embedded and CIFAR-10 data are in memory and "
-                                  "ignore it)", parse=non_negative_int, resume=FREE)
+    workers: int = setting(
+        1, "Ray Train workers for the supernet; 1 trains in this process", parse=positive_int, resume=UNTIL_TRAINED
+    )
+    compute_device: str = setting(
+        "auto",
+        "device that trains and evaluates: auto (CUDA when available), cpu, cuda or cuda:<i>; "
+        "independent of --target-device",
+        resume=FREE,
+    )
+    precision: str = setting(
+        "fp32", "autocast precision of training and evaluation (fp16 with a gradient scaler)", choices=DTYPES
+    )
+    loader_workers: int = setting(
+        2,
+        "DataLoader processes decoding ImageFolder images (embedded and CIFAR-10 data are in memory and ignore it)",
+        parse=non_negative_int,
+        resume=FREE,
+    )
     randaugment: bool = setting(False, "ImageFolder data: add RandAugment (m9) to the training transform")
-    storage_path: str | None = setting(None, "with --workers > 1: where Ray Train keeps its checkpoints; on a cluster, a folder every "
-                                       "node sees under that path or a URI such as s3://bucket/prefix. Not --storage, the Optuna "
-                                       "database", parse=ray_storage_path, resume=FREE, default_text="<out>/ray_train")
+    storage_path: str | None = setting(
+        None,
+        "with --workers > 1: where Ray Train keeps its checkpoints; on a cluster, a folder every "
+        "node sees under that path or a URI such as s3://bucket/prefix. Not --storage, the Optuna "
+        "database",
+        parse=ray_storage_path,
+        resume=FREE,
+        default_text="<out>/ray_train",
+    )
     train: TrainConfig = group(TrainConfig, "supernet training", owned=("epochs", "seed", "precision"))
     # search
     trials: int = setting(100, "Optuna trials", parse=positive_int, resume=GROWS)
-    sampler: str = setting("tpe", "tpe (multivariate, grouped), nsga2, random or gp (Gaussian process)", choices=SAMPLERS)
+    sampler: str = setting(
+        "tpe", "tpe (multivariate, grouped), nsga2, random or gp (Gaussian process)", choices=SAMPLERS
+    )
     evaluators: int = setting(2, "Ray evaluator actors", parse=positive_int, resume=FREE)
-    val_images: int | None = setting(None, "score each search trial on this many validation images (a fixed sample)", parse=positive_int,
-                                     default_text="all")
-    gpus_per_evaluator: float | None = setting(None, "with a CUDA compute device: GPUs each evaluator asks Ray for, fractions allowed",
-                                               parse=positive_float, resume=FREE,
-                                               default_text="a whole GPU when there is one per evaluator, else a share of one")
-    ray_address: str | None = setting(None, "'auto' or an address to join a Ray cluster", resume=FREE, default_text="a local Ray")
-    storage: str | None = setting(None, "Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, in the "
-                                  "environment variable NAS_STORAGE_URL, so it is not in the process list", default_text="sqlite in --out")
-    study_name: str | None = setting(None, "the study in the storage, so that one storage holds several searches",
-                                     default_text="the run directory's name")
-    connect_timeout: float = setting(CONNECT_TIMEOUT_S, "seconds to reach --storage and --ray-address before any work",
-                                     parse=positive_float, resume=SILENT)
-    tensorboard: bool = setting(False, "write training and search scalars for TensorBoard into <run>/tensorboard", resume=FREE)
+    val_images: int | None = setting(
+        None,
+        "score each search trial on this many validation images (a fixed sample)",
+        parse=positive_int,
+        default_text="all",
+    )
+    gpus_per_evaluator: float | None = setting(
+        None,
+        "with a CUDA compute device: GPUs each evaluator asks Ray for, fractions allowed",
+        parse=positive_float,
+        resume=FREE,
+        default_text="a whole GPU when there is one per evaluator, else a share of one",
+    )
+    ray_address: str | None = setting(
+        None, "'auto' or an address to join a Ray cluster", resume=FREE, default_text="a local Ray"
+    )
+    storage: str | None = setting(
+        None,
+        "Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, in the "
+        "environment variable NAS_STORAGE_URL, so it is not in the process list",
+        default_text="sqlite in --out",
+    )
+    study_name: str | None = setting(
+        None,
+        "the study in the storage, so that one storage holds several searches",
+        default_text="the run directory's name",
+    )
+    connect_timeout: float = setting(
+        CONNECT_TIMEOUT_S,
+        "seconds to reach --storage and --ray-address before any work",
+        parse=positive_float,
+        resume=SILENT,
+    )
+    tensorboard: bool = setting(
+        False, "write training and search scalars for TensorBoard into <run>/tensorboard", resume=FREE
+    )
     # verification
-    verify: int = setting(VERIFY_CANDIDATES, "after the search, train this many of the best candidates under the budget standalone (successive "
-                          "halving) and pick by verified accuracy; 0: pick by inherited accuracy", parse=non_negative_int, resume=FREE)
+    verify: int = setting(
+        VERIFY_CANDIDATES,
+        "after the search, train this many of the best candidates under the budget standalone (successive "
+        "halving) and pick by verified accuracy; 0: pick by inherited accuracy",
+        parse=non_negative_int,
+        resume=FREE,
+    )
 
     def train_config(self) -> TrainConfig:
         """The supernet's training settings, with the ones the run owns (epochs resolved from the space)."""
-        return dataclasses.replace(self.train, epochs=self.epochs or self.train.epochs, seed=self.seed, precision=self.precision)
+        return dataclasses.replace(
+            self.train, epochs=self.epochs or self.train.epochs, seed=self.seed, precision=self.precision
+        )
 
 
 @dataclass(frozen=True)
@@ -213,33 +324,61 @@ class SearchSettings:
     """`nas search`: the Optuna search over a run directory that holds a trained supernet and a latency table."""
 
     table: str | None = setting(None, "latency table", default_text="<run>/latency_table.json")
-    latency: str = setting("measured", "what decides each trial's latency: its whole model measured on the target device (the table is "
-                           "the prior and pre-filter), or the table's prediction alone", choices=("measured", "predicted"))
-    accept_poor_fit: bool = setting(False, "with --latency predicted: search on a table that failed its validation anyway")
-    budget_ms: float | None = setting(None, "latency budget in ms", parse=positive_float, default_text="none, the whole front")
+    latency: str = setting(
+        "measured",
+        "what decides each trial's latency: its whole model measured on the target device (the table is "
+        "the prior and pre-filter), or the table's prediction alone",
+        choices=("measured", "predicted"),
+    )
+    accept_poor_fit: bool = setting(
+        False, "with --latency predicted: search on a table that failed its validation anyway"
+    )
+    budget_ms: float | None = setting(
+        None, "latency budget in ms", parse=positive_float, default_text="none, the whole front"
+    )
     trials: int = setting(100, "Optuna trials", parse=positive_int)
-    sampler: str = setting("tpe", "tpe (multivariate, grouped), nsga2, random or gp (Gaussian process)", choices=SAMPLERS)
-    third_objective: str | None = setting(None, "also minimise params or MACs", choices=("params", "macs"), default_text="none")
+    sampler: str = setting(
+        "tpe", "tpe (multivariate, grouped), nsga2, random or gp (Gaussian process)", choices=SAMPLERS
+    )
+    third_objective: str | None = setting(
+        None, "also minimise params or MACs", choices=("params", "macs"), default_text="none"
+    )
     evaluators: int = setting(2, "Ray evaluator actors", parse=positive_int)
     batch: int | None = setting(None, "trials asked per round", parse=positive_int, default_text="2 x evaluators")
     seed: int = setting(0, "seed of the sampler")
     compute_device: str = setting("auto", "device that evaluates: auto (CUDA when available), cpu, cuda or cuda:<i>")
     precision: str = setting("fp32", "autocast precision of the evaluation", choices=DTYPES)
-    val_images: int | None = setting(None, "score each trial on this many validation images (a fixed sample)", parse=positive_int,
-                                     default_text="all")
-    gpus_per_evaluator: float | None = setting(None, "with a CUDA compute device: GPUs each evaluator asks Ray for, fractions allowed",
-                                               parse=positive_float,
-                                               default_text="a whole GPU when there is one per evaluator, else a share of one")
+    val_images: int | None = setting(
+        None, "score each trial on this many validation images (a fixed sample)", parse=positive_int, default_text="all"
+    )
+    gpus_per_evaluator: float | None = setting(
+        None,
+        "with a CUDA compute device: GPUs each evaluator asks Ray for, fractions allowed",
+        parse=positive_float,
+        default_text="a whole GPU when there is one per evaluator, else a share of one",
+    )
     ray_address: str | None = setting(None, "'auto' or an address to join a Ray cluster", default_text="a local Ray")
-    storage: str | None = setting(None, "Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, in the "
-                                  "environment variable NAS_STORAGE_URL, so it is not in the process list",
-                                  default_text="sqlite:///<run>/study.db")
-    study_name: str | None = setting(None, "the study in the storage, so that one storage holds several searches",
-                                     default_text="the one the run recorded, else the only study in the run's study.db, else the run "
-                                     "directory's name")
-    connect_timeout: float = setting(CONNECT_TIMEOUT_S, "seconds to reach --storage and --ray-address before any work", parse=positive_float)
-    report_dir: str | None = setting(None, "where trials.csv and pareto.* go; required for a study in another --storage",
-                                     parse=out_dir, default_text="the run, for the run's own study")
+    storage: str | None = setting(
+        None,
+        "Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, in the "
+        "environment variable NAS_STORAGE_URL, so it is not in the process list",
+        default_text="sqlite:///<run>/study.db",
+    )
+    study_name: str | None = setting(
+        None,
+        "the study in the storage, so that one storage holds several searches",
+        default_text="the one the run recorded, else the only study in the run's study.db, else the run "
+        "directory's name",
+    )
+    connect_timeout: float = setting(
+        CONNECT_TIMEOUT_S, "seconds to reach --storage and --ray-address before any work", parse=positive_float
+    )
+    report_dir: str | None = setting(
+        None,
+        "where trials.csv and pareto.* go; required for a study in another --storage",
+        parse=out_dir,
+        default_text="the run, for the run's own study",
+    )
 
 
 # ---- what the tree generates --------------------------------------------------------------------------
@@ -250,8 +389,11 @@ def leaves(cls, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
     found = []
     for f in dataclasses.fields(cls):
         if "group" in f.metadata:
-            found += [(name, g) for name, g in leaves(f.metadata["group"], f"{prefix}{f.name}.")
-                      if name.rsplit(".", 1)[-1] not in f.metadata["owned"]]
+            found += [
+                (name, g)
+                for name, g in leaves(f.metadata["group"], f"{prefix}{f.name}.")
+                if name.rsplit(".", 1)[-1] not in f.metadata["owned"]
+            ]
         else:
             found.append((prefix + f.name, f))
     return found
@@ -389,7 +531,9 @@ def dump(config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, *, defaults=None, exclude: tuple[str, ...] = (), prefix: str = "") -> None:
+def add_flags(
+    parser: argparse.ArgumentParser, cls, *, defaults=None, exclude: tuple[str, ...] = (), prefix: str = ""
+) -> None:
     """One flag per setting of `cls` (nested groups as --group.name). Unset flags stay out of the namespace
     (`given`), so a config file's values are not overridden by defaults; the help shows each default."""
     defaults = defaults if defaults is not None else cls()
@@ -398,28 +542,51 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, defaults=None, exclude: t
             continue
         if "group" in f.metadata:
             title = parser.add_argument_group(f"{f.name} settings ({f.metadata['help']})")
-            add_flags(title, f.metadata["group"], defaults=getattr(defaults, f.name), exclude=f.metadata["owned"],
-                      prefix=f"{prefix}{f.name}.")
+            add_flags(
+                title,
+                f.metadata["group"],
+                defaults=getattr(defaults, f.name),
+                exclude=f.metadata["owned"],
+                prefix=f"{prefix}{f.name}.",
+            )
             continue
         dotted = prefix + f.name
         meta = f.metadata
         default = getattr(defaults, f.name)
-        shown = meta.get("default_text") if default is None else ("on" if default is True else "off" if default is False else default)
+        shown = (
+            meta.get("default_text")
+            if default is None
+            else ("on" if default is True else "off" if default is False else default)
+        )
         text = f"{meta.get('help', '')} (default: {shown})".replace("%", "%%")
         flags = meta.get("flags") or (_derived_flag(dotted),)
         kwargs = {"dest": dotted, "help": text, "default": argparse.SUPPRESS}
         kind, _ = _kind(f)
         if kind is bool:  # --name / --no-name (--group.no-name in a group)
-            negative = tuple(flag[: flag.rfind(".") + 1 if "." in flag else 2] + "no-" + flag[flag.rfind(".") + 1 if "." in flag else 2:]
-                             for flag in flags)
+            negative = tuple(
+                flag[: flag.rfind(".") + 1 if "." in flag else 2]
+                + "no-"
+                + flag[flag.rfind(".") + 1 if "." in flag else 2 :]
+                for flag in flags
+            )
             parser.add_argument(*flags, action="store_const", const=True, **kwargs)
-            parser.add_argument(*negative, action="store_const", const=False, dest=dotted, default=kwargs["default"],
-                                help=f"turn {flags[0]} off")
+            parser.add_argument(
+                *negative,
+                action="store_const",
+                const=False,
+                dest=dotted,
+                default=kwargs["default"],
+                help=f"turn {flags[0]} off",
+            )
             continue
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
-        parser.add_argument(*flags, type=meta.get("parse") or kind, metavar=None if meta.get("choices") else dotted.rsplit(".", 1)[-1].upper(),
-                            **kwargs)
+        parser.add_argument(
+            *flags,
+            type=meta.get("parse") or kind,
+            metavar=None if meta.get("choices") else dotted.rsplit(".", 1)[-1].upper(),
+            **kwargs,
+        )
 
 
 def given(cls, args: argparse.Namespace) -> dict:

@@ -68,8 +68,17 @@ class Dataset:
         """A copy that holds `split` alone (same positions, same normalisation): what an evaluator needs."""
         index = torch.as_tensor(self.split[split], dtype=torch.int64)
         kept = {name: [] for name in self.split} | {split: list(range(len(index)))}
-        return Dataset(self.name, self.images[index].clone(), self.labels[index].clone(), self.classes, kept, self.image_size,
-                       self.mean, self.std, self.translate)
+        return Dataset(
+            self.name,
+            self.images[index].clone(),
+            self.labels[index].clone(),
+            self.classes,
+            kept,
+            self.image_size,
+            self.mean,
+            self.std,
+            self.translate,
+        )
 
     @property
     def num_classes(self) -> int:
@@ -86,17 +95,20 @@ class Dataset:
     def size(self, split: str) -> int:
         return len(self.split[split])
 
-    def batch(self, split: str, positions: Tensor | list[int], generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def batch(
+        self, split: str, positions: Tensor | list[int], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Inputs and labels of `split`'s samples at `positions`; with a generator, augmented."""
         index = torch.as_tensor(self.split[split])[torch.as_tensor(positions)]
         x = self._float(self.images[index])
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         x = (x - self.mean) / self.std
         if generator is not None and self.translate:
             x = random_translate(x, max(1, self.image_size // 16), generator)
         return x, self.labels[index]
-
 
     def batches(self, split: str, plan: list[tuple[Tensor, int | None]], pin: bool = False):
         """(inputs, labels) for each (positions, augmentation seed or None) of `plan`, in order."""
@@ -114,7 +126,9 @@ def top1(dataset, forward, split: str, batch_size: int = 256, limit: int | None 
     fixed seeded sample of `limit` of its images (the same sample for every arch)."""
     positions = torch.arange(dataset.size(split))
     if limit is not None and limit < len(positions):
-        positions = torch.randperm(len(positions), generator=torch.Generator().manual_seed(SPLIT_SEED))[:limit].sort().values
+        positions = (
+            torch.randperm(len(positions), generator=torch.Generator().manual_seed(SPLIT_SEED))[:limit].sort().values
+        )
     n = len(positions)
     plan = [(positions[start : start + batch_size], None) for start in range(0, n, batch_size)]
     correct = 0
@@ -134,7 +148,11 @@ def random_translate(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
 def random_split(n: int, fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> dict[str, list[int]]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
     n_train, n_val = int(round(n * fractions[0])), int(round(n * fractions[1]))
-    return {"train": sorted(order[:n_train]), "val": sorted(order[n_train : n_train + n_val]), "test": sorted(order[n_train + n_val :])}
+    return {
+        "train": sorted(order[:n_train]),
+        "val": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
 
 
 # ---- sources ---------------------------------------------------------------------------------
@@ -187,7 +205,9 @@ def load_cifar10(root: Path) -> tuple[Tensor, Tensor, list[str], dict[str, list[
     return images, labels, classes, split
 
 
-def scan_image_folder(root: Path, in_chans: int, classes: list[str] | None = None, check_images: bool = True) -> tuple[list[tuple[str, int]], list[str]]:
+def scan_image_folder(
+    root: Path, in_chans: int, classes: list[str] | None = None, check_images: bool = True
+) -> tuple[list[tuple[str, int]], list[str]]:
     """root/<class>/<image>: (path, label) of every image, and the class names. With
     `check_images`, each file's header is read here (not its pixels), so an unreadable file or
     a wrong channel count is one clear error before any training."""
@@ -197,13 +217,17 @@ def scan_image_folder(root: Path, in_chans: int, classes: list[str] | None = Non
     if len(found) < 2:
         raise NasError(f"--data {root}: an ImageFolder needs one sub-folder per class (found {len(found)})")
     if classes is not None and not set(found) <= set(classes):
-        raise NasError(f"--data {root}: class folder(s) {', '.join(sorted(set(found) - set(classes)))} are not in the train folder")
+        raise NasError(
+            f"--data {root}: class folder(s) {', '.join(sorted(set(found) - set(classes)))} are not in the train folder"
+        )
     classes = classes or found
     samples = []
     for name in found:
         files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise NasError(f"--data {root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise NasError(
+                f"--data {root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
         for path in files if check_images else ():
             try:
                 with Image.open(path) as image:
@@ -229,13 +253,24 @@ class ImageFiles:
 
     crop_pct = 0.875  # evaluation: resize to image_size / crop_pct, then centre crop
 
-    def __init__(self, name: str, samples: list[tuple[str, int]], classes: list[str], split: dict[str, list[int]], image_size: int,
-                 in_chans: int, randaugment: bool = False, workers: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        samples: list[tuple[str, int]],
+        classes: list[str],
+        split: dict[str, list[int]],
+        image_size: int,
+        in_chans: int,
+        randaugment: bool = False,
+        workers: int = 0,
+    ) -> None:
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         self.name, self.samples, self.classes, self.split = name, samples, classes, split
         self.image_size, self.in_chans, self.randaugment, self.workers = image_size, in_chans, randaugment, workers
-        mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if in_chans == 3 else ((0.5,) * in_chans, (0.5,) * in_chans)
+        mean, std = (
+            (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if in_chans == 3 else ((0.5,) * in_chans, (0.5,) * in_chans)
+        )
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
         self._loaders: dict = {}
 
@@ -249,8 +284,13 @@ class ImageFiles:
 
         mean, std = tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
         if train:
-            return create_transform(self.image_size, is_training=True, mean=mean, std=std,
-                                    auto_augment="rand-m9-mstd0.5-inc1" if self.randaugment else None)
+            return create_transform(
+                self.image_size,
+                is_training=True,
+                mean=mean,
+                std=std,
+                auto_augment="rand-m9-mstd0.5-inc1" if self.randaugment else None,
+            )
         return create_transform(self.image_size, is_training=False, mean=mean, std=std, crop_pct=self.crop_pct)
 
     def image(self, index: int):
@@ -281,7 +321,12 @@ class ImageFiles:
 
     def batch(self, split: str, positions, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Decoded here, in this process (tests, small evaluations); training uses `batches`."""
-        plan = [(torch.as_tensor(positions), None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator)))]
+        plan = [
+            (
+                torch.as_tensor(positions),
+                None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator)),
+            )
+        ]
         return next(iter(self.batches(split, plan)))
 
     def batches(self, split: str, plan: list[tuple[Tensor, int | None]], pin: bool = False):
@@ -294,10 +339,21 @@ class ImageFiles:
 
             sampler = _Plan()
             items = _Items(self, split, self.transform(train))
-            self._loaders[key] = (DataLoader(items, batch_sampler=sampler, num_workers=self.workers, pin_memory=pin,
-                                             persistent_workers=train and self.workers > 0), sampler)  # evaluation: once per epoch
+            self._loaders[key] = (
+                DataLoader(
+                    items,
+                    batch_sampler=sampler,
+                    num_workers=self.workers,
+                    pin_memory=pin,
+                    persistent_workers=train and self.workers > 0,
+                ),
+                sampler,
+            )  # evaluation: once per epoch
         loader, sampler = self._loaders[key]
-        sampler.keys = [[(int(p), None if seed is None else (seed * 1_000_003 + int(p)) % 2**62) for p in positions] for positions, seed in plan]
+        sampler.keys = [
+            [(int(p), None if seed is None else (seed * 1_000_003 + int(p)) % 2**62) for p in positions]
+            for positions, seed in plan
+        ]
         yield from loader
 
     def top1(self, forward, split: str, batch_size: int = 256, limit: int | None = None) -> float:
@@ -338,8 +394,9 @@ class _Items(torch.utils.data.Dataset):
         return self.files.item(self.split, key[0], key[1], self.transform)
 
 
-def load_image_folder(root: Path, image_size: int, in_chans: int, randaugment: bool = False, workers: int = 0,
-                      check_images: bool = True) -> ImageFiles:
+def load_image_folder(
+    root: Path, image_size: int, in_chans: int, randaugment: bool = False, workers: int = 0, check_images: bool = True
+) -> ImageFiles:
     """`root/train/<class>` + `root/val/<class>` (val = test; the validation split is a seeded
     tenth of train), or `root/<class>` (seeded train/val/test split)."""
     if (root / "train").is_dir() and (root / "val").is_dir():
@@ -347,16 +404,26 @@ def load_image_folder(root: Path, image_size: int, in_chans: int, randaugment: b
         test, _ = scan_image_folder(root / "val", in_chans, classes, check_images)
         inner = random_split(len(train), (1 - HELD_OUT, HELD_OUT, 0.0))
         split = {"train": inner["train"], "val": inner["val"], "test": list(range(len(train), len(train) + len(test)))}
-        return ImageFiles(f"imagefolder:{root}", train + test, classes, split, image_size, in_chans, randaugment, workers)
+        return ImageFiles(
+            f"imagefolder:{root}", train + test, classes, split, image_size, in_chans, randaugment, workers
+        )
     samples, classes = scan_image_folder(root, in_chans, check_images=check_images)
-    return ImageFiles(f"imagefolder:{root}", samples, classes, random_split(len(samples)), image_size, in_chans, randaugment, workers)
+    return ImageFiles(
+        f"imagefolder:{root}", samples, classes, random_split(len(samples)), image_size, in_chans, randaugment, workers
+    )
 
 
 EMBEDDED = ("digits", "odd-one-out")  # the datasets a space may name as its default (`data:`)
 
 
-def load_dataset(data: str | None, image_size: int, in_chans: int, randaugment: bool = False, workers: int = 0,
-                 check_images: bool = True) -> Dataset | ImageFiles:
+def load_dataset(
+    data: str | None,
+    image_size: int,
+    in_chans: int,
+    randaugment: bool = False,
+    workers: int = 0,
+    check_images: bool = True,
+) -> Dataset | ImageFiles:
     """`None` or "digits": the embedded digits; "odd-one-out": the embedded odd-one-out task
     (nas/odd_one_out.py); else a CIFAR-10 python folder or an ImageFolder path (streamed by
     `workers` loader processes; `randaugment` adds RandAugment to its training transform)."""
@@ -397,13 +464,27 @@ def load_dataset(data: str | None, image_size: int, in_chans: int, randaugment: 
             f"in_chans={in_chans}; use a space with in_chans={images.shape[1]}"
         )
     if randaugment:
-        raise NasError(f"--randaugment: {name} is held in memory with its own light augmentation; RandAugment applies to ImageFolder data")
+        raise NasError(
+            f"--randaugment: {name} is held in memory with its own light augmentation; RandAugment applies to ImageFolder data"
+        )
     return Dataset(name, images, labels, classes, split, image_size)
 
 
 def save_split(dataset: Dataset | ImageFiles, path: Path) -> None:
-    normalize = {"mean": [round(float(v), 6) for v in dataset.mean.flatten()], "std": [round(float(v), 6) for v in dataset.std.flatten()]}
-    write_json(path, {"dataset": dataset.name, "classes": dataset.classes, "split_seed": SPLIT_SEED, "normalize": normalize, **dataset.split})
+    normalize = {
+        "mean": [round(float(v), 6) for v in dataset.mean.flatten()],
+        "std": [round(float(v), 6) for v in dataset.std.flatten()],
+    }
+    write_json(
+        path,
+        {
+            "dataset": dataset.name,
+            "classes": dataset.classes,
+            "split_seed": SPLIT_SEED,
+            "normalize": normalize,
+            **dataset.split,
+        },
+    )
 
 
 def check_split(dataset: Dataset, path: Path) -> None:
@@ -413,8 +494,12 @@ def check_split(dataset: Dataset, path: Path) -> None:
     except OSError as error:
         raise NasError(f"{path}: cannot read the run's split ({error.strerror or error})") from None
     except (ValueError, UnicodeDecodeError):
-        raise NasError(f"{path}: not a valid split file (cut short or damaged); the run's split cannot be restored") from None
+        raise NasError(
+            f"{path}: not a valid split file (cut short or damaged); the run's split cannot be restored"
+        ) from None
     if not isinstance(saved, dict) or not all(isinstance(saved.get(k), list) for k in ("train", "val", "test")):
         raise NasError(f"{path}: not a valid split file (it needs 'train', 'val' and 'test' index lists)")
     if saved.get("dataset") != dataset.name or any(saved.get(k) != dataset.split[k] for k in ("train", "val", "test")):
-        raise NasError(f"{path}: the run was started on another dataset or split ({saved.get('dataset')}); resume with the same --data")
+        raise NasError(
+            f"{path}: the run was started on another dataset or split ({saved.get('dataset')}); resume with the same --data"
+        )

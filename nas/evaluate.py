@@ -32,16 +32,25 @@ def evaluation_state(run_dir: str | Path) -> dict:
     run = RunDir(run_dir)
     space, data = run.space_and_data()
     net = run.supernet(space)  # a corrupt or mismatched checkpoint fails here, with one line
-    return {"space": space, "weights": save({k: v.contiguous() for k, v in net.state_dict().items()}),
-            "val": run.dataset(space, data).only("val")}
+    return {
+        "space": space,
+        "weights": save({k: v.contiguous() for k, v in net.state_dict().items()}),
+        "val": run.dataset(space, data).only("val"),
+    }
 
 
 class Evaluator:
     """Holds a supernet and a validation split (`evaluation_state`); `evaluate(arch)` scores an
     arch on `val_images` of them (all by default) with `device`/`precision` (see nas.compute)."""
 
-    def __init__(self, state: dict, threads: int | None = None, device: str = "cpu", precision: str = "fp32",
-                 val_images: int | None = None) -> None:
+    def __init__(
+        self,
+        state: dict,
+        threads: int | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        val_images: int | None = None,
+    ) -> None:
         from safetensors.torch import load
 
         from nas.supernet import SuperNet
@@ -61,8 +70,12 @@ class Evaluator:
         arch = self.space.validate(arch)
         top1 = accuracy(self.net, arch, self.dataset, "val", compute=self.compute, limit=self.val_images)
         cost = flops.count(arch)
-        return {"accuracy": top1 if math.isfinite(top1) else math.nan, "macs": cost.macs, "params": cost.params,
-                "seconds": round(time.perf_counter() - started, 4)}
+        return {
+            "accuracy": top1 if math.isfinite(top1) else math.nan,
+            "macs": cost.macs,
+            "params": cost.params,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
 
 
 class LocalPool:

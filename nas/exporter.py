@@ -40,8 +40,16 @@ from nas.supernet import extract
 FORMATS = ("safetensors", "onnx", "torchscript")
 
 
-def finetune(model: ViT, dataset: Dataset, epochs: int, seed: int = 0, lr: float = 3e-4, batch_size: int = 64, progress=print,
-             compute: Compute = CPU) -> None:
+def finetune(
+    model: ViT,
+    dataset: Dataset,
+    epochs: int,
+    seed: int = 0,
+    lr: float = 3e-4,
+    batch_size: int = 64,
+    progress=print,
+    compute: Compute = CPU,
+) -> None:
     """Standalone training on the run's train split (AdamW, cosine, the dataset's augmentation)
     on `compute`'s device and precision; the model is left on that device."""
     torch.manual_seed(seed)
@@ -53,7 +61,10 @@ def finetune(model: ViT, dataset: Dataset, epochs: int, seed: int = 0, lr: float
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        plan = [(order[b * batch_size : (b + 1) * batch_size], seed * 1_000_003 + epoch * 10_007 + b) for b in range(steps_per_epoch)]
+        plan = [
+            (order[b * batch_size : (b + 1) * batch_size], seed * 1_000_003 + epoch * 10_007 + b)
+            for b in range(steps_per_epoch)
+        ]
         losses = []
         for x, y in dataset.batches("train", plan, pin=compute.cuda):
             with compute.autocast():
@@ -90,12 +101,20 @@ def verified_model(run_dir: Path, arch, verified: dict, dataset: Dataset, comput
     path = Path(run_dir) / verified["state"]
     state = read_state(path)
     if state is None or state.get("arch") != arch.to_json(indent=None):
-        raise NasError(f"{path}: missing or not the verification state of trial's arch {arch.digest}; run nas verify --run {run_dir} again")
+        raise NasError(
+            f"{path}: missing or not the verification state of trial's arch {arch.digest}; run nas verify --run {run_dir} again"
+        )
     model = ViT(arch)
     model.load_state_dict(state["model"])
     model.eval()
-    figures = {"val": top1(model, dataset, "val", compute), "test": top1(model, dataset, "test", compute), "epochs": len(state["curve"]),
-               "recipe": state["recipe"], "seed": state["seed"], "curve": state["curve"]}
+    figures = {
+        "val": top1(model, dataset, "val", compute),
+        "test": top1(model, dataset, "test", compute),
+        "epochs": len(state["curve"]),
+        "recipe": state["recipe"],
+        "seed": state["seed"],
+        "curve": state["curve"],
+    }
     return model, figures
 
 
@@ -167,7 +186,9 @@ def export(
     if finetune_epochs < 0:
         raise NasError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     if verified is not None and finetune_epochs:
-        raise NasError("--finetune-epochs: a verified arch is exported with its standalone-trained weights; fine-tuning applies to inherited weights only")
+        raise NasError(
+            "--finetune-epochs: a verified arch is exported with its standalone-trained weights; fine-tuning applies to inherited weights only"
+        )
     fp, measurable = check_device(run_dir, device)
     run = RunDir(run_dir)
     space, data = run.space_and_data()
@@ -177,18 +198,24 @@ def export(
 
     model = extract(run.supernet(space), arch).eval()
     inherited = {"val": top1(model, dataset, "val", compute), "test": top1(model, dataset, "test", compute)}
-    progress(f"trial {candidate.trial}: inherited weights, val top-1 {inherited['val']:.4f}, test {inherited['test']:.4f}")
+    progress(
+        f"trial {candidate.trial}: inherited weights, val top-1 {inherited['val']:.4f}, test {inherited['test']:.4f}"
+    )
     finetuned, kept, standalone = None, "inherited", None
     if verified is not None:
         model, standalone = verified_model(run_dir, arch, verified, dataset, compute)
         kept = "verified"
-        progress(f"trial {candidate.trial}: verified weights ({standalone['epochs']} epochs standalone), val top-1 {standalone['val']:.4f}, "
-                 f"test {standalone['test']:.4f}")
+        progress(
+            f"trial {candidate.trial}: verified weights ({standalone['epochs']} epochs standalone), val top-1 {standalone['val']:.4f}, "
+            f"test {standalone['test']:.4f}"
+        )
     if finetune_epochs:
         tuned = copy.deepcopy(model)
         finetune(tuned, dataset, finetune_epochs, progress=progress, compute=compute)
         finetuned = {"val": top1(tuned, dataset, "val", compute), "test": top1(tuned, dataset, "test", compute)}
-        progress(f"fine-tuned {finetune_epochs} epoch(s): val top-1 {finetuned['val']:.4f}, test {finetuned['test']:.4f}")
+        progress(
+            f"fine-tuned {finetune_epochs} epoch(s): val top-1 {finetuned['val']:.4f}, test {finetuned['test']:.4f}"
+        )
         if finetuned["val"] >= inherited["val"]:
             model, kept = tuned, "finetuned"
         else:
@@ -202,15 +229,19 @@ def export(
         if profiler.fingerprint() == fp:
             measured_ms = profiler.measure_models([arch])[0]
         else:
-            measure_note = "this machine's fingerprint differs from the run's: " + "; ".join(fp.differences(profiler.fingerprint()))
+            measure_note = "this machine's fingerprint differs from the run's: " + "; ".join(
+                fp.differences(profiler.fingerprint())
+            )
     elif measured_ms is None:
         measure_note = f"not measured: this machine is not {fp.device_name}"
     predicted_ms = table.predict(arch)
     cost = flops.count(arch)
     over_budget = None if budget_ms is None or measured_ms is None else measured_ms > budget_ms
     if over_budget:
-        progress(f"!! warning: trial {candidate.trial} measures {measured_ms:.4f} ms on this machine, over the budget {budget_ms} ms "
-                 f"({measured_ms / budget_ms - 1:+.1%}); metadata.json records it")
+        progress(
+            f"!! warning: trial {candidate.trial} measures {measured_ms:.4f} ms on this machine, over the budget {budget_ms} ms "
+            f"({measured_ms / budget_ms - 1:+.1%}); metadata.json records it"
+        )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -224,12 +255,27 @@ def export(
         metadata = {
             "arch_digest": arch.digest,
             "source": {"run": str(run_dir), "trial": candidate.trial},
-            "accuracy": {"split_of": dataset.name, "inherited": inherited, "finetuned": finetuned, "verified": standalone,
-                         "finetune_epochs": finetune_epochs, "exported_weights": kept, "computed_on": compute.record()},
-            "latency": {"predicted_ms": predicted_ms, "measured_ms": measured_ms, "note": measure_note,
-                        "error": None if measured_ms is None else (predicted_ms - measured_ms) / measured_ms,
-                        "search_ms": candidate.latency_ms, "budget_ms": budget_ms, "over_budget": over_budget, "pick": pick,
-                        "fingerprint": fp.to_dict(), "protocol": table.protocol},
+            "accuracy": {
+                "split_of": dataset.name,
+                "inherited": inherited,
+                "finetuned": finetuned,
+                "verified": standalone,
+                "finetune_epochs": finetune_epochs,
+                "exported_weights": kept,
+                "computed_on": compute.record(),
+            },
+            "latency": {
+                "predicted_ms": predicted_ms,
+                "measured_ms": measured_ms,
+                "note": measure_note,
+                "error": None if measured_ms is None else (predicted_ms - measured_ms) / measured_ms,
+                "search_ms": candidate.latency_ms,
+                "budget_ms": budget_ms,
+                "over_budget": over_budget,
+                "pick": pick,
+                "fingerprint": fp.to_dict(),
+                "protocol": table.protocol,
+            },
             "preprocessing": preprocessing(dataset, arch),
             "classes": list(dataset.classes),
             "macs": cost.macs,
@@ -241,7 +287,9 @@ def export(
         write_json(staging / "metadata.json", metadata)
         from nas.timm_compat import timm_config
 
-        write_json(staging / "config.json", timm_config(arch, metadata))  # timm's local-dir: and overlay loading read it
+        write_json(
+            staging / "config.json", timm_config(arch, metadata)
+        )  # timm's local-dir: and overlay loading read it
         os.chmod(staging, 0o755)
         for path in staging.iterdir():
             os.chmod(path, 0o644)

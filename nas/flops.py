@@ -45,4 +45,6 @@ def count(arch: Arch) -> Cost:
     for i, block in enumerate(model.blocks):
         macs -= by_module.get(f"blocks.{i}.attn.kernel", 0)
         kernel_macs += block.attn.kernel.macs(arch.layers[i].heads, arch.grid)
-    return Cost(macs=int(macs + kernel_macs), params=sum(p.numel() for p in model.parameters()), kernel_macs=kernel_macs)
+    return Cost(
+        macs=int(macs + kernel_macs), params=sum(p.numel() for p in model.parameters()), kernel_macs=kernel_macs
+    )

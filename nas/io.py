@@ -21,7 +21,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (and some writers recreate the file): the usual permissions
+        os.chmod(
+            tmp, 0o666 & ~_umask()
+        )  # mkstemp makes 0600 (and some writers recreate the file): the usual permissions
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

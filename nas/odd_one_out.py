@@ -36,7 +36,9 @@ SIZES = {"train": 20_000, "val": 2_000, "test": 2_000}
 SOURCE_FRACTIONS = (0.6, 0.2, 0.2)  # of scikit-learn's 1,797 digits, per split
 
 
-def _pick(rng: np.random.Generator, by_class: list[np.ndarray], classes: np.ndarray, avoid: np.ndarray | None = None) -> np.ndarray:
+def _pick(
+    rng: np.random.Generator, by_class: list[np.ndarray], classes: np.ndarray, avoid: np.ndarray | None = None
+) -> np.ndarray:
     """One source digit of each requested class, uniformly; with `avoid`, a different one."""
     sizes = np.array([len(pool) for pool in by_class])[classes]
     if avoid is None:

@@ -17,13 +17,31 @@ import optuna
 from nas.arch import Arch
 from nas.io import atomic_path, write_text
 from nas.rundir import HYPERVOLUME_PNG, PARETO_CSV, PARETO_PNG, TRIALS
-from nas.study import feasible
-from nas.study import pareto_front
+from nas.study import feasible, pareto_front
 
 # latency_ms decides (measured, or predicted where nothing measured: latency_source); predicted_ms is the table's prior.
 # A PRUNED trial is an arch over the budget, judged but not scored (`skipped` says why).
-TRIAL_COLUMNS = ["number", "state", "accuracy", "latency_ms", "feasible", "measured_ms", "predicted_ms", "latency_source", "macs", "params",
-                 "duration_s", "digest", "reused_from", "interrupted", "skipped", "failure", "verified_accuracy", "verified_epochs", "arch"]
+TRIAL_COLUMNS = [
+    "number",
+    "state",
+    "accuracy",
+    "latency_ms",
+    "feasible",
+    "measured_ms",
+    "predicted_ms",
+    "latency_source",
+    "macs",
+    "params",
+    "duration_s",
+    "digest",
+    "reused_from",
+    "interrupted",
+    "skipped",
+    "failure",
+    "verified_accuracy",
+    "verified_epochs",
+    "arch",
+]
 # verified_*: a candidate of the verification (nas.verify) trained standalone: its validation top-1 after that many epochs.
 
 
@@ -66,7 +84,9 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(study: optuna.Study, out: Path, budget_ms: float | None, verified: dict[int, dict] | None = None) -> list[optuna.trial.FrozenTrial]:
+def write_outputs(
+    study: optuna.Study, out: Path, budget_ms: float | None, verified: dict[int, dict] | None = None
+) -> list[optuna.trial.FrozenTrial]:
     """trials.csv (every trial), pareto.csv (feasible front) and pareto.png in `out`; returns the front.
     `verified`: trial -> its verification (RunDir.verified), filled into the verified_* columns."""
     trials = study.get_trials(deepcopy=False)
@@ -107,7 +127,9 @@ def hypervolume(points: list[tuple[float, float]], ref_accuracy: float, ref_late
 def hypervolume_history(trials, budget_ms: float | None) -> tuple[list[int], list[float], float]:
     """(trial numbers, the hypervolume of the feasible front of the complete trials up to each, the reference
     latency): reference point accuracy 0 and the budget (without one, the slowest complete trial)."""
-    complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)), key=lambda t: t.number)
+    complete = sorted(
+        (t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)), key=lambda t: t.number
+    )
     ref_latency = budget_ms if budget_ms is not None else max((t.values[1] for t in complete), default=0.0)
     numbers, volumes, points = [], [], []
     for t in complete:
@@ -149,13 +171,21 @@ def plot_latency_fit(table: dict, trials, path: Path) -> int:
     """latency_fit.png: the table's predicted latency against the measured one, for its held-out validation
     models and the search's measured trials; returns the number of points drawn."""
     validation = [(p["predicted_ms"], p["measured_ms"]) for p in (table.get("validation") or {}).get("points", [])]
-    measured = [(t.user_attrs["predicted_ms"], t.user_attrs["measured_ms"]) for t in trials
-                if t.user_attrs.get("measured_ms") is not None and t.user_attrs.get("predicted_ms") is not None]
+    measured = [
+        (t.user_attrs["predicted_ms"], t.user_attrs["measured_ms"])
+        for t in trials
+        if t.user_attrs.get("measured_ms") is not None and t.user_attrs.get("predicted_ms") is not None
+    ]
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5, 5))
-    for points, label, color in ((validation, "validation models", "tab:blue"), (measured, "search trials", "tab:orange")):
+    for points, label, color in (
+        (validation, "validation models", "tab:blue"),
+        (measured, "search trials", "tab:orange"),
+    ):
         if points:
-            ax.scatter([m for _, m in points], [p for p, _ in points], s=12, color=color, label=f"{label} ({len(points)})")
+            ax.scatter(
+                [m for _, m in points], [p for p, _ in points], s=12, color=color, label=f"{label} ({len(points)})"
+            )
     everything = validation + measured
     if everything:
         low, high = min(min(p) for p in everything), max(max(p) for p in everything)
@@ -164,7 +194,9 @@ def plot_latency_fit(table: dict, trials, path: Path) -> int:
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
     fingerprint = table.get("fingerprint", {})
-    ax.set_title(f"latency table on {fingerprint.get('device_name', '?')} ({fingerprint.get('dtype', '?')})", fontsize=9)
+    ax.set_title(
+        f"latency table on {fingerprint.get('device_name', '?')} ({fingerprint.get('dtype', '?')})", fontsize=9
+    )
     ax.grid(True, alpha=0.3)
     _save(plt, fig, path)
     return len(everything)
@@ -181,14 +213,21 @@ def mark_verified(out: Path, verified: dict[int, dict]) -> None:
             rows = list(csv.DictReader(handle))
         for row in rows:
             check = verified.get(int(row["number"]), {})
-            row["verified_accuracy"], row["verified_epochs"] = check.get("verified_accuracy", ""), check.get("verified_epochs", "")
+            row["verified_accuracy"], row["verified_epochs"] = (
+                check.get("verified_accuracy", ""),
+                check.get("verified_epochs", ""),
+            )
         write_text(path, _csv([{k: row.get(k, "") for k in TRIAL_COLUMNS} for row in rows]))
 
 
 def format_front(front: Sequence[optuna.trial.FrozenTrial], verified: dict[int, dict] | None = None) -> str:
     """The front as a table; with `verified` (RunDir.verified), a column of the candidates' standalone accuracy."""
     checked = bool(verified) and any(t.number in verified for t in front)
-    lines = [f"{'trial':>5} {'accuracy':>9}" + (f" {'verified':>13}" if checked else "") + f" {'latency ms':>11} {'MMACs':>8} {'params':>8}  arch"]
+    lines = [
+        f"{'trial':>5} {'accuracy':>9}"
+        + (f" {'verified':>13}" if checked else "")
+        + f" {'latency ms':>11} {'MMACs':>8} {'params':>8}  arch"
+    ]
     for t in front:
         arch = Arch.from_dict(t.user_attrs["arch"])
         kinds = ",".join(layer.kernel_spec.label for layer in arch.layers)
@@ -208,13 +247,32 @@ def _plot(trials, front, budget_ms: float | None, path: Path, verified: dict[int
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     measured = any(t.user_attrs.get("latency_source") == "measured" for t in complete)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.scatter([t.values[1] for t in complete], [t.values[0] for t in complete], s=12, color="0.7", label=f"trials ({len(complete)})")
+    ax.scatter(
+        [t.values[1] for t in complete],
+        [t.values[0] for t in complete],
+        s=12,
+        color="0.7",
+        label=f"trials ({len(complete)})",
+    )
     if front:
-        ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", color="tab:red", markersize=4, label=f"feasible Pareto front ({len(front)})")
+        ax.plot(
+            [t.values[1] for t in front],
+            [t.values[0] for t in front],
+            "o-",
+            color="tab:red",
+            markersize=4,
+            label=f"feasible Pareto front ({len(front)})",
+        )
     checked = [(t, verified[t.number]) for t in complete if verified and t.number in verified]
     if checked:
-        ax.scatter([t.values[1] for t, _ in checked], [v["verified_accuracy"] for _, v in checked], s=28, marker="*", color="tab:green",
-                   label=f"verified standalone ({len(checked)})")
+        ax.scatter(
+            [t.values[1] for t, _ in checked],
+            [v["verified_accuracy"] for _, v in checked],
+            s=28,
+            marker="*",
+            color="tab:green",
+            label=f"verified standalone ({len(checked)})",
+        )
     if budget_ms is not None:
         ax.axvline(budget_ms, color="tab:blue", linestyle="--", label=f"budget {budget_ms:.3g} ms")
     ax.set_xlabel("measured latency (ms)" if measured else "predicted latency (ms)")

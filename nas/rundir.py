@@ -98,7 +98,9 @@ class RunDir:
         from nas.space import SearchSpace
 
         if not self.has(CONFIG):
-            raise NasError(f"{self.root} holds no {CONFIG}: train a supernet into it first (nas train --out {self.root})")
+            raise NasError(
+                f"{self.root} holds no {CONFIG}: train a supernet into it first (nas train --out {self.root})"
+            )
         config = yaml.safe_load(self.path(CONFIG).read_text())
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["space"].items()}
         limits = fields.get("choice_limits") or {}
@@ -110,7 +112,9 @@ class RunDir:
     def split_size(self, name: str) -> int:
         """How many images the run's split.json puts in split `name` (train / val / test)."""
         if not self.has(SPLIT):
-            raise NasError(f"{self.root} holds no {SPLIT}: train a supernet into it first (nas train --out {self.root})")
+            raise NasError(
+                f"{self.root} holds no {SPLIT}: train a supernet into it first (nas train --out {self.root})"
+            )
         try:
             indices = json.loads(self.path(SPLIT).read_text())[name]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
@@ -132,7 +136,9 @@ class RunDir:
         try:
             net.load_state_dict(state)
         except Exception as error:  # noqa: BLE001 — safetensors and torch raise several types here
-            raise NasError(f"{path}: not a readable supernet checkpoint for this space ({type(error).__name__}: {str(error)[:200]})") from None
+            raise NasError(
+                f"{path}: not a readable supernet checkpoint for this space ({type(error).__name__}: {str(error)[:200]})"
+            ) from None
         return net.eval()
 
     def dataset(self, space, data: str):
@@ -148,7 +154,9 @@ class RunDir:
         from nas.latency.table import LatencyTable
 
         if not self.has(TABLE):
-            raise NasError(f"{self.path(TABLE)} does not exist; build it with nas latency --space ... --out {self.path(TABLE)}")
+            raise NasError(
+                f"{self.path(TABLE)} does not exist; build it with nas latency --space ... --out {self.path(TABLE)}"
+            )
         return LatencyTable.load(self.path(TABLE), space, expect=expect)
 
     def budget(self) -> float | None:
@@ -165,8 +173,10 @@ class RunDir:
             rows = json.loads(self.path(VERIFY_JSON).read_text())["candidates"]
             return {int(r["trial"]): r for r in rows}
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise NasError(f"{self.path(VERIFY_JSON)}: not a verification record ({type(error).__name__}); the file is damaged; "
-                           f"delete it and run nas verify --run {self.root} again") from None
+            raise NasError(
+                f"{self.path(VERIFY_JSON)}: not a verification record ({type(error).__name__}); the file is damaged; "
+                f"delete it and run nas verify --run {self.root} again"
+            ) from None
 
     def manifest_data(self) -> dict:
         try:
@@ -234,8 +244,10 @@ class RunDir:
             return Path(report_dir)
         if self.owns_storage(storage):
             return self.root
-        raise NasError(f"--storage {redact(storage)} is not this run's own study, so its trials.csv and pareto.* would replace "
-                       f"the run's: pass --report-dir DIR for them (--report-dir {self.root} to make them the run's)")
+        raise NasError(
+            f"--storage {redact(storage)} is not this run's own study, so its trials.csv and pareto.* would replace "
+            f"the run's: pass --report-dir DIR for them (--report-dir {self.root} to make them the run's)"
+        )
 
 
 class Manifest:

@@ -35,14 +35,23 @@ class Candidate:
     arch: Arch
 
     def to_dict(self) -> dict:
-        return {"trial": self.trial, "accuracy": self.accuracy, "latency_ms": self.latency_ms, "macs": self.macs,
-                "params": self.params, "digest": self.arch.digest, "arch": self.arch.to_dict()}
+        return {
+            "trial": self.trial,
+            "accuracy": self.accuracy,
+            "latency_ms": self.latency_ms,
+            "macs": self.macs,
+            "params": self.params,
+            "digest": self.arch.digest,
+            "arch": self.arch.to_dict(),
+        }
 
 
 def load_candidates(run_dir: Path) -> list[Candidate]:
     path = Path(run_dir) / TRIALS
     if not path.is_file():
-        raise NasError(f"{run_dir} holds no {TRIALS}; run the search first (nas run / nas search), or nas report to rewrite it")
+        raise NasError(
+            f"{run_dir} holds no {TRIALS}; run the search first (nas run / nas search), or nas report to rewrite it"
+        )
     candidates, rows = [], 0
     with path.open() as handle:
         for row in csv.DictReader(handle):
@@ -50,8 +59,16 @@ def load_candidates(run_dir: Path) -> list[Candidate]:
             if row.get("state") != "COMPLETE":
                 continue
             try:
-                candidates.append(Candidate(int(row["number"]), float(row["accuracy"]), float(row["latency_ms"]),
-                                            int(row["macs"]), int(row["params"]), Arch.from_dict(json.loads(row["arch"]), f"{path} trial {row['number']}")))
+                candidates.append(
+                    Candidate(
+                        int(row["number"]),
+                        float(row["accuracy"]),
+                        float(row["latency_ms"]),
+                        int(row["macs"]),
+                        int(row["params"]),
+                        Arch.from_dict(json.loads(row["arch"]), f"{path} trial {row['number']}"),
+                    )
+                )
             except (KeyError, ValueError, TypeError) as error:
                 raise NasError(f"{path}: malformed row for trial {row.get('number')!r} ({error})") from None
     check_complete(path, rows)
@@ -72,8 +89,10 @@ def check_complete(path: Path, rows: int) -> None:
     # None when study.db holds no study of the run's name (several named ones): nothing to compare
     held = sqlite_trial_count(f"sqlite:///{study}", RunDir(path.parent).study_name())
     if held is not None and held != rows:
-        raise NasError(f"{path} lists {rows} trial(s) but the run's study holds {held}: the file is cut or stale; "
-                       f"rewrite it with nas report --run {path.parent}")
+        raise NasError(
+            f"{path} lists {rows} trial(s) but the run's study holds {held}: the file is cut or stale; "
+            f"rewrite it with nas report --run {path.parent}"
+        )
 
 
 def select(candidates: list[Candidate], budget_ms: float, top: int = 1) -> list[Candidate]:
@@ -94,7 +113,9 @@ def by_trial(candidates: list[Candidate], trial: int) -> Candidate:
     for candidate in candidates:
         if candidate.trial == trial:
             return candidate
-    raise NasError(f"trial {trial} is not a complete trial of this run; complete trials: {', '.join(str(c.trial) for c in candidates[:20])}…")
+    raise NasError(
+        f"trial {trial} is not a complete trial of this run; complete trials: {', '.join(str(c.trial) for c in candidates[:20])}…"
+    )
 
 
 def local_devices() -> list[str]:
@@ -133,8 +154,9 @@ def check_device(run_dir: Path, device: str | None) -> tuple[Fingerprint, bool]:
     return fp, here
 
 
-def pick_within_budget(candidates: list[Candidate], measure, budget_ms: float, group: int = 4,
-                       progress=print) -> tuple[Candidate, float, list[dict]]:
+def pick_within_budget(
+    candidates: list[Candidate], measure, budget_ms: float, group: int = 4, progress=print
+) -> tuple[Candidate, float, list[dict]]:
     """The most accurate candidate whose model, measured again now, is within `budget_ms`.
 
     Candidates are taken best first (accuracy, then latency) in groups of `group`, each group's
@@ -151,10 +173,17 @@ def pick_within_budget(candidates: list[Candidate], measure, budget_ms: float, g
             if ms <= budget_ms:
                 over = checked[:-1]
                 if over:
-                    progress(f"!! {len(over)} more accurate candidate(s) measured over the budget {budget_ms} ms on re-measurement ("
-                             + ", ".join(f"trial {c['trial']}: {c['measured_ms']:.4f} ms, {c['search_ms']:.4f} ms in the search" for c in over[:3])
-                             + f"); exporting trial {candidate.trial} instead")
+                    progress(
+                        f"!! {len(over)} more accurate candidate(s) measured over the budget {budget_ms} ms on re-measurement ("
+                        + ", ".join(
+                            f"trial {c['trial']}: {c['measured_ms']:.4f} ms, {c['search_ms']:.4f} ms in the search"
+                            for c in over[:3]
+                        )
+                        + f"); exporting trial {candidate.trial} instead"
+                    )
                 return candidate, ms, checked
     fastest = min(checked, key=lambda c: c["measured_ms"])
-    raise NasError(f"no candidate measured within the budget {budget_ms} ms on re-measurement: the fastest of {len(checked)} was "
-                   f"trial {fastest['trial']} at {fastest['measured_ms']:.4f} ms; raise the budget or run on a quieter machine")
+    raise NasError(
+        f"no candidate measured within the budget {budget_ms} ms on re-measurement: the fastest of {len(checked)} was "
+        f"trial {fastest['trial']} at {fastest['measured_ms']:.4f} ms; raise the budget or run on a quieter machine"
+    )

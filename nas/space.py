@@ -29,7 +29,13 @@ from nas.kernels import KernelSpec
 BASELINE_KERNEL = "softmax"  # the largest subnet (the supernet's teacher) uses it everywhere
 MAX_DEPTH = 64  # layers; ViTs searched here have 2-24, and the space's size (choices ** depth) must stay a float
 REQUIRED = ("name", *FIXED_FIELDS, "embed_dim", "depth", "heads", "mlp_ratio", "kernels")
-OPTIONAL = ("description", "kernel_options", "data", "epochs", "projections")  # plus a section per kernel with choice options
+OPTIONAL = (
+    "description",
+    "kernel_options",
+    "data",
+    "epochs",
+    "projections",
+)  # plus a section per kernel with choice options
 PROJECTIONS = ("shared", "kernel")  # one qkv / proj per layer for every kernel, or one per kernel choice (nas.supernet)
 
 
@@ -52,7 +58,9 @@ class SearchSpace(PatchGrid):
     source: str = ""
     data: str = "digits"  # the embedded dataset used when no --data is given
     epochs: int = 100  # supernet training epochs when no --epochs is given
-    projections: str = "shared"  # the supernet's attention projections: shared by a layer's kernels, or one group per kernel choice
+    projections: str = (
+        "shared"  # the supernet's attention projections: shared by a layer's kernels, or one group per kernel choice
+    )
 
     # ---- derived ---------------------------------------------------------------------------
 
@@ -107,8 +115,12 @@ class SearchSpace(PatchGrid):
         """Widest and deepest. Kernels: `kernel` in every layer; else with `rng` a random kernel
         per layer; else softmax everywhere."""
         choices = self.kernel_choices()
-        specs = [kernel or (rng.choice(choices) if rng else KernelSpec(BASELINE_KERNEL)) for _ in range(max(self.depth))]
-        return self.make_arch(max(self.embed_dim), [self.make_layer(spec, max(self.heads), max(self.mlp_ratio)) for spec in specs])
+        specs = [
+            kernel or (rng.choice(choices) if rng else KernelSpec(BASELINE_KERNEL)) for _ in range(max(self.depth))
+        ]
+        return self.make_arch(
+            max(self.embed_dim), [self.make_layer(spec, max(self.heads), max(self.mlp_ratio)) for spec in specs]
+        )
 
     def smallest(self, kernel: KernelSpec | None = None, rng: random.Random | None = None) -> Arch:
         """Narrowest and shallowest. Kernels: `kernel` in every layer; else with `rng` a random
@@ -117,16 +129,22 @@ class SearchSpace(PatchGrid):
         if kernel is None and rng is None:
             kernel = next((c for c in choices if c.name != BASELINE_KERNEL), KernelSpec(BASELINE_KERNEL))
         specs = [kernel or rng.choice(choices) for _ in range(min(self.depth))]
-        return self.make_arch(min(self.embed_dim), [self.make_layer(spec, min(self.heads), min(self.mlp_ratio)) for spec in specs])
+        return self.make_arch(
+            min(self.embed_dim), [self.make_layer(spec, min(self.heads), min(self.mlp_ratio)) for spec in specs]
+        )
 
     def validate(self, arch: Arch) -> Arch:
         """Return `arch` if it belongs to this space, else raise naming the field and the allowed values."""
         where = f"arch (space {self.name})"
         for name in FIXED_FIELDS:
             if getattr(arch, name) != getattr(self, name):
-                raise NasError(f"{where}: field '{name}' is {getattr(arch, name)}, but the space fixes it to {getattr(self, name)}")
+                raise NasError(
+                    f"{where}: field '{name}' is {getattr(arch, name)}, but the space fixes it to {getattr(self, name)}"
+                )
         if arch.kernel_options != self.kernel_options:
-            raise NasError(f"{where}: field 'kernel_options' is {arch.kernel_options}, but the space fixes it to {self.kernel_options}")
+            raise NasError(
+                f"{where}: field 'kernel_options' is {arch.kernel_options}, but the space fixes it to {self.kernel_options}"
+            )
         _check_in(arch.embed_dim, self.embed_dim, f"{where}: field 'embed_dim'")
         _check_in(arch.depth, self.depth, f"{where}: field 'depth'")
         if len(arch.layers) != arch.depth:
@@ -180,7 +198,9 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     else:
         shipped = resources.files("search_spaces") / f"{text}.yaml"
         if not shipped.is_file():
-            raise NasError(f"unknown search space {text!r}; shipped spaces: {', '.join(available())} (or pass a YAML path)")
+            raise NasError(
+                f"unknown search space {text!r}; shipped spaces: {', '.join(available())} (or pass a YAML path)"
+            )
         source = f"search_spaces/{text}.yaml"
         content = shipped.read_text()
     try:
@@ -201,7 +221,11 @@ def parse_space(data: Any, source: str) -> SearchSpace:
             raise fail(name, "missing", f"add '{name}:' (required fields: {', '.join(REQUIRED)})")
     for name in data:
         if name not in REQUIRED + OPTIONAL and name not in kernels.names():
-            raise fail(name, "unknown field", f"remove it or use one of {', '.join(REQUIRED + OPTIONAL)}, or a kernel's name for its choice options")
+            raise fail(
+                name,
+                "unknown field",
+                f"remove it or use one of {', '.join(REQUIRED + OPTIONAL)}, or a kernel's name for its choice options",
+            )
 
     def positive_int(name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -217,7 +241,11 @@ def parse_space(data: Any, source: str) -> SearchSpace:
         out = []
         for value in values:
             if isinstance(value, bool) or not isinstance(value, (int, float) if number is float else int) or value <= 0:
-                raise fail(name, f"{value!r} is not a positive {'number' if number is float else 'integer'}", "use positive values")
+                raise fail(
+                    name,
+                    f"{value!r} is not a positive {'number' if number is float else 'integer'}",
+                    "use positive values",
+                )
             out.append(int(value) if float(value).is_integer() else float(value))
         if len(set(out)) != len(out):
             raise fail(name, f"duplicate values in {values}", "list each value once")
@@ -227,7 +255,11 @@ def parse_space(data: Any, source: str) -> SearchSpace:
     if not isinstance(data["name"], str) or not data["name"]:
         raise fail("name", f"{data['name']!r} is not a name", "give the space a name")
     if fixed["image_size"] % fixed["patch_size"]:
-        raise fail("patch_size", f"{fixed['patch_size']} does not divide image_size {fixed['image_size']}", "pick a divisor of image_size")
+        raise fail(
+            "patch_size",
+            f"{fixed['patch_size']} does not divide image_size {fixed['image_size']}",
+            "pick a divisor of image_size",
+        )
     embed, depth, heads = choices("embed_dim"), choices("depth"), choices("heads")
     if max(depth) > MAX_DEPTH:
         raise fail("depth", f"{max(depth)} layers is more than {MAX_DEPTH}", f"use depths up to {MAX_DEPTH}")
@@ -258,35 +290,59 @@ def parse_space(data: Any, source: str) -> SearchSpace:
         section = data[name]
         example = {key: sorted({v[key] for v in declared if key in v}, key=str) for key in sorted(keys)}
         if not keys or not isinstance(section, dict) or set(section) - keys:
-            raise fail(name, f"{section!r} is not a mapping of {name}'s choice options", f"write e.g. {name}: {example}" if keys else f"remove it: {name} has no choice options")
+            raise fail(
+                name,
+                f"{section!r} is not a mapping of {name}'s choice options",
+                f"write e.g. {name}: {example}" if keys else f"remove it: {name} has no choice options",
+            )
         limits[name] = {}
         for key, values in section.items():
             values = tuple(values) if isinstance(values, list) else (values,)
             if not values or any(not any(type(v) is type(a) and v == a for a in example[key]) for v in values):
-                raise fail(f"{name}.{key}", f"{section[key]!r} is not a non-empty subset of {example[key]}", f"use values from {example[key]}")
+                raise fail(
+                    f"{name}.{key}",
+                    f"{section[key]!r} is not a non-empty subset of {example[key]}",
+                    f"use values from {example[key]}",
+                )
             limits[name][key] = values
     for name in data:
         if name in kernels.names() and name not in names:
-            raise fail(name, "choice options for a kernel the space does not list", f"remove it or add {name} to kernels")
+            raise fail(
+                name, "choice options for a kernel the space does not list", f"remove it or add {name} to kernels"
+            )
 
     embedded_data = data.get("data", "digits")
     if embedded_data not in EMBEDDED:
-        raise fail("data", f"{embedded_data!r} is not an embedded dataset", f"use one of {', '.join(EMBEDDED)} (users' data is given with --data)")
+        raise fail(
+            "data",
+            f"{embedded_data!r} is not an embedded dataset",
+            f"use one of {', '.join(EMBEDDED)} (users' data is given with --data)",
+        )
 
     projections = data.get("projections", "shared")
     if projections not in PROJECTIONS:
-        raise fail("projections", f"{projections!r} is not a projection sharing", f"use one of {', '.join(PROJECTIONS)}")
+        raise fail(
+            "projections", f"{projections!r} is not a projection sharing", f"use one of {', '.join(PROJECTIONS)}"
+        )
 
     options = data.get("kernel_options", {}) or {}
     if not isinstance(options, dict):
         raise fail("kernel_options", "not a mapping", "map kernel names to option mappings")
     for name, opts in options.items():
         if name not in names:
-            raise fail(f"kernel_options.{name}", "options for a kernel the space does not list", f"remove it or add {name} to kernels")
+            raise fail(
+                f"kernel_options.{name}",
+                "options for a kernel the space does not list",
+                f"remove it or add {name} to kernels",
+            )
         chosen = {key for variant in kernels.kernel_class(name).variants for key in variant}
         valid = [o for o in kernels.options(name) if o not in chosen]
         if not isinstance(opts, dict) or any(o not in valid for o in opts):
-            raise fail(f"kernel_options.{name}", f"{opts!r} has options {name} does not take", f"use options from: {', '.join(valid) or 'none'}")
+            raise fail(
+                f"kernel_options.{name}",
+                f"{opts!r} has options {name} does not take",
+                f"use options from: {', '.join(valid) or 'none'}",
+            )
         try:
             side = fixed["image_size"] // fixed["patch_size"]
             kernels.get(name, fixed["head_dim"], max(heads), grid=(side, side), embed_dim=max(embed), **opts)

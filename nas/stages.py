@@ -35,7 +35,7 @@ class Fit:
         return out
 
     @classmethod
-    def stored_with(cls, table, accept_poor: bool = False) -> "Fit":
+    def stored_with(cls, table, accept_poor: bool = False) -> Fit:
         """The targets the table was validated against (the defaults when it holds none)."""
         stored = (table.validation or {}).get("thresholds") or {}
         return cls(stored.get("max_mape", cls.max_mape), stored.get("min_tau", cls.min_tau), accept_poor)
@@ -54,7 +54,9 @@ def check_out_dir(path: Path, flag: str = "--out") -> None:
     try:
         tempfile.TemporaryFile(dir=probe).close()
     except OSError as error:
-        raise NasError(f"{flag} {path}: cannot write into {probe} ({error.strerror or error}); choose a writable {flag}") from None
+        raise NasError(
+            f"{flag} {path}: cannot write into {probe} ({error.strerror or error}); choose a writable {flag}"
+        ) from None
 
 
 def check_out_file(path: Path, flag: str = "--out") -> None:
@@ -64,7 +66,9 @@ def check_out_file(path: Path, flag: str = "--out") -> None:
         raise NasError(f"{flag} {path} is a directory; name a file, e.g. {path / 'latency_table.json'}")
     ancestor = _nearest_existing(path.parent)
     if not ancestor.is_dir():
-        raise NasError(f"{flag} {path}: {ancestor} is a file, so the directory cannot be created; choose another {flag}")
+        raise NasError(
+            f"{flag} {path}: {ancestor} is a file, so the directory cannot be created; choose another {flag}"
+        )
     check_out_dir(path.parent, flag)
 
 
@@ -91,8 +95,18 @@ def check_connections(ray_address: str | None, storage: str | None, timeout_s: f
         progress(f"storage {redact(storage)}: reachable")
 
 
-def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, seed: int, progress=print, revalidate: bool = False,
-                  fit: Fit = Fit(), gate: bool = True):
+def latency_stage(
+    space,
+    profiler,
+    out: Path,
+    calibrate: int,
+    validate: int,
+    seed: int,
+    progress=print,
+    revalidate: bool = False,
+    fit: Fit = Fit(),
+    gate: bool = True,
+):
     """Build (or resume) the table at `out`, fit the calibration on `calibrate` whole models and
     validate on `validate` held-out ones (each step skipped when already done, except the
     validation with `revalidate`); returns it. A table that misses `fit` has its worst
@@ -105,7 +119,15 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
         raise NasError("--calibrate and --validate must be >= 0")
     if 0 < calibrate < 3:
         raise NasError("--calibrate needs at least 3 archs to fit a line (or 0 for none)")
-    table = lut.build(space, profiler.fingerprint(), out, profiler.measure_probes, profiler.protocol, progress=progress, reference=profiler.reference)
+    table = lut.build(
+        space,
+        profiler.fingerprint(),
+        out,
+        profiler.measure_probes,
+        profiler.protocol,
+        progress=progress,
+        reference=profiler.reference,
+    )
     profiler.anchor_to(table.reference_ms)  # whole models measured from here on are expressed at the table's speed
     if calibrate and table.calibration is None:
         archs = lut.held_out_archs(space, calibrate, seed, exclude=set())
@@ -113,8 +135,14 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
         lut.calibrate(table, archs, profiler.measure_models(archs))
         table.save(out)
     if table.calibration:
-        progress(f"calibration: measured ≈ {table.calibration['a']:.4f} × sum of entries + {table.calibration['b']:.4f} ms"
-                 + (" (through the origin: the free fit had a negative slope or floor)" if table.calibration.get("constrained") else ""))
+        progress(
+            f"calibration: measured ≈ {table.calibration['a']:.4f} × sum of entries + {table.calibration['b']:.4f} ms"
+            + (
+                " (through the origin: the free fit had a negative slope or floor)"
+                if table.calibration.get("constrained")
+                else ""
+            )
+        )
     if validate and (table.validation is None or revalidate):
         exclude = set(table.calibration["archs"]) if table.calibration else set()
         archs = lut.held_out_archs(space, validate, seed + 1, exclude)
@@ -123,18 +151,24 @@ def latency_stage(space, profiler, out: Path, calibrate: int, validate: int, see
         validation = lut.validate(table, archs, measured)
         missed = fit.misses(validation)
         if missed:
-            progress(f"!! the latency table misses its validation targets ({', '.join(missed)}): re-measuring the worst offenders once")
+            progress(
+                f"!! the latency table misses its validation targets ({', '.join(missed)}): re-measuring the worst offenders once"
+            )
             _remeasure_worst(table, space, archs, measured, profiler, progress)
             validation = lut.validate(table, archs, measured)
-        validation.update(passed=not fit.misses(validation), thresholds={"max_mape": fit.max_mape, "min_tau": fit.min_tau})
+        validation.update(
+            passed=not fit.misses(validation), thresholds={"max_mape": fit.max_mape, "min_tau": fit.min_tau}
+        )
         table.save(out)
     if table.validation:
         progress("latency predictor: " + lut.summary_line(table.validation))
         if gate:
             check_fit(table, out, fit, progress)
         elif fit.misses(table.validation):
-            progress(f"the table misses its validation targets ({', '.join(fit.misses(table.validation))}); it is only the prior here "
-                     "(default budget, pre-filter): every trial's whole model is measured, so the run goes on")
+            progress(
+                f"the table misses its validation targets ({', '.join(fit.misses(table.validation))}); it is only the prior here "
+                "(default budget, pre-filter): every trial's whole model is measured, so the run goes on"
+            )
     return table
 
 
@@ -148,7 +182,9 @@ def check_fit(table, path: Path, fit: Fit, progress=print) -> None:
         return
     message = f"the latency table {path} failed validation ({', '.join(missed)}): its predictions cannot be trusted for a search"
     if not fit.accept_poor:
-        raise PoorFitError(message + "; delete it and rebuild it on a quieter machine, or pass --accept-poor-fit to use it anyway")
+        raise PoorFitError(
+            message + "; delete it and rebuild it on a quieter machine, or pass --accept-poor-fit to use it anyway"
+        )
     progress(f"!! warning: {message}; going on because of --accept-poor-fit")
 
 
@@ -174,8 +210,20 @@ def _remeasure_worst(table, space, archs: list, measured: list[float], profiler,
     progress(f"re-measured {len(entries)} entries and {len(worst)} whole models")
 
 
-def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, resume: bool, ray_address: str | None, progress=print,
-                compute=None, storage_path: str | None = None, on_epoch=None) -> dict:
+def train_stage(
+    space,
+    data: str,
+    dataset,
+    config,
+    run: RunDir,
+    workers: int,
+    resume: bool,
+    ray_address: str | None,
+    progress=print,
+    compute=None,
+    storage_path: str | None = None,
+    on_epoch=None,
+) -> dict:
     """Train (or continue) the supernet into the run directory on `compute` (nas.compute;
     default the CPU); returns the final summary. `storage_path`: Ray Train's checkpoints (workers > 1).
     `on_epoch`: called with each epoch's record (in this process; with workers > 1 the lines only)."""
@@ -190,23 +238,50 @@ def train_stage(space, data: str, dataset, config, run: RunDir, workers: int, re
         from workers.trainer import train_distributed
 
         loading = {"randaugment": getattr(dataset, "randaugment", False), "workers": getattr(dataset, "workers", 0)}
-        return train_distributed(space, data, config, run.root, workers, resume, ray_address, progress, use_gpu=compute.cuda, loading=loading,
-                                 storage_path=storage_path)
+        return train_distributed(
+            space,
+            data,
+            config,
+            run.root,
+            workers,
+            resume,
+            ray_address,
+            progress,
+            use_gpu=compute.cuda,
+            loading=loading,
+            storage_path=storage_path,
+        )
+
     def epoch(record: dict) -> None:
         if on_epoch is not None:
             on_epoch(record)
         progress(format_epoch(record))
 
-    return train_supernet(space, dataset, config, run.root, resume=resume, data_arg=data, progress=epoch, compute=compute)
+    return train_supernet(
+        space, dataset, config, run.root, resume=resume, data_arg=data, progress=epoch, compute=compute
+    )
 
 
 def resumable_training(run: RunDir) -> bool:
     return run.has(STATE_JSON)
 
 
-def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, evaluators: int, ray_address: str | None, progress=print,
-                 report_dir: Path | None = None, scoring: dict | None = None, gpus_each: float | None = None, measure=None,
-                 study_name: str | None = None):
+def search_stage(
+    run: RunDir,
+    space,
+    table,
+    config,
+    storage: str,
+    resume: bool,
+    evaluators: int,
+    ray_address: str | None,
+    progress=print,
+    report_dir: Path | None = None,
+    scoring: dict | None = None,
+    gpus_each: float | None = None,
+    measure=None,
+    study_name: str | None = None,
+):
     """The Optuna search over Ray evaluator actors; writes trials.csv, pareto.csv, pareto.png into
     `report_dir` (default: the run directory). `scoring`: the evaluators' device, precision
     and val_images (nas.evaluate.Evaluator); `gpus_each`: GPUs per evaluator (EvaluatorPool). The evaluators receive the supernet and
@@ -222,8 +297,10 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
     if local:
         if ray_address is not None:
             require_ray(f"--ray-address {ray_address}: joining a cluster", "ray[default]")
-        progress("Ray is not installed: the archs are scored by one evaluator in this process"
-                 + (f" (--evaluators {evaluators} needs Ray)" if evaluators > 1 else ""))
+        progress(
+            "Ray is not installed: the archs are scored by one evaluator in this process"
+            + (f" (--evaluators {evaluators} needs Ray)" if evaluators > 1 else "")
+        )
         evaluators = 1
     else:
         init_ray(ray_address, progress=progress)
@@ -240,11 +317,14 @@ def search_stage(run: RunDir, space, table, config, storage: str, resume: bool, 
 
         pool = EvaluatorPool(state, evaluators, scoring=scoring, gpus_each=gpus_each)
     try:
-        latency = search.run_search(study, space, table, pool.evaluate, config, progress, measure=measure, evaluators=evaluators,
-                                    pool=pool)
+        latency = search.run_search(
+            study, space, table, pool.evaluate, config, progress, measure=measure, evaluators=evaluators, pool=pool
+        )
     finally:
         pool.shutdown()
-    front = report.write_outputs(study, report_dir or run.root, config.budget_ms, run.verified() if run.owns_storage(storage) else None)
+    front = report.write_outputs(
+        study, report_dir or run.root, config.budget_ms, run.verified() if run.owns_storage(storage) else None
+    )
     return study, front, latency
 
 
@@ -264,12 +344,17 @@ def trial_profiler(table, table_path):
 
     fp = table.fingerprint
     if fp.device_name not in local_devices():
-        raise NasError(f"{table_path} was measured on {fp.device_name}, not on this machine: trials cannot be measured here; "
-                       "search on that device, or pass --latency predicted to let the table decide")
+        raise NasError(
+            f"{table_path} was measured on {fp.device_name}, not on this machine: trials cannot be measured here; "
+            "search on that device, or pass --latency predicted to let the table decide"
+        )
     profiler = Profiler(fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
     if profiler.fingerprint() != fp:
-        raise NasError(f"{table_path}: this machine's setting differs from the table's ("
-                       + "; ".join(fp.differences(profiler.fingerprint())) + "): trials cannot be measured as the table was; "
-                       "rebuild the table here, or pass --latency predicted")
+        raise NasError(
+            f"{table_path}: this machine's setting differs from the table's ("
+            + "; ".join(fp.differences(profiler.fingerprint()))
+            + "): trials cannot be measured as the table was; "
+            "rebuild the table here, or pass --latency predicted"
+        )
     profiler.anchor_to(table.reference_ms)
     return profiler

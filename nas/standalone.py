@@ -73,7 +73,9 @@ class Standalone:
         set_angular_aux(self.model, angular_aux_at(self.step, self.recipe.epochs * self.per_epoch, aux))
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
-        loss = F.cross_entropy(self.model(x.to(self.device)), y.to(self.device), label_smoothing=self.recipe.label_smoothing)
+        loss = F.cross_entropy(
+            self.model(x.to(self.device)), y.to(self.device), label_smoothing=self.recipe.label_smoothing
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -89,8 +91,10 @@ class Standalone:
         self.model.train()
         order = torch.randperm(self.dataset.size("train"), generator=self.batches)
         size = self.recipe.batch_size
-        losses = [self.update(*self.dataset.batch("train", order[b * size: (b + 1) * size], self.batches)).item()
-                  for b in range(self.per_epoch)]
+        losses = [
+            self.update(*self.dataset.batch("train", order[b * size : (b + 1) * size], self.batches)).item()
+            for b in range(self.per_epoch)
+        ]
         set_angular_aux(self.model, 0.0)
         self.model.eval()
         self.curve.append(round(self.top1("val"), 6))
@@ -102,13 +106,24 @@ class Standalone:
 
     def state_dict(self) -> dict:
         """Everything the next epoch depends on; tensors, numbers and lists only (torch.load(weights_only=True))."""
-        return {"arch": self.arch.to_json(indent=None), "seed": self.seed, "recipe": self.recipe.to_dict(),
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "batches": self.batches.get_state(), "step": self.step,
-                "curve": list(self.curve), "train_loss": list(self.train_loss)}
+        return {
+            "arch": self.arch.to_json(indent=None),
+            "seed": self.seed,
+            "recipe": self.recipe.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.get_state(),
+            "step": self.step,
+            "curve": list(self.curve),
+            "train_loss": list(self.train_loss),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["arch"] != self.arch.to_json(indent=None) or state["seed"] != self.seed or state["recipe"] != self.recipe.to_dict():
+        if (
+            state["arch"] != self.arch.to_json(indent=None)
+            or state["seed"] != self.seed
+            or state["recipe"] != self.recipe.to_dict()
+        ):
             raise ValueError("the state is of another arch, seed or recipe")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

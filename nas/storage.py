@@ -111,7 +111,9 @@ def check(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise NasError(f"--storage {redact(url)}: no answer within {timeout_s:.0f} s; is the database server running and reachable?")
+        raise NasError(
+            f"--storage {redact(url)}: no answer within {timeout_s:.0f} s; is the database server running and reachable?"
+        )
     if "error" in outcome:
         error = outcome["error"]
         detail = scrub(redact_text(str(error).strip().splitlines()[0] if str(error).strip() else ""), url)[:200]
@@ -126,7 +128,7 @@ def create_sqlite_whole(url: str) -> None:
     and never races to create the tables itself. No-op for other storages and existing files."""
     if not url.startswith("sqlite:///"):
         return
-    location, sep, query = url[len("sqlite:///"):].partition("?")
+    location, sep, query = url[len("sqlite:///") :].partition("?")
     path = Path(location)
     if not location or location == ":memory:" or path.exists():
         return
@@ -162,21 +164,26 @@ def check_study_name(name: str) -> str:
     """A --study-name: 1 to 128 characters, none of them a space or control character (it is
     printed in commands to copy, and one storage may hold a team's studies)."""
     if not name or len(name) > 128 or any(c.isspace() or not c.isprintable() for c in name):
-        raise NasError(f"--study-name {name!r}: use 1 to 128 printable characters without spaces, e.g. --study-name cifar-gpu-2ms")
+        raise NasError(
+            f"--study-name {name!r}: use 1 to 128 printable characters without spaces, e.g. --study-name cifar-gpu-2ms"
+        )
     return name
 
 
 def study_not_found(storage: str, name: str, names: list[str]) -> NasError:
     """The one-line error for a study that `storage` does not hold, naming those it does."""
     held = ", ".join(sorted(names)[:20]) + (" ..." if len(names) > 20 else "")
-    return NasError(f"{redact(storage)} holds no study named {name!r}" + (f" (it holds: {held}); pass --study-name NAME" if names else " (it holds none)"))
+    return NasError(
+        f"{redact(storage)} holds no study named {name!r}"
+        + (f" (it holds: {held}); pass --study-name NAME" if names else " (it holds none)")
+    )
 
 
 def sqlite_study_names(url: str) -> list[str]:
     """The study names in an SQLite storage, read without writing to it (no schema is created)."""
     import sqlite3
 
-    path = url[len("sqlite:///"):]
+    path = url[len("sqlite:///") :]
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -187,7 +194,9 @@ def sqlite_study_names(url: str) -> list[str]:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        raise NasError(f"{url}: cannot read the study ({type(error).__name__}: {error}); the file may be corrupt") from None
+        raise NasError(
+            f"{url}: cannot read the study ({type(error).__name__}: {error}); the file may be corrupt"
+        ) from None
 
 
 def sqlite_trial_count(url: str, study_name: str) -> int | None:
@@ -195,7 +204,7 @@ def sqlite_trial_count(url: str, study_name: str) -> int | None:
     None without Optuna's tables or without a study of that name."""
     import sqlite3
 
-    path = url[len("sqlite:///"):]
+    path = url[len("sqlite:///") :]
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -209,4 +218,6 @@ def sqlite_trial_count(url: str, study_name: str) -> int | None:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        raise NasError(f"{url}: cannot read the study ({type(error).__name__}: {error}); the file may be corrupt") from None
+        raise NasError(
+            f"{url}: cannot read the study ({type(error).__name__}: {error}); the file may be corrupt"
+        ) from None

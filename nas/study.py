@@ -112,14 +112,23 @@ def open_study(storage: str, config: SearchConfig, resume: bool, study_name: str
     names = check_storage(storage)
     storage = normalize(storage)
     if study_name in names and not resume:
-        raise NasError(f"{redact(storage)} already holds a study named {study_name!r}; pass --resume to continue it, or another "
-                       f"--study-name (or --out/--storage)")
+        raise NasError(
+            f"{redact(storage)} already holds a study named {study_name!r}; pass --resume to continue it, or another "
+            f"--study-name (or --out/--storage)"
+        )
     if study_name not in names and resume:
         raise NasError(f"--resume: {study_not_found(storage, study_name, names)}")
     study = optuna.create_study(
-        storage=storage, study_name=study_name, directions=directions, sampler=make_sampler(config.sampler, config.seed), load_if_exists=True
+        storage=storage,
+        study_name=study_name,
+        directions=directions,
+        sampler=make_sampler(config.sampler, config.seed),
+        load_if_exists=True,
     )
-    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in directions]:
+    if list(study.directions) != [
+        optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+        for d in directions
+    ]:
         raise NasError("--resume: the study was started with other objectives (--third-objective must match)")
     told = len(study.get_trials(deepcopy=False))
     if told:  # a resumed or extended study continues the sampler's sequence instead of replaying it
@@ -154,7 +163,8 @@ def counted(trial: optuna.trial.FrozenTrial) -> bool:
     PRUNED trial is an arch over the budget, judged but not scored."""
     state = trial.state
     return state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) or (
-        state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get("interrupted"))
+        state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get("interrupted")
+    )
 
 
 def recover_interrupted(study: optuna.Study) -> int:
@@ -183,7 +193,11 @@ def trial_latency(study: optuna.Study, table: LatencyTable, measure, budget_ms: 
     if measure is not None:
         for t in study.get_trials(deepcopy=False):
             if "measured_ms" in t.user_attrs and "digest" in t.user_attrs:
-                latency.remember(t.user_attrs["digest"], t.user_attrs.get("predicted_ms", t.user_attrs["measured_ms"]), t.user_attrs["measured_ms"])
+                latency.remember(
+                    t.user_attrs["digest"],
+                    t.user_attrs.get("predicted_ms", t.user_attrs["measured_ms"]),
+                    t.user_attrs["measured_ms"],
+                )
     return latency
 
 
@@ -219,12 +233,28 @@ def run_search(
             if evaluators:
                 progress(busy_line(busy, evaluators, time.perf_counter() - started, latency.seconds))
             return latency
-        finished = {t.user_attrs["digest"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs}
+        finished = {
+            t.user_attrs["digest"]: t
+            for t in trials
+            if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs
+        }
         batch: list[optuna.Trial] = []
         try:
-            reused, skipped, seconds = _run_batch(study, space, latency, evaluate, config, min(config.batch, config.trials - done), finished, batch, progress)
+            reused, skipped, seconds = _run_batch(
+                study,
+                space,
+                latency,
+                evaluate,
+                config,
+                min(config.batch, config.trials - done),
+                finished,
+                batch,
+                progress,
+            )
             busy += seconds
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, wherever it lands: running trials are marked interrupted, re-run on --resume
+        except (
+            KeyboardInterrupt
+        ):  # Ctrl-C or SIGTERM, wherever it lands: running trials are marked interrupted, re-run on --resume
             # Every RUNNING trial, not only those in `batch`: one stopped inside `study.ask()` (signals are held there,
             # an error in the sampler is not) has a row but no place in `batch`. The driver is the study's only writer.
             running = recover_interrupted(study)
@@ -248,8 +278,11 @@ def busy_line(busy_s: float, evaluators: int, stage_s: float, measuring_s: float
     head = f"evaluators: busy {busy_s:.1f} s of {evaluators} x {stage_s:.1f} s ({share:.0%}); the rest they waited"
     if measuring_s is None:
         return head + ": for the sampler and the storage (asynchronous: no batches, no measurements)"
-    return (head + f": for the trials' latency measurements ({measuring_s:.1f} s, taken with no evaluation running), for each "
-            "batch's slowest trial, for the sampler")
+    return (
+        head
+        + f": for the trials' latency measurements ({measuring_s:.1f} s, taken with no evaluation running), for each "
+        "batch's slowest trial, for the sampler"
+    )
 
 
 def _run_async(study, space, latency, pool, config, progress, evaluators) -> TrialLatency:
@@ -295,7 +328,11 @@ def _run_async(study, space, latency, pool, config, progress, evaluators) -> Tri
         with interrupts.deferred():
             trials = study.get_trials(deepcopy=False)
         state["done"] = sum(counted(t) for t in trials)
-        finished = {t.user_attrs["digest"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs}
+        finished = {
+            t.user_attrs["digest"]: t
+            for t in trials
+            if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs
+        }
         while state["done"] < config.trials:
             while pool.idle() and (ahead or state["done"] + pending() < config.trials):
                 item = ahead.pop(0) if ahead else ask_one()
@@ -309,8 +346,16 @@ def _run_async(study, space, latency, pool, config, progress, evaluators) -> Tri
                 trial, arch, judgement = flying.pop(ticket)
                 group = [(trial, arch, judgement)] + waiting.pop(arch.digest, [])
                 with interrupts.deferred():
-                    _tell(study, config, [g[0] for g in group], [g[1] for g in group], [g[2] for g in group], {},
-                          {arch.digest: result}, progress)
+                    _tell(
+                        study,
+                        config,
+                        [g[0] for g in group],
+                        [g[1] for g in group],
+                        [g[2] for g in group],
+                        {},
+                        {arch.digest: result},
+                        progress,
+                    )
                     if isinstance(result, dict):
                         busy += result.get("seconds", 0.0)
                         finished_trial = study._storage.get_trial(trial._trial_id)
@@ -324,9 +369,11 @@ def _run_async(study, space, latency, pool, config, progress, evaluators) -> Tri
                 told = 0
                 with interrupts.deferred():
                     best = _best_feasible(study)
-                progress(f"[{min(state['done'], config.trials)}/{config.trials}] trials finished ({time.perf_counter() - started:.0f} s, "
-                         f"asynchronous, {len(flying)} in flight)"
-                         + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else ""))
+                progress(
+                    f"[{min(state['done'], config.trials)}/{config.trials}] trials finished ({time.perf_counter() - started:.0f} s, "
+                    f"asynchronous, {len(flying)} in flight)"
+                    + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
+                )
     except KeyboardInterrupt:
         running = recover_interrupted(study)
         progress(f"stopped: {running} running trial(s) marked interrupted; --resume re-runs them")
@@ -406,7 +453,9 @@ def _tell(study, config, batch, archs, judgements, finished, evaluated, progress
             continue
         for key in ("accuracy", "macs", "params"):
             trial.set_user_attr(key, result[key])
-        values = [result["accuracy"], judgement.latency_ms] + ([result[config.third_objective]] if config.third_objective else [])
+        values = [result["accuracy"], judgement.latency_ms] + (
+            [result[config.third_objective]] if config.third_objective else []
+        )
         study.tell(trial, values)
 
 
@@ -418,7 +467,11 @@ def budget_counts(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, int,
     """(within, judged, over) the budget: the trials judged against it are the COMPLETE ones and the
     PRUNED ones (over it, not scored) with a latency constraint. FAIL trials — interrupted (re-run on
     --resume) or broken — were never judged and are not counted (they were: "6 of 8 within")."""
-    judged = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) and t.constraints]
+    judged = [
+        t
+        for t in trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) and t.constraints
+    ]
     within = sum(t.state == optuna.trial.TrialState.COMPLETE and feasible(t) for t in judged)
     return within, len(judged), sum(t.state == optuna.trial.TrialState.PRUNED for t in judged)
 
@@ -433,7 +486,11 @@ def pareto_front(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.tria
     candidates = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)]
 
     def dominates(a, b):
-        return a.values[0] >= b.values[0] and a.values[1] <= b.values[1] and (a.values[0] > b.values[0] or a.values[1] < b.values[1])
+        return (
+            a.values[0] >= b.values[0]
+            and a.values[1] <= b.values[1]
+            and (a.values[0] > b.values[0] or a.values[1] < b.values[1])
+        )
 
     front = [t for t in candidates if not any(dominates(o, t) for o in candidates)]
     unique = {}

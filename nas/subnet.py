@@ -45,7 +45,15 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, embed_dim: int, heads: int, head_dim: int, hidden_dim: int, kernel: AttentionKernel, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        heads: int,
+        head_dim: int,
+        hidden_dim: int,
+        kernel: AttentionKernel,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = LayerNorm(embed_dim)
         self.attn = Attention(embed_dim, heads, head_dim, kernel)
@@ -73,7 +81,14 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(arch.image_size, arch.patch_size, arch.in_chans, e)
         self.pos_embed = nn.Parameter(torch.zeros(1, arch.tokens, e))
         self.blocks = nn.ModuleList(
-            Block(e, layer.heads, arch.head_dim, layer.hidden_dim(e), arch.kernel_spec(i).build(arch.head_dim, layer.heads, grid=arch.grid, embed_dim=e), drop_path)
+            Block(
+                e,
+                layer.heads,
+                arch.head_dim,
+                layer.hidden_dim(e),
+                arch.kernel_spec(i).build(arch.head_dim, layer.heads, grid=arch.grid, embed_dim=e),
+                drop_path,
+            )
             for i, layer in enumerate(arch.layers)
         )
         self.fc_norm = LayerNorm(e)
@@ -121,13 +136,16 @@ def load(directory: str | Path) -> ViT:
     model = ViT(arch)
     state, metadata = load_weights(weights_path)
     if metadata.get("arch_digest") not in (None, arch.digest):
-        raise NasError(f"{weights_path}: its weights are of arch {metadata['arch_digest']}, but {arch_path} describes {arch.digest} "
-                       "(files of two exports mixed); export the model again")
+        raise NasError(
+            f"{weights_path}: its weights are of arch {metadata['arch_digest']}, but {arch_path} describes {arch.digest} "
+            "(files of two exports mixed); export the model again"
+        )
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # tensor shapes of another arch
         raise NasError(f"{weights_path}: does not match {arch_path} ({str(error).splitlines()[0][:200]})") from None
     if missing or unexpected:
-        raise NasError(f"{weights_path}: does not match {arch_path} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise NasError(
+            f"{weights_path}: does not match {arch_path} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model
-

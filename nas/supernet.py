@@ -41,7 +41,10 @@ class SuperBlock(nn.Module):
             self.qkv = nn.Linear(e, 3 * h * d)
         options = space.kernel_options
         self.kernels = nn.ModuleDict(
-            {spec.label: spec.build(d, h, grid=space.grid, embed_dim=e, **options.get(spec.name, {})) for spec in space.kernel_choices()}
+            {
+                spec.label: spec.build(d, h, grid=space.grid, embed_dim=e, **options.get(spec.name, {}))
+                for spec in space.kernel_choices()
+            }
         )
         if self.grouped:
             self.proj_groups = nn.ModuleDict({label: nn.Linear(h * d, e) for label in labels})
@@ -97,7 +100,9 @@ class SuperBlock(nn.Module):
         if kernel.has_residual:  # on the leading e channels of the kernel's residual-stream weights
             x = x + self.drop_path(kernel.residual(x, grid))
         y = F.layer_norm(x, (e,), w["norm2.weight"], w["norm2.bias"], self.norm2.eps)
-        y = F.linear(F.gelu(F.linear(y, w["mlp.fc1.weight"], w["mlp.fc1.bias"])), w["mlp.fc2.weight"], w["mlp.fc2.bias"])
+        y = F.linear(
+            F.gelu(F.linear(y, w["mlp.fc1.weight"], w["mlp.fc1.bias"])), w["mlp.fc2.weight"], w["mlp.fc2.bias"]
+        )
         return x + self.drop_path(y)
 
 
@@ -144,8 +149,10 @@ class SuperNet(nn.Module):
                         for name in ("weight", "bias"):
                             getattr(layer, name).copy_(getattr(first, name))
                             if optimizer is not None and getattr(first, name) in optimizer.state:
-                                optimizer.state[getattr(layer, name)] = {k: v.clone() if torch.is_tensor(v) else v
-                                                                         for k, v in optimizer.state[getattr(first, name)].items()}
+                                optimizer.state[getattr(layer, name)] = {
+                                    k: v.clone() if torch.is_tensor(v) else v
+                                    for k, v in optimizer.state[getattr(first, name)].items()
+                                }
         self.tie_projections(False)
 
     def active_state(self, arch: Arch) -> dict[str, Tensor]:

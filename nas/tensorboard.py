@@ -12,8 +12,12 @@ from pathlib import Path
 
 from nas.errors import NasError
 
-EPOCH_SCALARS = {"loss": "train/loss", "val_largest": "train/val_largest", "val_smallest": "train/val_smallest",
-                 "seconds": "train/epoch_seconds"}
+EPOCH_SCALARS = {
+    "loss": "train/loss",
+    "val_largest": "train/val_largest",
+    "val_smallest": "train/val_smallest",
+    "seconds": "train/epoch_seconds",
+}
 
 
 class Scalars:
@@ -23,7 +27,9 @@ class Scalars:
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
-            raise NasError("--tensorboard needs tensorboardX (pip install tensorboardX; it comes with ray[train])") from None
+            raise NasError(
+                "--tensorboard needs tensorboardX (pip install tensorboardX; it comes with ray[train])"
+            ) from None
         self.writer = SummaryWriter(str(directory))
 
     def epoch(self, record: dict) -> None:

@@ -24,8 +24,13 @@ from nas.errors import NasError
 from nas.subnet import ViT
 
 
-def vit_nas(pretrained: bool = False, arch: Arch | dict | str | Path | None = None, pretrained_cfg=None, pretrained_cfg_overlay=None,
-            **kwargs) -> ViT:
+def vit_nas(
+    pretrained: bool = False,
+    arch: Arch | dict | str | Path | None = None,
+    pretrained_cfg=None,
+    pretrained_cfg_overlay=None,
+    **kwargs,
+) -> ViT:
     """timm entry point `vit_nas` (registered by `import nas`) for an exported arch.
 
     - `timm.create_model("vit_nas", pretrained=True, pretrained_cfg_overlay=dict(file="<export>/model.safetensors"))`
@@ -38,14 +43,18 @@ def vit_nas(pretrained: bool = False, arch: Arch | dict | str | Path | None = No
     file = _cfg_file(pretrained_cfg_overlay) or _cfg_file(pretrained_cfg)
     folder = None if file is None else (Path(file) if Path(file).is_dir() else Path(file).parent)
     if pretrained and folder is None:
-        raise NasError("vit_nas has no hub weights: pass pretrained_cfg_overlay=dict(file='<export>/model.safetensors'), or create "
-                       "'local-dir:<export>'")
+        raise NasError(
+            "vit_nas has no hub weights: pass pretrained_cfg_overlay=dict(file='<export>/model.safetensors'), or create "
+            "'local-dir:<export>'"
+        )
     unused = [k for k in kwargs if k not in ("cache_dir", "pretrained_model_args")]
     if unused:
         raise NasError(f"vit_nas takes arch= only; the arch fixes {', '.join(unused)}")
     if arch is None and folder is None:
-        raise NasError("timm.create_model('vit_nas', ...) needs arch=<arch.json or export directory>, or pretrained=True with "
-                       "pretrained_cfg_overlay=dict(file='<export>/model.safetensors')")
+        raise NasError(
+            "timm.create_model('vit_nas', ...) needs arch=<arch.json or export directory>, or pretrained=True with "
+            "pretrained_cfg_overlay=dict(file='<export>/model.safetensors')"
+        )
     metadata = {}
     if pretrained:
         model = load(folder)
@@ -53,7 +62,13 @@ def vit_nas(pretrained: bool = False, arch: Arch | dict | str | Path | None = No
         metadata = _metadata(folder)
     else:
         if arch is None or isinstance(arch, (str, Path)):
-            path = folder / "arch.json" if arch is None else Path(arch) / "arch.json" if Path(arch).is_dir() else Path(arch)
+            path = (
+                folder / "arch.json"
+                if arch is None
+                else Path(arch) / "arch.json"
+                if Path(arch).is_dir()
+                else Path(arch)
+            )
             arch = Arch.from_json(path.read_text(), str(path))
             metadata = _metadata(path.parent)
         elif isinstance(arch, dict):
@@ -78,16 +93,29 @@ def timm_config(arch: Arch, metadata: dict) -> dict:
     """An export's config.json, as timm's `local-dir:` and Hugging Face loaders read it: the architecture,
     its class count and its pretrained config (input size, crop, mean/std, class names)."""
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg(arch, metadata).items()}
-    return {"architecture": "vit_nas", "num_classes": arch.num_classes, "num_features": arch.embed_dim,
-            "global_pool": "avg", "pretrained_cfg": cfg}
+    return {
+        "architecture": "vit_nas",
+        "num_classes": arch.num_classes,
+        "num_features": arch.embed_dim,
+        "global_pool": "avg",
+        "pretrained_cfg": cfg,
+    }
 
 
 def data_cfg(arch: Arch, metadata: dict) -> dict:
     """timm's data config of an export (what `timm.data.resolve_data_config(model=...)` reads): input size,
     interpolation and crop from the arch and the export's metadata.json, mean/std of the training data and
     class names where the export recorded them (an arch alone has no mean/std: timm then assumes ImageNet's)."""
-    cfg = {"architecture": "vit_nas", "input_size": (arch.in_chans, arch.image_size, arch.image_size), "interpolation": "bilinear",
-           "crop_pct": 1.0, "crop_mode": "center", "num_classes": arch.num_classes, "first_conv": "patch_embed.proj", "classifier": "head"}
+    cfg = {
+        "architecture": "vit_nas",
+        "input_size": (arch.in_chans, arch.image_size, arch.image_size),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "num_classes": arch.num_classes,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+    }
     prep = metadata.get("preprocessing") or {}
     for key in ("interpolation", "crop_pct", "crop_mode"):
         if key in prep:
@@ -137,7 +165,9 @@ def to_timm(model: ViT) -> VisionTransformer:
 def from_timm(vit: VisionTransformer) -> ViT:
     """Our standalone ViT from a timm VisionTransformer built with class_token=False, global_pool='avg'."""
     if vit.cls_token is not None or getattr(vit, "reg_token", None) is not None or vit.global_pool != "avg":
-        raise NasError("from_timm needs a VisionTransformer with class_token=False, no register tokens and global_pool='avg'")
+        raise NasError(
+            "from_timm needs a VisionTransformer with class_token=False, no register tokens and global_pool='avg'"
+        )
     block = vit.blocks[0]
     embed_dim = vit.embed_dim
     layer = LayerChoice("softmax", heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / embed_dim)
@@ -154,6 +184,7 @@ def from_timm(vit: VisionTransformer) -> ViT:
     model = ViT(arch)
     missing, unexpected = model.load_state_dict(vit.state_dict(), strict=False)
     if missing or unexpected:
-        raise NasError(f"timm model does not map onto a standalone ViT (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise NasError(
+            f"timm model does not map onto a standalone ViT (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.train(vit.training)
-

@@ -43,7 +43,6 @@ import torch.nn.functional as F
 import yaml
 
 from nas.arch import Arch
-from nas.weights import load_weights, save_weights
 from nas.compute import CPU, Compute
 from nas.config import TrainConfig
 from nas.data import Dataset, check_split, save_split
@@ -53,7 +52,7 @@ from nas.kernels.angular import AngularAttention
 from nas.rundir import CONFIG, SPLIT, STATE, STATE_JSON, WEIGHTS, space_record
 from nas.space import SearchSpace
 from nas.supernet import SuperNet
-
+from nas.weights import load_weights, save_weights
 
 
 @dataclass(frozen=True)
@@ -136,8 +135,10 @@ def fair_kernels(space: SearchSpace, seed: int, step: int) -> list:
     (seed, step) alone: every data-parallel rank and a resumed run draw the same."""
     choices = space.kernel_choices()
     block, slot = divmod(step, len(choices))
-    return [choices[random.Random(f"nas-fair:{seed}:{block}:{layer}").sample(range(len(choices)), len(choices))[slot]]
-            for layer in range(max(space.depth))]
+    return [
+        choices[random.Random(f"nas-fair:{seed}:{block}:{layer}").sample(range(len(choices)), len(choices))[slot]]
+        for layer in range(max(space.depth))
+    ]
 
 
 def check_kernel_sampling(config: TrainConfig) -> None:
@@ -146,20 +147,30 @@ def check_kernel_sampling(config: TrainConfig) -> None:
     if not 0 <= config.projection_warmup < 1:
         raise NasError(f"--projection-warmup {config.projection_warmup}: use a share of the epochs in [0, 1)")
     if config.kernel_sampling == "fair" and config.teacher != "fair":
-        raise NasError(f"--kernel-sampling fair with --teacher {config.teacher}: under fair sampling the teacher takes the step's "
-                       "kernels like its students; pass --teacher fair (the default)")
+        raise NasError(
+            f"--kernel-sampling fair with --teacher {config.teacher}: under fair sampling the teacher takes the step's "
+            "kernels like its students; pass --teacher fair (the default)"
+        )
 
 
 def fair_sandwich(space: SearchSpace, rng: random.Random, random_subnets: int, kernels: list) -> list[Arch]:
     """[largest, smallest, random widths...], all with the step's kernel vector `kernels` (layer i
     uses kernels[i]): the teacher differs from its students in width only."""
+
     def arch(embed: int, depth: int, heads, ratios) -> Arch:
         return space.make_arch(embed, [space.make_layer(kernels[i], heads(), ratios()) for i in range(depth)])
 
     largest = arch(max(space.embed_dim), max(space.depth), lambda: max(space.heads), lambda: max(space.mlp_ratio))
     smallest = arch(min(space.embed_dim), min(space.depth), lambda: min(space.heads), lambda: min(space.mlp_ratio))
-    others = [arch(rng.choice(space.embed_dim), rng.choice(space.depth), lambda: rng.choice(space.heads), lambda: rng.choice(space.mlp_ratio))
-              for _ in range(random_subnets)]
+    others = [
+        arch(
+            rng.choice(space.embed_dim),
+            rng.choice(space.depth),
+            lambda: rng.choice(space.heads),
+            lambda: rng.choice(space.mlp_ratio),
+        )
+        for _ in range(random_subnets)
+    ]
     return [largest, smallest] + others
 
 
@@ -170,8 +181,15 @@ def lr_at(step: int, total: int, warmup: int, config: TrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def accuracy(net: SuperNet, arch: Arch, dataset: Dataset, split: str, batch_size: int = 256, compute: Compute = CPU,
-             limit: int | None = None) -> float:
+def accuracy(
+    net: SuperNet,
+    arch: Arch,
+    dataset: Dataset,
+    split: str,
+    batch_size: int = 256,
+    compute: Compute = CPU,
+    limit: int | None = None,
+) -> float:
     """Top-1 of subnet `arch` with the supernet's weights (eval mode) on `split` (its first
     `limit` images of a fixed sample), computed on `compute`'s device and precision."""
     was_training = net.training
@@ -186,8 +204,16 @@ def accuracy(net: SuperNet, arch: Arch, dataset: Dataset, split: str, batch_size
     return top1
 
 
-def sandwich_step(net: SuperNet, archs: list[Arch], x: torch.Tensor, targets: torch.Tensor, distill: float, label_smoothing: float,
-                  compute: Compute = CPU, scaler=None) -> tuple[torch.Tensor, torch.Tensor]:
+def sandwich_step(
+    net: SuperNet,
+    archs: list[Arch],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    distill: float,
+    label_smoothing: float,
+    compute: Compute = CPU,
+    scaler=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward of one sandwich step on one batch: the first arch on the targets
     (class indices or mixup's soft targets), the others on (1 − distill)·targets + distill·its
     soft predictions. Returns (summed loss, all finite) as device tensors: no host sync here,
@@ -201,7 +227,9 @@ def sandwich_step(net: SuperNet, archs: list[Arch], x: torch.Tensor, targets: to
     for arch in archs[1:]:
         with compute.autocast():
             student = net(x, arch).float()
-        sub = distill * _soft_cross_entropy(student, teacher) + (1 - distill) * F.cross_entropy(student, targets, label_smoothing=label_smoothing)
+        sub = distill * _soft_cross_entropy(student, teacher) + (1 - distill) * F.cross_entropy(
+            student, targets, label_smoothing=label_smoothing
+        )
         (scaler.scale(sub) if scaler else sub).backward()
         total, finite = total + sub.detach(), finite & torch.isfinite(sub)
     return total, finite
@@ -253,7 +281,9 @@ def train_supernet(
     warmup = min(total_steps, steps_per_epoch * config.warmup_epochs)
     torch.manual_seed(config.seed)
     compute = replace(compute, precision=config.precision)
-    net = SuperNet(space, drop_path=config.drop_path).to(compute.device)  # initialised on the CPU: the same weights on any device
+    net = SuperNet(space, drop_path=config.drop_path).to(
+        compute.device
+    )  # initialised on the CPU: the same weights on any device
     optimizer = make_optimizer(net, config)
     scaler = compute.scaler()
     mixup = make_mixup(config, dataset.num_classes)
@@ -263,7 +293,9 @@ def train_supernet(
     start_epoch = 0
     if (out / WEIGHTS).exists() or (out / STATE_JSON).exists():
         if not resume:
-            raise NasError(f"{out} already holds a trained supernet; pass --resume to continue it or choose another --out")
+            raise NasError(
+                f"{out} already holds a trained supernet; pass --resume to continue it or choose another --out"
+            )
         start_epoch, history = _load_checkpoint(net, optimizer, out, run_config, dataset, scaler)
     elif resume:
         raise NasError(f"--resume: {out} holds no supernet checkpoint to continue")
@@ -277,13 +309,17 @@ def train_supernet(
     bad_in_a_row = 0
     split = round(config.projection_warmup * config.epochs) if space.projections == "kernel" else 0
     for epoch in range(start_epoch, config.epochs):
-        if 0 < split == epoch:  # the shared warm-up ends: each kernel choice's group starts from the shared weights and their state
+        if (
+            0 < split == epoch
+        ):  # the shared warm-up ends: each kernel choice's group starts from the shared weights and their state
             net.split_projections(optimizer)
         else:
             net.tie_projections(epoch < split)
         skipped = 0
         epoch_start = time.perf_counter()
-        order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        order = torch.randperm(
+            dataset.size("train"), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        )
         plan = []
         for b in range(steps_per_epoch):
             positions = order[b * config.batch_size : (b + 1) * config.batch_size]
@@ -360,16 +396,21 @@ def train_supernet(
 
 def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     def decays(name: str, param: torch.Tensor) -> bool:  # as timm / Swin: no decay on biases, norms and position tables
-        return param.ndim >= 2 and not any(key in name for key in ("pos_embed", "positional_encoding", "relative_position_bias"))
+        return param.ndim >= 2 and not any(
+            key in name for key in ("pos_embed", "positional_encoding", "relative_position_bias")
+        )
 
     decay = [p for n, p in net.named_parameters() if decays(n, p)]
     no_decay = [p for n, p in net.named_parameters() if not decays(n, p)]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
     )
 
 
-def optimizer_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler=None, dist: Distributed | None = None) -> None:
+def optimizer_step(
+    net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler=None, dist: Distributed | None = None
+) -> None:
     """Average the gradients across ranks, clip them and step (through the scaler for fp16)."""
     if dist is not None:
         dist.average_gradients(net)
@@ -387,15 +428,19 @@ def check_config(config: TrainConfig, workers: int = 1) -> None:
     """Every training setting, at the edge (nas train, nas run), before any work."""
     check_kernel_sampling(config)
     if config.angular_aux_until > 1:
-        raise NasError(f"--angular-aux-until is a share of the training steps, at most 1; got {config.angular_aux_until}")
+        raise NasError(
+            f"--angular-aux-until is a share of the training steps, at most 1; got {config.angular_aux_until}"
+        )
     check_mixup(config.mixup, config.cutmix, config.batch_size, workers)
 
 
 def check_mixup(mixup: float, cutmix: float, batch_size: int, workers: int = 1) -> None:
     """At the edge: timm's Mixup pairs each image with another of its batch."""
     if (mixup or cutmix) and batch_size % (2 * workers):
-        raise NasError(f"--mixup/--cutmix need an even batch on every worker: --batch-size {batch_size} over {workers} worker(s); "
-                       f"use a multiple of {2 * workers}")
+        raise NasError(
+            f"--mixup/--cutmix need an even batch on every worker: --batch-size {batch_size} over {workers} worker(s); "
+            f"use a multiple of {2 * workers}"
+        )
 
 
 def make_mixup(config: TrainConfig, num_classes: int):
@@ -404,7 +449,12 @@ def make_mixup(config: TrainConfig, num_classes: int):
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.label_smoothing, num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=config.mixup,
+        cutmix_alpha=config.cutmix,
+        label_smoothing=config.label_smoothing,
+        num_classes=num_classes,
+    )
 
 
 def mixed(mixup, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,8 +471,14 @@ def mixed(mixup, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Ten
         np.random.set_state(state)
 
 
-def _save_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, history: list[dict], final: dict | None = None,
-                     scaler=None) -> None:
+def _save_checkpoint(
+    net: SuperNet,
+    optimizer: torch.optim.Optimizer,
+    out: Path,
+    history: list[dict],
+    final: dict | None = None,
+    scaler=None,
+) -> None:
     save_weights(net.state_dict(), out / WEIGHTS)
     with atomic_path(out / STATE) as tmp:
         torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None}, tmp)
@@ -430,8 +486,9 @@ def _save_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
     write_json(out / STATE_JSON, {"epochs_done": len(history), "history": history, "final": final})
 
 
-def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, run_config: dict, dataset: Dataset,
-                     scaler=None) -> tuple[int, list[dict]]:
+def _load_checkpoint(
+    net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, run_config: dict, dataset: Dataset, scaler=None
+) -> tuple[int, list[dict]]:
     saved = yaml.safe_load((out / CONFIG).read_text())
     for key in ("space", "data"):
         if saved.get(key) != run_config[key]:
@@ -452,6 +509,8 @@ def _load_checkpoint(net: SuperNet, optimizer: torch.optim.Optimizer, out: Path,
         if scaler is not None and saved_state.get("scaler"):  # fp16: the loss scale it had reached
             scaler.load_state_dict(saved_state["scaler"])
     except Exception as error:  # noqa: BLE001 — OSError, JSON, torch and safetensors (SafetensorError) errors alike
-        raise NasError(f"{out}: the training checkpoint cannot be read ({type(error).__name__}: {str(error)[:200]}); "
-                       "start a new run (another --out)") from None
+        raise NasError(
+            f"{out}: the training checkpoint cannot be read ({type(error).__name__}: {str(error)[:200]}); "
+            "start a new run (another --out)"
+        ) from None
     return state["epochs_done"], state["history"]

@@ -35,7 +35,9 @@ from pathlib import Path
 import torch
 
 from nas.arch import Arch
-from nas.config import VERIFY_CANDIDATES as CANDIDATES  # nas run's --verify: 8 × 2 epochs, 4 × 3, 2 × 6, 1 × 12 (32 in all)
+from nas.config import (
+    VERIFY_CANDIDATES as CANDIDATES,
+)  # nas run's --verify: 8 × 2 epochs, 4 × 3, 2 × 6, 1 × 12 (32 in all)
 from nas.errors import NasError
 from nas.standalone import Recipe, Standalone
 
@@ -43,7 +45,9 @@ from nas.standalone import Recipe, Standalone
 @dataclass(frozen=True)
 class VerifyConfig:
     candidates: int = CANDIDATES
-    rungs: tuple[float, ...] | None = None  # shares of the recipe's epochs at which candidates are compared (None: halving's)
+    rungs: tuple[float, ...] | None = (
+        None  # shares of the recipe's epochs at which candidates are compared (None: halving's)
+    )
     keep: float = 0.5  # share of a rung's candidates that go on to the next (successive halving, η = 2)
     recipe: Recipe = field(default_factory=Recipe)
     seed: int = 0
@@ -83,7 +87,9 @@ def preference(candidates: Sequence, n: int) -> list:
             seen.add(c.arch.digest)
             unique.append(c)
     front, best = [], -math.inf
-    for c in sorted(unique, key=lambda c: (c.latency_ms, -c.accuracy, c.trial)):  # the feasible Pareto front, fastest first
+    for c in sorted(
+        unique, key=lambda c: (c.latency_ms, -c.accuracy, c.trial)
+    ):  # the feasible Pareto front, fastest first
         if c.accuracy > best:
             front.append(c)
             best = c.accuracy
@@ -96,15 +102,16 @@ def preference(candidates: Sequence, n: int) -> list:
     return spread + [c for c in unique if c.arch.digest not in first]
 
 
-def measured_candidates(ordered: Sequence, measure: Callable[[list[Arch]], list[float]], budget_ms: float, n: int,
-                        progress=print) -> tuple[list[tuple[object, float]], list[dict]]:
+def measured_candidates(
+    ordered: Sequence, measure: Callable[[list[Arch]], list[float]], budget_ms: float, n: int, progress=print
+) -> tuple[list[tuple[object, float]], list[dict]]:
     """The first `n` of `ordered` whose models measure within `budget_ms` now, with their measured
     latency, and every measurement taken ({trial, search_ms, measured_ms}). A NasError if none does."""
     chosen: list[tuple[object, float]] = []
     checked: list[dict] = []
     position = 0
     while len(chosen) < n and position < len(ordered):
-        group = list(ordered[position: position + n - len(chosen)])
+        group = list(ordered[position : position + n - len(chosen)])
         position += len(group)
         for candidate, ms in zip(group, measure([c.arch for c in group])):
             checked.append({"trial": candidate.trial, "search_ms": candidate.latency_ms, "measured_ms": ms})
@@ -112,20 +119,34 @@ def measured_candidates(ordered: Sequence, measure: Callable[[list[Arch]], list[
                 chosen.append((candidate, ms))
     over = [c for c in checked if c["measured_ms"] > budget_ms]
     if over:
-        progress(f"!! {len(over)} candidate(s) measured over the budget {budget_ms} ms on re-measurement and were replaced ("
-                 + ", ".join(f"trial {c['trial']}: {c['measured_ms']:.4f} ms, {c['search_ms']:.4f} ms in the search" for c in over[:3]) + ")")
+        progress(
+            f"!! {len(over)} candidate(s) measured over the budget {budget_ms} ms on re-measurement and were replaced ("
+            + ", ".join(
+                f"trial {c['trial']}: {c['measured_ms']:.4f} ms, {c['search_ms']:.4f} ms in the search"
+                for c in over[:3]
+            )
+            + ")"
+        )
     if not chosen:
         fastest = min(checked, key=lambda c: c["measured_ms"])
-        raise NasError(f"no candidate measured within the budget {budget_ms} ms on re-measurement: the fastest of {len(checked)} was "
-                       f"trial {fastest['trial']} at {fastest['measured_ms']:.4f} ms; raise the budget or run on a quieter machine")
+        raise NasError(
+            f"no candidate measured within the budget {budget_ms} ms on re-measurement: the fastest of {len(checked)} was "
+            f"trial {fastest['trial']} at {fastest['measured_ms']:.4f} ms; raise the budget or run on a quieter machine"
+        )
     return chosen, checked
 
 
 # ---- successive halving --------------------------------------------------------------------------
 
 
-def successive_halving(names: Sequence[str], train_to: Callable[[list[str], int], dict[str, list[float]]], rungs: Sequence[int],
-                       keep: float, tie: Callable[[str], float] = lambda name: 0.0, progress=print) -> tuple[str, list[dict]]:
+def successive_halving(
+    names: Sequence[str],
+    train_to: Callable[[list[str], int], dict[str, list[float]]],
+    rungs: Sequence[int],
+    keep: float,
+    tie: Callable[[str], float] = lambda name: 0.0,
+    progress=print,
+) -> tuple[str, list[dict]]:
     """Train every name to `rungs[0]` epochs, keep the best `keep` share (at least one) by the
     accuracy after that many epochs, train those to the next rung, and so on. `train_to(names,
     epochs)` returns each name's curve (accuracy after each epoch, at least `epochs` long); ties
@@ -137,10 +158,13 @@ def successive_halving(names: Sequence[str], train_to: Callable[[list[str], int]
         scores = {name: curves[name][epochs - 1] for name in alive}
         ranked = sorted(alive, key=lambda name: (-scores[name], tie(name), name))
         last = number == len(rungs) - 1
-        kept = ranked[:1] if last else ranked[:max(1, math.ceil(len(alive) * keep))]
+        kept = ranked[:1] if last else ranked[: max(1, math.ceil(len(alive) * keep))]
         history.append({"epochs": epochs, "scores": scores, "kept": kept})
-        progress(f"rung {number + 1}/{len(rungs)} ({epochs} epochs): " + ", ".join(f"{name} {scores[name]:.4f}" for name in ranked)
-                 + ("" if last else f"; {len(kept)} go on"))
+        progress(
+            f"rung {number + 1}/{len(rungs)} ({epochs} epochs): "
+            + ", ".join(f"{name} {scores[name]:.4f}" for name in ranked)
+            + ("" if last else f"; {len(kept)} go on")
+        )
         alive = kept
     return alive[0], history
 
@@ -173,7 +197,9 @@ def read_state(path: Path) -> dict | None:
         return None
 
 
-def train_to(arch_json: str, seed: int, recipe: Recipe, epochs: int, path: str, device: str = "cpu", dataset=None) -> dict:
+def train_to(
+    arch_json: str, seed: int, recipe: Recipe, epochs: int, path: str, device: str = "cpu", dataset=None
+) -> dict:
     """Train (or go on training) one arch to `epochs` epochs of `recipe`, saving its state after
     each epoch to `path`; returns its curve and the seconds spent here."""
     from nas.io import atomic_path
@@ -185,7 +211,9 @@ def train_to(arch_json: str, seed: int, recipe: Recipe, epochs: int, path: str, 
         try:
             run.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError):
-            run = Standalone(Arch.from_json(arch_json), seed, recipe, dataset or _DATASET, device)  # another recipe's: start over
+            run = Standalone(
+                Arch.from_json(arch_json), seed, recipe, dataset or _DATASET, device
+            )  # another recipe's: start over
     while run.epoch < epochs:
         run.train_epoch()
         with atomic_path(path) as tmp:
@@ -199,8 +227,17 @@ class Trainer:
     train in `jobs` spawned processes, one pool kept across rungs (each spawn costs seconds of imports);
     a single one, or with one job, trains in this process on all of its threads. `close()` ends the pool."""
 
-    def __init__(self, directory: Path, archs: dict[str, Arch], config: VerifyConfig, data: str, dataset, progress=print) -> None:
-        self.directory, self.archs, self.config, self.data, self.dataset, self.progress = Path(directory), archs, config, data, dataset, progress
+    def __init__(
+        self, directory: Path, archs: dict[str, Arch], config: VerifyConfig, data: str, dataset, progress=print
+    ) -> None:
+        self.directory, self.archs, self.config, self.data, self.dataset, self.progress = (
+            Path(directory),
+            archs,
+            config,
+            data,
+            dataset,
+            progress,
+        )
         self.seconds = 0.0
         self._pool: ProcessPoolExecutor | None = None
         self._pool_jobs = 0
@@ -210,17 +247,25 @@ class Trainer:
         return list(state["curve"]) if state and state.get("recipe") == self.config.recipe.to_dict() else []
 
     def _trained(self, name: str, epochs: int, result: dict) -> None:
-        self.progress(f"  {name} ({self.archs[name]!r}): {epochs} epochs, val top-1 {result['curve'][epochs - 1]:.4f} "
-                      f"({result['seconds']:.0f} s)")
+        self.progress(
+            f"  {name} ({self.archs[name]!r}): {epochs} epochs, val top-1 {result['curve'][epochs - 1]:.4f} "
+            f"({result['seconds']:.0f} s)"
+        )
 
     def _pool_of(self, jobs: int) -> ProcessPoolExecutor:
         if self._pool is None or self._pool_jobs != jobs:
             self.close()
             threads = max(1, (os.cpu_count() or 1) // jobs)
             arch = next(iter(self.archs.values()))
-            context = multiprocessing.get_context("spawn")  # a forked child of a process that ran autograd cannot run it
-            self._pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                                             initargs=(self.data, arch.image_size, arch.in_chans, self.dataset.split, threads))
+            context = multiprocessing.get_context(
+                "spawn"
+            )  # a forked child of a process that ran autograd cannot run it
+            self._pool = ProcessPoolExecutor(
+                jobs,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(self.data, arch.image_size, arch.in_chans, self.dataset.split, threads),
+            )
             self._pool_jobs = jobs
         return self._pool
 
@@ -239,8 +284,14 @@ class Trainer:
         started = time.perf_counter()
 
         def args(name: str) -> tuple:
-            return (self.archs[name].to_json(indent=None), self.config.seed, self.config.recipe, epochs,
-                    str(state_path(self.directory, self.archs[name], self.config.seed)), self.config.device)
+            return (
+                self.archs[name].to_json(indent=None),
+                self.config.seed,
+                self.config.recipe,
+                epochs,
+                str(state_path(self.directory, self.archs[name], self.config.seed)),
+                self.config.device,
+            )
 
         if jobs == 1:
             for name in todo:
@@ -264,8 +315,16 @@ class Trainer:
 # ---- the stage -------------------------------------------------------------------------------------
 
 
-def verify(run, candidates: Sequence, measure: Callable[[list[Arch]], list[float]], budget_ms: float, config: VerifyConfig, data: str,
-           dataset, progress=print) -> dict:
+def verify(
+    run,
+    candidates: Sequence,
+    measure: Callable[[list[Arch]], list[float]],
+    budget_ms: float,
+    config: VerifyConfig,
+    data: str,
+    dataset,
+    progress=print,
+) -> dict:
     """Choose, re-measure and train a run's candidates (nas.selection.Candidate of its complete trials);
     writes and returns the record of verify.json (the pick under "pick")."""
     from nas.io import write_json
@@ -279,12 +338,18 @@ def verify(run, candidates: Sequence, measure: Callable[[list[Arch]], list[float
     chosen, checked = _chosen(run, within, measure, budget_ms, config, progress)
     named = {f"trial {c.trial}": (c, ms) for c, ms in chosen}
     rungs = config.epochs()
-    progress(f"verifying {len(named)} candidate(s) under {budget_ms} ms by standalone training ({config.recipe.epochs}-epoch recipe, "
-             f"seed {config.seed}; successive halving at {', '.join(map(str, rungs))} epochs; {config.jobs} process(es)): "
-             + ", ".join(f"{name} (inherited {c.accuracy:.4f}, {ms:.4f} ms)" for name, (c, ms) in named.items()))
-    trainer = Trainer(run.path(VERIFY), {name: c.arch for name, (c, _) in named.items()}, config, data, dataset, progress)
+    progress(
+        f"verifying {len(named)} candidate(s) under {budget_ms} ms by standalone training ({config.recipe.epochs}-epoch recipe, "
+        f"seed {config.seed}; successive halving at {', '.join(map(str, rungs))} epochs; {config.jobs} process(es)): "
+        + ", ".join(f"{name} (inherited {c.accuracy:.4f}, {ms:.4f} ms)" for name, (c, ms) in named.items())
+    )
+    trainer = Trainer(
+        run.path(VERIFY), {name: c.arch for name, (c, _) in named.items()}, config, data, dataset, progress
+    )
     try:
-        winner, history = successive_halving(list(named), trainer, rungs, config.keep, tie=lambda name: named[name][1], progress=progress)
+        winner, history = successive_halving(
+            list(named), trainer, rungs, config.keep, tie=lambda name: named[name][1], progress=progress
+        )
     finally:
         trainer.close()
 
@@ -295,25 +360,55 @@ def verify(run, candidates: Sequence, measure: Callable[[list[Arch]], list[float
     rows = []
     for name, (c, ms) in named.items():
         accuracy, epochs = reached(name)
-        rows.append({"trial": c.trial, "digest": c.arch.digest, "arch": c.arch.to_dict(), "inherited_accuracy": c.accuracy,
-                     "search_ms": c.latency_ms, "measured_ms": ms, "verified_accuracy": accuracy, "verified_epochs": epochs,
-                     "state": f"{VERIFY}/{state_path(Path(), c.arch, config.seed).name}"})
+        rows.append(
+            {
+                "trial": c.trial,
+                "digest": c.arch.digest,
+                "arch": c.arch.to_dict(),
+                "inherited_accuracy": c.accuracy,
+                "search_ms": c.latency_ms,
+                "measured_ms": ms,
+                "verified_accuracy": accuracy,
+                "verified_epochs": epochs,
+                "state": f"{VERIFY}/{state_path(Path(), c.arch, config.seed).name}",
+            }
+        )
     row = {r["trial"]: r for r in rows}
     pick = row[named[winner][0].trial]
     inherited = row[max(named.values(), key=lambda cm: (cm[0].accuracy, -cm[0].latency_ms))[0].trial]
-    record = {"format": 1, "budget_ms": budget_ms, "recipe": config.recipe.to_dict(), "seed": config.seed, "rungs": rungs,
-              "keep": config.keep, "candidates": rows,
-              "history": [{"epochs": h["epochs"], "scores": {str(named[n][0].trial): v for n, v in h["scores"].items()},
-                           "kept": [named[n][0].trial for n in h["kept"]]} for h in history],
-              "pick": pick, "inherited_pick": inherited, "measured": checked, "train_seconds": round(trainer.seconds, 1)}
+    record = {
+        "format": 1,
+        "budget_ms": budget_ms,
+        "recipe": config.recipe.to_dict(),
+        "seed": config.seed,
+        "rungs": rungs,
+        "keep": config.keep,
+        "candidates": rows,
+        "history": [
+            {
+                "epochs": h["epochs"],
+                "scores": {str(named[n][0].trial): v for n, v in h["scores"].items()},
+                "kept": [named[n][0].trial for n in h["kept"]],
+            }
+            for h in history
+        ],
+        "pick": pick,
+        "inherited_pick": inherited,
+        "measured": checked,
+        "train_seconds": round(trainer.seconds, 1),
+    }
     write_json(run.path(VERIFY_JSON), record)
-    progress(f"verified pick: trial {pick['trial']}, standalone val top-1 {pick['verified_accuracy']:.4f} after {pick['verified_epochs']} "
-             f"epochs, {pick['measured_ms']:.4f} ms (the pick by inherited accuracy: trial {inherited['trial']}, "
-             f"{inherited['verified_accuracy']:.4f} after {inherited['verified_epochs']} epochs)")
+    progress(
+        f"verified pick: trial {pick['trial']}, standalone val top-1 {pick['verified_accuracy']:.4f} after {pick['verified_epochs']} "
+        f"epochs, {pick['measured_ms']:.4f} ms (the pick by inherited accuracy: trial {inherited['trial']}, "
+        f"{inherited['verified_accuracy']:.4f} after {inherited['verified_epochs']} epochs)"
+    )
     return record
 
 
-def _chosen(run, within: Sequence, measure, budget_ms: float, config: VerifyConfig, progress) -> tuple[list[tuple[object, float]], list[dict]]:
+def _chosen(
+    run, within: Sequence, measure, budget_ms: float, config: VerifyConfig, progress
+) -> tuple[list[tuple[object, float]], list[dict]]:
     """The candidates and their measured latency: chosen and measured once per set of feasible trials
     (verify/candidates.json), so that a resumed verification trains the same ones (a re-measurement
     would move a candidate near the budget in or out)."""
@@ -327,11 +422,26 @@ def _chosen(run, within: Sequence, measure, budget_ms: float, config: VerifyConf
     path = run.path(VERIFY_CANDIDATES)
     try:
         saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved and {k: saved[k] for k in key} == key and all(by_trial[r["trial"]].arch.digest == r["digest"] for r in saved["chosen"]):
-            progress(f"verification: the {len(saved['chosen'])} candidate(s) chosen and measured before (verify/candidates.json)")
+        if (
+            saved
+            and {k: saved[k] for k in key} == key
+            and all(by_trial[r["trial"]].arch.digest == r["digest"] for r in saved["chosen"])
+        ):
+            progress(
+                f"verification: the {len(saved['chosen'])} candidate(s) chosen and measured before (verify/candidates.json)"
+            )
             return [(by_trial[r["trial"]], float(r["measured_ms"])) for r in saved["chosen"]], saved["measured"]
     except (OSError, ValueError, KeyError, TypeError):
         pass  # damaged or of an older search: chosen again
-    chosen, checked = measured_candidates(preference(within, config.candidates), measure, budget_ms, config.candidates, progress)
-    write_json(path, {**key, "chosen": [{"trial": c.trial, "digest": c.arch.digest, "measured_ms": ms} for c, ms in chosen], "measured": checked})
+    chosen, checked = measured_candidates(
+        preference(within, config.candidates), measure, budget_ms, config.candidates, progress
+    )
+    write_json(
+        path,
+        {
+            **key,
+            "chosen": [{"trial": c.trial, "digest": c.arch.digest, "measured_ms": ms} for c, ms in chosen],
+            "measured": checked,
+        },
+    )
     return chosen, checked

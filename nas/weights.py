@@ -53,6 +53,8 @@ def load_weights(path: str | Path, what: str = "safetensors file") -> tuple[dict
         raise NasError(f"{path}: not a readable {what} ({type(error).__name__}: {str(error)[:200]})") from None
     expected = metadata.get(CHECKSUM)
     if expected is not None and tensors_digest(state) != expected:
-        raise NasError(f"{path}: its content does not match the checksum written with it (bytes changed on disk or in a copy); "
-                       "restore the file or train / export it again")
+        raise NasError(
+            f"{path}: its content does not match the checksum written with it (bytes changed on disk or in a copy); "
+            "restore the file or train / export it again"
+        )
     return state, metadata

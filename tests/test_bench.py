@@ -15,8 +15,22 @@ from nas.cli import main
 
 def test_tiny_sweep_writes_csv_json_png(tmp_path, capsys):
     code = main(
-        ["bench", "kernels", "--tokens", "16,36,64", "--heads", "2", "--head-dim", "8",
-         "--repeats", "3", "--max-seconds", "0.01", "--out", str(tmp_path)]
+        [
+            "bench",
+            "kernels",
+            "--tokens",
+            "16,36,64",
+            "--heads",
+            "2",
+            "--head-dim",
+            "8",
+            "--repeats",
+            "3",
+            "--max-seconds",
+            "0.01",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -34,7 +48,9 @@ def test_tiny_sweep_writes_csv_json_png(tmp_path, capsys):
     assert set(meta["crossover_tokens"]) == set(labels) - {"softmax"}
     assert (tmp_path / "kernels_cpu_fp32.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "roofline at N=64" in printed and meta["peaks"]["flops_per_s"] > 0 and meta["peaks"]["bytes_per_s"] > 0
-    assert all(float(r["gflop"]) > 0 and float(r["roofline_share"]) > 0 and r["bound"] in ("compute", "memory") for r in rows)
+    assert all(
+        float(r["gflop"]) > 0 and float(r["roofline_share"]) > 0 and r["bound"] in ("compute", "memory") for r in rows
+    )
     softmax = {(r["mode"], r["tokens"]): r for r in rows if r["kernel"] == "softmax"}
     assert float(softmax[("fwd+bwd", "64")]["gflop"]) == pytest.approx(3 * float(softmax[("fwd", "64")]["gflop"]))
 
@@ -44,11 +60,17 @@ def test_roofline_work_and_share_on_known_figures():
 
     module = {s.label: s for s in kernels.variants()}["softmax"].build(8, 2, grid=(4, 4), embed_dim=16)
     flops, moved = work(module, (4, 4), heads=2, head_dim=8, batch_size=3, mode="fwd", dtype=torch.float32)
-    assert flops == 2 * module.macs(2, (4, 4)) * 3 and moved == 4 * 3 * 2 * 16 * 8 * 4  # q, k, v read, the output written
+    assert (
+        flops == 2 * module.macs(2, (4, 4)) * 3 and moved == 4 * 3 * 2 * 16 * 8 * 4
+    )  # q, k, v read, the output written
     assert work(module, (4, 4), 2, 8, 3, "fwd+bwd", torch.bfloat16) == (3 * flops, 8 * 3 * 2 * 16 * 8 * 2)
     peaks = Peaks(flops_per_s=1e12, bytes_per_s=1e10, matmul=1, copy_bytes=1)
     fit = share(10**9, 10**6, 2.0, peaks)  # compute roof 1 ms, memory roof 0.1 ms, measured 2 ms
-    assert fit["bound"] == "compute" and fit["roofline_share"] == pytest.approx(0.5) and fit["tflops"] == pytest.approx(0.5)
+    assert (
+        fit["bound"] == "compute"
+        and fit["roofline_share"] == pytest.approx(0.5)
+        and fit["tflops"] == pytest.approx(0.5)
+    )
     assert fit["intensity"] == 1000 and share(10**6, 10**8, 20.0, peaks)["bound"] == "memory"
 
 
@@ -66,7 +88,9 @@ def test_crossover_is_where_the_kernel_wins_from_then_on():
 
 
 def test_token_grid_is_most_square():
-    assert token_grid(64) == (8, 8) and token_grid(128) == (8, 16) and token_grid(15) == (3, 5) and token_grid(7) == (1, 7)
+    assert (
+        token_grid(64) == (8, 8) and token_grid(128) == (8, 16) and token_grid(15) == (3, 5) and token_grid(7) == (1, 7)
+    )
 
 
 @pytest.mark.parametrize(
@@ -94,7 +118,22 @@ def test_malformed_numbers_are_refused_by_the_parser(capsys):
 
 
 def test_bench_supernet_reports_ratios(tmp_path, capsys):
-    code = main(["bench", "supernet", "--archs", "2", "--batch-size", "8", "--warmup", "1", "--repeats", "2", "--out", str(tmp_path)])
+    code = main(
+        [
+            "bench",
+            "supernet",
+            "--archs",
+            "2",
+            "--batch-size",
+            "8",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     assert "median ratio supernet / standalone" in capsys.readouterr().out
     rows = list(csv.DictReader((tmp_path / "supernet_digits-tiny_cpu.csv").open()))
@@ -105,26 +144,78 @@ def test_bench_supernet_reports_ratios(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_train_reports_throughput_and_peak_memory_of_every_case(tmp_path, capsys):
     """Tiny settings; the figures themselves belong to results/bench, not to a test."""
-    code = main(["bench", "train", "--batch-size", "8", "--steps", "2", "--images", "40", "--memory-sizes", "40,80",
-                 "--compute-device", "cpu", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    code = main(
+        [
+            "bench",
+            "train",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--images",
+            "40",
+            "--memory-sizes",
+            "40,80",
+            "--compute-device",
+            "cpu",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "train_cpu_fp32.json").read_text())
     cases = {(r["data"].split(":")[0], r["loader_workers"], r["preloaded"]) for r in result["throughput"]}
-    assert cases == {("digits", 0, False), ("imagefolder", 0, False), ("imagefolder", 2, False), ("imagefolder", 0, True), ("imagefolder", 2, True)}
-    assert all(r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0 and r["rss_peak_mb"] > 0 for r in result["throughput"])
-    assert [m["train_images"] for m in result["memory"]] == [40, 80] and all(m["rss_peak_mb"] > 0 for m in result["memory"])
+    assert cases == {
+        ("digits", 0, False),
+        ("imagefolder", 0, False),
+        ("imagefolder", 2, False),
+        ("imagefolder", 0, True),
+        ("imagefolder", 2, True),
+    }
+    assert all(
+        r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0 and r["rss_peak_mb"] > 0
+        for r in result["throughput"]
+    )
+    assert [m["train_images"] for m in result["memory"]] == [40, 80] and all(
+        m["rss_peak_mb"] > 0 for m in result["memory"]
+    )
     assert set(result["streamed_vs_preloaded"]) == {"0 workers", "2 workers"} and "memory_growth" in result
     assert "peak RSS growth" in capsys.readouterr().out
-    own = ["bench", "train", "--space", str(tmp_path / "work" / "bench-224.yaml"), "--data", str(tmp_path / "work" / "images-40"),
-           "--batch-size", "8", "--steps", "1", "--loader-workers", "0", "--compute-device", "cpu", "--out", str(tmp_path)]
+    own = [
+        "bench",
+        "train",
+        "--space",
+        str(tmp_path / "work" / "bench-224.yaml"),
+        "--data",
+        str(tmp_path / "work" / "images-40"),
+        "--batch-size",
+        "8",
+        "--steps",
+        "1",
+        "--loader-workers",
+        "0",
+        "--compute-device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(own) == 0
     alone = json.loads((tmp_path / "train_cpu_fp32_bench-224_b8.json").read_text())
-    assert [(r["loader_workers"], r["preloaded"]) for r in alone["throughput"]] == [(0, False)] and "memory" not in alone
+    assert [(r["loader_workers"], r["preloaded"]) for r in alone["throughput"]] == [
+        (0, False)
+    ] and "memory" not in alone
 
 
-@pytest.mark.parametrize("argv0, expected", [("/usr/bin/nas", "nas bench latency --table t.json"),
-                                             ("/repo/nas/cli.py", "nas bench latency --table t.json"),  # python -m nas.cli
-                                             ("/usr/bin/pytest", None)])
+@pytest.mark.parametrize(
+    "argv0, expected",
+    [
+        ("/usr/bin/nas", "nas bench latency --table t.json"),
+        ("/repo/nas/cli.py", "nas bench latency --table t.json"),  # python -m nas.cli
+        ("/usr/bin/pytest", None),
+    ],
+)
 def test_result_files_record_the_command_as_typed(monkeypatch, argv0, expected):
     from nas.commands.common import command_line
 
@@ -150,11 +241,17 @@ def test_bench_zoo_trains_every_kernel_and_variant_and_writes_its_table(tmp_path
     by_name = {row["kernel"]: row for row in data["rows"]}
     assert by_name["l2vit"]["params"] > by_name["relu"]["params"]  # its LCM on the residual stream is part of the arch
     assert by_name["window"]["params"] > by_name["window-plain"]["params"]  # the relative position bias
-    assert by_name["taylor-o2-compact"]["params"] > by_name["taylor-o2-compact-plain"]["params"]  # QT-ViT's P and shortcut
+    assert (
+        by_name["taylor-o2-compact"]["params"] > by_name["taylor-o2-compact-plain"]["params"]
+    )  # QT-ViT's P and shortcut
     assert by_name["l2vit"]["params"] > by_name["l2vit-no-cpe"]["params"]  # the CPE's conv
     assert "softmax" in capsys.readouterr().out
-    assert all(0.02 < d["l2vit_lcm_norm"] < 0.5 for d in data["deviations"].values())  # BatchNorm vs ImageNorm in the LCM: a real difference
-    assert all(0.02 < d["taylor_compact_shortcut_norm"] < 0.5 for d in data["deviations"].values())  # BatchNorm vs ImageNorm in QT-ViT's shortcut
+    assert all(
+        0.02 < d["l2vit_lcm_norm"] < 0.5 for d in data["deviations"].values()
+    )  # BatchNorm vs ImageNorm in the LCM: a real difference
+    assert all(
+        0.02 < d["taylor_compact_shortcut_norm"] < 0.5 for d in data["deviations"].values()
+    )  # BatchNorm vs ImageNorm in QT-ViT's shortcut
     assert main(["bench", "zoo", "--tokens", "200", "--out", str(tmp_path)]) == 2
 
 
@@ -186,10 +283,40 @@ def test_every_kernel_compiles_as_one_graph_and_equals_its_eager_path(label):
 
 
 def test_sweep_with_the_compiled_path(tmp_path, capsys):
-    assert main(["bench", "kernels", "--tokens", "16", "--heads", "2", "--head-dim", "8", "--kernels", "softmax,relu",
-                 "--modes", "fwd", "--paths", "eager,compiled", "--repeats", "3", "--max-seconds", "0.01", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "kernels",
+                "--tokens",
+                "16",
+                "--heads",
+                "2",
+                "--head-dim",
+                "8",
+                "--kernels",
+                "softmax,relu",
+                "--modes",
+                "fwd",
+                "--paths",
+                "eager,compiled",
+                "--repeats",
+                "3",
+                "--max-seconds",
+                "0.01",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((tmp_path / "kernels_cpu_fp32.csv").open()))
-    assert {(r["kernel"], r["path"]) for r in rows} == {(k, p) for k in ("softmax", "relu") for p in ("eager", "compiled")}
+    assert {(r["kernel"], r["path"]) for r in rows} == {
+        (k, p) for k in ("softmax", "relu") for p in ("eager", "compiled")
+    }
     assert all(float(r["speedup_vs_eager"]) == 1.0 for r in rows if r["path"] == "eager")
-    assert set(json.loads((tmp_path / "kernels_cpu_fp32.json").read_text())["crossover_tokens"]) == {"relu", "relu (compiled)"}
+    assert set(json.loads((tmp_path / "kernels_cpu_fp32.json").read_text())["crossover_tokens"]) == {
+        "relu",
+        "relu (compiled)",
+    }
     assert "median latency, fwd, compiled" in capsys.readouterr().out

@@ -11,8 +11,18 @@ import torch
 
 from nas.bench import blockwise as bench
 from nas.bench import truth
-from nas.blockwise import (SKIP, LocalRecipe, Students, choice_key, layer_scores, parent_arch, predict, tokens_before,
-                           train_students, widths)
+from nas.blockwise import (
+    SKIP,
+    LocalRecipe,
+    Students,
+    choice_key,
+    layer_scores,
+    parent_arch,
+    predict,
+    tokens_before,
+    train_students,
+    widths,
+)
 from nas.data import load_dataset
 from nas.errors import NasError
 from nas.io import append_line
@@ -68,8 +78,15 @@ def test_an_untrained_student_of_the_parents_kernel_at_full_width_is_the_parents
 def test_an_arch_is_predicted_as_its_parent_plus_the_change_of_each_replacement(tiny):
     _, space, _ = tiny
     one = space.make_arch(16, [space.make_layer(space.kernel_choices()[1], 1, 2)])  # relu, depth 1
-    two = space.make_arch(16, [space.make_layer(space.kernel_choices()[0], 2, 2), space.make_layer(space.kernel_choices()[2], 1, 1)])
-    table = {16: {"parent": 0.80, "layers": [{"relu/h1/m2": 0.70, "softmax/h2/m2": 0.79}, {SKIP: 0.75, "taylor-o1/h1/m1": 0.78}]}}
+    two = space.make_arch(
+        16, [space.make_layer(space.kernel_choices()[0], 2, 2), space.make_layer(space.kernel_choices()[2], 1, 1)]
+    )
+    table = {
+        16: {
+            "parent": 0.80,
+            "layers": [{"relu/h1/m2": 0.70, "softmax/h2/m2": 0.79}, {SKIP: 0.75, "taylor-o1/h1/m1": 0.78}],
+        }
+    }
     assert choice_key(one.layers[0]) == "relu/h1/m2"
     assert predict(one, table) == pytest.approx(0.80 - 0.10 - 0.05)
     assert predict(two, table) == pytest.approx(0.80 - 0.01 - 0.02)
@@ -94,7 +111,9 @@ def test_local_distillation_is_deterministic_and_lowers_the_students_loss(tiny):
 
 def test_the_bench_builds_a_resumable_table_and_scores_it_against_a_truth_file(tiny, tmp_path):
     path, space, dataset = tiny
-    config = bench.BlockwiseConfig(recipe=Recipe(epochs=1, batch_size=128), local=LocalRecipe(epochs=1, batch_size=128), jobs=2)
+    config = bench.BlockwiseConfig(
+        recipe=Recipe(epochs=1, batch_size=128), local=LocalRecipe(epochs=1, batch_size=128), jobs=2
+    )
     out, work, lines = tmp_path / "table.jsonl", tmp_path / "work", []
     split = truth.split_digest(load_dataset("digits", space.image_size, space.in_chans).split)
     table = bench.run(space, "digits", split, out, work, config, progress=lines.append)
@@ -113,17 +132,33 @@ def test_the_bench_builds_a_resumable_table_and_scores_it_against_a_truth_file(t
     bench.run(space, "digits", split, out, work, config, progress=resumed.append)
     assert "1 layer(s) to distil" in resumed[1] and sum(1 for _ in out.open()) == 4
     with pytest.raises(NasError, match="another local"):
-        bench.run(space, "digits", split, out, work, replace(config, local=LocalRecipe(epochs=2, batch_size=128)), progress=lambda line: None)
+        bench.run(
+            space,
+            "digits",
+            split,
+            out,
+            work,
+            replace(config, local=LocalRecipe(epochs=2, batch_size=128)),
+            progress=lambda line: None,
+        )
     # scored against a hand-made truth file of three archs
     key = {"format": truth.FORMAT, "space": space.name, "data": "digits", "split": split, "recipe": Recipe().to_dict()}
     truth_path = tmp_path / "truth.jsonl"
     archs = [space.largest(), space.smallest(), parent_arch(space, 16)]
     for arch, final in zip(archs, (0.9, 0.5, 0.7)):
         append_line(truth_path, {**key, "digest": arch.digest, "arch": arch.to_dict(), "seed": 0, "curve": [final]})
-    rows, summary = bench.score_against_truth(bench.table_of(bench.read_table(out)[0], space), space, truth_path, split, "digits")
-    assert [r["standalone"] for r in rows] == [0.9, 0.5, 0.7] and summary["archs"] == 3 and summary["estimator"] == "blockwise"
-    assert rows[2]["inherited"] == pytest.approx(table[16]["parent"] + sum(
-        table[16]["layers"][i][choice_key(archs[2].layers[i])] - table[16]["parent"] for i in range(2)))
+    rows, summary = bench.score_against_truth(
+        bench.table_of(bench.read_table(out)[0], space), space, truth_path, split, "digits"
+    )
+    assert (
+        [r["standalone"] for r in rows] == [0.9, 0.5, 0.7]
+        and summary["archs"] == 3
+        and summary["estimator"] == "blockwise"
+    )
+    assert rows[2]["inherited"] == pytest.approx(
+        table[16]["parent"]
+        + sum(table[16]["layers"][i][choice_key(archs[2].layers[i])] - table[16]["parent"] for i in range(2))
+    )
     assert json.loads(json.dumps(summary))["truth"]["archs"] == 3
     with pytest.raises(NasError, match="another split"):
         bench.score_against_truth(table, space, truth_path, "0" * 16, "digits")
@@ -132,7 +167,21 @@ def test_the_bench_builds_a_resumable_table_and_scores_it_against_a_truth_file(t
 def test_nas_bench_blockwise_refuses_a_missing_truth_file_in_one_line(tmp_path, capsys):
     from nas.cli import main
 
-    assert main(["bench", "blockwise", "--space", "digits-tiny", "--truth", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "blockwise",
+                "--space",
+                "digits-tiny",
+                "--truth",
+                str(tmp_path / "none.jsonl"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.jsonl: no such file" in err[0] and list(tmp_path.iterdir()) == []
 
@@ -142,10 +191,24 @@ def test_nas_bench_blockwise_refuses_a_truth_of_another_space_before_the_work(tm
     from nas.cli import main
 
     other = load_space("digits-tiny")
-    key = {"format": truth.FORMAT, "space": other.name, "data": "digits", "split": "0" * 16, "recipe": Recipe().to_dict()}
+    key = {
+        "format": truth.FORMAT,
+        "space": other.name,
+        "data": "digits",
+        "split": "0" * 16,
+        "recipe": Recipe().to_dict(),
+    }
     path = tmp_path / "truth.jsonl"
-    append_line(path, {**key, "digest": other.largest().digest, "arch": other.largest().to_dict(), "seed": 0, "curve": [0.5]})
-    assert main(["bench", "blockwise", "--space", "odd-one-out", "--truth", str(path), "--out", str(tmp_path / "out")]) == 2
+    append_line(
+        path, {**key, "digest": other.largest().digest, "arch": other.largest().to_dict(), "seed": 0, "curve": [0.5]}
+    )
+    assert (
+        main(["bench", "blockwise", "--space", "odd-one-out", "--truth", str(path), "--out", str(tmp_path / "out")])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "made on space digits-tiny" in err[0] and not (tmp_path / "out" / "blockwise_odd-one-out.jsonl").exists()
-
+    assert (
+        len(err) == 1
+        and "made on space digits-tiny" in err[0]
+        and not (tmp_path / "out" / "blockwise_odd-one-out.jsonl").exists()
+    )

@@ -9,11 +9,12 @@ import pytest
 optuna = pytest.importorskip("optuna")
 ray = pytest.importorskip("ray")
 
+from runs import make_run  # noqa: E402
+
 from nas import study as search  # noqa: E402  (after the skips: it needs optuna)
 from nas.evaluate import evaluation_state  # noqa: E402
 from nas.latency import table as lut  # noqa: E402
 from nas.rundir import TABLE, RunDir  # noqa: E402
-from runs import make_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,14 @@ def test_evaluators_on_another_node_score_a_search_without_the_run_directory(tmp
     pool = EvaluatorPool(state, 2, resources={"evaluator_node": 1})
     try:
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-        search.run_search(study, space, table, pool.evaluate, search.SearchConfig(trials=6, batch=2, budget_ms=100.0), progress=lambda line: None)
+        search.run_search(
+            study,
+            space,
+            table,
+            pool.evaluate,
+            search.SearchConfig(trials=6, batch=2, budget_ms=100.0),
+            progress=lambda line: None,
+        )
         on_second = ray.get(node_id.remote())
     finally:
         pool.shutdown()
@@ -63,7 +71,9 @@ def test_evaluators_that_ask_for_more_gpus_than_the_cluster_has_are_one_line_bef
     from nas.errors import NasError
     from workers.evaluator import EvaluatorPool
 
-    with pytest.raises(NasError, match=r"not enough GPUs in the Ray cluster for 2 evaluator\(s\) of 0.5 GPU\(s\) each \(it has 0\)"):
+    with pytest.raises(
+        NasError, match=r"not enough GPUs in the Ray cluster for 2 evaluator\(s\) of 0.5 GPU\(s\) each \(it has 0\)"
+    ):
         EvaluatorPool({"unused": True}, 2, scoring={"device": "cuda"}, gpus_each=0.5)
 
 
@@ -84,7 +94,9 @@ def test_ray_train_on_the_cluster_keeps_checkpoints_in_storage_path_and_the_driv
 
     def leftovers() -> set[Path]:
         temp = Path(tempfile.gettempdir())
-        return set(temp.glob("nas-rank-*")) | set(temp.glob("nas-checkpoint-*")) | set(temp.glob("*/supernet.safetensors"))
+        return (
+            set(temp.glob("nas-rank-*")) | set(temp.glob("nas-checkpoint-*")) | set(temp.glob("*/supernet.safetensors"))
+        )
 
     space, run, storage = load_space("digits-tiny"), tmp_path / "run", tmp_path / "shared"
     before, lines = leftovers(), []
@@ -136,8 +148,23 @@ def test_a_search_joins_a_head_started_with_ray_start(tmp_path):
     address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     saved = address_file.read_bytes() if address_file.exists() else None
     log = (tmp_path / "head.log").open("w")
-    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
-                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 90
         while "Ray runtime started" not in (tmp_path / "head.log").read_text():
@@ -146,10 +173,32 @@ def test_a_search_joins_a_head_started_with_ray_start(tmp_path):
             time.sleep(0.5)
         run = tmp_path / "run"
         started = time.perf_counter()
-        done = subprocess.run(nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "4", "--evaluators", "1",
-                                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0",
-                                      "--ray-address", f"127.0.0.1:{port}", "--out", str(run)),
-                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        done = subprocess.run(
+            nas_run(
+                "--space",
+                str(tiny_space_file(tmp_path)),
+                "--epochs",
+                "2",
+                "--trials",
+                "4",
+                "--evaluators",
+                "1",
+                "--budget-ms",
+                "1000",
+                "--calibrate",
+                "0",
+                "--validate",
+                "0",
+                "--ray-address",
+                f"127.0.0.1:{port}",
+                "--out",
+                str(run),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert f"the Ray cluster at 127.0.0.1:{port}" in done.stdout
         manifest = json.loads((run / "manifest.json").read_text())
@@ -167,4 +216,3 @@ def test_a_search_joins_a_head_started_with_ray_start(tmp_path):
             address_file.unlink()
         if saved is not None and not address_file.exists():
             address_file.write_bytes(saved)
-

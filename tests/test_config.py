@@ -28,7 +28,9 @@ def printed_config(capsys, *args) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_a_field_added_to_a_stage_config_reaches_the_cli_the_config_file_the_manifest_and_the_resume_check(monkeypatch, capsys, tmp_path):
+def test_a_field_added_to_a_stage_config_reaches_the_cli_the_config_file_the_manifest_and_the_resume_check(
+    monkeypatch, capsys, tmp_path
+):
     from nas.pipeline import resume_changes, settings_record
 
     @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,10 @@ def test_a_field_added_to_a_stage_config_reaches_the_cli_the_config_file_the_man
     # 3. the manifest's settings
     assert settings_record(Run(train=Training(warm_restarts=7)))["train"]["warm_restarts"] == 7
     # 4. the resume check: it changes what is computed (the default rule), so a resume may not change it
-    before, now = settings_record(Run(train=Training(warm_restarts=7))), settings_record(Run(train=Training(warm_restarts=9)))
+    before, now = (
+        settings_record(Run(train=Training(warm_restarts=7))),
+        settings_record(Run(train=Training(warm_restarts=9))),
+    )
     with pytest.raises(NasError, match="--train.warm-restarts was 7, now 9"):
         resume_changes(before, now, trained=True)
 
@@ -74,17 +79,20 @@ def test_print_config_replays_through_config_and_flags_override_the_file(capsys,
     assert printed_config(capsys) == config_tree.to_dict(RunConfig())  # the defaults are the dataclass's
 
 
-@pytest.mark.parametrize("text, words", [
-    ("train:\n  learning_rate: 0.1\n", "unknown setting 'train.learning_rate'"),
-    ("lr: 0.1\n", "unknown setting 'lr' (did you mean train.lr?)"),
-    ("train:\n  lr: -1\n", "train.lr: expected a positive finite number"),
-    ("trials: 2.5\n", "trials must be an integer"),
-    ("sampler: annealing\n", "sampler 'annealing': use one of tpe, nsga2, random, gp"),
-    ("randaugment: 1\n", "randaugment must be true or false"),
-    ("trials:\n", "trials may not be empty"),
-    ("- 1\n- 2\n", "expected a mapping of settings"),
-    ("train: [1\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("train:\n  learning_rate: 0.1\n", "unknown setting 'train.learning_rate'"),
+        ("lr: 0.1\n", "unknown setting 'lr' (did you mean train.lr?)"),
+        ("train:\n  lr: -1\n", "train.lr: expected a positive finite number"),
+        ("trials: 2.5\n", "trials must be an integer"),
+        ("sampler: annealing\n", "sampler 'annealing': use one of tpe, nsga2, random, gp"),
+        ("randaugment: 1\n", "randaugment must be true or false"),
+        ("trials:\n", "trials may not be empty"),
+        ("- 1\n- 2\n", "expected a mapping of settings"),
+        ("train: [1\n", "not valid YAML"),
+    ],
+)
 def test_a_bad_config_file_is_one_line_naming_the_setting(capsys, tmp_path, text, words):
     file = tmp_path / "run.yaml"
     file.write_text(text)
@@ -115,13 +123,53 @@ def test_every_training_setting_reaches_the_supernet_training_of_nas_run(monkeyp
 
     monkeypatch.setattr(pipeline, "train_stage", capture)
     space = tmp_path / "tiny.yaml"
-    space.write_text(json.dumps({"name": "tiny", "image_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, "head_dim": 4,
-                                 "embed_dim": [8], "depth": [1], "heads": [1], "mlp_ratio": [1], "kernels": ["softmax", "relu"]}))
+    space.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "image_size": 8,
+                "patch_size": 4,
+                "in_chans": 1,
+                "num_classes": 10,
+                "head_dim": 4,
+                "embed_dim": [8],
+                "depth": [1],
+                "heads": [1],
+                "mlp_ratio": [1],
+                "kernels": ["softmax", "relu"],
+            }
+        )
+    )
     with pytest.raises(Reached):
-        main(["run", "--space", str(space), "--calibrate", "0", "--validate", "0", "--budget-ms", "1000", "--epochs", "3", "--seed", "4",
-              "--train.lr", "0.01", "--train.weight-decay", "0", "--train.no-augment", "--train.kernel-sampling", "fair",
-              "--out", str(tmp_path / "run")])
-    assert seen["config"] == TrainConfig(epochs=3, seed=4, lr=0.01, weight_decay=0.0, augment=False, kernel_sampling="fair")
+        main(
+            [
+                "run",
+                "--space",
+                str(space),
+                "--calibrate",
+                "0",
+                "--validate",
+                "0",
+                "--budget-ms",
+                "1000",
+                "--epochs",
+                "3",
+                "--seed",
+                "4",
+                "--train.lr",
+                "0.01",
+                "--train.weight-decay",
+                "0",
+                "--train.no-augment",
+                "--train.kernel-sampling",
+                "fair",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+    assert seen["config"] == TrainConfig(
+        epochs=3, seed=4, lr=0.01, weight_decay=0.0, augment=False, kernel_sampling="fair"
+    )
     replay = config_tree.load(RunConfig, tmp_path / "run" / "run.yaml")  # the run's settings as given, for --config
     assert replay.train.lr == 0.01 and replay.epochs == 3 and replay.space == str(space)
     assert "== train" in (tmp_path / "run" / "nas.log").read_text()
@@ -129,18 +177,35 @@ def test_every_training_setting_reaches_the_supernet_training_of_nas_run(monkeyp
 
 def test_training_settings_are_checked_before_any_work(capsys, tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "--space", "digits-tiny", "--train.kernel-sampling", "fair", "--train.teacher", "softmax", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--space",
+                "digits-tiny",
+                "--train.kernel-sampling",
+                "fair",
+                "--train.teacher",
+                "softmax",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "--kernel-sampling fair with --teacher softmax" in one_line_error(capsys)
     assert not out.exists()
 
 
 def test_nas_help_imports_no_deep_learning_library():
     """`nas --help` and `nas run --help` build their parsers from nas.config alone (the benchmarks' only for `nas bench`)."""
-    code = ("import sys, contextlib, io\nfrom nas.cli import main\n"
-            "for argv in (['--help'], ['run', '--help'], ['train', '--help'], ['run', '--print-config']):\n"
-            "    with contextlib.redirect_stdout(io.StringIO()):\n"
-            "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
-            "print(sorted(m for m in ('torch', 'timm', 'optuna', 'ray') if m in sys.modules))")
+    code = (
+        "import sys, contextlib, io\nfrom nas.cli import main\n"
+        "for argv in (['--help'], ['run', '--help'], ['train', '--help'], ['run', '--print-config']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
+        "print(sorted(m for m in ('torch', 'timm', 'optuna', 'ray') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -156,9 +221,11 @@ def test_readme_lists_the_commands_as_the_parser_has_them():
 
 
 def test_the_public_api_is_declared_and_import_nas_stays_light():
-    code = ("import sys, nas\nlight = not any(m in sys.modules for m in ('torch', 'timm', 'optuna', 'ray'))\n"
-            "names = [callable(getattr(nas, name)) for name in nas.__all__ if name != '__version__']\n"
-            "import timm\nprint(light, all(names), timm.models.is_model('vit_nas'))")
+    code = (
+        "import sys, nas\nlight = not any(m in sys.modules for m in ('torch', 'timm', 'optuna', 'ray'))\n"
+        "names = [callable(getattr(nas, name)) for name in nas.__all__ if name != '__version__']\n"
+        "import timm\nprint(light, all(names), timm.models.is_model('vit_nas'))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "True"]

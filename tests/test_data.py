@@ -86,12 +86,15 @@ def test_val_images_caps_the_images_scored(tmp_path):
     assert sum(seen) == 10
 
 
-@pytest.mark.parametrize("case, match", [
-    ("no class folders", "needs one sub-folder per class"),
-    ("corrupt image", "cannot read"),
-    ("wrong channels", r"has 1 channel\(s\) \(L\), but the search space takes in_chans=3"),
-    ("val class not in train", "are not in the train folder"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("no class folders", "needs one sub-folder per class"),
+        ("corrupt image", "cannot read"),
+        ("wrong channels", r"has 1 channel\(s\) \(L\), but the search space takes in_chans=3"),
+        ("val class not in train", "are not in the train folder"),
+    ],
+)
 def test_bad_image_folders_fail_when_scanned_in_one_line(tmp_path, case, match):
     root = tmp_path / "data"
     if case == "no class folders":
@@ -132,7 +135,9 @@ class Exploit:
 
 def test_cifar_loader_refuses_arbitrary_pickled_objects(tmp_path):
     root = write_cifar(tmp_path / "evil", payload={b"data": Exploit(), b"labels": [0]})
-    with pytest.raises(NasError, match=r"refusing to load \S*print from a dataset file"):  # Ray, once started, swaps builtins.print
+    with pytest.raises(
+        NasError, match=r"refusing to load \S*print from a dataset file"
+    ):  # Ray, once started, swaps builtins.print
         load_dataset(str(root), 32, 3)
 
 

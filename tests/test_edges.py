@@ -51,9 +51,11 @@ def test_select_refuses_a_budget_that_is_not_a_positive_finite_number(budget, ca
 
 def test_output_into_a_closed_pipe_ends_quietly():
     """`nas ... | head`: the reader leaves early; no BrokenPipeError traceback."""
-    script = ("import sys; from nas.cli import main; import nas.commands.run as r\n"
-              "def spam(args):\n    [print('line', i) for i in range(100000)]\n    return 0\n"
-              "r.run_report = spam\nsys.argv = ['nas', 'report', '--run', '.']\nsys.exit(main())")
+    script = (
+        "import sys; from nas.cli import main; import nas.commands.run as r\n"
+        "def spam(args):\n    [print('line', i) for i in range(100000)]\n    return 0\n"
+        "r.run_report = spam\nsys.argv = ['nas', 'report', '--run', '.']\nsys.exit(main())"
+    )
     reader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader.stdout.readline()
     reader.stdout.close()  # like head after its lines
@@ -71,8 +73,11 @@ def test_train_help_names_no_stale_default(capsys):
 def test_a_storage_password_with_unencoded_at_and_colon_never_reaches_the_console():
     from nas.storage import check
 
-    for url in ("postgresql://user:SECRET@TAIL@127.0.0.1:1/db", "postgresql://user:SE:CRET:TAIL@127.0.0.1:notaport/db",
-                "mysql://user:SECRETTAIL@127.0.0.1:99999/db"):
+    for url in (
+        "postgresql://user:SECRET@TAIL@127.0.0.1:1/db",
+        "postgresql://user:SE:CRET:TAIL@127.0.0.1:notaport/db",
+        "mysql://user:SECRETTAIL@127.0.0.1:99999/db",
+    ):
         with pytest.raises(NasError) as error:
             check(url, timeout_s=10)
         text = str(error.value)
@@ -82,16 +87,24 @@ def test_a_storage_password_with_unencoded_at_and_colon_never_reaches_the_consol
 def test_the_scrubber_removes_every_piece_of_the_credentials():
     from nas.storage import scrub
 
-    cleaned = scrub("invalid literal for int(): 'SECRET@TAIL@127.0.0.1:1' and SE:CRET", "postgresql://u:SECRET@TAIL@127.0.0.1:1/db")
+    cleaned = scrub(
+        "invalid literal for int(): 'SECRET@TAIL@127.0.0.1:1' and SE:CRET", "postgresql://u:SECRET@TAIL@127.0.0.1:1/db"
+    )
     assert "SECRET" not in cleaned and "TAIL" not in cleaned and "127.0.0.1" in cleaned
     assert scrub("no secrets here", "postgresql://h/db") == "no secrets here"
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary", "not a text file"),
-    ("name: deep\nimage_size: 8\npatch_size: 4\nin_chans: 1\nnum_classes: 3\nhead_dim: 4\nembed_dim: [8]\ndepth: [2, 3, 400]\n"
-     "heads: [1]\nmlp_ratio: [1]\nkernels: [softmax]\n", "field 'depth': 400 layers is more than"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary", "not a text file"),
+        (
+            "name: deep\nimage_size: 8\npatch_size: 4\nin_chans: 1\nnum_classes: 3\nhead_dim: 4\nembed_dim: [8]\ndepth: [2, 3, 400]\n"
+            "heads: [1]\nmlp_ratio: [1]\nkernels: [softmax]\n",
+            "field 'depth': 400 layers is more than",
+        ),
+    ],
+)
 def test_a_bad_space_file_is_one_line_naming_what_is_wrong(content, words, tmp_path, capsys):
     path = tmp_path / "space.yaml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -107,7 +120,10 @@ def test_a_directory_as_space_is_called_a_directory(tmp_path, capsys):
 def test_an_unreachable_tau_target_and_more_threads_than_cores_are_refused(tmp_path, capsys):
     import os
 
-    for args, words in ((["--min-tau", "2"], "unreachable"), (["--threads", str((os.cpu_count() or 1) * 8)], "oversubscription")):
+    for args, words in (
+        (["--min-tau", "2"], "unreachable"),
+        (["--threads", str((os.cpu_count() or 1) * 8)], "oversubscription"),
+    ):
         with pytest.raises(SystemExit) as stop:
             main(["latency", "--space", "digits-tiny", *args, "--out", str(tmp_path / "t.json")])
         assert stop.value.code == 2 and words in one_line_error(capsys) and not (tmp_path / "t.json").exists()
@@ -135,16 +151,21 @@ def test_sigterm_is_143_even_when_a_library_turns_it_into_a_plain_keyboard_inter
     assert "stopped by SIGTERM" in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--budget-ms", "5", "--budget-quantile", "0.3"], "pass one"),
-    (["--storage-path", "/tmp/x", "--workers", "1"], "--workers 1"),
-    (["--out", ""], "empty path"),
-    (["--out", " "], "empty path"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--budget-ms", "5", "--budget-quantile", "0.3"], "pass one"),
+        (["--storage-path", "/tmp/x", "--workers", "1"], "--workers 1"),
+        (["--out", ""], "empty path"),
+        (["--out", " "], "empty path"),
+    ],
+)
 def test_contradictory_or_empty_run_settings_are_refused_before_any_work(args, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     try:
-        code = main(["run", "--space", "digits-tiny", *args] + ([] if "--out" in args else ["--out", str(tmp_path / "run")]))
+        code = main(
+            ["run", "--space", "digits-tiny", *args] + ([] if "--out" in args else ["--out", str(tmp_path / "run")])
+        )
     except SystemExit as stop:  # argparse's own refusal
         code = stop.code
     assert code == 2 and words in one_line_error(capsys)
@@ -180,7 +201,9 @@ def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
     from nas.space import load_space
 
     arch = json.dumps(load_space("digits-tiny").smallest().to_dict())
-    study = optuna.create_study(study_name="any-name", storage=f"sqlite:///{tmp_path / STUDY}", directions=["maximize", "minimize"])
+    study = optuna.create_study(
+        study_name="any-name", storage=f"sqlite:///{tmp_path / STUDY}", directions=["maximize", "minimize"]
+    )
     for number in range(4):
         study.add_trial(optuna.trial.create_trial(values=[0.5 + number / 10, 1.0]))
     fields = ["number", "state", "accuracy", "latency_ms", "macs", "params", "arch"]
@@ -190,8 +213,17 @@ def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
             writer = csv.DictWriter(handle, fields)
             writer.writeheader()
             for number in range(rows):
-                writer.writerow({"number": number, "state": "COMPLETE", "accuracy": 0.5 + number / 10, "latency_ms": 1.0,
-                                 "macs": 1, "params": 1, "arch": arch})
+                writer.writerow(
+                    {
+                        "number": number,
+                        "state": "COMPLETE",
+                        "accuracy": 0.5 + number / 10,
+                        "latency_ms": 1.0,
+                        "macs": 1,
+                        "params": 1,
+                        "arch": arch,
+                    }
+                )
 
     write(2)
     with pytest.raises(NasError, match=r"lists 2 trial\(s\) but the run's study holds 4.*nas report"):
@@ -200,9 +232,19 @@ def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
     assert [c.trial for c in load_candidates(tmp_path)] == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("which", [["kernels"], ["supernet"], ["latency", "--space", "digits-tiny"], ["train"],
-                                       ["truth", "--space", "digits-tiny"], ["zoo"], ["pick", "--run", "r", "--truth", "t"],
-                                       ["blockwise"]])
+@pytest.mark.parametrize(
+    "which",
+    [
+        ["kernels"],
+        ["supernet"],
+        ["latency", "--space", "digits-tiny"],
+        ["train"],
+        ["truth", "--space", "digits-tiny"],
+        ["zoo"],
+        ["pick", "--run", "r", "--truth", "t"],
+        ["blockwise"],
+    ],
+)
 def test_every_benchmark_checks_its_output_before_the_work(which, tmp_path, capsys, monkeypatch):
     from nas.commands import bench, bench_quality
 
@@ -258,15 +300,49 @@ def test_a_budget_refused_as_unreachable_keeps_the_measured_table_for_a_resume(t
     from nas.pipeline import resume_changes
 
     space = tmp_path / "tiny.yaml"
-    space.write_text(json.dumps({"name": "tiny", "image_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, "head_dim": 4,
-                                 "embed_dim": [8], "depth": [1], "heads": [1], "mlp_ratio": [1], "kernels": ["softmax", "relu"]}))
+    space.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "image_size": 8,
+                "patch_size": 4,
+                "in_chans": 1,
+                "num_classes": 10,
+                "head_dim": 4,
+                "embed_dim": [8],
+                "depth": [1],
+                "heads": [1],
+                "mlp_ratio": [1],
+                "kernels": ["softmax", "relu"],
+            }
+        )
+    )
     out = tmp_path / "run"
-    assert main(["run", "--space", str(space), "--budget-ms", "0.000001", "--calibrate", "0", "--validate", "0", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--space",
+                str(space),
+                "--budget-ms",
+                "0.000001",
+                "--calibrate",
+                "0",
+                "--validate",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "below the smallest latency" in err and f"--resume --out {out}" in err
     assert (out / "latency_table.json").is_file()
     previous = {"budget_ms": 0.000001, "seed": 0}
-    assert resume_changes(previous, {"budget_ms": 5.0, "seed": 0}, trained=False, searched=False) == {"budget_ms": (0.000001, 5.0)}
+    assert resume_changes(previous, {"budget_ms": 5.0, "seed": 0}, trained=False, searched=False) == {
+        "budget_ms": (0.000001, 5.0)
+    }
     with pytest.raises(NasError, match="--budget-ms was"):
         resume_changes(previous, {"budget_ms": 5.0, "seed": 0}, trained=False, searched=True)
 
@@ -318,11 +394,17 @@ def test_an_export_whose_arch_json_belongs_to_another_model_is_one_line(tmp_path
     assert nas.load(tmp_path / "b") is not None
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda d: [d], "not an object"),
-    (lambda d: {**d, "calibration": {**(d.get("calibration") or {}), "a": "fast", "b": 0.0}}, "calibration field 'a'"),
-    (lambda d: {**d, "calibration": {"a": -0.027, "b": 3.0}}, "must be positive"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda d: [d], "not an object"),
+        (
+            lambda d: {**d, "calibration": {**(d.get("calibration") or {}), "a": "fast", "b": 0.0}},
+            "calibration field 'a'",
+        ),
+        (lambda d: {**d, "calibration": {"a": -0.027, "b": 3.0}}, "must be positive"),
+    ],
+)
 def test_a_damaged_latency_table_is_one_line_naming_the_field(tiny_run, tmp_path, damage, words):
     import json
 
@@ -363,8 +445,11 @@ def test_the_budget_count_is_over_judged_trials_only():
         return optuna.trial.create_trial(state=state, constraints={"latency": slack}, **kwargs)
 
     complete = optuna.trial.TrialState.COMPLETE
-    trials = [trial(complete, -0.1, values=[0.9, 1.0]), trial(complete, 0.2, values=[0.95, 1.3]),
-              trial(optuna.trial.TrialState.PRUNED, 0.5),
-              trial(optuna.trial.TrialState.FAIL, -0.2, user_attrs={"interrupted": True}),
-              trial(optuna.trial.TrialState.FAIL, 0.1)]
+    trials = [
+        trial(complete, -0.1, values=[0.9, 1.0]),
+        trial(complete, 0.2, values=[0.95, 1.3]),
+        trial(optuna.trial.TrialState.PRUNED, 0.5),
+        trial(optuna.trial.TrialState.FAIL, -0.2, user_attrs={"interrupted": True}),
+        trial(optuna.trial.TrialState.FAIL, 0.1),
+    ]
     assert budget_counts(trials) == (1, 3, 1)

@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from runs import make_run
 
 import nas
 from nas.cli import main
@@ -20,7 +21,6 @@ from nas.rundir import RunDir
 from nas.selection import by_trial, load_candidates, select
 from nas.space import load_space
 from nas.supernet import extract
-from runs import make_run
 
 
 def write_trials(run_dir, rows):
@@ -29,9 +29,19 @@ def write_trials(run_dir, rows):
         writer = csv.DictWriter(handle, fieldnames=TRIAL_COLUMNS)
         writer.writeheader()
         for number, state, accuracy, latency, arch in rows:
-            writer.writerow({"number": number, "state": state, "accuracy": accuracy, "latency_ms": latency, "feasible": True,
-                             "macs": 1000 * (number + 1), "params": 100 * (number + 1), "digest": arch.digest,
-                             "arch": json.dumps(arch.to_dict())})
+            writer.writerow(
+                {
+                    "number": number,
+                    "state": state,
+                    "accuracy": accuracy,
+                    "latency_ms": latency,
+                    "feasible": True,
+                    "macs": 1000 * (number + 1),
+                    "params": 100 * (number + 1),
+                    "digest": arch.digest,
+                    "arch": json.dumps(arch.to_dict()),
+                }
+            )
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +50,16 @@ def run(tmp_path_factory):
     space, _ = RunDir(run_dir).space_and_data()
     rng = random.Random(3)
     archs = [space.sample(rng) for _ in range(5)]
-    write_trials(run_dir, [
-        (0, "COMPLETE", 0.80, 0.50, archs[0]),
-        (1, "COMPLETE", 0.90, 0.90, archs[1]),
-        (2, "COMPLETE", 0.95, 1.50, archs[2]),
-        (3, "FAIL", "", 0.40, archs[3]),
-        (4, "COMPLETE", 0.90, 0.70, archs[4]),
-    ])
+    write_trials(
+        run_dir,
+        [
+            (0, "COMPLETE", 0.80, 0.50, archs[0]),
+            (1, "COMPLETE", 0.90, 0.90, archs[1]),
+            (2, "COMPLETE", 0.95, 1.50, archs[2]),
+            (3, "FAIL", "", 0.40, archs[3]),
+            (4, "COMPLETE", 0.90, 0.70, archs[4]),
+        ],
+    )
     return run_dir
 
 
@@ -80,13 +93,21 @@ def test_run_from_another_device_is_refused_unless_named(run, tmp_path):
     for name in ("trials.csv", "config.yaml", "split.json", "supernet.safetensors"):
         (other / name).write_bytes((run / name).read_bytes())
     (other / "latency_table.json").write_text(json.dumps(table))
-    with pytest.raises(NasError, match="measured on Imaginary GPU Z9 \\(cuda\\), not on this machine; pass --target-device"):
+    with pytest.raises(
+        NasError, match="measured on Imaginary GPU Z9 \\(cuda\\), not on this machine; pass --target-device"
+    ):
         main_or_raise(["select", "--run", str(other), "--budget-ms", "1"])
     with pytest.raises(NasError, match="does not match the device"):
         main_or_raise(["select", "--run", str(other), "--budget-ms", "1", "--target-device", "cpu"])
     assert main(["select", "--run", str(other), "--budget-ms", "1", "--target-device", "Imaginary GPU Z9"]) == 0
-    meta = export(other, by_trial(load_candidates(other), 1), tmp_path / "h100", formats=("safetensors",),
-                  device="Imaginary GPU Z9", progress=lambda line: None)
+    meta = export(
+        other,
+        by_trial(load_candidates(other), 1),
+        tmp_path / "h100",
+        formats=("safetensors",),
+        device="Imaginary GPU Z9",
+        progress=lambda line: None,
+    )
     assert meta["latency"]["measured_ms"] is None and "not measured" in meta["latency"]["note"]
 
 
@@ -108,7 +129,14 @@ def exported(run, tmp_path_factory):
 
 def test_export_writes_every_file(exported):
     _, candidate, out, meta = exported
-    assert sorted(p.name for p in out.iterdir()) == ["arch.json", "config.json", "metadata.json", "model.onnx", "model.pt", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "arch.json",
+        "config.json",
+        "metadata.json",
+        "model.onnx",
+        "model.pt",
+        "model.safetensors",
+    ]
     assert meta["arch_digest"] == candidate.arch.digest and meta["source"]["trial"] == candidate.trial
     assert meta["latency"]["predicted_ms"] > 0 and meta["latency"]["measured_ms"] > 0
     assert meta["macs"] > 0 and meta["params"] > 0 and meta["versions"]["torch"]
@@ -150,7 +178,9 @@ def test_load_and_timm_route_rebuild_the_same_model_without_pickle(exported, mon
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
     ours = nas.load(out).eval()
-    via_timm = timm.create_model("vit_nas", arch=str(out / "arch.json"), checkpoint_path=str(out / "model.safetensors")).eval()
+    via_timm = timm.create_model(
+        "vit_nas", arch=str(out / "arch.json"), checkpoint_path=str(out / "model.safetensors")
+    ).eval()
     x = torch.randn(2, ours.arch.in_chans, ours.arch.image_size, ours.arch.image_size)
     with torch.no_grad():
         assert torch.equal(ours(x), via_timm(x))
@@ -204,7 +234,9 @@ def test_existing_export_directory_is_refused_unless_overwrite(exported):
 
 def test_finetuning_never_exports_lower_validation_accuracy(run, tmp_path):
     candidate = select(load_candidates(run), 1.0)[0]
-    meta = export(run, candidate, tmp_path / "tuned", formats=("safetensors",), finetune_epochs=2, progress=lambda line: None)
+    meta = export(
+        run, candidate, tmp_path / "tuned", formats=("safetensors",), finetune_epochs=2, progress=lambda line: None
+    )
     accuracy = meta["accuracy"]
     assert accuracy["finetuned"] is not None
     if accuracy["finetuned"]["val"] >= accuracy["inherited"]["val"]:
@@ -225,9 +257,10 @@ def test_every_kernel_survives_extraction_onnx_and_torchscript(label, tmp_path):
     """A uniform arch of each kernel (L²ViT's residual-stream LCM, FLatten's positional encoding, the window
     bias, Castling's sequence conv included), extracted from a perturbed supernet: ONNX and TorchScript equal it."""
     ort = pytest.importorskip("onnxruntime")
+    from test_supernet import randomized
+
     from nas.exporter import to_onnx, to_torchscript
     from nas.supernet import SuperNet
-    from test_supernet import randomized
 
     space = load_space("digits-tiny")
     spec = next(s for s in space.kernel_choices() if s.label == label)

@@ -19,19 +19,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import FAST, make_run
 from safetensors.torch import load_file
 
 from nas.cli import main
 from nas.errors import NasError
 from nas.io import atomic_path, write_text
 from nas.rundir import RunDir
-from runs import FAST, make_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SPACE = {
-    "name": "tiny", "image_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, "head_dim": 4,
-    "embed_dim": [8, 16], "depth": [1, 2], "heads": [1, 2], "mlp_ratio": [1, 2],
-    "kernels": ["softmax", "relu", "taylor"], "taylor": {"order": [1]},
+    "name": "tiny",
+    "image_size": 8,
+    "patch_size": 4,
+    "in_chans": 1,
+    "num_classes": 10,
+    "head_dim": 4,
+    "embed_dim": [8, 16],
+    "depth": [1, 2],
+    "heads": [1, 2],
+    "mlp_ratio": [1, 2],
+    "kernels": ["softmax", "relu", "taylor"],
+    "taylor": {"order": [1]},
 }
 
 
@@ -47,7 +56,9 @@ def nas_run(*args: str) -> list[str]:
 
 def kill_when(command: list[str], condition, timeout: float = 180) -> None:
     """Start `command`, SIGKILL its whole process group as soon as `condition()` holds."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO
+    )
     deadline = time.time() + timeout
     try:
         while time.time() < deadline:
@@ -82,8 +93,24 @@ def manifest(run: Path) -> dict:
 @pytest.mark.slow
 def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
     run = tmp_path / "run"
-    command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "1", "--trials", "2", "--evaluators", "1", "--calibrate", "3",
-                      "--validate", "3", "--budget-ms", "1000", "--out", str(run))
+    command = nas_run(
+        "--space",
+        str(tiny_space_file(tmp_path)),
+        "--epochs",
+        "1",
+        "--trials",
+        "2",
+        "--evaluators",
+        "1",
+        "--calibrate",
+        "3",
+        "--validate",
+        "3",
+        "--budget-ms",
+        "1000",
+        "--out",
+        str(run),
+    )
     table_path = run / "latency_table.json"
     kill_when(command, lambda: len(json.loads(table_path.read_text())["entries"]) >= 8)  # the first chunk of 8 is saved
     before = json.loads(table_path.read_text())["entries"]
@@ -93,15 +120,33 @@ def test_kill_while_building_the_latency_table_keeps_finished_entries(tmp_path):
     # A finished entry is kept; the resume's checks (drift, widths: issue 25 #1) may measure it again, and then the lower figure
     # stands and the entry counts the re-measurement. Nothing else changes it.
     for key, value in before.items():
-        assert after[key] == value or (after[key]["remeasured"] > value["remeasured"] and after[key]["ms"] <= value["ms"]), key
+        assert after[key] == value or (
+            after[key]["remeasured"] > value["remeasured"] and after[key]["ms"] <= value["ms"]
+        ), key
     assert all(manifest(run)["stages"][s]["completed"] for s in ("latency", "train", "search"))
 
 
 @pytest.mark.slow
 def test_kill_during_training_continues_from_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
-    command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "20", "--trials", "2", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
+    command = nas_run(
+        "--space",
+        str(tiny_space_file(tmp_path)),
+        "--epochs",
+        "20",
+        "--trials",
+        "2",
+        "--evaluators",
+        "1",
+        "--budget-ms",
+        "1000",
+        "--calibrate",
+        "0",
+        "--validate",
+        "0",
+        "--out",
+        str(run),
+    )
     state = run / "train_state.json"
     kill_when(command, lambda: json.loads(state.read_text())["epochs_done"] >= 3)
     done_before = json.loads(state.read_text())["epochs_done"]
@@ -119,8 +164,24 @@ def test_kill_during_the_search_keeps_every_finished_trial(tmp_path):
     import optuna
 
     run = tmp_path / "run"
-    command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "10", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
+    command = nas_run(
+        "--space",
+        str(tiny_space_file(tmp_path)),
+        "--epochs",
+        "2",
+        "--trials",
+        "10",
+        "--evaluators",
+        "1",
+        "--budget-ms",
+        "1000",
+        "--calibrate",
+        "0",
+        "--validate",
+        "0",
+        "--out",
+        str(run),
+    )
     storage = f"sqlite:///{run / 'study.db'}"
 
     def finished():
@@ -134,23 +195,45 @@ def test_kill_during_the_search_keeps_every_finished_trial(tmp_path):
     study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
     by_number = {t.number: t for t in study.trials}
     assert all(by_number[n].values == v for n, v in before.items())
-    counted = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-               or (t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("interrupted"))]
+    counted = [
+        t
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+        or (t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("interrupted"))
+    ]
     assert len(counted) == 10
 
 
 @pytest.mark.slow
 def test_kill_during_export_leaves_it_complete_or_absent(tmp_path):
     run = tmp_path / "run"
-    command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "2", "--trials", "4", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
+    command = nas_run(
+        "--space",
+        str(tiny_space_file(tmp_path)),
+        "--epochs",
+        "2",
+        "--trials",
+        "4",
+        "--evaluators",
+        "1",
+        "--budget-ms",
+        "1000",
+        "--calibrate",
+        "0",
+        "--validate",
+        "0",
+        "--out",
+        str(run),
+    )
     exports = run / "exports"
     kill_when(command, lambda: exports.is_dir() and any(p.name.startswith(".best.tmp-") for p in exports.iterdir()))
     best = exports / "best"
     if best.exists():  # renamed into place before the kill landed: then it is complete
         assert {"arch.json", "model.safetensors", "metadata.json"} <= {p.name for p in best.iterdir()}
     resume(command)
-    assert {"arch.json", "model.safetensors", "model.onnx", "model.pt", "metadata.json"} <= {p.name for p in best.iterdir()}
+    assert {"arch.json", "model.safetensors", "model.onnx", "model.pt", "metadata.json"} <= {
+        p.name for p in best.iterdir()
+    }
     assert manifest(run)["stages"]["export"]["completed"]
 
 
@@ -160,8 +243,8 @@ def test_kill_during_export_leaves_it_complete_or_absent(tmp_path):
 def test_dead_profiler_actor_is_restarted_and_its_work_retried():
     ray = pytest.importorskip("ray")
     from nas.latency import table as lut
-    from workers.cluster import init_ray
     from nas.space import parse_space
+    from workers.cluster import init_ray
     from workers.profiler import RemoteProfiler
 
     init_ray(None, num_cpus=1)
@@ -232,12 +315,21 @@ def bad_yaml(tmp_path: Path, **changes) -> str:
 
 
 CASES = {
-    "malformed YAML": (lambda t: (t / "m.yaml").write_text("name: [x\n") and ["run", "--space", str(t / "m.yaml")], "malformed YAML"),
+    "malformed YAML": (
+        lambda t: (t / "m.yaml").write_text("name: [x\n") and ["run", "--space", str(t / "m.yaml")],
+        "malformed YAML",
+    ),
     "unknown space": (lambda t: ["run", "--space", "imagenet-huge"], "shipped spaces: deit-tiny, digits-tiny, hires"),
-    "unknown kernel": (lambda t: ["run", "--space", bad_yaml(t, kernels=["softmax", "performer"])], "unknown kernel 'performer'"),
+    "unknown kernel": (
+        lambda t: ["run", "--space", bad_yaml(t, kernels=["softmax", "performer"])],
+        "unknown kernel 'performer'",
+    ),
     "inconsistent widths": (lambda t: ["run", "--space", bad_yaml(t, heads=[1, 8])], "exceeds the widest embed_dim"),
     "missing dataset": (lambda t: ["run", "--data", str(t / "nope")], "no such directory"),
-    "wrong channels": (lambda t: ["run", "--space", "deit-tiny"], "images have 1 channel(s), but the search space takes in_chans=3"),
+    "wrong channels": (
+        lambda t: ["run", "--space", "deit-tiny"],
+        "images have 1 channel(s), but the search space takes in_chans=3",
+    ),
     "budget <= 0": (lambda t: ["run", "--budget-ms", "-1"], "expected a positive finite number"),
     "too many workers": (lambda t: ["run", "--workers", str((os.cpu_count() or 1) + 1)], "the local Ray instance has"),
 }
@@ -265,7 +357,24 @@ def exit_code(args: list[str]) -> int:
 def test_infeasible_budget_keeps_only_the_measured_table(tmp_path, capsys):
     """Issue 25: the refusal used to delete the run directory with the table it had just measured."""
     out = tmp_path / "run"
-    assert main(["run", "--space", bad_yaml(tmp_path), "--budget-ms", "0.000001", "--calibrate", "0", "--validate", "0", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--space",
+                bad_yaml(tmp_path),
+                "--budget-ms",
+                "0.000001",
+                "--calibrate",
+                "0",
+                "--validate",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "below the smallest latency any arch of tiny reaches" in err and "--resume" in err
     # no training, no study: the measured table, the records (manifest, log) and the settings to resume with
@@ -286,11 +395,14 @@ def copy_run(run: Path, to: Path) -> Path:
     return to
 
 
-@pytest.mark.parametrize("victim, command, message", [
-    ("supernet.safetensors", ["search", "--trials", "2"], "not a readable supernet checkpoint"),
-    ("latency_table.json", ["search", "--trials", "2"], "not a valid latency table"),
-    ("study.db", ["report"], "cannot read the study"),
-])
+@pytest.mark.parametrize(
+    "victim, command, message",
+    [
+        ("supernet.safetensors", ["search", "--trials", "2"], "not a readable supernet checkpoint"),
+        ("latency_table.json", ["search", "--trials", "2"], "not a valid latency table"),
+        ("study.db", ["report"], "cannot read the study"),
+    ],
+)
 def test_truncated_files_are_refused_with_one_line(trained, tmp_path, capsys, victim, command, message):
     run = copy_run(trained, tmp_path / "copy")
     if victim == "study.db":
@@ -351,8 +463,13 @@ def test_local_ray_dashboard_listens_on_loopback_only():
         url = ray._private.worker.global_worker.node.address_info.get("webui_url") or ""
         assert url == "" or url.startswith("127.0.0.1"), url
         dashboard_ports = {8265}
-        exposed = [c for c in psutil.net_connections(kind="inet")
-                   if c.status == psutil.CONN_LISTEN and c.laddr.port in dashboard_ports and c.laddr.ip not in ("127.0.0.1", "::1")]
+        exposed = [
+            c
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+            and c.laddr.port in dashboard_ports
+            and c.laddr.ip not in ("127.0.0.1", "::1")
+        ]
         assert not exposed, exposed
     finally:
         ray.shutdown()

@@ -46,7 +46,12 @@ def test_a_kernels_residual_stream_branch_is_counted():
     l2vit, relu = (flops.count(space.smallest(kernel=spec[label])) for label in ("l2vit", "relu"))
     arch = space.smallest(kernel=spec["l2vit"])
     convs = arch.depth * (2 * 49 + 9) * arch.embed_dim * arch.tokens
-    attention = sum(kernels.get("l2vit", arch.head_dim, layer.heads, embed_dim=arch.embed_dim).macs(layer.heads, arch.grid)
-                    - kernels.get("relu", arch.head_dim, layer.heads).macs(layer.heads, arch.grid) for layer in arch.layers)
+    attention = sum(
+        kernels.get("l2vit", arch.head_dim, layer.heads, embed_dim=arch.embed_dim).macs(layer.heads, arch.grid)
+        - kernels.get("relu", arch.head_dim, layer.heads).macs(layer.heads, arch.grid)
+        for layer in arch.layers
+    )
     assert l2vit.macs - relu.macs >= convs + attention
-    assert l2vit.macs - relu.macs <= convs + attention + arch.depth * 2 * 5 * arch.embed_dim * arch.tokens  # + two norms (fvcore: 5 per element)
+    assert (
+        l2vit.macs - relu.macs <= convs + attention + arch.depth * 2 * 5 * arch.embed_dim * arch.tokens
+    )  # + two norms (fvcore: 5 per element)

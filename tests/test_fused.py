@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from test_faults import REPO
 
 pytest.importorskip("triton")
@@ -17,7 +16,14 @@ pytest.importorskip("triton")
 # (batch, heads, tokens, head_dim, heads built, grid): fewer heads than built, non-square grids, more tokens than one
 # chunk (32) and, for Taylor order 2 full at d = 16, more features (153) than one tile (64).
 SHAPES = [(2, 2, 15, 8, 3, (3, 5)), (1, 3, 16, 8, 4, (4, 4)), (2, 1, 35, 16, 2, (5, 7)), (1, 2, 64, 8, 2, (8, 8))]
-LINEAR = ["relu", "taylor-o1", "taylor-o2-full", "taylor-o2-compact", "focused", "l2vit"]  # the kernels with linear_attention's core
+LINEAR = [
+    "relu",
+    "taylor-o1",
+    "taylor-o2-full",
+    "taylor-o2-compact",
+    "focused",
+    "l2vit",
+]  # the kernels with linear_attention's core
 
 CHECK = """
 import sys
@@ -53,7 +59,9 @@ print("checked", len(SHAPES) * len(LINEAR))
 def test_fused_core_equals_the_eager_one_under_the_interpreter():
     code = f"SHAPES = {SHAPES!r}\nLINEAR = {LINEAR!r}\n" + CHECK
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", code, "cpu"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "cpu"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
+    )
     assert done.returncode == 0 and f"checked {len(SHAPES) * len(LINEAR)}" in done.stdout, done.stderr[-3000:]
 
 
@@ -71,7 +79,9 @@ def test_fused_path_is_refused_where_triton_cannot_run():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False on this machine")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False on this machine"
+)
 def test_fused_core_equals_the_eager_one_on_cuda():
     code = f"SHAPES = {SHAPES!r}\nLINEAR = {LINEAR!r}\n" + CHECK
     done = subprocess.run([sys.executable, "-c", code, "cuda"], capture_output=True, text=True, cwd=REPO, timeout=600)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,10 @@ SHAPES = [(2, 2, 2, (4, 4), 8), (1, 3, 3, (3, 5), 4), (2, 2, 4, (2, 7), 8), (1, 
 OPTION_VARIANTS = {
     "window-plain": ("window", {"variant": "plain"}),
     "angular-paper": ("angular", {"variant": "paper"}),
-    "taylor-o2-compact-plain": ("taylor", {"order": 2, "variant": "compact", "shortcut": False, "positional_encoding": False}),
+    "taylor-o2-compact-plain": (
+        "taylor",
+        {"order": 2, "variant": "compact", "shortcut": False, "positional_encoding": False},
+    ),
     "l2vit-no-cpe": ("l2vit", {"cpe": False}),
 }
 CASES = LABELS + list(OPTION_VARIANTS)
@@ -75,11 +77,17 @@ def test_kernel_equals_its_authors_operator_written_out(case, shape):
     out = module(q, k, v, grid)
     assert out.shape == q.shape and out.dtype == torch.float64
     torch.testing.assert_close(out, naive.reference(module, q, k, v, grid), rtol=1e-9, atol=1e-11)
-    x = torch.randn(batch, grid[0] * grid[1], heads * head_dim, dtype=torch.float64)  # fewer channels than built: leading slice
+    x = torch.randn(
+        batch, grid[0] * grid[1], heads * head_dim, dtype=torch.float64
+    )  # fewer channels than built: leading slice
     if module.has_residual:
-        torch.testing.assert_close(module.residual(x, grid), naive.residual_reference(module, x, grid), rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(
+            module.residual(x, grid), naive.residual_reference(module, x, grid), rtol=1e-9, atol=1e-11
+        )
     if module.has_position:
-        torch.testing.assert_close(module.position(x, grid), naive.position_reference(module, x, grid), rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(
+            module.position(x, grid), naive.position_reference(module, x, grid), rtol=1e-9, atol=1e-11
+        )
 
 
 @pytest.mark.parametrize("case", ["angular", "angular-paper"])
@@ -102,7 +110,9 @@ def test_taylor_order2_full_is_exactly_one_plus_x_plus_half_x_squared():
 
 
 def test_taylor_feature_widths():
-    assert kernels.get("taylor", head_dim=16, num_heads=1, order=2, variant="full").feature_dim == 1 + 16 + 16 * 17 // 2  # the unique products
+    assert (
+        kernels.get("taylor", head_dim=16, num_heads=1, order=2, variant="full").feature_dim == 1 + 16 + 16 * 17 // 2
+    )  # the unique products
     assert kernels.get("taylor", head_dim=16, num_heads=1, grid=(4, 4), order=2, variant="compact").feature_dim == 17
     assert kernels.get("taylor", head_dim=16, num_heads=1, order=1).feature_dim == 17
 
@@ -129,7 +139,9 @@ def test_fewer_heads_use_the_leading_heads_parameters():
 
 def branches(module, x, grid) -> list:
     """The kernel's residual-stream branches on tokens x: `residual` (after the attention) and `position` (before)."""
-    return ([module.residual(x, grid)] if module.has_residual else []) + ([module.position(x, grid)] if module.has_position else [])
+    return ([module.residual(x, grid)] if module.has_residual else []) + (
+        [module.position(x, grid)] if module.has_position else []
+    )
 
 
 def run_with_residual(module, q, k, v, grid, x):
@@ -147,9 +159,14 @@ def test_gradcheck_wrt_qkv_and_every_parameter(case):
     q, k, v = (t.requires_grad_() for t in qkv(1, 2, 6, 4, seed=5))
     x = torch.randn(1, 6, 16, dtype=torch.float64, requires_grad=True)
 
-    assert torch.autograd.gradcheck(lambda q, k, v, *values: functional_call(module, dict(zip(names, values)), (q, k, v, (2, 3))),
-                                    (q, k, v, *params), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, *values: functional_call(module, dict(zip(names, values)), (q, k, v, (2, 3))),
+        (q, k, v, *params),
+        eps=1e-6,
+        atol=1e-5,
+    )
     if module.has_residual or module.has_position:
+
         class Residual(torch.nn.Module):  # functional_call runs `forward`: route it to the branches
             def __init__(self, kernel):
                 super().__init__()
@@ -160,7 +177,12 @@ def test_gradcheck_wrt_qkv_and_every_parameter(case):
 
         wrapper = Residual(module)
         wrapped = [f"kernel.{n}" for n in names]
-        assert torch.autograd.gradcheck(lambda x, *values: functional_call(wrapper, dict(zip(wrapped, values)), (x,)), (x, *params), eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(
+            lambda x, *values: functional_call(wrapper, dict(zip(wrapped, values)), (x,)),
+            (x, *params),
+            eps=1e-6,
+            atol=1e-5,
+        )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -342,5 +364,7 @@ def test_taylor_order2_full_both_forms_equal_the_reference(monkeypatch, blocks):
     q, k, v = (torch.randn(2, 3, 15, 8, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(3))
     out, ref = module(q, k, v), naive.reference(module, q, k, v, None)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    for a, b in zip(torch.autograd.grad(out.square().sum(), (q, k, v)), torch.autograd.grad(ref.square().sum(), (q, k, v))):
+    for a, b in zip(
+        torch.autograd.grad(out.square().sum(), (q, k, v)), torch.autograd.grad(ref.square().sum(), (q, k, v))
+    ):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -19,9 +19,18 @@ from nas.space import parse_space
 
 FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01, passes=2)
 TINY = {
-    "name": "tiny", "image_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 3, "head_dim": 4,
-    "embed_dim": [8, 16], "depth": [1, 2], "heads": [1, 2], "mlp_ratio": [1, 2],
-    "kernels": ["softmax", "relu", "taylor"], "taylor": {"order": [1]},
+    "name": "tiny",
+    "image_size": 8,
+    "patch_size": 4,
+    "in_chans": 1,
+    "num_classes": 3,
+    "head_dim": 4,
+    "embed_dim": [8, 16],
+    "depth": [1, 2],
+    "heads": [1, 2],
+    "mlp_ratio": [1, 2],
+    "kernels": ["softmax", "relu", "taylor"],
+    "taylor": {"order": [1]},
 }
 SPACE = parse_space(TINY, "tiny.yaml")
 CPU = torch.device("cpu")
@@ -49,7 +58,11 @@ def test_table_covers_the_space_and_round_trips(tmp_path):
 
 def test_table_from_another_device_or_setting_is_refused(tmp_path):
     table = built_table(tmp_path / "t.json")
-    for change in ({"dtype": "bf16"}, {"batch_size": 8}, {"device_name": "NVIDIA H100 80GB HBM3", "device_type": "cuda"}):
+    for change in (
+        {"dtype": "bf16"},
+        {"batch_size": 8},
+        {"device_name": "NVIDIA H100 80GB HBM3", "device_type": "cuda"},
+    ):
         other = dataclasses.replace(table.fingerprint, **change)
         with pytest.raises(NasError) as error:
             lut.LatencyTable.load(tmp_path / "t.json", SPACE, other)
@@ -105,7 +118,9 @@ def test_predict_is_the_sum_of_entries_plus_calibration(tmp_path):
     arch = SPACE.sample(random.Random(4))
     expected = table.entries[f"stem|e{arch.embed_dim}"]["ms"] + table.entries[f"head|e{arch.embed_dim}"]["ms"]
     for layer in arch.layers:
-        expected += table.entries[lut.block_key(arch.embed_dim, layer.kernel_spec.label, layer.heads, layer.mlp_ratio)]["ms"]
+        expected += table.entries[lut.block_key(arch.embed_dim, layer.kernel_spec.label, layer.heads, layer.mlp_ratio)][
+            "ms"
+        ]
     assert table.predict(arch) == pytest.approx(expected, rel=1e-12)
     archs = lut.held_out_archs(SPACE, 4, seed=0, exclude=set())
     lut.calibrate(table, archs, [2 * table.raw(a) + 0.5 for a in archs])
@@ -113,7 +128,9 @@ def test_predict_is_the_sum_of_entries_plus_calibration(tmp_path):
     assert table.predict(arch) == pytest.approx(2 * expected + 0.5)
 
 
-@pytest.mark.parametrize("line, constrained", [((2.0, 0.5), False), ((-0.027, 3.0), True), ((4.40, -0.9), True), ((198.8, -57.3), True)])
+@pytest.mark.parametrize(
+    "line, constrained", [((2.0, 0.5), False), ((-0.027, 3.0), True), ((4.40, -0.9), True), ((198.8, -57.3), True)]
+)
 def test_calibration_keeps_a_positive_slope_and_a_non_negative_floor(tmp_path, line, constrained):
     """Fits accepted before (issue 25): a = -0.027 (larger models faster), 4.40 x - 4.19 ms and
     198.8 x - 57.3 ms (the smallest arch below 0 ms). Such points are fitted through the origin."""
@@ -148,7 +165,11 @@ def test_validation_archs_are_disjoint_from_calibration(tmp_path):
     with pytest.raises(NasError, match="must be held out from calibration"):
         lut.validate(table, calibration[:2], [1.0, 1.0])
     result = lut.validate(table, held_out, [table.predict(a) * 1.05 for a in held_out])
-    assert result["mape"] == pytest.approx(0.05 / 1.05) and result["within_10pct"] == 1.0 and result["kendall_tau"] == pytest.approx(1.0)
+    assert (
+        result["mape"] == pytest.approx(0.05 / 1.05)
+        and result["within_10pct"] == 1.0
+        and result["kendall_tau"] == pytest.approx(1.0)
+    )
 
 
 def test_kendall_tau():
@@ -168,12 +189,44 @@ def test_cli_builds_calibrates_and_validates(tmp_path, capsys):
     space_file = tmp_path / "tiny.yaml"
     space_file.write_text(json.dumps(TINY))  # JSON is YAML
     out = tmp_path / "table.json"
-    assert main(["latency", "--space", str(space_file), "--calibrate", "3", "--validate", "5", "--accept-poor-fit", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "latency",
+                "--space",
+                str(space_file),
+                "--calibrate",
+                "3",
+                "--validate",
+                "5",
+                "--accept-poor-fit",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "latency predictor: 5 held-out archs: MAPE" in printed and "calibration: measured" in printed
     data = json.loads(out.read_text())
     assert data["validation"]["archs"] == 5 and len(data["calibration"]["archs"]) == 3
-    assert main(["bench", "latency", "--table", str(out), "--space", str(space_file), "--archs", "4", "--out", str(tmp_path / "bench")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "latency",
+                "--table",
+                str(out),
+                "--space",
+                str(space_file),
+                "--archs",
+                "4",
+                "--out",
+                str(tmp_path / "bench"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "bench" / "latency_tiny_cpu_fp32_b1.png").exists()
 
 
@@ -221,13 +274,27 @@ def test_a_table_measured_with_an_earlier_kernel_operator_is_refused_by_name(tmp
     """A kernel's `revision` rises when its operator changes: tables measured before say which kernel changed."""
     from nas.kernels.window import WindowAttention
 
-    space = parse_space({**{k: v for k, v in TINY.items() if k != "taylor"}, "kernels": ["softmax", "window"]}, "tiny.yaml")
+    space = parse_space(
+        {**{k: v for k, v in TINY.items() if k != "taylor"}, "kernels": ["softmax", "window"]}, "tiny.yaml"
+    )
     path = tmp_path / "t.json"
-    table = lut.LatencyTable(space.name, lut.space_digest(space), Profiler("cpu", "fp32", 1).fingerprint(), {},
-                             kernel_revisions=lut.kernel_revisions(space))
+    table = lut.LatencyTable(
+        space.name,
+        lut.space_digest(space),
+        Profiler("cpu", "fp32", 1).fingerprint(),
+        {},
+        kernel_revisions=lut.kernel_revisions(space),
+    )
     table.save(path)
-    assert lut.LatencyTable.load(path, space).kernel_revisions == lut.kernel_revisions(space) == {"window": WindowAttention.revision}
+    assert (
+        lut.LatencyTable.load(path, space).kernel_revisions
+        == lut.kernel_revisions(space)
+        == {"window": WindowAttention.revision}
+    )
     monkeypatch.setattr(WindowAttention, "revision", WindowAttention.revision + 1)
-    with pytest.raises(NasError, match=rf"earlier operator of kernel\(s\) window \(revision window {WindowAttention.revision - 1} vs "
-                                       rf"{WindowAttention.revision} now\); rebuild it into a new file"):
+    with pytest.raises(
+        NasError,
+        match=rf"earlier operator of kernel\(s\) window \(revision window {WindowAttention.revision - 1} vs "
+        rf"{WindowAttention.revision} now\); rebuild it into a new file",
+    ):
         lut.LatencyTable.load(path, space)

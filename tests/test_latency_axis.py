@@ -52,6 +52,7 @@ def test_a_neighbour_during_a_trials_measurement_leads_to_a_re_measurement_and_t
             calls.append(arch.digest)
             neighbour["on"] = neighbour["on"] or len(calls) == 1  # starts with the very first timed pass
             return true_ms(arch) * (3.0 if neighbour["on"] else 1.0 + 0.002 * (len(calls) % 3))
+
         return unit
 
     def fake_reference(self) -> float:
@@ -76,8 +77,15 @@ def test_a_neighbour_during_a_trials_measurement_leads_to_a_re_measurement_and_t
     calls.clear()
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
     config = search.SearchConfig(trials=4, batch=4, sampler="random")
-    search.run_search(study, SPACE, PriorTable(), lambda a: [{"accuracy": 0.5, "macs": 1, "params": 1}] * len(a), config,
-                      progress=lambda line: None, measure=profiler.measure_models)
+    search.run_search(
+        study,
+        SPACE,
+        PriorTable(),
+        lambda a: [{"accuracy": 0.5, "macs": 1, "params": 1}] * len(a),
+        config,
+        progress=lambda line: None,
+        measure=profiler.measure_models,
+    )
     for trial in study.trials:
         arch = search.arch_of(trial, SPACE)
         assert trial.user_attrs["latency_source"] == "measured"
@@ -99,8 +107,15 @@ def test_the_prior_skips_an_arch_it_puts_over_the_budget_and_the_measurement_dec
     latencies = sorted(true_ms(a) for a in archs(40, seed=3))
     budget = latencies[len(latencies) // 2]
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3))
-    judge = search.run_search(study, SPACE, table, evaluate, search.SearchConfig(trials=24, batch=4, sampler="random", budget_ms=budget),
-                              progress=lambda line: None, measure=measure)
+    judge = search.run_search(
+        study,
+        SPACE,
+        table,
+        evaluate,
+        search.SearchConfig(trials=24, batch=4, sampler="random", budget_ms=budget),
+        progress=lambda line: None,
+        measure=measure,
+    )
     assert judge.prefiltered > 0
     for trial in study.trials:
         digest, attrs = trial.user_attrs["digest"], trial.user_attrs
@@ -135,11 +150,27 @@ def test_a_resumed_search_does_not_measure_an_arch_again():
 
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=5))
     evaluate = lambda batch: [{"accuracy": 0.5, "macs": 1, "params": 1}] * len(batch)  # noqa: E731
-    search.run_search(study, SPACE, PriorTable(), evaluate, search.SearchConfig(trials=4, batch=2, sampler="random"), lambda line: None, measure)
+    search.run_search(
+        study,
+        SPACE,
+        PriorTable(),
+        evaluate,
+        search.SearchConfig(trials=4, batch=2, sampler="random"),
+        lambda line: None,
+        measure,
+    )
     first = list(measured)
     for trial in study.trials[:2]:  # the same archs asked again in the extended study
         study.enqueue_trial(trial.params)
-    search.run_search(study, SPACE, PriorTable(), evaluate, search.SearchConfig(trials=6, batch=2, sampler="random"), lambda line: None, measure)
+    search.run_search(
+        study,
+        SPACE,
+        PriorTable(),
+        evaluate,
+        search.SearchConfig(trials=6, batch=2, sampler="random"),
+        lambda line: None,
+        measure,
+    )
     assert measured == first, "archs the study had measured are not measured again"
 
 
@@ -152,9 +183,15 @@ def test_the_pick_falls_back_to_the_next_candidate_that_measures_within_the_budg
     pool = candidates([(0.9, 0.95), (0.8, 0.7), (0.85, 0.9), (0.7, 0.5)])
     now = {pool[0].arch.digest: 1.2, pool[2].arch.digest: 1.05, pool[1].arch.digest: 0.72, pool[3].arch.digest: 0.5}
     lines = []
-    chosen, ms, checked = pick_within_budget(pool, lambda batch: [now[a.digest] for a in batch], 1.0, progress=lines.append)
+    chosen, ms, checked = pick_within_budget(
+        pool, lambda batch: [now[a.digest] for a in batch], 1.0, progress=lines.append
+    )
     assert chosen.trial == 1 and ms == 0.72  # the most accurate two measure over the budget now
-    assert [c["trial"] for c in checked[:3]] == [0, 2, 1] and checked[0]["measured_ms"] == 1.2 and checked[0]["search_ms"] == 0.95
+    assert (
+        [c["trial"] for c in checked[:3]] == [0, 2, 1]
+        and checked[0]["measured_ms"] == 1.2
+        and checked[0]["search_ms"] == 0.95
+    )
     assert len(lines) == 1 and "exporting trial 1 instead" in lines[0]
 
     with pytest.raises(NasError, match="no candidate measured within the budget 0.4 ms"):
@@ -162,15 +199,18 @@ def test_the_pick_falls_back_to_the_next_candidate_that_measures_within_the_budg
 
 
 def test_the_budget_refusal_allows_the_priors_error(tmp_path):
-    from nas.pipeline import resolve_budget
-    from nas.study import smallest_latency
     from test_latency import SPACE as space
     from test_latency import built_table
+
+    from nas.pipeline import resolve_budget
+    from nas.study import smallest_latency
 
     table = built_table(tmp_path / "t.json")
     floor = smallest_latency(space, table)
     margin = TrialLatency(table).margin()
-    assert resolve_budget(space, table, floor * (1 + margin / 2) / (1 + margin)) > 0  # within the prior's error of its floor
+    assert (
+        resolve_budget(space, table, floor * (1 + margin / 2) / (1 + margin)) > 0
+    )  # within the prior's error of its floor
     with pytest.raises(NasError, match="by more than the table's error"):
         resolve_budget(space, table, floor / (1 + margin) * 0.9)
 
@@ -181,10 +221,10 @@ def test_the_budget_refusal_allows_the_priors_error(tmp_path):
 def test_a_model_timed_in_onnxruntime_computes_what_eager_pytorch_computes():
     pytest.importorskip("onnxruntime")
     import torch
+    from test_latency import SPACE as tiny
 
     from nas.latency.runtime import onnxruntime_callable
     from nas.subnet import ViT
-    from test_latency import SPACE as tiny
 
     torch.manual_seed(0)
     for arch in archs_of(tiny, 3):
@@ -205,8 +245,10 @@ def test_onnxruntime_measurements_carry_the_runtime_in_the_fingerprint_and_a_mis
     ort = pytest.importorskip("onnxruntime")
     import dataclasses
 
+    from test_latency import FAST, built_table
+    from test_latency import SPACE as tiny
+
     from nas.latency import table as lut
-    from test_latency import FAST, SPACE as tiny, built_table
 
     profiler = Profiler("cpu", "fp32", 1, "onnxruntime", 1, protocol=FAST)
     fp = profiler.fingerprint()
@@ -214,13 +256,22 @@ def test_onnxruntime_measurements_carry_the_runtime_in_the_fingerprint_and_a_mis
     assert all(ms > 0 for ms in profiler.measure_models(archs_of(tiny, 2)))
     table = built_table(tmp_path / "eager.json")  # measured in eager PyTorch
     with pytest.raises(NasError) as error:
-        lut.LatencyTable.load(tmp_path / "eager.json", tiny, dataclasses.replace(table.fingerprint, backend="onnxruntime",
-                                                                                 runtime_version=fp.runtime_version))
+        lut.LatencyTable.load(
+            tmp_path / "eager.json",
+            tiny,
+            dataclasses.replace(table.fingerprint, backend="onnxruntime", runtime_version=fp.runtime_version),
+        )
     assert "refused" in str(error.value) and "backend: 'eager' vs requested 'onnxruntime'" in str(error.value)
 
 
-@pytest.mark.parametrize("runtime, words", [("compile", "torch.compile is not a latency runtime yet"), ("tensorrt", "TensorRT is not"),
-                                            ("tvm", "use one of eager, cuda-graph, onnxruntime")])
+@pytest.mark.parametrize(
+    "runtime, words",
+    [
+        ("compile", "torch.compile is not a latency runtime yet"),
+        ("tensorrt", "TensorRT is not"),
+        ("tvm", "use one of eager, cuda-graph, onnxruntime"),
+    ],
+)
 def test_a_runtime_that_is_not_built_is_refused_in_one_line(runtime, words, tmp_path, capsys):
     from nas.cli import main
 
@@ -233,7 +284,11 @@ def test_a_resumed_run_with_another_runtime_is_refused():
     from nas.pipeline import resume_changes
 
     with pytest.raises(NasError, match="--runtime was 'eager', now 'onnxruntime'"):
-        resume_changes({"runtime": "eager", "space": "odd-one-out"}, {"runtime": "onnxruntime", "space": "odd-one-out"}, trained=True)
+        resume_changes(
+            {"runtime": "eager", "space": "odd-one-out"},
+            {"runtime": "onnxruntime", "space": "odd-one-out"},
+            trained=True,
+        )
 
 
 def test_figures_are_expressed_at_the_tables_speed_when_the_whole_machine_slows_down(monkeypatch):
@@ -260,7 +315,9 @@ def test_figures_are_expressed_at_the_tables_speed_when_the_whole_machine_slows_
 
 
 @pytest.mark.parametrize("reference_slowdown", [1.4, 200.0])
-def test_interference_that_slows_the_reference_more_than_the_models_never_shrinks_a_figure(monkeypatch, reference_slowdown):
+def test_interference_that_slows_the_reference_more_than_the_models_never_shrinks_a_figure(
+    monkeypatch, reference_slowdown
+):
     """Under oversubscription the tiny reference block ran 200x slower while models ran a few times
     slower (measured on 2 cores, 2026-12-06): the figures must not be divided by that slowdown. A
     profiler that saw the machine quiet once corrects by that quiet speed only; one that never did
@@ -288,11 +345,21 @@ def test_interference_that_slows_the_reference_more_than_the_models_never_shrink
 def test_a_table_records_the_reference_time_it_was_measured_at(tmp_path):
     import json
 
+    from test_latency import FAST
+    from test_latency import SPACE as tiny
+
     from nas.latency import table as lut
-    from test_latency import FAST, SPACE as tiny
 
     p = Profiler("cpu", "fp32", 1, protocol=FAST)
-    table = lut.build(tiny, p.fingerprint(), tmp_path / "t.json", p.measure_probes, FAST, progress=lambda line: None, reference=p.reference)
+    table = lut.build(
+        tiny,
+        p.fingerprint(),
+        tmp_path / "t.json",
+        p.measure_probes,
+        FAST,
+        progress=lambda line: None,
+        reference=p.reference,
+    )
     stored = json.loads((tmp_path / "t.json").read_text())["reference_ms"]
     assert stored is not None and stored > 0 and stored == table.reference_ms
     assert lut.LatencyTable.load(tmp_path / "t.json", tiny).reference_ms == stored

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_latency import SPACE, TINY, built_table
 
 from nas.cli import main
 from nas.errors import NasError
 from nas.latency import table as lut
 from nas.latency.probe import Protocol
 from nas.latency.robust import DriftProbe, measure_units, measure_with_drift, width_inconsistencies
-from test_latency import SPACE, TINY, built_table
 
 PROTOCOL = Protocol(passes=5, max_dispersion=0.2, remeasure=2, drift_threshold=0.15)
 
@@ -123,8 +123,10 @@ def test_a_provisional_measurement_is_one_pass_without_re_timing():
 
 def test_a_kernel_faster_at_a_wider_width_is_flagged():
     entries = {
-        "block|e32|softmax|h1|r1": {"ms": 0.5}, "block|e64|softmax|h1|r1": {"ms": 0.55},
-        "block|e32|relu|h1|r1": {"ms": 12.1}, "block|e64|relu|h1|r1": {"ms": 0.6},  # a spike at the narrow width
+        "block|e32|softmax|h1|r1": {"ms": 0.5},
+        "block|e64|softmax|h1|r1": {"ms": 0.55},
+        "block|e32|relu|h1|r1": {"ms": 12.1},
+        "block|e64|relu|h1|r1": {"ms": 0.6},  # a spike at the narrow width
     }
     assert width_inconsistencies(entries, 0.1) == [("block|e32|relu|h1|r1", "block|e64|relu|h1|r1")]
 
@@ -149,15 +151,30 @@ def test_loading_a_table_with_a_bad_entry_fails_with_one_line_naming_it(tmp_path
 
 
 def test_validation_below_threshold_exits_non_zero_unless_accepted(tmp_path, capsys, monkeypatch):
-    from nas.commands import models
-    from nas.latency.profiler import Profiler
     from test_latency import FAST
 
-    monkeypatch.setattr(models, "make_profiler", lambda args: Profiler("cpu", "fp32", 1, protocol=FAST))  # fast timing, same logic
+    from nas.commands import models
+    from nas.latency.profiler import Profiler
+
+    monkeypatch.setattr(
+        models, "make_profiler", lambda args: Profiler("cpu", "fp32", 1, protocol=FAST)
+    )  # fast timing, same logic
     space_file = tmp_path / "tiny.yaml"
     space_file.write_text(json.dumps(TINY))
     out = tmp_path / "table.json"
-    args = ["latency", "--space", str(space_file), "--calibrate", "3", "--validate", "4", "--max-mape", "0.000001", "--out", str(out)]
+    args = [
+        "latency",
+        "--space",
+        str(space_file),
+        "--calibrate",
+        "3",
+        "--validate",
+        "4",
+        "--max-mape",
+        "0.000001",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 2  # no table predicts within a MAPE of 1e-6
     captured = capsys.readouterr()
     assert "misses its validation targets" in captured.out
@@ -168,22 +185,49 @@ def test_validation_below_threshold_exits_non_zero_unless_accepted(tmp_path, cap
     assert "!! warning" in capsys.readouterr().out
 
 
-def test_a_table_that_misses_its_targets_is_a_prior_for_nas_run_and_a_gate_only_for_predicted_searches(tmp_path, capsys, monkeypatch):
+def test_a_table_that_misses_its_targets_is_a_prior_for_nas_run_and_a_gate_only_for_predicted_searches(
+    tmp_path, capsys, monkeypatch
+):
     """nas run measures every trial, so a poor table does not stop it; nas search refuses it only
     when the table alone would decide (--latency predicted) unless --accept-poor-fit."""
+    from test_latency import FAST
+
     from nas import stages
     from nas.latency import profiler
     from nas.latency.profiler import Profiler
     from nas.rundir import TABLE
-    from test_latency import FAST
 
     monkeypatch.setattr(profiler, "Profiler", lambda *args: Profiler(*args, protocol=FAST))  # fast timing, same logic
-    monkeypatch.setattr(stages.Fit, "misses", lambda self, validation: ["Kendall tau 0.100 < 0.85"])  # every table misses
+    monkeypatch.setattr(
+        stages.Fit, "misses", lambda self, validation: ["Kendall tau 0.100 < 0.85"]
+    )  # every table misses
     space_file = tmp_path / "tiny.yaml"
     space_file.write_text(json.dumps(TINY))
     run = tmp_path / "run"
-    assert main(["run", "--space", str(space_file), "--calibrate", "3", "--validate", "4", "--epochs", "1",
-                 "--trials", "4", "--evaluators", "1", "--budget-ms", "1000", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--space",
+                str(space_file),
+                "--calibrate",
+                "3",
+                "--validate",
+                "4",
+                "--epochs",
+                "1",
+                "--trials",
+                "4",
+                "--evaluators",
+                "1",
+                "--budget-ms",
+                "1000",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "it is only the prior here" in out and "measured again" in out  # the pick is measured, not predicted
     assert json.loads((run / TABLE).read_text())["validation"]["passed"] is False
@@ -191,7 +235,12 @@ def test_a_table_that_misses_its_targets_is_a_prior_for_nas_run_and_a_gate_only_
 
     assert main(["search", "--run", str(run), "--latency", "predicted", "--trials", "2"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "failed validation" in error[0] and "Kendall tau" in error[0] and "--accept-poor-fit" in error[0]
+    assert (
+        len(error) == 1
+        and "failed validation" in error[0]
+        and "Kendall tau" in error[0]
+        and "--accept-poor-fit" in error[0]
+    )
 
 
 def test_a_build_stopped_while_it_re_measures_finishes_every_check_when_resumed(tmp_path):
@@ -213,20 +262,41 @@ def test_a_build_stopped_while_it_re_measures_finishes_every_check_when_resumed(
             state["slow"] = False  # the neighbour that ran from the start stops after the second chunk
         out = {}
         for key, _ in chunk:
-            keys = [key.replace("stem+head", part) for part in ("stem", "head")] if key.startswith("stem+head|") else [key]
-            out.update({k: {"ms": factor * (1.0 + len(k) / 100), "dispersion": 0.0, "passes": 5, "remeasured": 0} for k in keys})
+            keys = (
+                [key.replace("stem+head", part) for part in ("stem", "head")] if key.startswith("stem+head|") else [key]
+            )
+            out.update(
+                {
+                    k: {"ms": factor * (1.0 + len(k) / 100), "dispersion": 0.0, "passes": 5, "remeasured": 0}
+                    for k in keys
+                }
+            )
         return out
 
     fp = fingerprint(__import__("torch").device("cpu"), "fp32", 1)
     path = tmp_path / "t.json"
     state["stop_at"] = chunks + 1
     with pytest.raises(KeyboardInterrupt):
-        lut.build(SPACE, fp, path, measure_entries, PROTOCOL, progress=lambda line: None, reference=lambda: 3.0 if state["slow"] else 1.0)
+        lut.build(
+            SPACE,
+            fp,
+            path,
+            measure_entries,
+            PROTOCOL,
+            progress=lambda line: None,
+            reference=lambda: 3.0 if state["slow"] else 1.0,
+        )
     stopped = lut.LatencyTable.load(path, SPACE)
-    assert len(stopped.entries) == sum(2 if k.startswith('stem+head|') else 1 for k, _ in probes) and not stopped.checks and stopped.chunks
+    assert (
+        len(stopped.entries) == sum(2 if k.startswith("stem+head|") else 1 for k, _ in probes)
+        and not stopped.checks
+        and stopped.chunks
+    )
     assert max(e["ms"] for e in stopped.entries.values()) > 4  # the slow chunks' figures, not yet measured again
     state.update(calls=0, stop_at=None, slow=False)
     resumed = lut.build(SPACE, fp, path, measure_entries, PROTOCOL, progress=lambda line: None, reference=lambda: 1.0)
-    assert max(e["ms"] for e in resumed.entries.values()) < 2  # re-judged against the best reference time and measured again
+    assert (
+        max(e["ms"] for e in resumed.entries.values()) < 2
+    )  # re-judged against the best reference time and measured again
     assert resumed.checks and "width_inconsistencies" in resumed.checks
     assert any(event.get("late") for event in resumed.drift)

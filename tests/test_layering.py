@@ -10,10 +10,41 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LOWER = ["nas.kernels", "nas.arch", "nas.space", "nas.supernet", "nas.subnet", "nas.latency", "nas.latency.table",
-         "nas.latency.profiler", "nas.latency.probe", "nas.latency.timer", "nas.latency.trials", "nas.latency.runtime", "nas.flops", "nas.compute", "nas.data", "nas.odd_one_out",
-         "nas.rundir", "nas.training", "nas.evaluate", "nas.exporter", "nas.standalone", "nas.verify"]
-BLOCKED = ["ray", "optuna", "nas.study", "nas.pipeline", "nas.bench", "nas.stages", "nas.cli", "nas.commands", "workers"]
+LOWER = [
+    "nas.kernels",
+    "nas.arch",
+    "nas.space",
+    "nas.supernet",
+    "nas.subnet",
+    "nas.latency",
+    "nas.latency.table",
+    "nas.latency.profiler",
+    "nas.latency.probe",
+    "nas.latency.timer",
+    "nas.latency.trials",
+    "nas.latency.runtime",
+    "nas.flops",
+    "nas.compute",
+    "nas.data",
+    "nas.odd_one_out",
+    "nas.rundir",
+    "nas.training",
+    "nas.evaluate",
+    "nas.exporter",
+    "nas.standalone",
+    "nas.verify",
+]
+BLOCKED = [
+    "ray",
+    "optuna",
+    "nas.study",
+    "nas.pipeline",
+    "nas.bench",
+    "nas.stages",
+    "nas.cli",
+    "nas.commands",
+    "workers",
+]
 
 
 def test_lower_floors_import_without_ray_optuna_or_upper_floors():
@@ -43,7 +74,9 @@ def _module_imports() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):  # deferred (function-level) imports count too
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 # `from nas import kernels` imports the module nas.kernels (and runs nas/__init__ only once)
-                targets.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names else node.module for a in node.names)
+                targets.update(
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names else node.module for a in node.names
+                )
             elif isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
         graph[name] = targets
@@ -70,6 +103,10 @@ def test_no_import_cycle():
 
 def test_nothing_below_the_cli_imports_the_benchmarks():
     graph = _module_imports()
-    offenders = [m for m, targets in graph.items() if not m.startswith(("nas.bench", "nas.commands", "nas.cli"))
-                 and any(t.startswith("nas.bench") for t in targets)]
+    offenders = [
+        m
+        for m, targets in graph.items()
+        if not m.startswith(("nas.bench", "nas.commands", "nas.cli"))
+        and any(t.startswith("nas.bench") for t in targets)
+    ]
     assert not offenders, offenders

@@ -10,6 +10,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from runs import FAST
 from torch import nn
 
 from nas import study as search
@@ -21,7 +22,6 @@ from nas.report import write_outputs
 from nas.selection import load_candidates
 from nas.space import load_space
 from nas.supernet import SuperNet, extract
-from runs import FAST
 
 
 class PooledAttention(AttentionKernel):
@@ -52,11 +52,24 @@ def pooled_kernel():
 
 def test_a_new_kernel_with_an_option_is_searched_end_to_end(pooled_kernel, tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny-new", "image_size": 16, "patch_size": 4, "in_chans": 1, "num_classes": 4, "head_dim": 8,
-        "embed_dim": [16, 32], "depth": [1, 2], "heads": [1, 2], "mlp_ratio": [1, 2],
-        "kernels": ["softmax", "test-pooled"], "test-pooled": {"mode": ["mean", "max"]},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-new",
+                "image_size": 16,
+                "patch_size": 4,
+                "in_chans": 1,
+                "num_classes": 4,
+                "head_dim": 8,
+                "embed_dim": [16, 32],
+                "depth": [1, 2],
+                "heads": [1, 2],
+                "mlp_ratio": [1, 2],
+                "kernels": ["softmax", "test-pooled"],
+                "test-pooled": {"mode": ["mean", "max"]},
+            }
+        )
+    )
     space = load_space(path)
     assert [c.label for c in space.kernel_choices()] == ["softmax", "test-pooled-mean", "test-pooled-max"]
 
@@ -68,14 +81,30 @@ def test_a_new_kernel_with_an_option_is_searched_end_to_end(pooled_kernel, tmp_p
     torch.testing.assert_close(extract(net, arch).eval()(x), net(x, arch))
 
     profiler = Profiler("cpu", "fp32", 1, protocol=FAST)
-    table = lut.build(space, profiler.fingerprint(), tmp_path / "table.json", profiler.measure_probes, FAST, progress=lambda line: None)
+    table = lut.build(
+        space,
+        profiler.fingerprint(),
+        tmp_path / "table.json",
+        profiler.measure_probes,
+        FAST,
+        progress=lambda line: None,
+    )
 
     def evaluate(archs):
         with torch.no_grad():
-            return [{"accuracy": (net(x, a).argmax(-1) == y).float().mean().item(), "macs": 1, "params": 1} for a in archs]
+            return [
+                {"accuracy": (net(x, a).argmax(-1) == y).float().mean().item(), "macs": 1, "params": 1} for a in archs
+            ]
 
     study = search.open_study_in_memory(search.SearchConfig(sampler="random", seed=0))
-    search.run_search(study, space, table, evaluate, search.SearchConfig(trials=24, batch=4, sampler="random"), progress=lambda line: None)
+    search.run_search(
+        study,
+        space,
+        table,
+        evaluate,
+        search.SearchConfig(trials=24, batch=4, sampler="random"),
+        progress=lambda line: None,
+    )
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     modes = {layer.kernel_spec.label for t in trials for layer in search.arch_of(t, space).layers}
     assert {"test-pooled-mean", "test-pooled-max"} <= modes

@@ -18,20 +18,26 @@ from nas.training import TrainConfig, make_optimizer, optimizer_step, sandwich, 
 
 SPACE = load_space("digits-tiny")  # every kernel of the registry, Taylor's orders and variants
 META = Compute(torch.device("meta"))
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False on this machine")
+CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False on this machine"
+)
 
 
 def fake_cuda_works() -> bool:
     """Older torch (2.6) initialises the CUDA driver for some ops on fake CUDA tensors."""
     try:
         with FakeTensorMode():
-            torch.nn.functional.conv2d(torch.empty(1, 1, 4, 4, device="cuda"), torch.empty(2, 1, 2, 2, device="cuda")[:1])
+            torch.nn.functional.conv2d(
+                torch.empty(1, 1, 4, 4, device="cuda"), torch.empty(2, 1, 2, 2, device="cuda")[:1]
+            )
         return True
     except RuntimeError:
         return False
 
 
-FAKE_CUDA = pytest.mark.skipif(not fake_cuda_works(), reason="this torch's fake CUDA tensors need a CUDA driver (checked with one conv)")
+FAKE_CUDA = pytest.mark.skipif(
+    not fake_cuda_works(), reason="this torch's fake CUDA tensors need a CUDA driver (checked with one conv)"
+)
 
 
 def on_fake_cuda(module: torch.nn.Module, mode: FakeTensorMode) -> torch.nn.Module:
@@ -46,7 +52,9 @@ def on_fake_cuda(module: torch.nn.Module, mode: FakeTensorMode) -> torch.nn.Modu
 
 
 def batch(device, n: int = 4):
-    return torch.randn(n, SPACE.in_chans, SPACE.image_size, SPACE.image_size, device=device), torch.randint(0, SPACE.num_classes, (n,), device=device)
+    return torch.randn(n, SPACE.in_chans, SPACE.image_size, SPACE.image_size, device=device), torch.randint(
+        0, SPACE.num_classes, (n,), device=device
+    )
 
 
 @pytest.mark.parametrize("choice", SPACE.kernel_choices(), ids=lambda c: c.label)
@@ -60,7 +68,9 @@ def test_a_sandwich_step_of_every_kernel_runs_on_the_meta_device(choice):
     assert total.device.type == "meta" and finite.device.type == "meta"
     optimizer_step(net, optimizer)
     assert all(p.device.type == "meta" for p in net.parameters())
-    moments = [v for state in optimizer.state.values() for k, v in state.items() if k != "step"]  # AdamW keeps its step count on the CPU by design
+    moments = [
+        v for state in optimizer.state.values() for k, v in state.items() if k != "step"
+    ]  # AdamW keeps its step count on the CPU by design
     assert moments and all(v.device.type == "meta" for v in moments)
 
 
@@ -164,7 +174,9 @@ def test_two_bf16_training_steps_and_an_evaluation_on_cuda():
     data = load_dataset(None, SPACE.image_size, SPACE.in_chans)
     for step in range(2):
         x, y = data.batch("train", list(range(16 * step, 16 * step + 16)))
-        total, finite = sandwich_step(net, sandwich(SPACE, random.Random(step), 1), compute.move(x), compute.move(y), 0.5, 0.1, compute)
+        total, finite = sandwich_step(
+            net, sandwich(SPACE, random.Random(step), 1), compute.move(x), compute.move(y), 0.5, 0.1, compute
+        )
         assert bool(finite) and total.is_cuda
         optimizer_step(net, optimizer)
     assert 0.0 <= accuracy(net, SPACE.largest(), data, "val", compute=compute, limit=64) <= 1.0

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from runs import make_run
+from test_faults import REPO, copy_run, exit_code, nas_run, tiny_space_file
 
 from nas import study as search
 from nas.cli import main
 from nas.rundir import RunDir
-from runs import make_run
-from test_faults import REPO, copy_run, exit_code, nas_run, tiny_space_file
 
 ray = pytest.importorskip("ray")
 
@@ -60,8 +60,25 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     storage = f"sqlite:///{root / 'elsewhere.db'}"
     env = {**os.environ, "NAS_STORAGE_URL": storage}
-    command = nas_run("--space", str(tiny_space_file(root)), "--epochs", "1", "--trials", "4", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--tensorboard", "--out", str(root / "run"))
+    command = nas_run(
+        "--space",
+        str(tiny_space_file(root)),
+        "--epochs",
+        "1",
+        "--trials",
+        "4",
+        "--evaluators",
+        "1",
+        "--budget-ms",
+        "1000",
+        "--calibrate",
+        "0",
+        "--validate",
+        "0",
+        "--tensorboard",
+        "--out",
+        str(root / "run"),
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return root / "run", command, env, storage
@@ -77,8 +94,8 @@ def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     for path in sorted(folder.glob("events.out.tfevents.*")):
         data, at = path.read_bytes(), 0
         while at < len(data):
-            (length,) = struct.unpack("<Q", data[at:at + 8])
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
             at += 12 + length + 4
             for value in event.summary.value:
                 values.setdefault(value.tag, []).append((event.step, value.simple_value))
@@ -91,9 +108,18 @@ def test_a_run_writes_its_log_its_replayable_settings_and_tensorboard_scalars(fi
 
     run, _, env, storage = finished_run
     log = (run / "nas.log").read_text()
-    assert all(stage in log for stage in ("== latency", "== train", "== search", "== export")) and " DEBUG nas: settings:" in log
-    replay = subprocess.run(nas_run("--config", str(run / "run.yaml"), "--print-config"), capture_output=True, text=True, timeout=120,
-                            cwd=REPO, env=env)
+    assert (
+        all(stage in log for stage in ("== latency", "== train", "== search", "== export"))
+        and " DEBUG nas: settings:" in log
+    )
+    replay = subprocess.run(
+        nas_run("--config", str(run / "run.yaml"), "--print-config"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
     assert replay.returncode == 0, replay.stderr
     assert yaml.safe_load(replay.stdout) == yaml.safe_load((run / "run.yaml").read_text())
     assert yaml.safe_load(replay.stdout)["trials"] == 4 and yaml.safe_load(replay.stdout)["tensorboard"] is True
@@ -110,8 +136,14 @@ def test_a_run_writes_its_log_its_replayable_settings_and_tensorboard_scalars(fi
 def test_resume_with_a_changed_budget_is_refused_and_changes_nothing(finished_run):
     run, command, env, _ = finished_run
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    result = subprocess.run(command + ["--resume", "--budget-ms", "5", "--seed", "3"], capture_output=True, text=True, timeout=300,
-                            cwd=REPO, env=env)
+    result = subprocess.run(
+        command + ["--resume", "--budget-ms", "5", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "--budget-ms was 1000.0, now 5.0" in result.stderr and "--seed was 0, now 3" in result.stderr
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
@@ -120,7 +152,7 @@ def test_resume_with_a_changed_budget_is_refused_and_changes_nothing(finished_ru
 @pytest.mark.slow
 def test_extending_a_finished_run_continues_the_sampler_and_keeps_the_export_consistent(finished_run):
     run, command, env, storage = finished_run
-    extended = [*command[:command.index("--trials") + 1], "8", *command[command.index("--trials") + 2:], "--resume"]
+    extended = [*command[: command.index("--trials") + 1], "8", *command[command.index("--trials") + 2 :], "--resume"]
     result = subprocess.run(extended, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
@@ -131,7 +163,9 @@ def test_extending_a_finished_run_continues_the_sampler_and_keeps_the_export_con
     for trial in trials:  # an arch seen before reuses that result instead of being evaluated again
         digest = trial.user_attrs["digest"]
         if digest in by_digest:
-            assert trial.user_attrs["reused_from"] == by_digest[digest].number and trial.values == by_digest[digest].values
+            assert (
+                trial.user_attrs["reused_from"] == by_digest[digest].number and trial.values == by_digest[digest].values
+            )
         by_digest.setdefault(digest, trial)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["resumed_with"][-1]["changed"] == {"trials": [4, 8]}
@@ -141,8 +175,9 @@ def test_extending_a_finished_run_continues_the_sampler_and_keeps_the_export_con
 
 
 def test_an_extended_study_never_evaluates_an_arch_twice(tmp_path):
-    from nas.space import parse_space
     from test_faults import TINY_SPACE
+
+    from nas.space import parse_space
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     evaluated: list[str] = []
@@ -171,8 +206,9 @@ def test_an_extended_study_never_evaluates_an_arch_twice(tmp_path):
 def test_an_interrupt_anywhere_in_a_batch_leaves_no_trial_running(tmp_path, where):
     """SIGTERM/Ctrl-C may land while trials are asked (inside `study.ask`, after the trial's row exists),
     evaluated or told: none may stay RUNNING."""
-    from nas.space import parse_space
     from test_faults import TINY_SPACE
+
+    from nas.space import parse_space
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     calls = {"ask": 0, "predict": 0, "evaluate": 0, "tell": 0}
@@ -245,9 +281,10 @@ def test_sigterm_while_the_study_is_written_waits_for_the_writes(tmp_path, where
     """A KeyboardInterrupt inside a storage commit can leave the SQLite connection mid-transaction (the
     recovery's own writes then failed in CI): a signal received while a batch is asked or told stops the
     search once those writes are done."""
+    from test_faults import TINY_SPACE
+
     from nas.cli import Terminated, _terminate
     from nas.space import parse_space
-    from test_faults import TINY_SPACE
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     config = search.SearchConfig(trials=12, batch=4, sampler="random", seed=0)
@@ -298,18 +335,33 @@ def test_storage_url_from_the_environment_and_every_redacted_form(tmp_path, monk
 # ---- 4: connections checked first, with a timeout ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag, address, message", [
-    ("--ray-address", "127.0.0.1:1", "--ray-address 127.0.0.1:1: no Ray cluster answers there"),
-    ("--storage", "postgresql://nas:hunter2@127.0.0.1:1/nas", "--storage postgresql://nas:***@127.0.0.1:1/nas: cannot open it"),
-    ("--ray-address", "silent", "did not accept a connection within 3 s"),
-    ("--storage", "silent", "no answer within 3 s"),
-])
-def test_unreachable_ray_or_storage_fails_within_the_timeout_before_any_work(flag, address, message, silent_server, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flag, address, message",
+    [
+        ("--ray-address", "127.0.0.1:1", "--ray-address 127.0.0.1:1: no Ray cluster answers there"),
+        (
+            "--storage",
+            "postgresql://nas:hunter2@127.0.0.1:1/nas",
+            "--storage postgresql://nas:***@127.0.0.1:1/nas: cannot open it",
+        ),
+        ("--ray-address", "silent", "did not accept a connection within 3 s"),
+        ("--storage", "silent", "no answer within 3 s"),
+    ],
+)
+def test_unreachable_ray_or_storage_fails_within_the_timeout_before_any_work(
+    flag, address, message, silent_server, tmp_path, capsys
+):
     if address == "silent":
-        address = f"127.0.0.1:{silent_server}" if flag == "--ray-address" else f"postgresql://nas:hunter2@127.0.0.1:{silent_server}/nas"
+        address = (
+            f"127.0.0.1:{silent_server}"
+            if flag == "--ray-address"
+            else f"postgresql://nas:hunter2@127.0.0.1:{silent_server}/nas"
+        )
     out = tmp_path / "run"
     started = time.perf_counter()
-    code = exit_code(["run", "--space", str(tiny_space_file(tmp_path)), flag, address, "--connect-timeout", "3", "--out", str(out)])
+    code = exit_code(
+        ["run", "--space", str(tiny_space_file(tmp_path)), flag, address, "--connect-timeout", "3", "--out", str(out)]
+    )
     assert code == 2 and time.perf_counter() - started < 30
     err = one_line_error(capsys)
     assert message in err and "hunter2" not in err
@@ -335,8 +387,16 @@ def test_processes_opening_a_new_storage_at_once_all_connect(tmp_path):
     for attempt in range(3):
         url, go = f"sqlite:///{tmp_path / f'race{attempt}.db'}", tmp_path / f"go{attempt}"
         ready = [tmp_path / f"ready{attempt}-{i}" for i in range(4)]
-        processes = [subprocess.Popen([sys.executable, "-c", CHECK_WHEN_TOLD, url, str(go), str(r)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd=REPO) for r in ready]
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", CHECK_WHEN_TOLD, url, str(go), str(r)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+            for r in ready
+        ]
         deadline = time.time() + 120
         while not all(r.exists() for r in ready) and time.time() < deadline:
             time.sleep(0.05)
@@ -354,15 +414,28 @@ def test_a_new_sqlite_study_file_appears_with_its_whole_schema(tmp_path):
 
     for attempt in range(3):
         path = tmp_path / f"study{attempt}.db"
-        process = subprocess.Popen([sys.executable, "-c", "import sys; from nas.storage import check; check(sys.argv[1])",
-                                    f"sqlite:///{path}"], stderr=subprocess.PIPE, text=True, cwd=REPO)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from nas.storage import check; check(sys.argv[1])",
+                f"sqlite:///{path}",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         deadline = time.time() + 120
         while not path.exists() and process.poll() is None and time.time() < deadline:
             pass  # no sleep: look as early as a fast poller would
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            versions = list(connection.execute("SELECT version_num FROM alembic_version")) if "alembic_version" in tables else []
+            versions = (
+                list(connection.execute("SELECT version_num FROM alembic_version"))
+                if "alembic_version" in tables
+                else []
+            )
         finally:
             connection.close()
         assert process.wait(timeout=120) == 0, process.stderr.read()[-1000:]
@@ -370,8 +443,10 @@ def test_a_new_sqlite_study_file_appears_with_its_whole_schema(tmp_path):
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{path.name}.tmp")] == []
 
 
-@pytest.mark.parametrize("mode, token, expected", [(None, "file", "token"), (None, "env", "token"), (None, None, None),
-                                                   ("disabled", "file", "disabled")])
+@pytest.mark.parametrize(
+    "mode, token, expected",
+    [(None, "file", "token"), (None, "env", "token"), (None, None, None), ("disabled", "file", "disabled")],
+)
 def test_joining_a_cluster_sends_a_token_when_one_is_at_hand(tmp_path, monkeypatch, mode, token, expected):
     """Current Ray clients send the token of a `ray start --head` cluster only with RAY_AUTH_MODE=token;
     like `ray start`, that mode is turned on when it is unset and a token exists (a user's setting stands)."""
@@ -380,7 +455,7 @@ def test_joining_a_cluster_sends_a_token_when_one_is_at_hand(tmp_path, monkeypat
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.setenv(name, "")  # recorded first, so that the RAY_AUTH_MODE set below is undone after the test
-        monkeypatch.delenv(name)      # (a leaked RAY_AUTH_MODE=token breaks every later local Ray start in this process)
+        monkeypatch.delenv(name)  # (a leaked RAY_AUTH_MODE=token breaks every later local Ray start in this process)
     if mode:
         monkeypatch.setenv("RAY_AUTH_MODE", mode)
     if token == "file":
@@ -396,9 +471,18 @@ def test_joining_a_cluster_sends_a_token_when_one_is_at_hand(tmp_path, monkeypat
 
 
 def test_a_stale_address_file_and_a_foreign_local_instance_do_not_stop_a_local_run(tmp_path):
-    foreign = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); "
-                                "print(ray.get_runtime_context().gcs_address, flush=True); time.sleep(120)"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    foreign = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); "
+            "print(ray.get_runtime_context().gcs_address, flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     saved = address_file.read_bytes() if address_file.exists() else None
     try:
@@ -406,10 +490,18 @@ def test_a_stale_address_file_and_a_foreign_local_instance_do_not_stop_a_local_r
         assert foreign_gcs
         address_file.parent.mkdir(parents=True, exist_ok=True)
         address_file.write_text("127.0.0.1:1")  # left behind by a `ray start --head` killed by a signal
-        probe = ("from workers.cluster import init_ray\nimport ray\ninit_ray(None, 1, progress=print)\n"
-                 "print('GCS', ray.get_runtime_context().gcs_address)\nray.shutdown()")
-        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO,
-                                env={**os.environ, "RAY_ADDRESS": foreign_gcs})
+        probe = (
+            "from workers.cluster import init_ray\nimport ray\ninit_ray(None, 1, progress=print)\n"
+            "print('GCS', ray.get_runtime_context().gcs_address)\nray.shutdown()"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "RAY_ADDRESS": foreign_gcs},
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "a local Ray instance of its own" in result.stdout
         ours = next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("GCS "))
@@ -438,7 +530,24 @@ def test_search_in_another_storage_leaves_the_runs_outputs_alone(trained, tmp_pa
     assert exit_code(["search", "--run", str(run), "--trials", "2", "--evaluators", "1", "--storage", other]) == 2
     assert "is not this run's own study" in one_line_error(capsys) and not (tmp_path / "other.db").exists()
     report = tmp_path / "report"
-    assert main(["search", "--run", str(run), "--trials", "2", "--evaluators", "1", "--storage", other, "--report-dir", str(report)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--run",
+                str(run),
+                "--trials",
+                "2",
+                "--evaluators",
+                "1",
+                "--storage",
+                other,
+                "--report-dir",
+                str(report),
+            ]
+        )
+        == 0
+    )
     ray.shutdown()
     assert (run / "trials.csv").read_text() == "the run's own\n"
     assert len((report / "trials.csv").read_text().splitlines()) == 3
@@ -455,24 +564,55 @@ def _truncate(path: Path) -> None:
 
 
 def _study(run: Path) -> None:
-    optuna.create_study(storage=f"sqlite:///{run / 'study.db'}", study_name=RunDir(run).study_name(), directions=["maximize", "minimize"])
+    optuna.create_study(
+        storage=f"sqlite:///{run / 'study.db'}",
+        study_name=RunDir(run).study_name(),
+        directions=["maximize", "minimize"],
+    )
 
 
 READ_ONLY = "/proc/nas-read-only/out"  # nobody, root included, can create anything under /proc
 
 CASES = {
-    "run --out is a file": (lambda t, r: (t / "f").write_text("x") and ["run", "--out", str(t / "f")], "is a file, not a directory"),
+    "run --out is a file": (
+        lambda t, r: (t / "f").write_text("x") and ["run", "--out", str(t / "f")],
+        "is a file, not a directory",
+    ),
     "run --out read-only": (lambda t, r: ["run", "--out", READ_ONLY], "cannot write into /proc"),
     "train --out read-only": (lambda t, r: ["train", "--out", READ_ONLY], "cannot write into /proc"),
-    "export --out read-only": (lambda t, r: ["export", "--run", str(r), "--trial", "0", "--out", READ_ONLY], "cannot write into /proc"),
-    "report read-only": (lambda t, r: _study(r) or ["report", "--run", str(r), "--report-dir", READ_ONLY], "cannot write into /proc"),
-    "latency --out under a file": (lambda t, r: (t / "afile").write_text("x") and ["latency", "--out", str(t / "afile" / "t.json")], "is a file, so the directory cannot be created"),
-    "train --resume, truncated supernet": (lambda t, r: _truncate(r / "supernet.safetensors") or ["train", "--out", str(r), "--resume", "--epochs", "1", "--batch-size", "256", "--random-subnets", "0"], "the training checkpoint cannot be read"),
-    "run --resume, truncated manifest": (lambda t, r: (r / "manifest.json").write_text('{"settings": {') and ["run", "--out", str(r), "--resume"], "cannot read the run's manifest"),
+    "export --out read-only": (
+        lambda t, r: ["export", "--run", str(r), "--trial", "0", "--out", READ_ONLY],
+        "cannot write into /proc",
+    ),
+    "report read-only": (
+        lambda t, r: _study(r) or ["report", "--run", str(r), "--report-dir", READ_ONLY],
+        "cannot write into /proc",
+    ),
+    "latency --out under a file": (
+        lambda t, r: (t / "afile").write_text("x") and ["latency", "--out", str(t / "afile" / "t.json")],
+        "is a file, so the directory cannot be created",
+    ),
+    "train --resume, truncated supernet": (
+        lambda t, r: (
+            _truncate(r / "supernet.safetensors")
+            or ["train", "--out", str(r), "--resume", "--epochs", "1", "--batch-size", "256", "--random-subnets", "0"]
+        ),
+        "the training checkpoint cannot be read",
+    ),
+    "run --resume, truncated manifest": (
+        lambda t, r: (r / "manifest.json").write_text('{"settings": {') and ["run", "--out", str(r), "--resume"],
+        "cannot read the run's manifest",
+    ),
     "--calibrate -1": (lambda t, r: ["run", "--calibrate", "-1", "--out", str(t / "run")], "expected an integer >= 0"),
-    "--validate -1": (lambda t, r: ["latency", "--validate", "-1", "--out", str(t / "t.json")], "expected an integer >= 0"),
+    "--validate -1": (
+        lambda t, r: ["latency", "--validate", "-1", "--out", str(t / "t.json")],
+        "expected an integer >= 0",
+    ),
     "--lr inf": (lambda t, r: ["train", "--lr", "inf", "--out", str(t / "run")], "expected a positive finite number"),
-    "report on an empty study.db": (lambda t, r: (r / "study.db").write_bytes(b"") or ["report", "--run", str(r)], "holds no study named"),
+    "report on an empty study.db": (
+        lambda t, r: (r / "study.db").write_bytes(b"") or ["report", "--run", str(r)],
+        "holds no study named",
+    ),
 }
 
 
@@ -496,8 +636,24 @@ def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
     import psutil
 
     run = tmp_path / "run"
-    command = nas_run("--space", str(tiny_space_file(tmp_path)), "--epochs", "1", "--trials", "12", "--evaluators", "1",
-                      "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--out", str(run))
+    command = nas_run(
+        "--space",
+        str(tiny_space_file(tmp_path)),
+        "--epochs",
+        "1",
+        "--trials",
+        "12",
+        "--evaluators",
+        "1",
+        "--budget-ms",
+        "1000",
+        "--calibrate",
+        "0",
+        "--validate",
+        "0",
+        "--out",
+        str(run),
+    )
     storage = f"sqlite:///{run / 'study.db'}"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
@@ -515,7 +671,9 @@ def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
         except (KeyError, ValueError, Exception):  # noqa: BLE001 — the study is being created
             pass
         time.sleep(0.1)
-    ray_children = [p for p in psutil.Process(process.pid).children(recursive=True) if "ray" in " ".join(p.cmdline()).lower()]
+    ray_children = [
+        p for p in psutil.Process(process.pid).children(recursive=True) if "ray" in " ".join(p.cmdline()).lower()
+    ]
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err[-2000:]
@@ -540,8 +698,15 @@ def test_ray_train_leaves_no_checkpoint_copies_in_the_temp_folder(tmp_path):
         return {p for p in Path(tempfile.gettempdir()).glob("*/supernet.safetensors")}
 
     before = copies()
-    train_distributed(load_space("digits-tiny"), None, TrainConfig(epochs=2, batch_size=256, random_subnets=0), tmp_path / "run", 2, False,
-                      progress=lambda line: None)
+    train_distributed(
+        load_space("digits-tiny"),
+        None,
+        TrainConfig(epochs=2, batch_size=256, random_subnets=0),
+        tmp_path / "run",
+        2,
+        False,
+        progress=lambda line: None,
+    )
     ray.shutdown()
     assert copies() - before == set()
     assert (tmp_path / "run" / "supernet.safetensors").exists()
@@ -551,8 +716,9 @@ def test_ray_train_leaves_no_checkpoint_copies_in_the_temp_folder(tmp_path):
 
 
 def test_constraints_are_stored_where_optuna_dashboard_reads_them(tmp_path):
-    from nas.space import parse_space
     from test_faults import TINY_SPACE
+
+    from nas.space import parse_space
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
 
@@ -560,9 +726,18 @@ def test_constraints_are_stored_where_optuna_dashboard_reads_them(tmp_path):
         def predict(self, arch):
             return float(arch.embed_dim)
 
-    config = search.SearchConfig(trials=4, batch=2, sampler="random", budget_ms=12.0)  # embed 8 feasible, 16 not: a property of this Table
+    config = search.SearchConfig(
+        trials=4, batch=2, sampler="random", budget_ms=12.0
+    )  # embed 8 feasible, 16 not: a property of this Table
     study = search.open_study(f"sqlite:///{tmp_path / 's.db'}", config, resume=False, study_name="s")
-    search.run_search(study, space, Table(), lambda archs: [{"accuracy": 0.5, "macs": 1, "params": 1}] * len(archs), config, lambda line: None)
+    search.run_search(
+        study,
+        space,
+        Table(),
+        lambda archs: [{"accuracy": 0.5, "macs": 1, "params": 1}] * len(archs),
+        config,
+        lambda line: None,
+    )
     for trial in study.trials:
         slack = trial.user_attrs["latency_ms"] - 12.0
         assert trial.system_attrs[search.DASHBOARD_CONSTRAINTS] == [slack]  # optuna-dashboard's key and format
@@ -581,9 +756,15 @@ def test_export_carries_its_preprocessing_for_timm(trained, tmp_path):
     space, data = RunDir(trained).space_and_data()
     arch = space.smallest()
     out = tmp_path / "export"
-    meta = export(trained, Candidate(0, 0.0, 0.0, 0, 0, arch), out, formats=("safetensors",), progress=lambda line: None)
+    meta = export(
+        trained, Candidate(0, 0.0, 0.0, 0, 0, arch), out, formats=("safetensors",), progress=lambda line: None
+    )
     dataset = RunDir(trained).dataset(space, data)
-    assert meta["classes"] == dataset.classes and meta["preprocessing"]["input_size"] == [1, space.image_size, space.image_size]
+    assert meta["classes"] == dataset.classes and meta["preprocessing"]["input_size"] == [
+        1,
+        space.image_size,
+        space.image_size,
+    ]
     model = timm.create_model("vit_nas", arch=str(out), checkpoint_path=str(out / "model.safetensors"))
     config = timm.data.resolve_data_config(model=model)
     assert config["input_size"] == (1, space.image_size, space.image_size)

@@ -13,6 +13,7 @@ import time
 
 import optuna
 import pytest
+from runs import make_run
 
 from nas import study as search
 from nas.cli import main
@@ -22,7 +23,6 @@ from nas.space import load_space
 from nas.storage import normalize, redact, redact_text
 from nas.training import TrainConfig
 from workers.cluster import init_ray
-from runs import make_run
 
 ray = pytest.importorskip("ray")
 
@@ -43,7 +43,9 @@ def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, 
     from nas.pipeline import default_budget
 
     space, _ = RunDir(trained).space_and_data()
-    budget = str(default_budget(space, lut.LatencyTable.load(trained / TABLE, space))[0])  # from the measured table, never a constant
+    budget = str(
+        default_budget(space, lut.LatencyTable.load(trained / TABLE, space))[0]
+    )  # from the measured table, never a constant
     assert main(["search", "--run", str(trained), "--trials", "8", "--evaluators", "2", "--budget-ms", budget]) == 0
     for name in ("study.db", "trials.csv", "pareto.csv", "pareto.png", "supernet.safetensors", TABLE, "config.yaml"):
         assert (trained / name).exists(), name
@@ -51,9 +53,18 @@ def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, 
     assert len(rows) == 8 and all(r["state"] in ("COMPLETE", "FAIL", "PRUNED") for r in rows)
     for r in rows:  # latency first: an arch over the budget is judged, not scored; every scored one was measured
         if r["state"] == "PRUNED":
-            assert float(r["latency_ms"]) > float(budget) and r["feasible"] == "False" and r["skipped"] and not r["accuracy"]
+            assert (
+                float(r["latency_ms"]) > float(budget)
+                and r["feasible"] == "False"
+                and r["skipped"]
+                and not r["accuracy"]
+            )
         if r["state"] == "COMPLETE":
-            assert r["latency_source"] == "measured" and float(r["latency_ms"]) == float(r["measured_ms"]) and float(r["predicted_ms"]) > 0
+            assert (
+                r["latency_source"] == "measured"
+                and float(r["latency_ms"]) == float(r["measured_ms"])
+                and float(r["predicted_ms"]) > 0
+            )
     front = list(csv.DictReader((trained / "pareto.csv").open()))
     assert front, "some trial should be feasible under the budget"
     points = [(float(r["accuracy"]), float(r["latency_ms"])) for r in front]
@@ -77,7 +88,9 @@ def test_report_draws_the_hypervolume_history_and_the_latency_fit(trained, ray_l
     study = optuna.load_study(study_name=RunDir(trained).study_name(), storage=f"sqlite:///{trained / 'study.db'}")
     numbers, volumes, ref = hypervolume_history(study.get_trials(), None)
     assert numbers and all(b >= a for a, b in zip(volumes, volumes[1:]))
-    points = [(t.values[0], t.values[1]) for t in study.get_trials() if t.state.name == "COMPLETE" and search.feasible(t)]
+    points = [
+        (t.values[0], t.values[1]) for t in study.get_trials() if t.state.name == "COMPLETE" and search.feasible(t)
+    ]
     assert volumes[-1] == pytest.approx(hypervolume(front_of(points, ref), 0.0, ref))
 
 
@@ -86,17 +99,49 @@ def test_a_search_with_no_feasible_trial_fails_with_one_line(trained, ray_local,
     table = lut.LatencyTable.load(trained / TABLE, space)
     floor = search.smallest_latency(space, table)  # only the single fastest configuration is feasible
     storage = f"sqlite:///{tmp_path / 'other.db'}"
-    code = main(["search", "--run", str(trained), "--trials", "4", "--sampler", "random", "--evaluators", "1",
-                 "--budget-ms", f"{math.ceil(floor * 1e6) / 1e6:.6f}", "--storage", storage, "--report-dir", str(tmp_path / "report")])
+    code = main(
+        [
+            "search",
+            "--run",
+            str(trained),
+            "--trials",
+            "4",
+            "--sampler",
+            "random",
+            "--evaluators",
+            "1",
+            "--budget-ms",
+            f"{math.ceil(floor * 1e6) / 1e6:.6f}",
+            "--storage",
+            storage,
+            "--report-dir",
+            str(tmp_path / "report"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert "no trial met the budget" in err[0] and "the fastest trial was" in err[0] and "would admit about half" in err[0]
+    assert (
+        "no trial met the budget" in err[0] and "the fastest trial was" in err[0] and "would admit about half" in err[0]
+    )
 
 
 @pytest.mark.slow
 def test_kill_mid_search_then_resume_keeps_finished_trials(tmp_path):
     run = make_run(tmp_path / "run")
-    command = [sys.executable, "-m", "nas.cli", "search", "--run", str(run), "--trials", "14", "--evaluators", "1", "--batch", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "nas.cli",
+        "search",
+        "--run",
+        str(run),
+        "--trials",
+        "14",
+        "--evaluators",
+        "1",
+        "--batch",
+        "1",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     storage = f"sqlite:///{run / 'study.db'}"
     before: dict[int, tuple] = {}
@@ -154,7 +199,9 @@ def test_dead_evaluator_is_restarted_or_its_trial_recorded_failed(trained, ray_l
     pool.shutdown()
     states = [t.state for t in study.trials]
     assert len(study.trials) == 8 and optuna.trial.TrialState.RUNNING not in states
-    failures = [(t.number, t.user_attrs.get("failure")) for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE]
+    failures = [
+        (t.number, t.user_attrs.get("failure")) for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE
+    ]
     assert states.count(optuna.trial.TrialState.COMPLETE) >= 6, failures  # only the killed actor's trials may fail
     assert optuna.trial.TrialState.FAIL not in states[-2:], failures  # the dead actor was replaced: full capacity again
     assert all("latency" in t.constraints for t in study.trials), "failed trials keep their constraint"
@@ -166,8 +213,14 @@ def test_nan_accuracy_is_a_failed_trial_not_zero(trained):
     space, _ = RunDir(trained).space_and_data()
     table = lut.LatencyTable.load(trained / TABLE, space)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    search.run_search(study, space, table, lambda archs: [{"accuracy": float("nan"), "macs": 1, "params": 1}] * len(archs),
-                      search.SearchConfig(trials=2, batch=2), progress=lambda line: None)
+    search.run_search(
+        study,
+        space,
+        table,
+        lambda archs: [{"accuracy": float("nan"), "macs": 1, "params": 1}] * len(archs),
+        search.SearchConfig(trials=2, batch=2),
+        progress=lambda line: None,
+    )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
     assert search.pareto_front(study.trials) == []
 
@@ -196,7 +249,21 @@ def test_infeasible_budget_is_refused_before_training(tmp_path, capsys):
     from test_faults import tiny_space_file
 
     # 0.1 µs: below any forward pass on any device (a kernel launch alone costs more), so no latency constant
-    code = main(["run", "--space", str(tiny_space_file(tmp_path)), "--budget-ms", "0.0001", "--calibrate", "0", "--validate", "0", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--space",
+            str(tiny_space_file(tmp_path)),
+            "--budget-ms",
+            "0.0001",
+            "--calibrate",
+            "0",
+            "--validate",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "--budget-ms 0.0001 is below the smallest latency any arch of tiny reaches on this device" in err
@@ -206,32 +273,123 @@ def test_infeasible_budget_is_refused_before_training(tmp_path, capsys):
 def test_two_studies_in_one_storage_stay_separate(trained, ray_local, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path / 'team.db'}"
     for name, trials in (("first", 3), ("second", 2)):
-        assert main(["search", "--run", str(trained), "--trials", str(trials), "--sampler", "random", "--evaluators", "1",
-                     "--storage", storage, "--study-name", name, "--report-dir", str(tmp_path / name)]) == 0
+        assert (
+            main(
+                [
+                    "search",
+                    "--run",
+                    str(trained),
+                    "--trials",
+                    str(trials),
+                    "--sampler",
+                    "random",
+                    "--evaluators",
+                    "1",
+                    "--storage",
+                    storage,
+                    "--study-name",
+                    name,
+                    "--report-dir",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == {"first": 3, "second": 2}
-    assert [len(list(csv.DictReader((tmp_path / name / "trials.csv").open()))) for name in ("first", "second")] == [3, 2]
+    assert [len(list(csv.DictReader((tmp_path / name / "trials.csv").open()))) for name in ("first", "second")] == [
+        3,
+        2,
+    ]
     capsys.readouterr()
-    again = ["search", "--run", str(trained), "--trials", "3", "--evaluators", "1", "--storage", storage, "--study-name", "first",
-             "--report-dir", str(tmp_path / "again")]
+    again = [
+        "search",
+        "--run",
+        str(trained),
+        "--trials",
+        "3",
+        "--evaluators",
+        "1",
+        "--storage",
+        storage,
+        "--study-name",
+        "first",
+        "--report-dir",
+        str(tmp_path / "again"),
+    ]
     assert main(again) == 2  # the same name without --resume: refused, naming both ways out
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already holds a study named 'first'" in err[0] and "--resume" in err[0] and "--study-name" in err[0]
+    assert (
+        len(err) == 1
+        and "already holds a study named 'first'" in err[0]
+        and "--resume" in err[0]
+        and "--study-name" in err[0]
+    )
     assert main(["report", "--storage", storage]) == 0  # the storage's studies, listed
     listed = capsys.readouterr().out
-    assert "2 studies" in listed and "first: 3 trials (3 complete)" in listed and "second: 2 trials (2 complete)" in listed
-    assert main(["report", "--run", str(trained), "--storage", storage, "--study-name", "second", "--report-dir", str(tmp_path / "r")]) == 0
+    assert (
+        "2 studies" in listed and "first: 3 trials (3 complete)" in listed and "second: 2 trials (2 complete)" in listed
+    )
+    assert (
+        main(
+            [
+                "report",
+                "--run",
+                str(trained),
+                "--storage",
+                storage,
+                "--study-name",
+                "second",
+                "--report-dir",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     assert "study second: 2 trials" in capsys.readouterr().out
     assert len(list(csv.DictReader((tmp_path / "r" / "trials.csv").open()))) == 2
-    assert main(["report", "--run", str(trained), "--storage", storage, "--study-name", "third", "--report-dir", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "report",
+                "--run",
+                str(trained),
+                "--storage",
+                storage,
+                "--study-name",
+                "third",
+                "--report-dir",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "holds no study named 'third' (it holds: first, second); pass --study-name NAME" in capsys.readouterr().err
-    assert main(["search", "--run", str(trained), "--storage", storage, "--study-name", "a b", "--report-dir", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "--run",
+                str(trained),
+                "--storage",
+                storage,
+                "--study-name",
+                "a b",
+                "--report-dir",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--study-name 'a b': use 1 to 128 printable characters without spaces" in capsys.readouterr().err
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == {"first": 3, "second": 2}
 
 
 def test_storage_password_is_redacted():
     assert redact("postgresql://nas:s3cret@db.local:5432/nas") == "postgresql://nas:***@db.local:5432/nas"
-    assert redact("postgresql://nas@db.local/nas?sslmode=require&password=s3cret") == "postgresql://nas@db.local/nas?sslmode=require&password=***"
+    assert (
+        redact("postgresql://nas@db.local/nas?sslmode=require&password=s3cret")
+        == "postgresql://nas@db.local/nas?sslmode=require&password=***"
+    )
     assert redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
     assert "s3cret" not in redact_text("nas run --storage postgresql://nas:s3cret@db/nas --out x")
 
@@ -248,8 +406,26 @@ def test_postgresql_storage(trained, ray_local, capsys, tmp_path):
     name = "nas-ci-postgres"
     if name in names:
         optuna.delete_study(study_name=name, storage=storage)
-    assert main(["search", "--run", str(trained), "--trials", "4", "--evaluators", "1", "--storage", url, "--study-name", name,
-                 "--report-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--run",
+                str(trained),
+                "--trials",
+                "4",
+                "--evaluators",
+                "1",
+                "--storage",
+                url,
+                "--study-name",
+                name,
+                "--report-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[-1]
@@ -263,8 +439,15 @@ def test_ddp_ranks_sample_the_same_subnets(tmp_path):
 
     space = load_space("digits-tiny")
     try:
-        summary = train_distributed(space, None, TrainConfig(epochs=2, batch_size=256, random_subnets=1), tmp_path, 2, False,
-                                    progress=lambda line: None)
+        summary = train_distributed(
+            space,
+            None,
+            TrainConfig(epochs=2, batch_size=256, random_subnets=1),
+            tmp_path,
+            2,
+            False,
+            progress=lambda line: None,
+        )
     finally:
         ray.shutdown()  # also when it fails: the tests after it get a fresh Ray instance, not this one's leftovers
     logs = [json.loads((tmp_path / "ray_train" / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
@@ -283,8 +466,28 @@ def test_hypervolume_of_a_front():
 
 @pytest.mark.slow
 def test_bench_search_runs_on_a_tiny_setting(trained, ray_local, tmp_path, capsys):
-    args = ["bench", "search", "--run", str(trained), "--trials", "4", "--seeds", "0,1", "--reference-archs", "20",
-            "--samplers", "tpe,nsga2,random", "--checkpoints", "2", "--evaluators", "1", "--ref-accuracy", "0.0", "--out", str(tmp_path)]
+    args = [
+        "bench",
+        "search",
+        "--run",
+        str(trained),
+        "--trials",
+        "4",
+        "--seeds",
+        "0,1",
+        "--reference-archs",
+        "20",
+        "--samplers",
+        "tpe,nsga2,random",
+        "--checkpoints",
+        "2",
+        "--evaluators",
+        "1",
+        "--ref-accuracy",
+        "0.0",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     data = json.loads((tmp_path / "search_digits-tiny.json").read_text())
     assert set(data["hypervolume"]) == {"nsga2", "tpe", "random"}
@@ -320,8 +523,27 @@ def test_run_with_an_explicit_storage_url(tmp_path, capsys):
 
     storage = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     out = tmp_path / "run"
-    args = ["run", "--space", str(tiny_space_file(tmp_path)), "--epochs", "1", "--trials", "3", "--evaluators", "1",
-            "--budget-ms", "1000", "--calibrate", "0", "--validate", "0", "--storage", storage, "--out", str(out)]
+    args = [
+        "run",
+        "--space",
+        str(tiny_space_file(tmp_path)),
+        "--epochs",
+        "1",
+        "--trials",
+        "3",
+        "--evaluators",
+        "1",
+        "--budget-ms",
+        "1000",
+        "--calibrate",
+        "0",
+        "--validate",
+        "0",
+        "--storage",
+        storage,
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert not (out / "study.db").exists() and (tmp_path / "elsewhere.db").exists()
     manifest = json.loads((out / "manifest.json").read_text())
@@ -342,13 +564,21 @@ def test_every_sampler_sees_the_same_parameters_in_every_trial(trained, sampler)
     def evaluate(archs):
         return [{"accuracy": 0.1 * a.depth + 0.01 * a.embed_dim / 16, "macs": 1, "params": 1} for a in archs]
 
-    search.run_search(study, space, table, evaluate, search.SearchConfig(trials=14, batch=2, sampler=sampler, seed=1, budget_ms=1000.0),
-                      progress=lambda line: None)
+    search.run_search(
+        study,
+        space,
+        table,
+        evaluate,
+        search.SearchConfig(trials=14, batch=2, sampler=sampler, seed=1, budget_ms=1000.0),
+        progress=lambda line: None,
+    )
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 14
     names = {name for t in trials for name in t.params}
     assert all(set(t.params) == names for t in trials)
-    assert names == {"embed_dim", "depth"} | {f"l{i}_{p}" for i in range(max(space.depth)) for p in ("kernel", "heads", "mlp_ratio")}
+    assert names == {"embed_dim", "depth"} | {
+        f"l{i}_{p}" for i in range(max(space.depth)) for p in ("kernel", "heads", "mlp_ratio")
+    }
     for t in trials:
         arch = search.arch_of(t, space)
         assert arch.depth == t.params["depth"] and arch.digest == t.user_attrs["digest"]
@@ -388,7 +618,12 @@ class ThreadPool:
     def _evaluate(self, index, arch):
         time.sleep(self.delays[index])
         self.log.append((index, arch.digest))
-        return {"accuracy": 0.1 * arch.depth + 0.01 * arch.embed_dim / 16, "macs": 1, "params": 1, "seconds": self.delays[index]}
+        return {
+            "accuracy": 0.1 * arch.depth + 0.01 * arch.embed_dim / 16,
+            "macs": 1,
+            "params": 1,
+            "seconds": self.delays[index],
+        }
 
     def wait(self):
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -417,8 +652,16 @@ def test_asynchronous_search_keeps_the_other_evaluators_going_beside_a_slow_one(
     pool = ThreadPool([0.6, 0.005])
     study = search.open_study_in_memory(search.SearchConfig(sampler="random", seed=0))
     lines = []
-    search.run_search(study, space, table, pool.evaluate, search.SearchConfig(trials=20, batch=4, sampler="random", budget_ms=1000.0),
-                      progress=lines.append, evaluators=2, pool=pool)
+    search.run_search(
+        study,
+        space,
+        table,
+        pool.evaluate,
+        search.SearchConfig(trials=20, batch=4, sampler="random", budget_ms=1000.0),
+        progress=lines.append,
+        evaluators=2,
+        pool=pool,
+    )
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 20 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     slow, fast = (sum(1 for i, _ in pool.log if i == e) for e in (0, 1))
@@ -434,11 +677,22 @@ def test_asynchronous_search_killed_and_resumed_loses_no_trial_and_scores_none_t
     config = search.SearchConfig(trials=12, batch=2, sampler="tpe", seed=3, budget_ms=1000.0)
     study = search.open_study(storage, config, resume=False, study_name="s")
     with pytest.raises(KeyboardInterrupt):
-        search.run_search(study, space, table, None, config, progress=lambda line: None, evaluators=2, pool=ThreadPool([0.05, 0.02], stop_after=5))
+        search.run_search(
+            study,
+            space,
+            table,
+            None,
+            config,
+            progress=lambda line: None,
+            evaluators=2,
+            pool=ThreadPool([0.05, 0.02], stop_after=5),
+        )
     interrupted = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("interrupted")]
     assert len(interrupted) >= 2 and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     study = search.open_study(storage, config, resume=True, study_name="s")
-    search.run_search(study, space, table, None, config, progress=lambda line: None, evaluators=2, pool=ThreadPool([0.05, 0.02]))
+    search.run_search(
+        study, space, table, None, config, progress=lambda line: None, evaluators=2, pool=ThreadPool([0.05, 0.02])
+    )
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sum(search.counted(t) for t in trials) == 12 == len(complete)  # nothing lost: 12 scored trials

@@ -51,9 +51,18 @@ def load_tiny_space():
 
     return parse_space(
         {
-            "name": "tiny", "image_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 2, "head_dim": 4,
-            "embed_dim": [8], "depth": [1, 2], "heads": [1, 2], "mlp_ratio": [1],
-            "kernels": ["softmax", "taylor"], "taylor": {"order": [1, 2], "variant": ["compact"]},
+            "name": "tiny",
+            "image_size": 8,
+            "patch_size": 4,
+            "in_chans": 1,
+            "num_classes": 2,
+            "head_dim": 4,
+            "embed_dim": [8],
+            "depth": [1, 2],
+            "heads": [1, 2],
+            "mlp_ratio": [1],
+            "kernels": ["softmax", "taylor"],
+            "taylor": {"order": [1, 2], "variant": ["compact"]},
         },
         "tiny.yaml",
     )
@@ -97,9 +106,18 @@ def test_json_round_trip_and_stable_hash():
         (lambda d: d.update(embed_dim=40), "field 'embed_dim' is 40; allowed: 32, 48, 64"),
         (lambda d: d.update(depth=3), "field 'layers' has 2 entries but depth is 3"),
         (lambda d: d["layers"][0].update(kernel="performer"), "layers[0].kernel is 'performer'; allowed: softmax"),
-        (lambda d: d["layers"][0].update(kernel="taylor"), "layers[0]: kernel 'taylor' with options none is not a choice of this space; its choices: {'order': 1}"),
-        (lambda d: d["layers"][0].update(kernel="taylor", order=3), "layers[0]: field 'order' is 3; kernel 'taylor' takes 1, 2"),
-        (lambda d: d["layers"][0].update(kernel="taylor", order=1, variant="full"), "with options {'order': 1, 'variant': 'full'} is not a choice of this space"),
+        (
+            lambda d: d["layers"][0].update(kernel="taylor"),
+            "layers[0]: kernel 'taylor' with options none is not a choice of this space; its choices: {'order': 1}",
+        ),
+        (
+            lambda d: d["layers"][0].update(kernel="taylor", order=3),
+            "layers[0]: field 'order' is 3; kernel 'taylor' takes 1, 2",
+        ),
+        (
+            lambda d: d["layers"][0].update(kernel="taylor", order=1, variant="full"),
+            "with options {'order': 1, 'variant': 'full'} is not a choice of this space",
+        ),
         (lambda d: d["layers"][0].update(order=2), "layers[0]: unknown field(s) order"),
         (lambda d: d["layers"][1].update(heads=3), "layers[1].heads is 3; allowed: 1, 2, 4"),
         (lambda d: d.update(image_size=64), "field 'image_size' is 64, but the space fixes it to 32"),
@@ -136,14 +154,26 @@ def _shipped(name):
 @pytest.mark.parametrize(
     "changes, field, fix",
     [
-        ({"kernels": ["softmax", "performer"]}, "field 'kernels': unknown kernel 'performer'", "fix: use kernels from: softmax"),
+        (
+            {"kernels": ["softmax", "performer"]},
+            "field 'kernels': unknown kernel 'performer'",
+            "fix: use kernels from: softmax",
+        ),
         ({"heads": []}, "field 'heads': empty choice list", "fix: list at least one value"),
-        ({"heads": [1, 2, 8]}, "field 'heads': the widest attention, heads × head_dim = 8 × 16 = 128, exceeds the widest embed_dim 64", "fix: lower heads"),
+        (
+            {"heads": [1, 2, 8]},
+            "field 'heads': the widest attention, heads × head_dim = 8 × 16 = 128, exceeds the widest embed_dim 64",
+            "fix: lower heads",
+        ),
         ({"head_dim": None}, "field 'head_dim': missing", "fix: add 'head_dim:'"),
         ({"depth": [2, -1]}, "field 'depth': -1 is not a positive integer", "fix: use positive values"),
         ({"patch_size": 5}, "field 'patch_size': 5 does not divide image_size 32", "fix: pick a divisor"),
         ({"taylor": {"order": [1, 3]}}, "field 'taylor.order'", "fix: use values from [1, 2]"),
-        ({"kernel_options": {"window": {"window": 4}}}, "field 'kernel_options.window'", "fix: use options from: window_size"),
+        (
+            {"kernel_options": {"window": {"window": 4}}},
+            "field 'kernel_options.window'",
+            "fix: use options from: window_size",
+        ),
         ({"colour": "blue"}, "field 'colour': unknown field", "fix: remove it"),
     ],
 )
@@ -160,7 +190,9 @@ def test_malformed_yaml_and_unknown_names(tmp_path):
     path.write_text("name: x\nheads: [1, 2\n")
     with pytest.raises(NasError, match=rf"{path}: malformed YAML"):
         load_space(path)
-    with pytest.raises(NasError, match="unknown search space 'digits-huge'; shipped spaces: deit-tiny, digits-tiny, hires, odd-one-out"):
+    with pytest.raises(
+        NasError, match="unknown search space 'digits-huge'; shipped spaces: deit-tiny, digits-tiny, hires, odd-one-out"
+    ):
         load_space("digits-huge")
     with pytest.raises(NasError, match="does not exist"):
         load_space(tmp_path / "missing.yaml")

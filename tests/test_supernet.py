@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from nas import subnet, timm_compat
 from nas.errors import NasError
 from nas.space import load_space
-from nas.supernet import SuperNet, extract
 from nas.subnet import ViT
+from nas.supernet import SuperNet, extract
 
 
 def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -60,7 +60,9 @@ def test_largest_subnet_of_each_kernel_uses_every_weight():
                 q_bias, k_bias, v_bias = grad.view(3, -1)
                 assert k_bias.abs().max() <= 1e-6 * v_bias.abs().max()
                 grad = torch.cat([q_bias, v_bias])
-            if name.endswith("positional_encoding"):  # added to k before φ's ReLU: an entry whose k + P < 0 on every image gets 0
+            if name.endswith(
+                "positional_encoding"
+            ):  # added to k before φ's ReLU: an entry whose k + P < 0 on every image gets 0
                 assert bool((grad != 0).float().mean() > 0.3), f"{choice.label}: {name} mostly unused"
                 continue
             assert bool((grad != 0).all()), f"{choice.label}: {name} not fully used"
@@ -174,8 +176,11 @@ def test_tied_groups_train_as_shared_projections_and_split_into_copies_with_thei
     net, shared = SuperNet(space), SuperNet(shared_space)
     first = next(iter(net.blocks[0].qkv_groups))
     # the grouped supernet starts from the shared one's weights: its first group is the shared qkv / proj
-    state = {k.replace(f"qkv_groups.{first}.", "qkv.").replace(f"proj_groups.{first}.", "proj."): v
-             for k, v in net.state_dict().items() if "_groups." not in k or f"_groups.{first}." in k}
+    state = {
+        k.replace(f"qkv_groups.{first}.", "qkv.").replace(f"proj_groups.{first}.", "proj."): v
+        for k, v in net.state_dict().items()
+        if "_groups." not in k or f"_groups.{first}." in k
+    }
     shared.load_state_dict(state)
     net.tie_projections(True)
     archs = [space.sample(random.Random(s)) for s in range(4)]
@@ -210,7 +215,9 @@ def test_a_grouped_supernet_trains_tied_then_split_and_its_groups_part(tmp_path)
     space = grouped()
     dataset = load_dataset(None, space.image_size, space.in_chans)
     dataset.split = {**dataset.split, "train": dataset.split["train"][:256]}
-    train_supernet(space, dataset, TrainConfig(epochs=2, batch_size=64, random_subnets=1, projection_warmup=0.5), tmp_path)
+    train_supernet(
+        space, dataset, TrainConfig(epochs=2, batch_size=64, random_subnets=1, projection_warmup=0.5), tmp_path
+    )
     net = RunDir(tmp_path).supernet(RunDir(tmp_path).space_and_data()[0])  # the run records the grouped space
     groups = list(net.blocks[0].qkv_groups.values())
     assert not all(torch.equal(groups[0].weight, g.weight) for g in groups[1:])  # trained apart after the split

@@ -66,7 +66,9 @@ def test_cuda_graph_replay_times_the_same_work():
     a = torch.randn(2048, 2048, device="cuda")
     out = torch.empty_like(a)
     eager = measure(lambda: torch.mm(a, a, out=out), device="cuda", warmup=3, repeats=20, max_seconds=5.0)
-    graph = measure(lambda: torch.mm(a, a, out=out), device="cuda", warmup=3, repeats=20, max_seconds=5.0, cuda_graph=True)
+    graph = measure(
+        lambda: torch.mm(a, a, out=out), device="cuda", warmup=3, repeats=20, max_seconds=5.0, cuda_graph=True
+    )
     assert graph.median_ms == pytest.approx(eager.median_ms, rel=0.5)
 
 

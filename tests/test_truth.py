@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nas import odd_one_out
-from nas.bench.fidelity import bias_tables, stratified_archs, summarize, FidelityConfig
+from nas.bench.fidelity import FidelityConfig, bias_tables, stratified_archs, summarize
 from nas.bench.ranking import rank_statistics
 from nas.data import load_dataset
 from nas.space import load_space
@@ -111,7 +111,11 @@ def test_default_budget_admits_about_the_share_it_states():
 
     class Table:  # predicted latency: a deterministic function of the arch, like a real table
         def predict(self, arch):
-            return sum(layer.heads * (2 if layer.kernel == "softmax" else 1) + layer.mlp_ratio for layer in arch.layers) * arch.embed_dim / 100
+            return (
+                sum(layer.heads * (2 if layer.kernel == "softmax" else 1) + layer.mlp_ratio for layer in arch.layers)
+                * arch.embed_dim
+                / 100
+            )
 
     budget, line = default_budget(space, Table(), seed=0)
     assert "50% quantile" in line and "2000 random archs" in line
@@ -132,7 +136,11 @@ def test_truth_archs_cover_every_kernel_alone_the_extremes_and_a_mixed_spread():
     assert [a.digest for a in archs] == [a.digest for a in truth_archs(space, mixed=4, seed=0, pool=16)]
     assert len({a.digest for a in archs}) == len(archs) == 2 + len(space.kernel_choices()) + 4
     assert archs[0].digest == space.largest().digest and archs[1].digest == space.smallest().digest
-    alone = {a.layers[0].kernel_spec.label for a in archs[2:2 + len(space.kernel_choices())] if len({l.kernel_spec.label for l in a.layers}) == 1}
+    alone = {
+        a.layers[0].kernel_spec.label
+        for a in archs[2 : 2 + len(space.kernel_choices())]
+        if len({layer.kernel_spec.label for layer in a.layers}) == 1
+    }
     assert alone == {spec.label for spec in space.kernel_choices()}
     for arch in archs:
         space.validate(arch)
@@ -202,9 +210,10 @@ def test_a_truth_file_of_another_recipe_is_refused_before_training(tiny_truth):
 
 
 def test_fidelity_scores_a_supernet_against_the_truth_without_training(tiny_truth, tmp_path):
+    from runs import make_run
+
     from nas.bench.fidelity import FidelityConfig, score_against_truth
     from nas.errors import NasError
-    from runs import make_run
 
     space, out, _, records = tiny_truth
     run_dir = make_run(tmp_path / "run")
@@ -215,7 +224,9 @@ def test_fidelity_scores_a_supernet_against_the_truth_without_training(tiny_trut
     assert len(twice) == 1 and twice[0]["standalone"] == pytest.approx(sum(twice[0]["seeds"]) / 2)
     assert summary["archs"] == len(digests) and summary["truth"]["seed_pairs"] == 1
     other = tmp_path / "other.jsonl"
-    other.write_text("\n".join(json.dumps({**json.loads(line), "split": "0" * 16}) for line in out.read_text().splitlines()) + "\n")
+    other.write_text(
+        "\n".join(json.dumps({**json.loads(line), "split": "0" * 16}) for line in out.read_text().splitlines()) + "\n"
+    )
     with pytest.raises(NasError, match="split differs"):
         score_against_truth(run_dir, other, FidelityConfig(bootstrap=100))
 

@@ -8,6 +8,8 @@ import random
 
 import pytest
 import torch
+from runs import make_run
+from test_export import write_trials
 
 import nas
 from nas.cli import main
@@ -18,9 +20,16 @@ from nas.rundir import VERIFY, VERIFY_JSON, RunDir
 from nas.selection import Candidate, load_candidates
 from nas.space import load_space
 from nas.standalone import Recipe
-from nas.verify import Trainer, VerifyConfig, measured_candidates, preference, read_state, state_path, successive_halving, train_to
-from runs import make_run
-from test_export import write_trials
+from nas.verify import (
+    Trainer,
+    VerifyConfig,
+    measured_candidates,
+    preference,
+    read_state,
+    state_path,
+    successive_halving,
+    train_to,
+)
 
 
 def archs(count: int, seed: int = 0):
@@ -40,14 +49,26 @@ def candidates(rows):
 
 
 def test_candidates_spread_over_the_front_most_accurate_first_then_the_rest_by_accuracy():
-    pool = candidates([(0, 0.50, 0.1), (1, 0.60, 0.2), (2, 0.70, 0.3), (3, 0.80, 0.4), (4, 0.90, 0.5),  # the front
-                       (5, 0.85, 0.6), (6, 0.65, 0.45), (7, 0.55, 0.35)])  # dominated
+    pool = candidates(
+        [
+            (0, 0.50, 0.1),
+            (1, 0.60, 0.2),
+            (2, 0.70, 0.3),
+            (3, 0.80, 0.4),
+            (4, 0.90, 0.5),  # the front
+            (5, 0.85, 0.6),
+            (6, 0.65, 0.45),
+            (7, 0.55, 0.35),
+        ]
+    )  # dominated
     order = [c.trial for c in preference(pool, 3)]
     assert order[:3] == [4, 2, 0]  # the most accurate, the middle and the fastest of the front
     assert order[3:] == [5, 3, 6, 1, 7]  # then by inherited accuracy
     assert [c.trial for c in preference(pool, 1)][:1] == [4]
     twin = Candidate(9, 0.95, 0.55, 0, 0, pool[0].arch)  # the same arch as trial 0, scored again: one entry per arch
-    assert [c.trial for c in preference(pool + [twin], 8)].count(0) + [c.trial for c in preference(pool + [twin], 8)].count(9) == 1
+    assert [c.trial for c in preference(pool + [twin], 8)].count(0) + [
+        c.trial for c in preference(pool + [twin], 8)
+    ].count(9) == 1
 
 
 def test_a_candidate_measured_over_the_budget_is_replaced_by_the_next():
@@ -80,13 +101,23 @@ def test_successive_halving_keeps_the_best_at_every_rung_and_trains_only_the_sur
 
     winner, history = successive_halving(list(quality), train_to, [1, 3, 9], 0.5, progress=lambda line: None)
     assert winner == "a1"
-    assert history[0]["kept"] == ["a1", "a5", "a3", "a6"] and history[1]["kept"] == ["a1", "a5"] and history[2]["kept"] == ["a1"]
+    assert (
+        history[0]["kept"] == ["a1", "a5", "a3", "a6"]
+        and history[1]["kept"] == ["a1", "a5"]
+        and history[2]["kept"] == ["a1"]
+    )
     assert sorted(trained.values()) == [1, 1, 1, 1, 3, 3, 9, 9]  # eliminated candidates are not trained further
 
 
 def test_ties_go_to_the_faster_candidate():
-    winner, _ = successive_halving(["slow", "fast"], lambda names, e: {n: [0.5] * e for n in names}, [1, 2], 0.5,
-                                   tie={"slow": 2.0, "fast": 1.0}.get, progress=lambda line: None)
+    winner, _ = successive_halving(
+        ["slow", "fast"],
+        lambda names, e: {n: [0.5] * e for n in names},
+        [1, 2],
+        0.5,
+        tie={"slow": 2.0, "fast": 1.0}.get,
+        progress=lambda line: None,
+    )
     assert winner == "fast"
 
 
@@ -113,16 +144,23 @@ def digits():
 
 def test_a_stopped_standalone_run_goes_on_exactly_as_an_uninterrupted_one(digits, tmp_path):
     space, dataset = digits
-    arch = next(a for a in archs(20, 1) if any(layer.kernel == "angular" for layer in a.layers))  # the auxiliary branch's schedule too
+    arch = next(
+        a for a in archs(20, 1) if any(layer.kernel == "angular" for layer in a.layers)
+    )  # the auxiliary branch's schedule too
     recipe = Recipe(epochs=3, batch_size=32)
     whole = train_to(arch.to_json(indent=None), 0, recipe, 3, str(tmp_path / "whole.pt"), dataset=dataset)
-    assert len(train_to(arch.to_json(indent=None), 0, recipe, 1, str(tmp_path / "part.pt"), dataset=dataset)["curve"]) == 1
+    assert (
+        len(train_to(arch.to_json(indent=None), 0, recipe, 1, str(tmp_path / "part.pt"), dataset=dataset)["curve"]) == 1
+    )
     part = train_to(arch.to_json(indent=None), 0, recipe, 3, str(tmp_path / "part.pt"), dataset=dataset)
     assert part["curve"] == whole["curve"]
     a, b = read_state(tmp_path / "whole.pt"), read_state(tmp_path / "part.pt")
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     (tmp_path / "cut.pt").write_bytes((tmp_path / "part.pt").read_bytes()[:100])  # a cut state file is trained again
-    assert train_to(arch.to_json(indent=None), 0, recipe, 3, str(tmp_path / "cut.pt"), dataset=dataset)["curve"] == whole["curve"]
+    assert (
+        train_to(arch.to_json(indent=None), 0, recipe, 3, str(tmp_path / "cut.pt"), dataset=dataset)["curve"]
+        == whole["curve"]
+    )
 
 
 def test_a_killed_verification_retrains_no_finished_rung(digits, tmp_path):
@@ -185,8 +223,16 @@ def searched(tmp_path_factory):
         arch = space.sample(rng)
         pool.setdefault(arch.digest, arch)
     a = list(pool.values())
-    write_trials(run_dir, [(0, "COMPLETE", 0.50, 0.10, a[0]), (1, "COMPLETE", 0.70, 0.20, a[1]), (2, "COMPLETE", 0.90, 0.30, a[2]),
-                           (3, "COMPLETE", 0.60, 0.25, a[3]), (4, "FAIL", "", 0.10, a[4])])
+    write_trials(
+        run_dir,
+        [
+            (0, "COMPLETE", 0.50, 0.10, a[0]),
+            (1, "COMPLETE", 0.70, 0.20, a[1]),
+            (2, "COMPLETE", 0.90, 0.30, a[2]),
+            (3, "COMPLETE", 0.60, 0.25, a[3]),
+            (4, "FAIL", "", 0.10, a[4]),
+        ],
+    )
     return run_dir
 
 
@@ -210,11 +256,15 @@ def test_nas_verify_trains_the_candidates_and_exports_the_verified_pick(searched
 
     rows = {int(r["number"]): r for r in csv.DictReader((searched / "trials.csv").open())}
     assert {n for n, r in rows.items() if r["verified_accuracy"]} == {0, 1, 2}
-    assert float(rows[record["pick"]["trial"]]["verified_accuracy"]) == pytest.approx(record["pick"]["verified_accuracy"])
+    assert float(rows[record["pick"]["trial"]]["verified_accuracy"]) == pytest.approx(
+        record["pick"]["verified_accuracy"]
+    )
     assert len(load_candidates(searched)) == 4  # trials.csv is still a run's trials file
 
     capsys.readouterr()
-    assert main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3"]) == 0  # again: nothing retrained
+    assert (
+        main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3"]) == 0
+    )  # again: nothing retrained
     out = capsys.readouterr().out
     assert "chosen and measured before" in out and " epochs, val top-1 " not in out
     assert json.loads((searched / VERIFY_JSON).read_text())["pick"] == record["pick"]
@@ -229,26 +279,61 @@ def test_nas_verify_refuses_a_run_without_a_budget_and_a_budget_below_every_tria
     assert "no trial met the budget 0.01 ms" in capsys.readouterr().err
 
 
-def test_bench_pick_sets_the_verified_pick_beside_the_best_ground_truth_arch_under_the_budget(searched, tmp_path, capsys):
+def test_bench_pick_sets_the_verified_pick_beside_the_best_ground_truth_arch_under_the_budget(
+    searched, tmp_path, capsys
+):
     from nas.bench import truth
     from nas.bench.pick import run as pick_run
 
-    assert main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3"]) == 0  # nothing retrained if done
+    assert (
+        main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3"]) == 0
+    )  # nothing retrained if done
     record = json.loads((searched / VERIFY_JSON).read_text())
     space, data = RunDir(searched).space_and_data()
     dataset = RunDir(searched).dataset(space, data)
-    key = {"format": truth.FORMAT, "space": space.name, "data": data, "split": truth.split_digest(dataset.split), "recipe": record["recipe"]}
+    key = {
+        "format": truth.FORMAT,
+        "space": space.name,
+        "data": data,
+        "split": truth.split_digest(dataset.split),
+        "recipe": record["recipe"],
+    }
     path = tmp_path / "truth.jsonl"
     three = archs(3, 9)
-    for arch, seed, final in [(three[0], 0, 0.61), (three[1], 0, 0.83), (three[1], 1, 0.79), (three[2], 0, 0.72), (three[2], 1, 0.76)]:
-        append_line(path, {**key, "digest": arch.digest, "arch": arch.to_dict(), "seed": seed, "curve": [final / 2, final]})
+    for arch, seed, final in [
+        (three[0], 0, 0.61),
+        (three[1], 0, 0.83),
+        (three[1], 1, 0.79),
+        (three[2], 0, 0.72),
+        (three[2], 1, 0.76),
+    ]:
+        append_line(
+            path, {**key, "digest": arch.digest, "arch": arch.to_dict(), "seed": seed, "curve": [final / 2, final]}
+        )
     result = pick_run(searched, path, progress=lambda line: None)
     assert result["truth_archs"] == 3 and result["truth_archs_within_budget"] == 3
-    assert result["best_truth_within_budget"]["digest"] == three[1].digest and result["best_truth_within_budget"]["standalone_accuracy"] == 0.83
-    assert result["seed_sd"] == pytest.approx((0.02828427 + 0.02828427) / 2, abs=1e-6)  # sd of (0.83, 0.79) and of (0.72, 0.76)
+    assert (
+        result["best_truth_within_budget"]["digest"] == three[1].digest
+        and result["best_truth_within_budget"]["standalone_accuracy"] == 0.83
+    )
+    assert result["seed_sd"] == pytest.approx(
+        (0.02828427 + 0.02828427) / 2, abs=1e-6
+    )  # sd of (0.83, 0.79) and of (0.72, 0.76)
     assert result["verified_pick"]["standalone_accuracy"] == record["pick"]["verified_accuracy"]
-    assert result["inherited_pick"]["trial"] == 2 and result["met"] == (record["pick"]["verified_accuracy"] >= 0.83 - result["seed_sd"])
+    assert result["inherited_pick"]["trial"] == 2 and result["met"] == (
+        record["pick"]["verified_accuracy"] >= 0.83 - result["seed_sd"]
+    )
     other = tmp_path / "other.jsonl"
-    append_line(other, {**key, "recipe": {**record["recipe"], "epochs": 3}, "digest": three[0].digest, "arch": three[0].to_dict(), "seed": 0, "curve": [0.5]})
+    append_line(
+        other,
+        {
+            **key,
+            "recipe": {**record["recipe"], "epochs": 3},
+            "digest": three[0].digest,
+            "arch": three[0].to_dict(),
+            "seed": 0,
+            "curve": [0.5],
+        },
+    )
     with pytest.raises(NasError, match="another recipe"):
         pick_run(searched, other, progress=lambda line: None)

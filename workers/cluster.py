@@ -19,9 +19,11 @@ from pathlib import Path
 from nas.errors import NasError
 from nas.storage import CONNECT_TIMEOUT_S
 
-AUTH_HINT = ("the cluster uses token authentication (on by default for `ray start --head` in current Ray): copy the head's "
-             "token (~/.ray/auth_token on the head) to ~/.ray/auth_token here, or pass RAY_AUTH_TOKEN=<token> or "
-             "RAY_AUTH_TOKEN_PATH=<file>")
+AUTH_HINT = (
+    "the cluster uses token authentication (on by default for `ray start --head` in current Ray): copy the head's "
+    "token (~/.ray/auth_token on the head) to ~/.ray/auth_token here, or pass RAY_AUTH_TOKEN=<token> or "
+    "RAY_AUTH_TOKEN_PATH=<file>"
+)
 
 
 def use_token_if_available() -> str | None:
@@ -31,9 +33,15 @@ def use_token_if_available() -> str | None:
     if "RAY_AUTH_MODE" in os.environ:
         return None
     default = Path.home() / ".ray" / "auth_token"
-    source = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
-              "RAY_AUTH_TOKEN_PATH" if os.environ.get("RAY_AUTH_TOKEN_PATH") else
-              str(default) if default.is_file() else None)
+    source = (
+        "RAY_AUTH_TOKEN"
+        if os.environ.get("RAY_AUTH_TOKEN")
+        else "RAY_AUTH_TOKEN_PATH"
+        if os.environ.get("RAY_AUTH_TOKEN_PATH")
+        else str(default)
+        if default.is_file()
+        else None
+    )
     if source is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
     return source
@@ -65,7 +73,9 @@ def check_local_capacity(ray_address: str | None, **counts: int) -> None:
     cpus = os.cpu_count() or 1
     for flag, count in counts.items():
         if count > cpus:
-            raise NasError(f"--{flag} {count}: the local Ray instance has {cpus} CPU(s); use at most that, or join a cluster with --ray-address")
+            raise NasError(
+                f"--{flag} {count}: the local Ray instance has {cpus} CPU(s); use at most that, or join a cluster with --ray-address"
+            )
 
 
 _PROBE = """
@@ -77,7 +87,7 @@ print("CPUS", int(ray.cluster_resources().get("CPU", 0)), flush=True)
 
 def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
     """Before any work: the Ray cluster at `address` answers within `timeout_s`; returns its CPU count."""
-    target = address[len("ray://"):] if address.startswith("ray://") else address
+    target = address[len("ray://") :] if address.startswith("ray://") else address
     if target != "auto":
         host, _, port = target.rpartition(":")
         if not host or not port.isdigit():
@@ -85,12 +95,19 @@ def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 10.0)).close()
         except OSError as error:
-            raise NasError(f"--ray-address {address}: no Ray cluster answers there ({error.strerror or error}); "
-                           "start one with `ray start --head` or check the address") from None
+            raise NasError(
+                f"--ray-address {address}: no Ray cluster answers there ({error.strerror or error}); "
+                "start one with `ray start --head` or check the address"
+            ) from None
     use_token_if_available()
     try:
-        probe = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True, timeout=timeout_s,
-                               env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE, address],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
         output, stdout = probe.stdout + probe.stderr, probe.stdout
     except subprocess.TimeoutExpired as expired:
         output, stdout = _text(expired.stdout) + _text(expired.stderr), None
@@ -101,10 +118,14 @@ def check_ray_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int
     if "Unauthenticated" in output or "InvalidAuthToken" in output:
         raise NasError(f"--ray-address {address}: {AUTH_HINT}")
     if stdout is None:
-        raise NasError(f"--ray-address {address}: the cluster did not accept a connection within {timeout_s:.0f} s; check the "
-                       "address, that this machine reaches the head's ports, and (for a head started with `ray start --head`) "
-                       "RAY_AUTH_TOKEN")
-    last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), f"exit status {probe.returncode}")
+        raise NasError(
+            f"--ray-address {address}: the cluster did not accept a connection within {timeout_s:.0f} s; check the "
+            "address, that this machine reaches the head's ports, and (for a head started with `ray start --head`) "
+            "RAY_AUTH_TOKEN"
+        )
+    last = next(
+        (line.strip() for line in reversed(output.splitlines()) if line.strip()), f"exit status {probe.returncode}"
+    )
     raise NasError(f"--ray-address {address}: cannot join the Ray cluster ({last[:200]})")
 
 
@@ -133,8 +154,10 @@ def init_ray(address: str | None, num_cpus: int | None = None, progress=None) ->
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as error:
-            raise NasError(f"--ray-address {address}: cannot join the Ray cluster ({str(error)[:200]}); if it was started with "
-                           f"`ray start --head`, {AUTH_HINT}") from None
+            raise NasError(
+                f"--ray-address {address}: cannot join the Ray cluster ({str(error)[:200]}); if it was started with "
+                f"`ray start --head`, {AUTH_HINT}"
+            ) from None
     # Ray's core worker installs a crash handler for SIGTERM (a C++ stack dump, then abort): ours comes back,
     # so SIGTERM stops like Ctrl-C (nas.cli) and Ray shuts down through its normal exit path.
     if on_sigterm is not None and threading.current_thread() is threading.main_thread():
@@ -142,7 +165,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, progress=None) ->
     if progress is not None:
         context = ray.get_runtime_context()
         where = "a local Ray instance of its own" if address is None else f"the Ray cluster at {address}"
-        progress(f"Ray: {where} (gcs {getattr(context, 'gcs_address', '?')}, {int(ray.cluster_resources().get('CPU', 0))} CPU(s))")
+        progress(
+            f"Ray: {where} (gcs {getattr(context, 'gcs_address', '?')}, {int(ray.cluster_resources().get('CPU', 0))} CPU(s))"
+        )
 
 
 def require_cpus(flag: str, count: int) -> None:

@@ -28,9 +28,18 @@ from nas.evaluate import Evaluator
 
 
 class EvaluatorPool:
-    def __init__(self, state, size: int, threads_each: int = 1, max_restarts: int = 3, max_task_retries: int = 2,
-                 scoring: dict | None = None, gpus_each: float | None = None, resources: dict | None = None,
-                 timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        state,
+        size: int,
+        threads_each: int = 1,
+        max_restarts: int = 3,
+        max_task_retries: int = 2,
+        scoring: dict | None = None,
+        gpus_each: float | None = None,
+        resources: dict | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         """`state`: `nas.evaluate.evaluation_state(run)` (or a reference to it in the object
         store), put there once and shared by every actor. `scoring`: Evaluator's device,
         precision and val_images. On CUDA each actor asks Ray for `gpus_each` GPUs (fractions
@@ -40,15 +49,26 @@ class EvaluatorPool:
         gpus = 0.0
         if str(scoring.get("device", "cpu")).startswith("cuda"):
             total = ray.cluster_resources().get("GPU", 0)
-            gpus = gpus_each if gpus_each is not None else 1.0 / math.ceil(size / max(1, int(total)))  # a share must fit on one GPU
-            fits = 0 if gpus <= 0 else int(total // gpus) if gpus >= 1 else int(total) * math.floor(1 / gpus)  # a fraction must fit on one GPU
+            gpus = (
+                gpus_each if gpus_each is not None else 1.0 / math.ceil(size / max(1, int(total)))
+            )  # a share must fit on one GPU
+            fits = (
+                0 if gpus <= 0 else int(total // gpus) if gpus >= 1 else int(total) * math.floor(1 / gpus)
+            )  # a fraction must fit on one GPU
             if size > fits:
-                raise NasError(f"not enough GPUs in the Ray cluster for {size} evaluator(s) of {gpus} GPU(s) each "
-                               f"(it has {total:g}); use fewer --evaluators, a smaller --gpus-per-evaluator or --compute-device cpu")
+                raise NasError(
+                    f"not enough GPUs in the Ray cluster for {size} evaluator(s) of {gpus} GPU(s) each "
+                    f"(it has {total:g}); use fewer --evaluators, a smaller --gpus-per-evaluator or --compute-device cpu"
+                )
             scoring = {**scoring, "device": "cuda"}  # Ray sets CUDA_VISIBLE_DEVICES: the actor's GPU is its cuda:0
         self.state = state if isinstance(state, ray.ObjectRef) else ray.put(state)
-        remote = ray.remote(Evaluator).options(num_cpus=threads_each, num_gpus=gpus, resources=resources or {},
-                                               max_restarts=max_restarts, max_task_retries=max_task_retries)
+        remote = ray.remote(Evaluator).options(
+            num_cpus=threads_each,
+            num_gpus=gpus,
+            resources=resources or {},
+            max_restarts=max_restarts,
+            max_task_retries=max_task_retries,
+        )
         self._new_actor = lambda: remote.remote(self.state, threads_each, **scoring)
         self.actors = [self._new_actor() for _ in range(size)]
         self.replaced = 0
@@ -60,7 +80,10 @@ class EvaluatorPool:
         return self.collect(self.submit(archs))
 
     def submit(self, archs: Sequence[Arch]) -> list:
-        return [(i % len(self.actors), self.actors[i % len(self.actors)].evaluate.remote(arch)) for i, arch in enumerate(archs)]
+        return [
+            (i % len(self.actors), self.actors[i % len(self.actors)].evaluate.remote(arch))
+            for i, arch in enumerate(archs)
+        ]
 
     def collect(self, submitted: list) -> list[dict | BaseException]:
         results: list[dict | BaseException] = []

@@ -19,14 +19,24 @@ from nas.latency.profiler import Profiler
 class RemoteProfiler:
     """The `Profiler` interface, served by an actor; each call blocks until it returns."""
 
-    def __init__(self, device: str, dtype: str, batch_size: int, backend: str = "eager", threads: int = 1,
-                 accelerator_type: str | None = None, protocol: Protocol = Protocol()) -> None:
+    def __init__(
+        self,
+        device: str,
+        dtype: str,
+        batch_size: int,
+        backend: str = "eager",
+        threads: int = 1,
+        accelerator_type: str | None = None,
+        protocol: Protocol = Protocol(),
+    ) -> None:
         options: dict = {"num_gpus": 1, "num_cpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
         options.update(max_restarts=2, max_task_retries=2)  # a dead profiler is restarted and its chunk re-measured
         if accelerator_type:
             options["accelerator_type"] = accelerator_type
         self.protocol = protocol
-        self.actor = ray.remote(Profiler).options(**options).remote(device, dtype, batch_size, backend, threads, protocol)
+        self.actor = (
+            ray.remote(Profiler).options(**options).remote(device, dtype, batch_size, backend, threads, protocol)
+        )
 
     def fingerprint(self) -> Fingerprint:
         return self._get(self.actor.fingerprint.remote())

@@ -24,11 +24,17 @@ from pathlib import Path
 
 from nas.errors import NasError
 from nas.io import atomic_path, write_json
-from nas.space import SearchSpace
 from nas.rundir import CONFIG, RAY_TRAIN, SPLIT, STATE, STATE_JSON, WEIGHTS
+from nas.space import SearchSpace
 from nas.training import Distributed, TrainConfig, format_epoch, train_supernet
 
-CHECKPOINT_FILES = (CONFIG, SPLIT, WEIGHTS, STATE, STATE_JSON)  # train_state.json last: it names the epoch of the others
+CHECKPOINT_FILES = (
+    CONFIG,
+    SPLIT,
+    WEIGHTS,
+    STATE,
+    STATE_JSON,
+)  # train_state.json last: it names the epoch of the others
 
 
 def _worker_loop(settings: dict) -> None:
@@ -60,7 +66,9 @@ def _worker_loop(settings: dict) -> None:
                 return
             files = {name: (local / name).read_bytes() for name in CHECKPOINT_FILES if (local / name).exists()}
             queue.put({"rank": 0, "files": files})
-            with tempfile.TemporaryDirectory(prefix="nas-checkpoint-") as staging:  # Ray Train copies it into storage_path
+            with tempfile.TemporaryDirectory(
+                prefix="nas-checkpoint-"
+            ) as staging:  # Ray Train copies it into storage_path
                 for name, blob in files.items():
                     (Path(staging) / name).write_bytes(blob)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
@@ -69,15 +77,30 @@ def _worker_loop(settings: dict) -> None:
             send({k: v for k, v in record.items() if isinstance(v, (int, float))}, record)
 
         train_supernet(
-            space, dataset, settings["config"], local, resume=bool(settings["restore"]), data_arg=settings["data"],
-            progress=report, dist=Distributed(rank, world), compute=compute,
+            space,
+            dataset,
+            settings["config"],
+            local,
+            resume=bool(settings["restore"]),
+            data_arg=settings["data"],
+            progress=report,
+            dist=Distributed(rank, world),
+            compute=compute,
         )
         send({"done": 1}, None)  # the final checkpoint: train_state.json now holds the test accuracies
 
 
 def train_distributed(
-    space: SearchSpace, data: str | None, config: TrainConfig, run_dir: Path, workers: int, resume: bool,
-    ray_address: str | None = None, progress=print, use_gpu: bool = False, loading: dict | None = None,
+    space: SearchSpace,
+    data: str | None,
+    config: TrainConfig,
+    run_dir: Path,
+    workers: int,
+    resume: bool,
+    ray_address: str | None = None,
+    progress=print,
+    use_gpu: bool = False,
+    loading: dict | None = None,
     storage_path: str | None = None,
 ) -> dict:
     """Train with `workers` Ray Train workers (one GPU each with `use_gpu`; NCCL then); returns the
@@ -96,7 +119,9 @@ def train_distributed(
     if resume and WEIGHTS not in have:
         raise NasError(f"--resume: {run_dir} holds no supernet checkpoint to continue")
     if not resume and (WEIGHTS in have or STATE_JSON in have):
-        raise NasError(f"{run_dir} already holds a trained supernet; pass --resume to continue it or choose another --out")
+        raise NasError(
+            f"{run_dir} already holds a trained supernet; pass --resume to continue it or choose another --out"
+        )
     init_ray(ray_address)
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -105,8 +130,16 @@ def train_distributed(
     storage = storage_path or str(run_dir / RAY_TRAIN)
     queue = Queue(actor_options={"num_cpus": 0})
     restore = {name: (run_dir / name).read_bytes() for name in have} if resume else {}
-    settings = {"space": space, "data": data, "config": config, "restore": restore, "queue": queue, "threads": 1,
-                "use_gpu": use_gpu, "loading": loading or {}}
+    settings = {
+        "space": space,
+        "data": data,
+        "config": config,
+        "restore": restore,
+        "queue": queue,
+        "threads": 1,
+        "use_gpu": use_gpu,
+        "loading": loading or {},
+    }
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config=settings,
@@ -138,8 +171,10 @@ def train_distributed(
     state = json.loads((run_dir / STATE_JSON).read_text())
     if not state.get("final"):
         raise NasError(f"distributed training ended without a final summary in {run_dir / STATE_JSON}")
-    progress(f"Ray Train: {workers} workers, {time.perf_counter() - started:.0f} s including start-up and tear-down; "
-             f"checkpoints in {storage}")
+    progress(
+        f"Ray Train: {workers} workers, {time.perf_counter() - started:.0f} s including start-up and tear-down; "
+        f"checkpoints in {storage}"
+    )
     return state["final"]
 
 
@@ -155,7 +190,9 @@ def _drain(queue, run_dir: Path, ranks: dict[int, list], progress) -> None:
         record = item["record"]
         if record is None:
             continue
-        ranks.setdefault(item["rank"], []).append({"epoch": record["epoch"], "subnets_sha256": record["subnets_sha256"]})
+        ranks.setdefault(item["rank"], []).append(
+            {"epoch": record["epoch"], "subnets_sha256": record["subnets_sha256"]}
+        )
         write_json(run_dir / RAY_TRAIN / "ranks" / f"rank-{item['rank']}.json", ranks[item["rank"]])
         if item["rank"] == 0:
             progress(format_epoch(record))
@@ -170,7 +207,9 @@ def _scaling(ScalingConfig, workers: int, use_gpu: bool):
     """K workers of one CPU each and nothing else: Ray Train before its v2 (Ray < 2.4x) also reserves a CPU for
     its trainer actor unless told not to, which would need K + 1 CPUs; v2 has no such actor and refuses the field."""
     try:
-        return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}, trainer_resources={"CPU": 0})
+        return ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}, trainer_resources={"CPU": 0}
+        )
     except DeprecationWarning:
         return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1})
 

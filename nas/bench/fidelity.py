@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import csv
 import io
-import multiprocessing
 import json
 import math
+import multiprocessing
 import random
 import statistics
 import time
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from nas.arch import Arch
-from nas.errors import NasError
 from nas.bench.ranking import rank_statistics
+from nas.errors import NasError
 from nas.io import write_json, write_text
 from nas.space import SearchSpace
 
@@ -67,7 +67,9 @@ class FidelityConfig:
 # ---- choosing archs ----------------------------------------------------------------------------
 
 
-def stratified_archs(space: SearchSpace, latency: Callable[[Arch], float], count: int, seed: int, pool: int = 2000) -> list[Arch]:
+def stratified_archs(
+    space: SearchSpace, latency: Callable[[Arch], float], count: int, seed: int, pool: int = 2000
+) -> list[Arch]:
     """The largest, the smallest, then one arch per predicted-latency quantile bin of a random
     pool, each bin favouring a different kernel (the arch with the largest share of layers
     using that kernel), so that kernels, widths and latencies are all covered."""
@@ -80,7 +82,7 @@ def stratified_archs(space: SearchSpace, latency: Callable[[Arch], float], count
     for i in range(bins):
         part = candidates[i * len(candidates) // bins : (i + 1) * len(candidates) // bins]
         label = labels[i % len(labels)]
-        share = lambda a: sum(layer.kernel_spec.label == label for layer in a.layers) / a.depth  # noqa: E731
+        share = lambda a, label=label: sum(layer.kernel_spec.label == label for layer in a.layers) / a.depth  # noqa: E731
         best = max((a for a in part if a.digest not in taken), key=lambda a: (share(a), -abs(latency(a))), default=None)
         if best is not None:
             chosen.append(best)
@@ -154,9 +156,18 @@ def bias_tables(rows: list[dict]) -> dict:
         by_embed.setdefault(str(arch.embed_dim), []).append(gap)
         by_depth.setdefault(str(arch.depth), []).append(gap)
     return {
-        "kernel": {k: {"bias_points": sum(v) / weights[k], "weight_archs": round(weights[k], 3)} for k, v in sorted(by_kernel.items())},
-        "embed_dim": {k: {"bias_points": statistics.fmean(v), "archs": len(v)} for k, v in sorted(by_embed.items(), key=lambda kv: int(kv[0]))},
-        "depth": {k: {"bias_points": statistics.fmean(v), "archs": len(v)} for k, v in sorted(by_depth.items(), key=lambda kv: int(kv[0]))},
+        "kernel": {
+            k: {"bias_points": sum(v) / weights[k], "weight_archs": round(weights[k], 3)}
+            for k, v in sorted(by_kernel.items())
+        },
+        "embed_dim": {
+            k: {"bias_points": statistics.fmean(v), "archs": len(v)}
+            for k, v in sorted(by_embed.items(), key=lambda kv: int(kv[0]))
+        },
+        "depth": {
+            k: {"bias_points": statistics.fmean(v), "archs": len(v)}
+            for k, v in sorted(by_depth.items(), key=lambda kv: int(kv[0]))
+        },
     }
 
 
@@ -186,10 +197,14 @@ def reusable(path: Path | None, schedule: Schedule) -> dict[tuple[str, int], flo
     data = json.loads(Path(path).read_text())
     if data.get("config", {}).get("schedule") != asdict(schedule):
         return {}
-    return {(row["digest"], int(seed)): acc for row in data["archs"] for seed, acc in zip(row["seed_ids"], row["seeds"])}
+    return {
+        (row["digest"], int(seed)): acc for row in data["archs"] for seed, acc in zip(row["seed_ids"], row["seeds"])
+    }
 
 
-def run(run_dir: Path, config: FidelityConfig, reuse: Path | None = None, progress: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+def run(
+    run_dir: Path, config: FidelityConfig, reuse: Path | None = None, progress: Callable[[str], None] = print
+) -> tuple[list[dict], dict]:
     from nas.rundir import TABLE, RunDir
     from nas.training import accuracy
 
@@ -214,26 +229,41 @@ def run(run_dir: Path, config: FidelityConfig, reuse: Path | None = None, progre
     results = dict(known)
     started = time.perf_counter()
     # spawn, not fork: a forked child of a process that already ran autograd cannot run it (torch refuses)
-    with ProcessPoolExecutor(config.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(data, space.image_size, space.in_chans, dataset.split)) as ex:
+    with ProcessPoolExecutor(
+        config.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(data, space.image_size, space.in_chans, dataset.split),
+    ) as ex:
         futures = {ex.submit(train_standalone, a.to_json(), s, config.schedule): (a, s) for a, s in jobs}
         for done, future in enumerate(futures, 1):
             arch, seed = futures[future]
             out = future.result()
             results[(arch.digest, seed)] = out["accuracy"]
             eta = (time.perf_counter() - started) / done * (len(jobs) - done)
-            progress(f"[{done}/{len(jobs)}] {arch!r} seed {seed}: standalone {out['accuracy']:.4f} ({out['seconds']:.0f} s; ETA {eta / 60:.1f} min)")
+            progress(
+                f"[{done}/{len(jobs)}] {arch!r} seed {seed}: standalone {out['accuracy']:.4f} ({out['seconds']:.0f} s; ETA {eta / 60:.1f} min)"
+            )
     rows = []
     for arch in archs:
         seeds = [results[(arch.digest, s)] for s in range(config.seeds)]
-        rows.append({
-            "digest": arch.digest, "arch": arch.to_json(indent=None), "latency": latency(arch),
-            "inherited": accuracy(net, arch, dataset, "val"), "standalone": statistics.fmean(seeds),
-            "seeds": seeds, "seed_ids": list(range(config.seeds)),
-        })
+        rows.append(
+            {
+                "digest": arch.digest,
+                "arch": arch.to_json(indent=None),
+                "latency": latency(arch),
+                "inherited": accuracy(net, arch, dataset, "val"),
+                "standalone": statistics.fmean(seeds),
+                "seeds": seeds,
+                "seed_ids": list(range(config.seeds)),
+            }
+        )
     return rows, summarize(rows, config)
 
 
-def score_against_truth(run_dir: Path, truth_path: Path, config: FidelityConfig, progress: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+def score_against_truth(
+    run_dir: Path, truth_path: Path, config: FidelityConfig, progress: Callable[[str], None] = print
+) -> tuple[list[dict], dict]:
     """Score a run's supernet against a ground-truth file (`nas bench truth`) without training:
     inherited accuracy of each of its archs against their standalone accuracy (mean over seeds
     after the full schedule), plus the truth's own noise ceiling."""
@@ -249,47 +279,86 @@ def score_against_truth(run_dir: Path, truth_path: Path, config: FidelityConfig,
     dataset = run.dataset(space, data)
     first = records[0]
     if first["space"] != space.name or first["data"] != data:
-        raise NasError(f"--truth {truth_path}: made on space {first['space']} / data {first['data']}, but {run_dir} searched "
-                       f"{space.name} / {data}; use a truth file of the same space and data")
+        raise NasError(
+            f"--truth {truth_path}: made on space {first['space']} / data {first['data']}, but {run_dir} searched "
+            f"{space.name} / {data}; use a truth file of the same space and data"
+        )
     if first["split"] != truth.split_digest(dataset.split):
-        raise NasError(f"--truth {truth_path}: its training/validation split differs from {run_dir}'s split.json; "
-                       "the accuracies are not comparable")
+        raise NasError(
+            f"--truth {truth_path}: its training/validation split differs from {run_dir}'s split.json; "
+            "the accuracies are not comparable"
+        )
     net = run.supernet(space)
     table = run.table(space) if run.has(TABLE) else None
     final = truth.by_arch(records)
-    progress(f"fidelity against {truth_path}: {len(final)} archs, {len(records)} standalone runs"
-             + (f" ({cut} cut line(s) ignored)" if cut else ""))
+    progress(
+        f"fidelity against {truth_path}: {len(final)} archs, {len(records)} standalone runs"
+        + (f" ({cut} cut line(s) ignored)" if cut else "")
+    )
     rows = []
     for digest, entry in final.items():
         arch = space.validate(Arch.from_json(json.dumps(entry["arch"])))
         seeds = sorted(entry["seeds"])
         accuracies = [entry["seeds"][s][-1] for s in seeds]
-        rows.append({
-            "digest": digest, "arch": arch.to_json(indent=None), "latency": table.predict(arch) if table else math.nan,
-            "inherited": accuracy(net, arch, dataset, "val"), "standalone": statistics.fmean(accuracies),
-            "seeds": accuracies, "seed_ids": seeds,
-        })
+        rows.append(
+            {
+                "digest": digest,
+                "arch": arch.to_json(indent=None),
+                "latency": table.predict(arch) if table else math.nan,
+                "inherited": accuracy(net, arch, dataset, "val"),
+                "standalone": statistics.fmean(accuracies),
+                "seeds": accuracies,
+                "seed_ids": seeds,
+            }
+        )
     summary = summarize(rows, config)
     summary["truth"] = {"file": str(truth_path), **truth.summarize(records)}
     return rows, summary
 
 
-def write(rows: list[dict], summary: dict, config: FidelityConfig, space_name: str, out: Path, command: str | None, machine: dict,
-          tag: str | None = None, xlabel: str = "inherited accuracy (supernet weights, val)") -> list[Path]:
+def write(
+    rows: list[dict],
+    summary: dict,
+    config: FidelityConfig,
+    space_name: str,
+    out: Path,
+    command: str | None,
+    machine: dict,
+    tag: str | None = None,
+    xlabel: str = "inherited accuracy (supernet weights, val)",
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / (f"fidelity_{space_name}" + (f"_{tag}" if tag else ""))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["digest", "latency", "inherited", "standalone", "seeds", "arch"])
     for r in rows:
-        writer.writerow([r["digest"], f"{r['latency']:.6g}", f"{r['inherited']:.4f}", f"{r['standalone']:.4f}", " ".join(f"{s:.4f}" for s in r["seeds"]), r["arch"]])
+        writer.writerow(
+            [
+                r["digest"],
+                f"{r['latency']:.6g}",
+                f"{r['inherited']:.4f}",
+                f"{r['standalone']:.4f}",
+                " ".join(f"{s:.4f}" for s in r["seeds"]),
+                r["arch"],
+            ]
+        )
     write_text(stem.with_suffix(".csv"), buffer.getvalue())
-    write_json(stem.with_suffix(".json"), {
-        "command": command, "machine": machine, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": ({"truth": summary["truth"]["file"], "bootstrap": config.bootstrap, "seed": config.seed} if "truth" in summary
-                   else asdict(config)),
-        "summary": summary, "archs": rows,
-    })
+    write_json(
+        stem.with_suffix(".json"),
+        {
+            "command": command,
+            "machine": machine,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": (
+                {"truth": summary["truth"]["file"], "bootstrap": config.bootstrap, "seed": config.seed}
+                if "truth" in summary
+                else asdict(config)
+            ),
+            "summary": summary,
+            "archs": rows,
+        },
+    )
     _plot(rows, summary, stem.with_suffix(".png"), xlabel)
     return [stem.with_suffix(s) for s in (".csv", ".json", ".png")]
 
@@ -304,11 +373,22 @@ def _plot(rows: list[dict], summary: dict, path: Path, xlabel: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for r in rows:
-        ax.errorbar(r["inherited"], r["standalone"], yerr=[[r["standalone"] - min(r["seeds"])], [max(r["seeds"]) - r["standalone"]]], fmt="o", color="tab:blue", ms=4, capsize=2)
+        ax.errorbar(
+            r["inherited"],
+            r["standalone"],
+            yerr=[[r["standalone"] - min(r["seeds"])], [max(r["seeds"]) - r["standalone"]]],
+            fmt="o",
+            color="tab:blue",
+            ms=4,
+            capsize=2,
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("standalone accuracy (trained from scratch, val; seed range)")
     lo, hi = summary["kendall_tau_90"]
-    ax.set_title(f"Kendall τ {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], Spearman ρ {summary['spearman_rho']:.2f}", fontsize=9)
+    ax.set_title(
+        f"Kendall τ {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], Spearman ρ {summary['spearman_rho']:.2f}",
+        fontsize=9,
+    )
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -326,11 +406,15 @@ def format_summary(summary: dict) -> str:
         f"({summary['seed_sd_over_span']:.2f} of the span)",
         "bias (inherited - standalone, points) by kernel: "
         + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["kernel"].items()),
-        "by embed_dim: " + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["embed_dim"].items())
-        + "; by depth: " + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["depth"].items()),
+        "by embed_dim: "
+        + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["embed_dim"].items())
+        + "; by depth: "
+        + ", ".join(f"{k} {v['bias_points']:+.1f}" for k, v in summary["bias"]["depth"].items()),
     ]
     if "truth" in summary:
         t = summary["truth"]
-        lines.append(f"the truth's noise ceiling: seed-to-seed tau {t['seed_tau']:.3f} over {t['seed_pairs']} archs; "
-                     f"its ranking after half vs all of its {t['epochs']} epochs: tau {t['half_vs_full_tau']:.3f}")
+        lines.append(
+            f"the truth's noise ceiling: seed-to-seed tau {t['seed_tau']:.3f} over {t['seed_pairs']} archs; "
+            f"its ranking after half vs all of its {t['epochs']} epochs: tau {t['half_vs_full_tau']:.3f}"
+        )
     return "\n".join(lines)

@@ -95,10 +95,16 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
         started = time.perf_counter()
         line = []
         for label in labels:
-            module = specs[label].build(config.head_dim, config.heads, grid=grid, embed_dim=config.heads * config.head_dim).to(device=device, dtype=dtype)
+            module = (
+                specs[label]
+                .build(config.head_dim, config.heads, grid=grid, embed_dim=config.heads * config.head_dim)
+                .to(device=device, dtype=dtype)
+            )
             for path in config.paths:
                 for mode in config.modes:
-                    flops, moved = roofline.work(module, grid, config.heads, config.head_dim, config.batch_size, mode, dtype)
+                    flops, moved = roofline.work(
+                        module, grid, config.heads, config.head_dim, config.batch_size, mode, dtype
+                    )
                     timing = measure(
                         _step(module, grid, mode, path),
                         inputs,
@@ -108,8 +114,21 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
                         min_repeats=config.min_repeats,
                         max_seconds=config.max_seconds,
                     )
-                    rows.append(BenchRow(label, mode, tokens, grid, timing.median_ms, timing.q1_ms, timing.q3_ms, timing.repeats, path,
-                                         flops, moved))
+                    rows.append(
+                        BenchRow(
+                            label,
+                            mode,
+                            tokens,
+                            grid,
+                            timing.median_ms,
+                            timing.q1_ms,
+                            timing.q3_ms,
+                            timing.repeats,
+                            path,
+                            flops,
+                            moved,
+                        )
+                    )
                 line.append(f"{label}{'' if path == 'eager' else ' ' + path} {rows[-len(config.modes)].median_ms:.3g}")
         progress(
             f"[{step}/{len(config.tokens)}] N={tokens} grid={grid[0]}x{grid[1]} "
@@ -148,7 +167,9 @@ def kernel_call(module: kernels.AttentionKernel, grid: tuple[int, int], path: st
     return torch.compile(run, fullgraph=True, dynamic=False)
 
 
-def _step(module: kernels.AttentionKernel, grid: tuple[int, int], mode: str, path: str = "eager") -> Callable[..., object]:
+def _step(
+    module: kernels.AttentionKernel, grid: tuple[int, int], mode: str, path: str = "eager"
+) -> Callable[..., object]:
     """One timed call of `kernel_call`: forward under no_grad, or forward and the gradients of q, k, v and
     the kernel's parameters."""
     run = kernel_call(module, grid, path)
@@ -211,7 +232,11 @@ def format_tables(rows: Sequence[BenchRow], peaks: roofline.Peaks | None = None)
             out.write(f"\nmedian latency, {mode}, {path} (ms)\n")
             out.write("tokens".rjust(7) + "".join(label.rjust(width) for label in kernel_labels) + "\n")
             for n in tokens:
-                out.write(str(n).rjust(7) + "".join(f"{time_of[(label, path, mode, n)]:{width}.3f}" for label in kernel_labels) + "\n")
+                out.write(
+                    str(n).rjust(7)
+                    + "".join(f"{time_of[(label, path, mode, n)]:{width}.3f}" for label in kernel_labels)
+                    + "\n"
+                )
     out.write("\ncrossover: smallest N from which on the kernel beats softmax (swept N only, same path)\n")
     table = crossovers(rows)
     modes = list(dict.fromkeys(r.mode for r in rows))
@@ -221,13 +246,17 @@ def format_tables(rows: Sequence[BenchRow], peaks: roofline.Peaks | None = None)
         out.write(kernel.ljust(width) + "".join(format_crossover(by_mode[m], tokens).rjust(18) for m in modes) + "\n")
     if peaks is not None:
         n = tokens[-1]
-        out.write(f"\nroofline at N={n}: share of the time the measured peaks allow ({peaks.flops_per_s / 1e12:.3g} TFLOP/s, "
-                  f"{peaks.bytes_per_s / 1e9:.3g} GB/s), achieved TFLOP/s, GB/s, the binding roof\n")
+        out.write(
+            f"\nroofline at N={n}: share of the time the measured peaks allow ({peaks.flops_per_s / 1e12:.3g} TFLOP/s, "
+            f"{peaks.bytes_per_s / 1e9:.3g} GB/s), achieved TFLOP/s, GB/s, the binding roof\n"
+        )
         for r in rows:
             if r.tokens == n and r.flops:
                 fit = roofline.share(r.flops, r.bytes, r.median_ms, peaks)
-                out.write(f"{r.kernel:>20} {r.path:>8} {r.mode:>8} {100 * fit['roofline_share']:6.1f} % {fit['tflops']:9.4f} "
-                          f"{fit['gbs']:9.2f} {fit['bound']}\n")
+                out.write(
+                    f"{r.kernel:>20} {r.path:>8} {r.mode:>8} {100 * fit['roofline_share']:6.1f} % {fit['tflops']:9.4f} "
+                    f"{fit['gbs']:9.2f} {fit['bound']}\n"
+                )
     return out.getvalue()
 
 
@@ -238,7 +267,11 @@ def output_stem(config: KernelBenchConfig) -> str:
 
 
 def write_results(
-    rows: Sequence[BenchRow], config: KernelBenchConfig, out_dir: Path, wall_seconds: float, command: str | None = None,
+    rows: Sequence[BenchRow],
+    config: KernelBenchConfig,
+    out_dir: Path,
+    wall_seconds: float,
+    command: str | None = None,
     peaks: roofline.Peaks | None = None,
 ) -> list[Path]:
     """CSV of every measurement, a sidecar JSON (machine, protocol, crossovers) and a PNG plot."""
@@ -247,19 +280,60 @@ def write_results(
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["kernel", "path", "mode", "tokens", "grid_h", "grid_w", "median_ms", "q1_ms", "q3_ms", "repeats",
-                     "speedup_vs_softmax", "speedup_vs_eager", "gflop", "mbytes", "intensity", "tflops", "gbs", "bound",
-                     "roofline_share"])
+    writer.writerow(
+        [
+            "kernel",
+            "path",
+            "mode",
+            "tokens",
+            "grid_h",
+            "grid_w",
+            "median_ms",
+            "q1_ms",
+            "q3_ms",
+            "repeats",
+            "speedup_vs_softmax",
+            "speedup_vs_eager",
+            "gflop",
+            "mbytes",
+            "intensity",
+            "tflops",
+            "gbs",
+            "bound",
+            "roofline_share",
+        ]
+    )
     baseline = {(r.path, r.mode, r.tokens): r.median_ms for r in rows if r.kernel == BASELINE}
     eager = {(r.kernel, r.mode, r.tokens): r.median_ms for r in rows if r.path == "eager"}
     for r in rows:
         speedup = baseline[(r.path, r.mode, r.tokens)] / r.median_ms
-        versus_eager = eager[(r.kernel, r.mode, r.tokens)] / r.median_ms if (r.kernel, r.mode, r.tokens) in eager else ""
+        versus_eager = (
+            eager[(r.kernel, r.mode, r.tokens)] / r.median_ms if (r.kernel, r.mode, r.tokens) in eager else ""
+        )
         fit = roofline.share(r.flops, r.bytes, r.median_ms, peaks) if peaks is not None and r.flops else None
-        writer.writerow([r.kernel, r.path, r.mode, r.tokens, *r.grid, f"{r.median_ms:.6g}", f"{r.q1_ms:.6g}", f"{r.q3_ms:.6g}",
-                         r.repeats, f"{speedup:.4g}", versus_eager if versus_eager == "" else f"{versus_eager:.4g}",
-                         f"{r.flops / 1e9:.6g}", f"{r.bytes / 2**20:.6g}", f"{r.flops / r.bytes:.4g}" if r.bytes else "",
-                         *([f"{fit['tflops']:.4g}", f"{fit['gbs']:.4g}", fit["bound"], f"{fit['roofline_share']:.4g}"] if fit else ["", "", "", ""])])
+        writer.writerow(
+            [
+                r.kernel,
+                r.path,
+                r.mode,
+                r.tokens,
+                *r.grid,
+                f"{r.median_ms:.6g}",
+                f"{r.q1_ms:.6g}",
+                f"{r.q3_ms:.6g}",
+                r.repeats,
+                f"{speedup:.4g}",
+                versus_eager if versus_eager == "" else f"{versus_eager:.4g}",
+                f"{r.flops / 1e9:.6g}",
+                f"{r.bytes / 2**20:.6g}",
+                f"{r.flops / r.bytes:.4g}" if r.bytes else "",
+                *(
+                    [f"{fit['tflops']:.4g}", f"{fit['gbs']:.4g}", fit["bound"], f"{fit['roofline_share']:.4g}"]
+                    if fit
+                    else ["", "", "", ""]
+                ),
+            ]
+        )
     write_text(paths[0], buffer.getvalue())
 
     write_json(
@@ -300,11 +374,19 @@ def _plot(rows: Sequence[BenchRow], config: KernelBenchConfig, path: Path) -> No
     for ax, mode in zip(axes[0], modes):
         for way in dict.fromkeys(r.path for r in rows):
             for kernel in dict.fromkeys(r.kernel for r in rows):
-                points = sorted((r.tokens, r.median_ms) for r in rows if r.kernel == kernel and r.mode == mode and r.path == way)
+                points = sorted(
+                    (r.tokens, r.median_ms) for r in rows if r.kernel == kernel and r.mode == mode and r.path == way
+                )
                 style = {"color": "black", "linewidth": 2.5, "zorder": 3} if kernel == BASELINE else {"linewidth": 1.2}
                 if way != "eager":
                     style = {**style, "linestyle": "--"}
-                ax.plot(*zip(*points), marker="o", markersize=3, label=kernel if way == "eager" else f"{kernel} ({way})", **style)
+                ax.plot(
+                    *zip(*points),
+                    marker="o",
+                    markersize=3,
+                    label=kernel if way == "eager" else f"{kernel} ({way})",
+                    **style,
+                )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("tokens N")

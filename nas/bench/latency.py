@@ -37,7 +37,14 @@ def write_results(table: LatencyTable, validation: dict, out_dir: Path, command:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["arch", "predicted_ms", "measured_ms", "error"])
     for p in validation["points"]:
-        writer.writerow([p["digest"], f"{p['predicted_ms']:.5g}", f"{p['measured_ms']:.5g}", f"{(p['predicted_ms'] - p['measured_ms']) / p['measured_ms']:.4f}"])
+        writer.writerow(
+            [
+                p["digest"],
+                f"{p['predicted_ms']:.5g}",
+                f"{p['measured_ms']:.5g}",
+                f"{(p['predicted_ms'] - p['measured_ms']) / p['measured_ms']:.4f}",
+            ]
+        )
     write_text(stem.with_suffix(".csv"), buffer.getvalue())
     write_json(
         stem.with_suffix(".json"),
@@ -67,7 +74,9 @@ def _scatter(table: LatencyTable, validation: dict, path: Path) -> None:
     measured = [p["measured_ms"] for p in validation["points"]]
     low, high = min(predicted + measured) * 0.9, max(predicted + measured) * 1.1
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.fill_between([low, high], [low * 0.9, high * 0.9], [low * 1.1, high * 1.1], color="tab:green", alpha=0.15, label="±10 %")
+    ax.fill_between(
+        [low, high], [low * 0.9, high * 0.9], [low * 1.1, high * 1.1], color="tab:green", alpha=0.15, label="±10 %"
+    )
     ax.plot([low, high], [low, high], color="black", linewidth=1)
     ax.scatter(measured, predicted, s=14, color="tab:blue", zorder=3)
     ax.set_xscale("log")
@@ -108,7 +117,9 @@ def remeasure_run(run_dir: Path, count: int, seed: int, measure, command: str | 
     if len(rows) < 2:
         from nas.errors import NasError
 
-        raise NasError(f"{run_dir}/{TRIALS} holds fewer than 2 measured trials; re-measuring needs a search with --latency measured")
+        raise NasError(
+            f"{run_dir}/{TRIALS} holds fewer than 2 measured trials; re-measuring needs a search with --latency measured"
+        )
     result = run.manifest_data().get("result") or {}
     with (Path(run_dir) / PARETO_CSV).open() as handle:
         front = {r["number"] for r in csv.DictReader(handle)}
@@ -125,14 +136,27 @@ def remeasure_run(run_dir: Path, count: int, seed: int, measure, command: str | 
     now = measure(archs)
     recorded = [float(r["measured_ms"]) for r in chosen]
     errors = [(old - new) / new for old, new in zip(recorded, now)]
-    points = [{"trial": int(r["number"]), "digest": r["digest"], "state": r["state"], "recorded_ms": old, "remeasured_ms": new}
-              for r, old, new in zip(chosen, recorded, now)]
+    points = [
+        {
+            "trial": int(r["number"]),
+            "digest": r["digest"],
+            "state": r["state"],
+            "recorded_ms": old,
+            "remeasured_ms": new,
+        }
+        for r, old, new in zip(chosen, recorded, now)
+    ]
     export = None
     if result.get("export") and result.get("budget_ms"):
         exported = next((p for p in points if p["trial"] == result["trial"]), None)
         if exported:
-            export = {"trial": result["trial"], "budget_ms": result["budget_ms"], "pick_ms": result.get("measured_latency_ms"),
-                      "remeasured_ms": exported["remeasured_ms"], "ratio_to_budget": exported["remeasured_ms"] / result["budget_ms"]}
+            export = {
+                "trial": result["trial"],
+                "budget_ms": result["budget_ms"],
+                "pick_ms": result.get("measured_latency_ms"),
+                "remeasured_ms": exported["remeasured_ms"],
+                "ratio_to_budget": exported["remeasured_ms"] / result["budget_ms"],
+            }
     return {
         "benchmark": "nas bench latency --run",
         "command": command,
@@ -149,8 +173,17 @@ def remeasure_run(run_dir: Path, count: int, seed: int, measure, command: str | 
     }
 
 
-def runtime_comparison(space, runtimes: tuple[str, ...], tokens: tuple[int, ...], embed_dim: int, heads: int, mlp_ratio: float,
-                       protocol, threads: int | None, progress=print) -> list[dict]:
+def runtime_comparison(
+    space,
+    runtimes: tuple[str, ...],
+    tokens: tuple[int, ...],
+    embed_dim: int,
+    heads: int,
+    mlp_ratio: float,
+    protocol,
+    threads: int | None,
+    progress=print,
+) -> list[dict]:
     """One transformer block of every kernel choice of `space`, at each token count (a square
     grid: the image size scaled, patch size kept), timed in each runtime with the tables'
     protocol (interleaved passes over the runtimes and kernels of one token count)."""
@@ -180,7 +213,9 @@ def runtime_comparison(space, runtimes: tuple[str, ...], tokens: tuple[int, ...]
         progress(f"{n} tokens: timing {len(units)} blocks ({', '.join(runtimes)})")
         entries = measure_units(units, protocol)
         for (label, runtime), entry in entries.items():
-            rows.append({"kernel": label, "runtime": runtime, "tokens": n, "ms": entry["ms"], "dispersion": entry["dispersion"]})
+            rows.append(
+                {"kernel": label, "runtime": runtime, "tokens": n, "ms": entry["ms"], "dispersion": entry["dispersion"]}
+            )
     return rows
 
 

@@ -26,4 +26,9 @@ def rank_statistics(inherited: list[float], standalone: list[float], bootstrap: 
     taus = np.array([s[0] for s in samples if np.isfinite(s[0])])
     rhos = np.array([s[1] for s in samples if np.isfinite(s[1])])
     interval = lambda v: [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))] if len(v) else [math.nan, math.nan]  # noqa: E731
-    return {"kendall_tau": tau, "kendall_tau_90": interval(taus), "spearman_rho": rho, "spearman_rho_90": interval(rhos)}
+    return {
+        "kendall_tau": tau,
+        "kendall_tau_90": interval(taus),
+        "spearman_rho": rho,
+        "spearman_rho_90": interval(rhos),
+    }

@@ -33,7 +33,9 @@ class Peaks:
         return asdict(self)
 
 
-def measure_peaks(device: torch.device, dtype: torch.dtype, matmul: int | None = None, copy_bytes: int | None = None) -> Peaks:
+def measure_peaks(
+    device: torch.device, dtype: torch.dtype, matmul: int | None = None, copy_bytes: int | None = None
+) -> Peaks:
     """FLOP/s of an n×n by n×n matmul and bytes/s of a large copy on `device` in `dtype` (medians)."""
     cuda = device.type == "cuda"
     n = matmul or (8192 if cuda else 1024)
@@ -45,12 +47,20 @@ def measure_peaks(device: torch.device, dtype: torch.dtype, matmul: int | None =
     element = torch.empty((), dtype=dtype).element_size()
     source = torch.empty(size // element, dtype=dtype, device=device).fill_(1)
     target = torch.empty_like(source)
-    copied = measure(lambda x, y: y.copy_(x), [(source, target)], device=device, warmup=2, repeats=10, min_repeats=3, max_seconds=1.0)
-    return Peaks(flops_per_s=flops, bytes_per_s=2 * source.numel() * element / (copied.median_ms / 1e3), matmul=n,
-                 copy_bytes=source.numel() * element)
+    copied = measure(
+        lambda x, y: y.copy_(x), [(source, target)], device=device, warmup=2, repeats=10, min_repeats=3, max_seconds=1.0
+    )
+    return Peaks(
+        flops_per_s=flops,
+        bytes_per_s=2 * source.numel() * element / (copied.median_ms / 1e3),
+        matmul=n,
+        copy_bytes=source.numel() * element,
+    )
 
 
-def work(module, grid: tuple[int, int], heads: int, head_dim: int, batch_size: int, mode: str, dtype: torch.dtype) -> tuple[int, int]:
+def work(
+    module, grid: tuple[int, int], heads: int, head_dim: int, batch_size: int, mode: str, dtype: torch.dtype
+) -> tuple[int, int]:
     """(FLOPs, least bytes moved) of one timed call of `module` (see the module's docstring)."""
     flops = 2 * module.macs(heads, grid) * batch_size
     tensor = batch_size * heads * grid[0] * grid[1] * head_dim * torch.empty((), dtype=dtype).element_size()
@@ -63,5 +73,10 @@ def share(flops: int, moved: int, median_ms: float, peaks: Peaks) -> dict:
     """Achieved TFLOP/s and GB/s, arithmetic intensity, which roof binds, and the roofline share of one call."""
     seconds = median_ms / 1e3
     compute, memory = flops / peaks.flops_per_s, moved / peaks.bytes_per_s
-    return {"tflops": flops / seconds / 1e12, "gbs": moved / seconds / 1e9, "intensity": flops / moved if moved else 0.0,
-            "bound": "compute" if compute >= memory else "memory", "roofline_share": max(compute, memory) / seconds}
+    return {
+        "tflops": flops / seconds / 1e12,
+        "gbs": moved / seconds / 1e9,
+        "intensity": flops / moved if moved else 0.0,
+        "bound": "compute" if compute >= memory else "memory",
+        "roofline_share": max(compute, memory) / seconds,
+    }

@@ -34,9 +34,9 @@ from pathlib import Path
 import optuna
 
 from nas import study as search
-from nas.report import front_of, hypervolume  # noqa: F401  (bench callers use them from here)
 from nas.errors import NasError
 from nas.io import append_line, read_lines, write_json, write_text
+from nas.report import front_of, hypervolume  # noqa: F401  (bench callers use them from here)
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,14 @@ class CachedEvaluate:
             if not isinstance(result, BaseException):
                 self.cache[arch.digest] = result
                 if self.log is not None:
-                    append_line(self.log, {"key": self.key, "digest": arch.digest,
-                                           **{k: result[k] for k in ("accuracy", "macs", "params")}})
+                    append_line(
+                        self.log,
+                        {
+                            "key": self.key,
+                            "digest": arch.digest,
+                            **{k: result[k] for k in ("accuracy", "macs", "params")},
+                        },
+                    )
             else:
                 self.cache.setdefault(arch.digest, result)
         self.scored += len(todo)
@@ -97,7 +103,9 @@ def reference_points(space, table, evaluate, count: int, seed: int = 0, progress
         for arch, result in zip(batch, evaluate(batch)):
             if not isinstance(result, BaseException):
                 points.append((result["accuracy"], table.predict(arch)))
-        progress(f"reference: {min(start + 100, len(archs))}/{len(archs)} random archs scored ({time.perf_counter() - started:.0f} s)")
+        progress(
+            f"reference: {min(start + 100, len(archs))}/{len(archs)} random archs scored ({time.perf_counter() - started:.0f} s)"
+        )
     return points
 
 
@@ -114,12 +122,23 @@ def study_points(trials) -> list[list]:
 
 def hypervolume_after(points: list[list], count: int, ref_accuracy: float, budget: float) -> float:
     """Hypervolume of the feasible front of the first `count` trials."""
-    scored = [(a, l) for a, l in points[:count] if a is not None and l is not None and l <= budget]
+    scored = [(a, ms) for a, ms in points[:count] if a is not None and ms is not None and ms <= budget]
     return hypervolume(front_of(scored, budget), ref_accuracy, budget)
 
 
-def run_samplers(space, table, pool, budget: float, config: SearchBenchConfig, ref_accuracy: float, reference_hv: float,
-                 evaluate=None, progress=print, log: Path | None = None, key: dict | None = None) -> list[dict]:
+def run_samplers(
+    space,
+    table,
+    pool,
+    budget: float,
+    config: SearchBenchConfig,
+    ref_accuracy: float,
+    reference_hv: float,
+    evaluate=None,
+    progress=print,
+    log: Path | None = None,
+    key: dict | None = None,
+) -> list[dict]:
     """One study per (sampler, seed); with `log`, each finished study is appended there (its points
     under `key`) and a study already there under the same key is read back instead of run."""
     evaluate = evaluate or CachedEvaluate(pool)
@@ -128,8 +147,11 @@ def run_samplers(space, table, pool, budget: float, config: SearchBenchConfig, r
         records, _, bad = read_lines(log)
         if bad is not None:
             raise NasError(f"{log}: line {bad} is not JSON; the file is damaged (delete it to run the studies again)")
-        done = {(r["sampler"], r["seed"]): r for r in records
-                if isinstance(r, dict) and r.get("key") == key and r.get("trials") == config.trials and "points" in r}
+        done = {
+            (r["sampler"], r["seed"]): r
+            for r in records
+            if isinstance(r, dict) and r.get("key") == key and r.get("trials") == config.trials and "points" in r
+        }
     rows = []
     checkpoints = sorted({c for c in config.checkpoints if c < config.trials} | {config.trials})
     for sampler in config.samplers:
@@ -138,10 +160,18 @@ def run_samplers(space, table, pool, budget: float, config: SearchBenchConfig, r
             if record is None:
                 study = search.open_study_in_memory(search.SearchConfig(sampler=sampler, seed=seed))
                 started = time.perf_counter()
-                run = search.SearchConfig(trials=config.trials, batch=2 * len(pool.actors), sampler=sampler, seed=seed, budget_ms=budget)
+                run = search.SearchConfig(
+                    trials=config.trials, batch=2 * len(pool.actors), sampler=sampler, seed=seed, budget_ms=budget
+                )
                 search.run_search(study, space, table, evaluate, run, progress=lambda line: None)
-                record = {"key": key, "sampler": sampler, "seed": seed, "trials": config.trials,
-                          "seconds": time.perf_counter() - started, "points": study_points(study.get_trials(deepcopy=False))}
+                record = {
+                    "key": key,
+                    "sampler": sampler,
+                    "seed": seed,
+                    "trials": config.trials,
+                    "seconds": time.perf_counter() - started,
+                    "points": study_points(study.get_trials(deepcopy=False)),
+                }
                 if log is not None:
                     append_line(log, record)
             points = record["points"]
@@ -151,16 +181,28 @@ def run_samplers(space, table, pool, budget: float, config: SearchBenchConfig, r
                 suffix = "" if count == config.trials else f"_at_{count}"
                 row[f"hypervolume{suffix}"] = hv
                 row[f"share_of_reference{suffix}"] = hv / reference_hv if reference_hv > 0 else float("nan")
-            feasible = [(a, l) for a, l in points if a is not None and l is not None and l <= budget]
+            feasible = [(a, ms) for a, ms in points if a is not None and ms is not None and ms <= budget]
             front = front_of(feasible, budget)
-            row.update({"front": len(front), "feasible_trials": len(feasible),
-                        "scored_over_budget": sum(1 for a, l in points if a is not None and l is not None and l > budget),
-                        "best_accuracy": max((a for a, _ in front), default=None), "seconds": record["seconds"]})
+            row.update(
+                {
+                    "front": len(front),
+                    "feasible_trials": len(feasible),
+                    "scored_over_budget": sum(
+                        1 for a, ms in points if a is not None and ms is not None and ms > budget
+                    ),
+                    "best_accuracy": max((a for a, _ in front), default=None),
+                    "seconds": record["seconds"],
+                }
+            )
             rows.append(row)
-            early = "".join(f", {row[f'share_of_reference_at_{c}']:.1%} at {c} trials" for c in checkpoints if c != config.trials)
-            progress(f"{sampler:7s} seed {seed}: hypervolume {row['hypervolume']:.5f} ({row['share_of_reference']:.1%} of the reference"
-                     f"{early}), front {len(front)}, best {row['best_accuracy']}, {row['feasible_trials']} feasible trials"
-                     + (" (from the log)" if (sampler, seed) in done else ""))
+            early = "".join(
+                f", {row[f'share_of_reference_at_{c}']:.1%} at {c} trials" for c in checkpoints if c != config.trials
+            )
+            progress(
+                f"{sampler:7s} seed {seed}: hypervolume {row['hypervolume']:.5f} ({row['share_of_reference']:.1%} of the reference"
+                f"{early}), front {len(front)}, best {row['best_accuracy']}, {row['feasible_trials']} feasible trials"
+                + (" (from the log)" if (sampler, seed) in done else "")
+            )
     return rows
 
 
@@ -171,12 +213,19 @@ def targets(rows: list[dict], config: SearchBenchConfig) -> dict:
     by = {(r["sampler"], r["seed"]): r for r in rows}
     if 50 in config.checkpoints and 50 < config.trials and any(s == "tpe" for s, _ in by):
         shares = {seed: by[("tpe", seed)]["share_of_reference_at_50"] for seed in config.seeds}
-        out["tpe_share_at_50_trials_at_least_0.95"] = {"per_seed": shares, "met": all(v >= 0.95 for v in shares.values())}
+        out["tpe_share_at_50_trials_at_least_0.95"] = {
+            "per_seed": shares,
+            "met": all(v >= 0.95 for v in shares.values()),
+        }
     for sampler in ("nsga2", "gp"):
         if sampler in config.samplers and "random" in config.samplers:
-            margin = {seed: by[(sampler, seed)]["hypervolume"] - by[("random", seed)]["hypervolume"] for seed in config.seeds}
-            out[f"{sampler}_above_random_at_{config.trials}_trials"] = {"hypervolume_minus_random_per_seed": margin,
-                                                                        "met": all(v > 0 for v in margin.values())}
+            margin = {
+                seed: by[(sampler, seed)]["hypervolume"] - by[("random", seed)]["hypervolume"] for seed in config.seeds
+            }
+            out[f"{sampler}_above_random_at_{config.trials}_trials"] = {
+                "hypervolume_minus_random_per_seed": margin,
+                "met": all(v > 0 for v in margin.values()),
+            }
     return out
 
 
@@ -203,36 +252,62 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
         mine = [r for r in rows if r["sampler"] == sampler]
         values = [r["hypervolume"] for r in mine]
         shares = [r["share_of_reference"] for r in mine]
-        out[sampler] = {"mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-                        "min": min(values), "max": max(values),
-                        "share_mean": statistics.fmean(shares), "share_min": min(shares), "share_max": max(shares),
-                        "share_stdev": statistics.stdev(shares) if len(shares) > 1 else 0.0}
+        out[sampler] = {
+            "mean": statistics.fmean(values),
+            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+            "share_mean": statistics.fmean(shares),
+            "share_min": min(shares),
+            "share_max": max(shares),
+            "share_stdev": statistics.stdev(shares) if len(shares) > 1 else 0.0,
+        }
         for key in (k for k in mine[0] if k.startswith("share_of_reference_at_")):
             at = [r[key] for r in mine]
-            out[sampler][key.replace("share_of_reference", "share")] = {"mean": statistics.fmean(at), "min": min(at), "max": max(at)}
+            out[sampler][key.replace("share_of_reference", "share")] = {
+                "mean": statistics.fmean(at),
+                "min": min(at),
+                "max": max(at),
+            }
     return out
 
 
-def write_results(rows, summary, rates, config, space_name: str, budget: float, out_dir: Path, command: str | None,
-                  reference: dict | None = None, machine: dict | None = None, goals: dict | None = None) -> list[Path]:
+def write_results(
+    rows,
+    summary,
+    rates,
+    config,
+    space_name: str,
+    budget: float,
+    out_dir: Path,
+    command: str | None,
+    reference: dict | None = None,
+    machine: dict | None = None,
+    goals: dict | None = None,
+) -> list[Path]:
     stem = out_dir / f"search_{space_name}"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(stem.with_suffix(".csv"), buffer.getvalue())
-    write_json(stem.with_suffix(".json"), {
-        "benchmark": "nas bench search",
-        "command": command,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": asdict(config),
-        "budget_ms": budget,
-        "machine": machine,
-        "reference_point": {"accuracy": reference["ref_accuracy"] if reference else config.ref_accuracy, "latency_ms": budget},
-        "reference_front": reference,
-        "hypervolume": summary,
-        "targets": goals,
-        "throughput_archs_per_second": {f"{k}_evaluators": v for k, v in rates.items()},
-    })
+    write_json(
+        stem.with_suffix(".json"),
+        {
+            "benchmark": "nas bench search",
+            "command": command,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": asdict(config),
+            "budget_ms": budget,
+            "machine": machine,
+            "reference_point": {
+                "accuracy": reference["ref_accuracy"] if reference else config.ref_accuracy,
+                "latency_ms": budget,
+            },
+            "reference_front": reference,
+            "hypervolume": summary,
+            "targets": goals,
+            "throughput_archs_per_second": {f"{k}_evaluators": v for k, v in rates.items()},
+        },
+    )
     return [stem.with_suffix(".csv"), stem.with_suffix(".json")]
-

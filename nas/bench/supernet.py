@@ -50,7 +50,9 @@ class SupernetRow:
         return self.supernet_ms / self.standalone_ms
 
 
-def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, forward: Callable[[], torch.Tensor], labels: torch.Tensor) -> Callable[[], None]:
+def _step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, forward: Callable[[], torch.Tensor], labels: torch.Tensor
+) -> Callable[[], None]:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(forward(), labels).backward()
@@ -70,8 +72,13 @@ def run(space: SearchSpace, config: SupernetBenchConfig, progress: Callable[[str
         arch = space.sample(rng)
         standalone = extract(net, arch).train()
         steps = [
-            _step(net, torch.optim.AdamW(net.parameters(), lr=1e-5), lambda: net(x, arch), y),
-            _step(standalone, torch.optim.AdamW(standalone.parameters(), lr=1e-5), lambda: standalone(x), y),
+            _step(net, torch.optim.AdamW(net.parameters(), lr=1e-5), lambda arch=arch: net(x, arch), y),
+            _step(
+                standalone,
+                torch.optim.AdamW(standalone.parameters(), lr=1e-5),
+                lambda standalone=standalone: standalone(x),
+                y,
+            ),
         ]
         times: list[list[float]] = [[], []]
         for repeat in range(config.warmup + config.repeats):
@@ -84,7 +91,9 @@ def run(space: SearchSpace, config: SupernetBenchConfig, progress: Callable[[str
         kinds = ",".join(layer.kernel_spec.label for layer in arch.layers)
         row = SupernetRow(arch.digest, f"e{arch.embed_dim} d{arch.depth} [{kinds}]", supernet_ms, standalone_ms)
         rows.append(row)
-        progress(f"[{i + 1}/{config.archs}] {row.summary}: supernet {supernet_ms:.2f} ms, standalone {standalone_ms:.2f} ms, ratio {row.ratio:.3f}")
+        progress(
+            f"[{i + 1}/{config.archs}] {row.summary}: supernet {supernet_ms:.2f} ms, standalone {standalone_ms:.2f} ms, ratio {row.ratio:.3f}"
+        )
     return rows
 
 
@@ -92,13 +101,17 @@ def median_ratio(rows: list[SupernetRow]) -> float:
     return statistics.median(row.ratio for row in rows)
 
 
-def write_results(rows: list[SupernetRow], config: SupernetBenchConfig, out_dir: Path, command: str | None) -> list[Path]:
+def write_results(
+    rows: list[SupernetRow], config: SupernetBenchConfig, out_dir: Path, command: str | None
+) -> list[Path]:
     stem = out_dir / f"supernet_{config.space}_cpu"
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["arch", "summary", "supernet_ms", "standalone_ms", "ratio"])
     for row in rows:
-        writer.writerow([row.arch, row.summary, f"{row.supernet_ms:.4g}", f"{row.standalone_ms:.4g}", f"{row.ratio:.4f}"])
+        writer.writerow(
+            [row.arch, row.summary, f"{row.supernet_ms:.4g}", f"{row.standalone_ms:.4g}", f"{row.ratio:.4f}"]
+        )
     write_text(stem.with_suffix(".csv"), buffer.getvalue())
     write_json(
         stem.with_suffix(".json"),

@@ -74,7 +74,10 @@ class Preloaded:
 
 
 def peak_memory(compute: Compute, workers_mb: float | None) -> dict:
-    out = {"rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "loader_workers_rss_peak_mb": workers_mb}
+    out = {
+        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loader_workers_rss_peak_mb": workers_mb,
+    }
     if compute.cuda:
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(compute.device) / 2**20
     return out
@@ -86,7 +89,11 @@ def children_peak_mb() -> float | None:
     import os
 
     try:
-        pids = [pid for task in os.listdir("/proc/self/task") for pid in Path(f"/proc/self/task/{task}/children").read_text().split()]
+        pids = [
+            pid
+            for task in os.listdir("/proc/self/task")
+            for pid in Path(f"/proc/self/task/{task}/children").read_text().split()
+        ]
         total = 0
         for pid in pids:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -117,7 +124,10 @@ def run_case(config: TrainBenchConfig, data: str | None, loader_workers: int, pr
     scaler = compute.scaler()
     steps = config.warmup + config.steps
     order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(config.seed))
-    plan = [(order[(s * config.batch_size) % len(order):][: config.batch_size], step_seeds(config.seed, s)[2]) for s in range(steps)]
+    plan = [
+        (order[(s * config.batch_size) % len(order) :][: config.batch_size], step_seeds(config.seed, s)[2])
+        for s in range(steps)
+    ]
     started = None
     images = 0
     for s, (x, y) in enumerate(dataset.batches("train", plan, pin=compute.cuda)):
@@ -140,30 +150,49 @@ def run_case(config: TrainBenchConfig, data: str | None, loader_workers: int, pr
     accuracy(net, space.largest(), dataset, "val", batch_size=config.batch_size, compute=compute, limit=limit)
     eval_seconds = time.perf_counter() - started
     return {
-        "data": dataset.name, "loader_workers": loader_workers, "preloaded": preload, "device": str(compute.device),
-        "precision": compute.precision, "batch_size": config.batch_size, "timed_steps": config.steps,
-        "train_images_per_s": images / train_seconds, "eval_images_per_s": limit / eval_seconds, "eval_images": limit,
+        "data": dataset.name,
+        "loader_workers": loader_workers,
+        "preloaded": preload,
+        "device": str(compute.device),
+        "precision": compute.precision,
+        "batch_size": config.batch_size,
+        "timed_steps": config.steps,
+        "train_images_per_s": images / train_seconds,
+        "eval_images_per_s": limit / eval_seconds,
+        "eval_images": limit,
         **peak_memory(compute, workers_mb),
     }
 
 
-def run_case_in_subprocess(config: TrainBenchConfig, data: str | None, loader_workers: int, preload: bool, progress=print) -> dict:
+def run_case_in_subprocess(
+    config: TrainBenchConfig, data: str | None, loader_workers: int, preload: bool, progress=print
+) -> dict:
     """`run_case` in a fresh interpreter (its own peak memory)."""
     request = json.dumps({"config": asdict(config), "data": data, "workers": loader_workers, "preload": preload})
     done = subprocess.run([sys.executable, "-m", "nas.bench.train", request], capture_output=True, text=True)
     if done.returncode != 0:
         from nas.errors import NasError
 
-        raise NasError(f"bench case failed ({data}, {loader_workers} workers): {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+        raise NasError(
+            f"bench case failed ({data}, {loader_workers} workers): {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}"
+        )
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    progress(f"  {row['data']}: {loader_workers} loader workers{' (preloaded)' if preload else ''}: train {row['train_images_per_s']:.1f} img/s, "
-             f"eval {row['eval_images_per_s']:.1f} img/s, peak RSS {row['rss_peak_mb']:.0f} MB"
-             + (f" (+ loader workers {row['loader_workers_rss_peak_mb']:.0f} MB)" if row["loader_workers_rss_peak_mb"] else ""))
+    progress(
+        f"  {row['data']}: {loader_workers} loader workers{' (preloaded)' if preload else ''}: train {row['train_images_per_s']:.1f} img/s, "
+        f"eval {row['eval_images_per_s']:.1f} img/s, peak RSS {row['rss_peak_mb']:.0f} MB"
+        + (
+            f" (+ loader workers {row['loader_workers_rss_peak_mb']:.0f} MB)"
+            if row["loader_workers_rss_peak_mb"]
+            else ""
+        )
+    )
     return row
 
 
-MEASURE = ("import resource, sys\nfrom nas.cli import main\ncode = main(sys.argv[1:])\n"
-           "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)")
+MEASURE = (
+    "import resource, sys\nfrom nas.cli import main\ncode = main(sys.argv[1:])\n"
+    "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)"
+)
 
 
 def memory_case(space: str, data: Path, epochs: int = 1, batch_size: int = 64) -> dict:
@@ -175,8 +204,25 @@ def memory_case(space: str, data: Path, epochs: int = 1, batch_size: int = 64) -
     from nas.errors import NasError
 
     run_dir = Path(tempfile.mkdtemp(prefix="nas-bench-train-")) / "run"
-    args = ["train", "--space", space, "--data", str(data), "--epochs", str(epochs), "--batch-size", str(batch_size),
-            "--random-subnets", "0", "--compute-device", "cpu", "--loader-workers", "0", "--out", str(run_dir)]
+    args = [
+        "train",
+        "--space",
+        space,
+        "--data",
+        str(data),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch_size),
+        "--random-subnets",
+        "0",
+        "--compute-device",
+        "cpu",
+        "--loader-workers",
+        "0",
+        "--out",
+        str(run_dir),
+    ]
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -184,26 +230,49 @@ def memory_case(space: str, data: Path, epochs: int = 1, batch_size: int = 64) -
     lines = done.stderr.strip().splitlines()
     if done.returncode != 0 or not lines or not lines[-1].startswith("peak_rss_kb"):
         raise NasError(f"nas train on {data} failed: {lines[-1] if lines else done.returncode}")
-    return {"data": str(data), "epochs": epochs, "seconds": round(seconds, 1), "rss_peak_mb": int(lines[-1].split()[1]) / 1024,
-            "command": " ".join(["nas", *args[:-1], "<tmp>"])}
+    return {
+        "data": str(data),
+        "epochs": epochs,
+        "seconds": round(seconds, 1),
+        "rss_peak_mb": int(lines[-1].split()[1]) / 1024,
+        "command": " ".join(["nas", *args[:-1], "<tmp>"]),
+    }
 
 
 SPACE_224 = {  # a small arch space at ImageNet resolution: the data path's cost, not the model's, dominates on a CPU
-    "name": "bench-224", "description": "nas bench train: 224 px RGB, patch 32 (49 tokens), small widths",
-    "image_size": 224, "patch_size": 32, "in_chans": 3, "num_classes": 10, "head_dim": 16,
-    "embed_dim": [32, 48], "depth": [1, 2], "heads": [1, 2], "mlp_ratio": [1, 2], "kernels": ["softmax", "relu"],
+    "name": "bench-224",
+    "description": "nas bench train: 224 px RGB, patch 32 (49 tokens), small widths",
+    "image_size": 224,
+    "patch_size": 32,
+    "in_chans": 3,
+    "num_classes": 10,
+    "head_dim": 16,
+    "embed_dim": [32, 48],
+    "depth": [1, 2],
+    "heads": [1, 2],
+    "mlp_ratio": [1, 2],
+    "kernels": ["softmax", "relu"],
 }
 
 
-def run_bench(config: TrainBenchConfig, work: Path, images: int, loader_workers: tuple[int, ...], memory_sizes: tuple[int, ...],
-              progress=print, data: str | None = None) -> dict:
+def run_bench(
+    config: TrainBenchConfig,
+    work: Path,
+    images: int,
+    loader_workers: tuple[int, ...],
+    memory_sizes: tuple[int, ...],
+    progress=print,
+    data: str | None = None,
+) -> dict:
     """Every case of the benchmark (see the module's docstring); returns the results. With
     `data` (a user's dataset for `config.space`): only its cases, one per loader-worker count."""
     import yaml
 
     if data is not None:
         progress(f"{config.space} on {data}:")
-        return {"throughput": [run_case_in_subprocess(config, data, workers, False, progress) for workers in loader_workers]}
+        return {
+            "throughput": [run_case_in_subprocess(config, data, workers, False, progress) for workers in loader_workers]
+        }
     work.mkdir(parents=True, exist_ok=True)
     space_file = work / "bench-224.yaml"
     space_file.write_text(yaml.safe_dump(SPACE_224, sort_keys=False))
@@ -226,16 +295,23 @@ def run_bench(config: TrainBenchConfig, work: Path, images: int, loader_workers:
             progress(f"generating {size} + {max(10, size // 10)} RGB JPEGs at 224 px in {folder}...")
             generate_image_folder(folder, size, max(10, size // 10))
         row = memory_case(str(space_file), folder, batch_size=config.batch_size)
-        progress(f"  nas train, 1 epoch on {size} images: peak RSS {row['rss_peak_mb']:.0f} MB ({row['seconds']:.0f} s)")
+        progress(
+            f"  nas train, 1 epoch on {size} images: peak RSS {row['rss_peak_mb']:.0f} MB ({row['seconds']:.0f} s)"
+        )
         results["memory"].append({"train_images": size, **row})
     if len(results["memory"]) >= 2:
         peaks = [row["rss_peak_mb"] for row in results["memory"]]
         results["memory_growth"] = max(peaks) / min(peaks) - 1
-    streamed = {r["loader_workers"]: r for r in results["throughput"] if r["data"].startswith("imagefolder") and not r["preloaded"]}
+    streamed = {
+        r["loader_workers"]: r
+        for r in results["throughput"]
+        if r["data"].startswith("imagefolder") and not r["preloaded"]
+    }
     preloaded = {r["loader_workers"]: r for r in results["throughput"] if r["preloaded"]}
     results["streamed_vs_preloaded"] = {
         f"{w} workers": streamed[w]["train_images_per_s"] / max(r["train_images_per_s"] for r in preloaded.values())
-        for w in streamed if preloaded
+        for w in streamed
+        if preloaded
     }
     return results
 

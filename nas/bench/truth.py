@@ -65,7 +65,12 @@ def truth_archs(space: SearchSpace, mixed: int, seed: int, pool: int = 400) -> l
     from nas import flops
 
     chosen = [space.largest(), space.smallest()]
-    depth, embed, heads, ratio = middle(space.depth), middle(space.embed_dim), middle(space.heads), middle(space.mlp_ratio)
+    depth, embed, heads, ratio = (
+        middle(space.depth),
+        middle(space.embed_dim),
+        middle(space.heads),
+        middle(space.mlp_ratio),
+    )
     for spec in space.kernel_choices():
         chosen.append(space.make_arch(embed, [space.make_layer(spec, heads, ratio) for _ in range(depth)]))
     taken = {a.digest for a in chosen}
@@ -78,7 +83,7 @@ def truth_archs(space: SearchSpace, mixed: int, seed: int, pool: int = 400) -> l
     macs = {d: flops.count(a).macs for d, a in candidates.items()}
     ordered = sorted(candidates.values(), key=lambda a: (macs[a.digest], a.digest))
     for i in range(mixed):
-        part = ordered[i * len(ordered) // mixed: (i + 1) * len(ordered) // mixed]
+        part = ordered[i * len(ordered) // mixed : (i + 1) * len(ordered) // mixed]
         if part:
             chosen.append(rng.choice(part))
     return chosen
@@ -130,16 +135,25 @@ def read(path: Path) -> tuple[list[dict], int]:
     if bad is not None:
         raise NasError(f"{path}: line {bad} is not JSON; the file is damaged")
     for number, record in enumerate(records, 1):
-        missing = [k for k in ("format", "space", "data", "split", "recipe", "digest", "arch", "seed", "curve")
-                   if not isinstance(record, dict) or k not in record]
+        missing = [
+            k
+            for k in ("format", "space", "data", "split", "recipe", "digest", "arch", "seed", "curve")
+            if not isinstance(record, dict) or k not in record
+        ]
         if missing:
             raise NasError(f"{path}: record {number} lacks {', '.join(missing) or 'its fields'}; not a truth file")
-        if not isinstance(record["curve"], list) or not record["curve"] or not all(isinstance(v, (int, float)) for v in record["curve"]):
+        if (
+            not isinstance(record["curve"], list)
+            or not record["curve"]
+            or not all(isinstance(v, (int, float)) for v in record["curve"])
+        ):
             raise NasError(f"{path}: record {number}: 'curve' must be a non-empty list of accuracies")
     return records, cut
 
 
-def run(space: SearchSpace, data: str, out: Path, config: TruthConfig, progress: Callable[[str], None] = print) -> list[dict]:
+def run(
+    space: SearchSpace, data: str, out: Path, config: TruthConfig, progress: Callable[[str], None] = print
+) -> list[dict]:
     """Train every (arch, seed) of the ground truth that `out` does not hold yet; the records."""
     from nas.data import load_dataset
 
@@ -152,24 +166,31 @@ def run(space: SearchSpace, data: str, out: Path, config: TruthConfig, progress:
             other = {k: record[k] for k in key}
             if other != key:
                 differs = [k for k in key if record[k] != key[k]]
-                raise NasError(f"{out}: holds runs of another {', '.join(differs)} ({differs[0]}: {record[differs[0]]}); "
-                               "pass another --out or the same settings")
+                raise NasError(
+                    f"{out}: holds runs of another {', '.join(differs)} ({differs[0]}: {record[differs[0]]}); "
+                    "pass another --out or the same settings"
+                )
             done[(record["digest"], record["seed"])] = record
         if cut:  # the tail after the last newline: cut off, so that the next record starts its own line
             drop_cut_tail(out)
             progress(f"{out}: dropped {cut} cut line(s) of an interrupted run; they are trained again")
     archs = truth_archs(space, config.mixed, config.seed, config.pool)
-    jobs = [(i, a, s) for i, a in enumerate(archs) for s in seeds_of(i, len(archs), config) if (a.digest, s) not in done]
+    jobs = [
+        (i, a, s) for i, a in enumerate(archs) for s in seeds_of(i, len(archs), config) if (a.digest, s) not in done
+    ]
     jobs.sort(key=lambda job: (job[2], job[0]))  # every arch's first seed before any second seed
     total = sum(len(seeds_of(i, len(archs), config)) for i in range(len(archs)))
-    progress(f"truth: {len(archs)} archs of {space.name}, {total} runs of {config.recipe.epochs} epochs on {data} "
-             f"({dataset.size('train')} training images); {total - len(jobs)} done, {len(jobs)} to train in {config.jobs} process(es)")
+    progress(
+        f"truth: {len(archs)} archs of {space.name}, {total} runs of {config.recipe.epochs} epochs on {data} "
+        f"({dataset.size('train')} training images); {total - len(jobs)} done, {len(jobs)} to train in {config.jobs} process(es)"
+    )
     if jobs:
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         context = multiprocessing.get_context("spawn")  # a forked child of a process that ran autograd cannot run it
-        with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_init_worker,
-                                 initargs=(data, space.image_size, space.in_chans)) as pool:
+        with ProcessPoolExecutor(
+            config.jobs, mp_context=context, initializer=_init_worker, initargs=(data, space.image_size, space.in_chans)
+        ) as pool:
             pending = {pool.submit(train_curve, a.to_json(), s, config.recipe): (i, a, s) for i, a, s in jobs}
             finished = 0
             while pending:
@@ -177,15 +198,31 @@ def run(space: SearchSpace, data: str, out: Path, config: TruthConfig, progress:
                 for future in ready:
                     index, arch, seed = pending.pop(future)
                     result = future.result()
-                    record = {"format": FORMAT, **key, "index": index, "digest": arch.digest, "arch": arch.to_dict(), "seed": seed,
-                              **result, "threads": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    record = {
+                        "format": FORMAT,
+                        **key,
+                        "index": index,
+                        "digest": arch.digest,
+                        "arch": arch.to_dict(),
+                        "seed": seed,
+                        **result,
+                        "threads": 1,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    }
                     append_line(out, record)
                     done[(arch.digest, seed)] = record
                     finished += 1
                     eta = (time.perf_counter() - started) / finished * (len(jobs) - finished) / 60
-                    progress(f"[{finished}/{len(jobs)}] #{index} {arch!r} seed {seed}: val {result['curve'][-1]:.4f} "
-                             f"(half {result['curve'][len(result['curve']) // 2 - 1]:.4f}; {result['seconds']:.0f} s; ETA {eta:.0f} min)")
-    return [done[(a.digest, s)] for i, a in enumerate(archs) for s in seeds_of(i, len(archs), config) if (a.digest, s) in done]
+                    progress(
+                        f"[{finished}/{len(jobs)}] #{index} {arch!r} seed {seed}: val {result['curve'][-1]:.4f} "
+                        f"(half {result['curve'][len(result['curve']) // 2 - 1]:.4f}; {result['seconds']:.0f} s; ETA {eta:.0f} min)"
+                    )
+    return [
+        done[(a.digest, s)]
+        for i, a in enumerate(archs)
+        for s in seeds_of(i, len(archs), config)
+        if (a.digest, s) in done
+    ]
 
 
 # ---- what the ground truth says about itself -----------------------------------------------------
@@ -217,9 +254,14 @@ def summarize(records: list[dict]) -> dict:
     from nas.bench.ranking import rank_statistics  # Kendall τ with its bootstrap 90 % interval (archs resampled)
 
     summary = {
-        "archs": len(archs), "runs": len(records), "epochs": len(first[0]) if first else 0,
-        "accuracy_min": min(full) if full else math.nan, "accuracy_max": max(full) if full else math.nan,
-        "half_vs_full_tau": math.nan, "seed_pairs": len(pairs), "seed_tau": math.nan,
+        "archs": len(archs),
+        "runs": len(records),
+        "epochs": len(first[0]) if first else 0,
+        "accuracy_min": min(full) if full else math.nan,
+        "accuracy_max": max(full) if full else math.nan,
+        "half_vs_full_tau": math.nan,
+        "seed_pairs": len(pairs),
+        "seed_tau": math.nan,
         "seed_sd_points": 100 * statistics.fmean(sds) if sds else math.nan,
     }
     if len(half) >= 3 and len(half) == len(full):
@@ -236,8 +278,10 @@ def format_summary(summary: dict) -> str:
         lo, hi = summary.get(name, [math.nan, math.nan])
         return f"90% CI {lo:.3f}..{hi:.3f}"
 
-    return (f"{summary['archs']} archs, {summary['runs']} runs of {summary['epochs']} epochs; final val accuracy "
-            f"{summary['accuracy_min']:.4f}..{summary['accuracy_max']:.4f}\n"
-            f"ranking settled? Kendall tau half vs full schedule {summary['half_vs_full_tau']:.3f} ({interval('half_vs_full_tau_90')})\n"
-            f"noise ceiling: seed-to-seed Kendall tau {summary['seed_tau']:.3f} ({interval('seed_tau_90')}) over "
-            f"{summary['seed_pairs']} archs with two seeds; per-arch seed sd {summary['seed_sd_points']:.2f} points")
+    return (
+        f"{summary['archs']} archs, {summary['runs']} runs of {summary['epochs']} epochs; final val accuracy "
+        f"{summary['accuracy_min']:.4f}..{summary['accuracy_max']:.4f}\n"
+        f"ranking settled? Kendall tau half vs full schedule {summary['half_vs_full_tau']:.3f} ({interval('half_vs_full_tau_90')})\n"
+        f"noise ceiling: seed-to-seed Kendall tau {summary['seed_tau']:.3f} ({interval('seed_tau_90')}) over "
+        f"{summary['seed_pairs']} archs with two seeds; per-arch seed sd {summary['seed_sd_points']:.2f} points"
+    )

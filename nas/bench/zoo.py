@@ -43,7 +43,11 @@ from nas.space import SearchSpace
 OPTION_VARIANTS = (
     ("window-plain", KernelSpec("window"), {"variant": "plain"}),
     ("angular-paper", KernelSpec("angular"), {"variant": "paper"}),
-    ("taylor-o2-compact-plain", KernelSpec("taylor", {"order": 2, "variant": "compact"}), {"shortcut": False, "positional_encoding": False}),
+    (
+        "taylor-o2-compact-plain",
+        KernelSpec("taylor", {"order": 2, "variant": "compact"}),
+        {"shortcut": False, "positional_encoding": False},
+    ),
     ("l2vit-no-cpe", KernelSpec("l2vit"), {"cpe": False}),
 )
 LATENCY_TOKENS = (196, 1024)
@@ -70,7 +74,9 @@ def cases(space: SearchSpace, ablation: bool = True) -> list[tuple[str, Arch, bo
         if spec not in space.kernel_choices():
             continue
         kernel = spec.name
-        variant_space = replace(space, kernel_options={**space.kernel_options, kernel: {**space.kernel_options.get(kernel, {}), **options}})
+        variant_space = replace(
+            space, kernel_options={**space.kernel_options, kernel: {**space.kernel_options.get(kernel, {}), **options}}
+        )
         arch = variant_space.validate(variant_space.largest(kernel=spec))
         rows.append((name, arch, False))
         if ablation and kernel == "angular":
@@ -132,7 +138,11 @@ def deviations(seed: int = 0) -> dict:
         y = F.layer_norm(x, (64,)).transpose(1, 2).reshape(8, 64, 14, 14)
         y = F.gelu(F.conv2d(y, kernel.lcm_conv1.weight, kernel.lcm_conv1.bias, padding=3, groups=64))
         y = F.batch_norm(y, None, None, training=True)
-        authors = F.conv2d(y, kernel.lcm_conv2.weight, kernel.lcm_conv2.bias, padding=3, groups=64).reshape(8, 64, 196).transpose(1, 2)
+        authors = (
+            F.conv2d(y, kernel.lcm_conv2.weight, kernel.lcm_conv2.bias, padding=3, groups=64)
+            .reshape(8, 64, 196)
+            .transpose(1, 2)
+        )
         lcm = float((ours - authors).norm() / authors.norm())
         taylor = kernels.get("taylor", 16, 4, grid=(14, 14), order=2, variant="compact")
         attention = kernels.get("taylor", 16, 4, grid=(14, 14), order=2, variant="compact", shortcut=False)
@@ -153,35 +163,51 @@ def run(space: SearchSpace, config: ZooConfig, progress: Callable[[str], None] =
     rows = cases(space, config.ablation)
     aux_schedule = replace(config.schedule, angular_aux=1.0, angular_aux_until=0.5)
     jobs = [(name, arch, aux, seed) for name, arch, aux in rows for seed in range(config.seeds)]
-    progress(f"zoo: {len(rows)} uniform archs of {space.name} x {config.seeds} seed(s), {config.schedule.steps} steps of batch "
-             f"{config.schedule.batch_size}; {len(jobs)} standalone runs in {config.jobs} process(es)")
+    progress(
+        f"zoo: {len(rows)} uniform archs of {space.name} x {config.seeds} seed(s), {config.schedule.steps} steps of batch "
+        f"{config.schedule.batch_size}; {len(jobs)} standalone runs in {config.jobs} process(es)"
+    )
     accuracies: dict[tuple[str, int], float] = {}
     started = time.perf_counter()
     init = (space.data, space.image_size, space.in_chans, dataset.split)
     # spawn, not fork: a forked child of a process that already ran autograd cannot run it (torch refuses)
-    with ProcessPoolExecutor(config.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=init) as ex:
-        futures = {ex.submit(train_standalone, arch.to_json(), seed, aux_schedule if aux else config.schedule): (name, seed)
-                   for name, arch, aux, seed in jobs}
+    with ProcessPoolExecutor(
+        config.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=init
+    ) as ex:
+        futures = {
+            ex.submit(train_standalone, arch.to_json(), seed, aux_schedule if aux else config.schedule): (name, seed)
+            for name, arch, aux, seed in jobs
+        }
         for done, future in enumerate(futures, 1):
             name, seed = futures[future]
             out = future.result()
             accuracies[(name, seed)] = out["accuracy"]
             eta = (time.perf_counter() - started) / done * (len(jobs) - done)
-            progress(f"[{done}/{len(jobs)}] {name} seed {seed}: val {out['accuracy']:.4f} ({out['seconds']:.0f} s; ETA {eta / 60:.1f} min)")
-    progress(f"latency of one layer at {', '.join(map(str, config.tokens))} tokens (CPU, {torch.get_num_threads()} threads, interleaved passes)")
+            progress(
+                f"[{done}/{len(jobs)}] {name} seed {seed}: val {out['accuracy']:.4f} ({out['seconds']:.0f} s; ETA {eta / 60:.1f} min)"
+            )
+    progress(
+        f"latency of one layer at {', '.join(map(str, config.tokens))} tokens (CPU, {torch.get_num_threads()} threads, interleaved passes)"
+    )
     latency = layer_latencies(rows, config.tokens)
     result = []
     for name, arch, aux in rows:
         seeds = [accuracies[(name, s)] for s in range(config.seeds)]
         cost = flops.count(arch)
-        result.append({
-            "kernel": name, "aux": aux, "accuracy": statistics.fmean(seeds),
-            "accuracy_sd": statistics.stdev(seeds) if len(seeds) > 1 else 0.0, "seeds": seeds,
-            "macs": cost.macs, "params": cost.params,
-            "layer_ms": {str(t): latency[(name, t)]["ms"] for t in config.tokens},
-            "layer_dispersion": {str(t): latency[(name, t)]["dispersion"] for t in config.tokens},
-            "arch": arch.to_json(indent=None),
-        })
+        result.append(
+            {
+                "kernel": name,
+                "aux": aux,
+                "accuracy": statistics.fmean(seeds),
+                "accuracy_sd": statistics.stdev(seeds) if len(seeds) > 1 else 0.0,
+                "seeds": seeds,
+                "macs": cost.macs,
+                "params": cost.params,
+                "layer_ms": {str(t): latency[(name, t)]["ms"] for t in config.tokens},
+                "layer_dispersion": {str(t): latency[(name, t)]["dispersion"] for t in config.tokens},
+                "arch": arch.to_json(indent=None),
+            }
+        )
     return result
 
 
@@ -190,25 +216,60 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'kernel':<24} {'val acc':>14} {'MACs':>10} {'params':>8} " + " ".join(f"{'ms @' + t:>9}" for t in tokens)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['kernel']:<24} {r['accuracy']:>7.4f} ± {r['accuracy_sd']:.3f} {r['macs'] / 1e6:>9.2f}M {r['params'] / 1e3:>7.1f}k "
-                     + " ".join(f"{r['layer_ms'][t]:>9.3f}" for t in tokens))
+        lines.append(
+            f"{r['kernel']:<24} {r['accuracy']:>7.4f} ± {r['accuracy_sd']:.3f} {r['macs'] / 1e6:>9.2f}M {r['params'] / 1e3:>7.1f}k "
+            + " ".join(f"{r['layer_ms'][t]:>9.3f}" for t in tokens)
+        )
     return "\n".join(lines)
 
 
-def write(rows: list[dict], config: ZooConfig, space_name: str, out: Path, command: str | None, machine: dict, seconds: float) -> list[Path]:
+def write(
+    rows: list[dict], config: ZooConfig, space_name: str, out: Path, command: str | None, machine: dict, seconds: float
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"zoo_{space_name}"
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     tokens = list(config.tokens)
-    writer.writerow(["kernel", "aux", "accuracy", "accuracy_sd", "seeds", "macs", "params", *[f"layer_ms_{t}" for t in tokens], "arch"])
+    writer.writerow(
+        [
+            "kernel",
+            "aux",
+            "accuracy",
+            "accuracy_sd",
+            "seeds",
+            "macs",
+            "params",
+            *[f"layer_ms_{t}" for t in tokens],
+            "arch",
+        ]
+    )
     for r in rows:
-        writer.writerow([r["kernel"], r["aux"], f"{r['accuracy']:.4f}", f"{r['accuracy_sd']:.4f}", " ".join(f"{s:.4f}" for s in r["seeds"]),
-                         r["macs"], r["params"], *[f"{r['layer_ms'][str(t)]:.4f}" for t in tokens], r["arch"]])
+        writer.writerow(
+            [
+                r["kernel"],
+                r["aux"],
+                f"{r['accuracy']:.4f}",
+                f"{r['accuracy_sd']:.4f}",
+                " ".join(f"{s:.4f}" for s in r["seeds"]),
+                r["macs"],
+                r["params"],
+                *[f"{r['layer_ms'][str(t)]:.4f}" for t in tokens],
+                r["arch"],
+            ]
+        )
     write_text(stem.with_suffix(".csv"), buffer.getvalue())
-    write_json(stem.with_suffix(".json"), {
-        "command": command, "machine": machine, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(seconds), "config": asdict(config), "rows": rows, "table": format_table(rows),
-        "deviations": {str(seed): deviations(seed) for seed in range(3)},
-    })
+    write_json(
+        stem.with_suffix(".json"),
+        {
+            "command": command,
+            "machine": machine,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds),
+            "config": asdict(config),
+            "rows": rows,
+            "table": format_table(rows),
+            "deviations": {str(seed): deviations(seed) for seed in range(3)},
+        },
+    )
     return [stem.with_suffix(".csv"), stem.with_suffix(".json")]

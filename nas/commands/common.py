@@ -42,7 +42,9 @@ def kendall_tau_target(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {text!r}") from None
     if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a Kendall tau between -1 and 1 (a tau above 1 is unreachable), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a Kendall tau between -1 and 1 (a tau above 1 is unreachable), got {text!r}"
+        )
     return value
 
 
@@ -53,8 +55,10 @@ def local_threads(text: str) -> int:
     value = positive_int(text)
     cores = os.cpu_count() or 1
     if value > cores:
-        raise argparse.ArgumentTypeError(f"{value} threads on a machine with {cores} core(s): timing would measure the oversubscription; "
-                                         f"use at most {cores}")
+        raise argparse.ArgumentTypeError(
+            f"{value} threads on a machine with {cores} core(s): timing would measure the oversubscription; "
+            f"use at most {cores}"
+        )
     return value
 
 
@@ -79,12 +83,16 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError("expected at least one budget")
     bad = [v for v in values if not 0 < v < float("inf")]  # nan, inf and non-positive budgets mean nothing
     if bad:
-        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {', '.join(map(str, bad))} in {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected positive finite numbers, got {', '.join(map(str, bad))} in {text!r}"
+        )
     return values
 
 
-STORAGE_PATH_HELP = ("with --workers > 1: where Ray Train keeps its checkpoints; on a cluster, a folder every node sees "
-                     "under that path or a URI such as s3://bucket/prefix (default: <out>/ray_train). Not --storage, the Optuna database")
+STORAGE_PATH_HELP = (
+    "with --workers > 1: where Ray Train keeps its checkpoints; on a cluster, a folder every node sees "
+    "under that path or a URI such as s3://bucket/prefix (default: <out>/ray_train). Not --storage, the Optuna database"
+)
 
 
 def command_line() -> str | None:
@@ -100,18 +108,38 @@ def command_line() -> str | None:
 
 def add_runtime(p) -> None:
     """--runtime (alias --backend): what the latency is measured in (nas.latency.runtime)."""
-    p.add_argument("--runtime", "--backend", dest="backend", default="eager", metavar="RUNTIME",
-                   help="what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
-                   "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--runtime",
+        "--backend",
+        dest="backend",
+        default="eager",
+        metavar="RUNTIME",
+        help="what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
+        "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint "
+        "(default: %(default)s)",
+    )
 
 
 def add_fit_options(p) -> None:
     """The validation targets a latency table must meet: nas latency and nas run refuse a
     table that misses them unless --accept-poor-fit."""
-    p.add_argument("--max-mape", type=positive_float, default=0.10, help="largest mean absolute percentage error of the table's predictions on held-out archs (default: %(default)s)")
-    p.add_argument("--min-tau", type=kendall_tau_target, default=0.85, help="smallest Kendall tau between predicted and measured latency (default: %(default)s)")
-    p.add_argument("--accept-poor-fit", action="store_true", help="use a table that misses those targets anyway (it stays marked as failed)")
+    p.add_argument(
+        "--max-mape",
+        type=positive_float,
+        default=0.10,
+        help="largest mean absolute percentage error of the table's predictions on held-out archs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-tau",
+        type=kendall_tau_target,
+        default=0.85,
+        help="smallest Kendall tau between predicted and measured latency (default: %(default)s)",
+    )
+    p.add_argument(
+        "--accept-poor-fit",
+        action="store_true",
+        help="use a table that misses those targets anyway (it stays marked as failed)",
+    )
 
 
 def fit_of(args):
@@ -122,19 +150,35 @@ def fit_of(args):
 
 def add_connection_options(p, storage_default: str) -> None:
     """--storage (or NAS_STORAGE_URL), --connect-timeout and --study-name."""
-    p.add_argument("--storage", default=None, help=f"Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, "
-                   f"in the environment variable NAS_STORAGE_URL, so it is not in the process list (default: {storage_default})")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help=f"Optuna storage URL, e.g. postgresql://user@host/db; better: put it, with its password, "
+        f"in the environment variable NAS_STORAGE_URL, so it is not in the process list (default: {storage_default})",
+    )
     from nas.storage import CONNECT_TIMEOUT_S
 
-    p.add_argument("--connect-timeout", type=positive_float, default=CONNECT_TIMEOUT_S, help="seconds to reach --storage and --ray-address before any work (default: %(default)s)")
-    p.add_argument("--study-name", default=None, help="the study in the storage, so that one storage holds several searches (default: the one "
-                   "the run recorded, else the only study in the run's study.db, else the run directory's name)")
+    p.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=CONNECT_TIMEOUT_S,
+        help="seconds to reach --storage and --ray-address before any work (default: %(default)s)",
+    )
+    p.add_argument(
+        "--study-name",
+        default=None,
+        help="the study in the storage, so that one storage holds several searches (default: the one "
+        "the run recorded, else the only study in the run's study.db, else the run directory's name)",
+    )
 
 
 class _Split(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.exit(2, f"nas: error: {option_string} was split in two: --target-device (the device whose latency is optimised) "
-                       "and --compute-device (the device that trains and evaluates)\n")
+        parser.exit(
+            2,
+            f"nas: error: {option_string} was split in two: --target-device (the device whose latency is optimised) "
+            "and --compute-device (the device that trains and evaluates)\n",
+        )
 
 
 def refuse_device_flag(p) -> None:
@@ -151,11 +195,28 @@ def add_target_device(p, default, help: str) -> None:
 
 def add_compute_options(p, loading: bool = True) -> None:
     """The device and precision that train and evaluate (nas.compute), and the data loading."""
-    p.add_argument("--compute-device", default="auto", help="device that trains and evaluates: auto (CUDA when available), cpu, cuda "
-                   "or cuda:<i>; independent of --target-device (default: %(default)s)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision of training and evaluation "
-                   "(fp16 with a gradient scaler; default: %(default)s)")
+    p.add_argument(
+        "--compute-device",
+        default="auto",
+        help="device that trains and evaluates: auto (CUDA when available), cpu, cuda "
+        "or cuda:<i>; independent of --target-device (default: %(default)s)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast precision of training and evaluation (fp16 with a gradient scaler; default: %(default)s)",
+    )
     if loading:
-        p.add_argument("--loader-workers", type=non_negative_int, default=2, help="DataLoader processes decoding ImageFolder images "
-                       "(embedded and CIFAR-10 data are in memory and ignore it; default: %(default)s)")
-        p.add_argument("--randaugment", action="store_true", help="ImageFolder data: add RandAugment (m9) to the training transform")
+        p.add_argument(
+            "--loader-workers",
+            type=non_negative_int,
+            default=2,
+            help="DataLoader processes decoding ImageFolder images "
+            "(embedded and CIFAR-10 data are in memory and ignore it; default: %(default)s)",
+        )
+        p.add_argument(
+            "--randaugment",
+            action="store_true",
+            help="ImageFolder data: add RandAugment (m9) to the training transform",
+        )

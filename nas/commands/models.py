@@ -5,8 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.commands.common import (out_path, add_compute_options, add_fit_options, add_runtime, add_target_device, local_threads, fit_of, float_list, non_negative_int,
-                                 positive_float, positive_int, ray_storage_path, STORAGE_PATH_HELP, str_list)
+from nas.commands.common import (
+    STORAGE_PATH_HELP,
+    add_compute_options,
+    add_fit_options,
+    add_runtime,
+    add_target_device,
+    fit_of,
+    float_list,
+    local_threads,
+    non_negative_int,
+    out_path,
+    positive_float,
+    positive_int,
+    ray_storage_path,
+    str_list,
+)
 from nas.errors import NasError
 
 
@@ -22,13 +36,31 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         "them as --train.<name>).",
     )
     p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
-    p.add_argument("--data", default=None, help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="default: the space's `epochs` field (its YAML; 100 when absent)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="CIFAR-10 python folder or ImageFolder root (default: the space's embedded dataset)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="default: the space's `epochs` field (its YAML; 100 when absent)",
+    )
     config_tree.add_flags(p, config_tree.TrainConfig, exclude=("epochs", "precision"))
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
     add_compute_options(p)
-    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (one GPU each on CUDA); 1 trains in this process (default: %(default)s)")
-    p.add_argument("--ray-address", default=None, help="with --workers > 1: 'auto' or an address to join a Ray cluster (default: local Ray)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="Ray Train workers (one GPU each on CUDA); 1 trains in this process (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --workers > 1: 'auto' or an address to join a Ray cluster (default: local Ray)",
+    )
     p.add_argument("--storage-path", type=ray_storage_path, default=None, help=STORAGE_PATH_HELP)
     p.add_argument("--out", type=out_path, required=True, help="run directory, e.g. results/<run>")
     p.add_argument("--resume", action="store_true", help="continue the supernet checkpoint in --out")
@@ -47,10 +79,20 @@ def run_train(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        summary = api.train(args.out, config, space=args.space, data=args.data, compute_device=args.compute_device,
-                            randaugment=args.randaugment, loader_workers=args.loader_workers, workers=args.workers,
-                            ray_address=args.ray_address, storage_path=args.storage_path, resume=args.resume,
-                            progress=lambda line: print(line, flush=True))
+        summary = api.train(
+            args.out,
+            config,
+            space=args.space,
+            data=args.data,
+            compute_device=args.compute_device,
+            randaugment=args.randaugment,
+            loader_workers=args.loader_workers,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            storage_path=args.storage_path,
+            resume=args.resume,
+            progress=lambda line: print(line, flush=True),
+        )
     except (NasError, KeyboardInterrupt):
         if not args.resume and not (args.out / STATE_JSON).exists():
             args.on_stop = "again"  # nothing to --resume from
@@ -71,12 +113,32 @@ def add_latency(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
     add_device_options(p)
-    p.add_argument("--calibrate", type=non_negative_int, default=10, help="whole archs measured for the linear calibration, 0 for none (default: %(default)s)")
-    p.add_argument("--validate", type=non_negative_int, default=50, help="held-out archs measured to validate, 0 to skip (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration / validation archs (default: %(default)s)")
+    p.add_argument(
+        "--calibrate",
+        type=non_negative_int,
+        default=10,
+        help="whole archs measured for the linear calibration, 0 for none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--validate",
+        type=non_negative_int,
+        default=50,
+        help="held-out archs measured to validate, 0 to skip (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the calibration / validation archs (default: %(default)s)"
+    )
     add_fit_options(p)
-    p.add_argument("--ray-address", default=None, help="measure in a Ray profiler actor: 'local' starts a local Ray, 'auto' or an address joins a cluster (default: in this process)")
-    p.add_argument("--accelerator-type", default=None, help="with --ray-address: place the profiler on a node with this Ray accelerator type")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="measure in a Ray profiler actor: 'local' starts a local Ray, 'auto' or an address joins a cluster (default: in this process)",
+    )
+    p.add_argument(
+        "--accelerator-type",
+        default=None,
+        help="with --ray-address: place the profiler on a node with this Ray accelerator type",
+    )
     p.add_argument("--out", type=out_path, required=True, help="the table's JSON file")
     p.set_defaults(func=run_latency, on_stop="same")
 
@@ -86,7 +148,12 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1, help="default: %(default)s")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="default: fp32")
     add_runtime(p)
-    p.add_argument("--threads", type=local_threads, default=None, help="CPU threads, at most this machine's cores (default: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=local_threads,
+        default=None,
+        help="CPU threads, at most this machine's cores (default: torch's default)",
+    )
 
 
 def make_profiler(args: argparse.Namespace):
@@ -119,20 +186,37 @@ def run_latency(args: argparse.Namespace) -> int:
     profiler = make_profiler(args)
     fp = profiler.fingerprint()
     total = len(list(lut.probe_archs(space)))
-    print(f"nas latency: {space.name} on {fp.device_name} ({fp.device_type}, {fp.dtype}, batch {fp.batch_size}, {fp.backend}"
-          f"{f', {fp.threads} threads' if fp.threads else ''}): {total} measurements (blocks, stem+head per width) -> {args.out}", flush=True)
-    table = latency_stage(space, profiler, args.out, args.calibrate, args.validate, args.seed,
-                          progress=lambda line: print(line, flush=True), revalidate=True, fit=fit_of(args))
+    print(
+        f"nas latency: {space.name} on {fp.device_name} ({fp.device_type}, {fp.dtype}, batch {fp.batch_size}, {fp.backend}"
+        f"{f', {fp.threads} threads' if fp.threads else ''}): {total} measurements (blocks, stem+head per width) -> {args.out}",
+        flush=True,
+    )
+    table = latency_stage(
+        space,
+        profiler,
+        args.out,
+        args.calibrate,
+        args.validate,
+        args.seed,
+        progress=lambda line: print(line, flush=True),
+        revalidate=True,
+        fit=fit_of(args),
+    )
     print(f"table complete: {len(table.entries)} entries, {table.build_seconds:.0f} s of measuring; wrote {args.out}")
     return 0
 
 
 def add_select(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("select", help="the most accurate archs of a run under latency budgets",
-                            description="Print the most accurate feasible arch(s) of a finished run under each budget, with "
-                            "latency (as the search recorded it), validation accuracy, MACs, params and the arch JSON.")
+    p = commands.add_parser(
+        "select",
+        help="the most accurate archs of a run under latency budgets",
+        description="Print the most accurate feasible arch(s) of a finished run under each budget, with "
+        "latency (as the search recorded it), validation accuracy, MACs, params and the arch JSON.",
+    )
     p.add_argument("--run", type=Path, required=True, help="run directory (with trials.csv and latency_table.json)")
-    p.add_argument("--budget-ms", type=float_list, required=True, help="one budget or several, comma-separated (e.g. 0.6,0.8,1)")
+    p.add_argument(
+        "--budget-ms", type=float_list, required=True, help="one budget or several, comma-separated (e.g. 0.6,0.8,1)"
+    )
     p.add_argument("--top", type=positive_int, default=1, help="archs per budget (default: %(default)s)")
     add_target_device(p, None, "the device the run's latencies were measured on, to select for it from another machine")
     p.set_defaults(func=run_select)
@@ -145,28 +229,47 @@ def run_select(args: argparse.Namespace) -> int:
 
     fp, _ = check_device(args.run, args.device)
     candidates = load_candidates(args.run)
-    print(f"nas select: {len(candidates)} complete trials of {args.run}; latencies on {fp.device_name} ({fp.dtype}, batch {fp.batch_size})")
+    print(
+        f"nas select: {len(candidates)} complete trials of {args.run}; latencies on {fp.device_name} ({fp.dtype}, batch {fp.batch_size})"
+    )
     for budget in args.budget_ms:
         chosen = select(candidates, budget, args.top)
         print(f"\nbudget {budget} ms:")
         for rank, c in enumerate(chosen, 1):
-            print(f"  #{rank} trial {c.trial}: val top-1 {c.accuracy:.4f}, latency {c.latency_ms:.4f} ms, "
-                  f"{c.macs / 1e6:.2f} MMACs, {c.params} params, arch {c.arch.digest}")
+            print(
+                f"  #{rank} trial {c.trial}: val top-1 {c.accuracy:.4f}, latency {c.latency_ms:.4f} ms, "
+                f"{c.macs / 1e6:.2f} MMACs, {c.params} params, arch {c.arch.digest}"
+            )
             print("     " + json.dumps(c.arch.to_dict(), separators=(",", ":")))
     return 0
 
 
 def add_export(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("export", help="a found arch as a standalone model (safetensors, ONNX, TorchScript)",
-                            description="Write arch.json, model.safetensors, model.onnx, model.pt and metadata.json for one "
-                            "trial of a run, or for the best one under a budget.")
+    p = commands.add_parser(
+        "export",
+        help="a found arch as a standalone model (safetensors, ONNX, TorchScript)",
+        description="Write arch.json, model.safetensors, model.onnx, model.pt and metadata.json for one "
+        "trial of a run, or for the best one under a budget.",
+    )
     p.add_argument("--run", type=Path, required=True, help="run directory")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="trial number")
     which.add_argument("--budget-ms", type=positive_float, help="export the most accurate arch within this budget")
-    p.add_argument("--out", type=out_path, required=True, help="export directory (refused if it exists, unless --overwrite)")
-    p.add_argument("--format", type=str_list, default=("safetensors", "onnx", "torchscript"), help="default: safetensors,onnx,torchscript")
-    p.add_argument("--finetune-epochs", type=non_negative_int, default=0, help="fine-tune the standalone model on the run's data first (default: 0)")
+    p.add_argument(
+        "--out", type=out_path, required=True, help="export directory (refused if it exists, unless --overwrite)"
+    )
+    p.add_argument(
+        "--format",
+        type=str_list,
+        default=("safetensors", "onnx", "torchscript"),
+        help="default: safetensors,onnx,torchscript",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=non_negative_int,
+        default=0,
+        help="fine-tune the standalone model on the run's data first (default: 0)",
+    )
     add_target_device(p, None, "the device the run's latencies were measured on, to export for it from another machine")
     add_compute_options(p, loading=False)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -176,11 +279,25 @@ def add_export(commands: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from nas import api
 
-    meta = api.export(args.run, args.out, trial=args.trial, budget_ms=args.budget_ms, formats=tuple(args.format),
-                      finetune_epochs=args.finetune_epochs, overwrite=args.overwrite, compute_device=args.compute_device,
-                      precision=args.precision, target_device=args.device, progress=lambda line: print(line, flush=True))
+    meta = api.export(
+        args.run,
+        args.out,
+        trial=args.trial,
+        budget_ms=args.budget_ms,
+        formats=tuple(args.format),
+        finetune_epochs=args.finetune_epochs,
+        overwrite=args.overwrite,
+        compute_device=args.compute_device,
+        precision=args.precision,
+        target_device=args.device,
+        progress=lambda line: print(line, flush=True),
+    )
     latency = meta["latency"]
-    measured = f"{latency['measured_ms']:.4f} ms measured ({latency['error']:+.1%})" if latency["measured_ms"] else latency["note"]
+    measured = (
+        f"{latency['measured_ms']:.4f} ms measured ({latency['error']:+.1%})"
+        if latency["measured_ms"]
+        else latency["note"]
+    )
     print(f"latency: {latency['predicted_ms']:.4f} ms predicted, {measured}")
     print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} into {args.out}")
     return 0
@@ -189,16 +306,26 @@ def run_export(args: argparse.Namespace) -> int:
 def add_verify(commands: argparse._SubParsersAction) -> None:
     from nas.config import VERIFY_CANDIDATES as CANDIDATES
 
-    p = commands.add_parser("verify", help="train a run's best candidates under its budget standalone; export the verified pick",
-                            description="Choose a run's best candidates under the budget (spread over the front's latency range), "
-                            "measure them again, train them standalone with successive halving (the ground truth's recipe), and "
-                            "export the most accurate by verified accuracy. Resumable: run it again to continue.")
+    p = commands.add_parser(
+        "verify",
+        help="train a run's best candidates under its budget standalone; export the verified pick",
+        description="Choose a run's best candidates under the budget (spread over the front's latency range), "
+        "measure them again, train them standalone with successive halving (the ground truth's recipe), and "
+        "export the most accurate by verified accuracy. Resumable: run it again to continue.",
+    )
     p.add_argument("--run", type=Path, required=True, help="run directory (a finished search)")
     p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: the run's)")
-    p.add_argument("--candidates", type=positive_int, default=CANDIDATES, help="candidates trained (default: %(default)s)")
+    p.add_argument(
+        "--candidates", type=positive_int, default=CANDIDATES, help="candidates trained (default: %(default)s)"
+    )
     p.add_argument("--jobs", type=positive_int, default=2, help="training processes (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="standalone training seed (default: the run's seed)")
-    p.add_argument("--out", type=out_path, default=None, help="export directory of the pick (default: <run>/exports/best, replaced)")
+    p.add_argument(
+        "--out",
+        type=out_path,
+        default=None,
+        help="export directory of the pick (default: <run>/exports/best, replaced)",
+    )
     add_compute_options(p, loading=False)
     p.set_defaults(func=run_verify, on_stop="same")
 
@@ -207,13 +334,12 @@ def run_verify(args: argparse.Namespace) -> int:
     import time
 
     from nas import report
-    from nas.stages import trial_profiler
     from nas.compute import Compute
     from nas.exporter import export
     from nas.io import write_json
     from nas.rundir import EXPORTS, MANIFEST, TABLE, RunDir
     from nas.selection import by_trial, load_candidates
-    from nas.stages import check_out_dir
+    from nas.stages import check_out_dir, trial_profiler
     from nas.verify import VerifyConfig, verify
 
     run = RunDir(args.run)
@@ -224,34 +350,74 @@ def run_verify(args: argparse.Namespace) -> int:
         raise NasError(f"{args.run} records no budget (a search without --budget-ms): pass --budget-ms")
     out = args.out or run.path(EXPORTS) / "best"
     check_out_dir(out)
-    profiler = trial_profiler(run.table(space), run.path(TABLE))  # refused in one line when this machine is not the run's device
+    profiler = trial_profiler(
+        run.table(space), run.path(TABLE)
+    )  # refused in one line when this machine is not the run's device
     compute = Compute.parse(args.compute_device, args.precision)
     manifest = run.manifest_data() if run.has(MANIFEST) else None
     seed = args.seed if args.seed is not None else int((manifest or {}).get("settings", {}).get("seed", 0))
     dataset = run.dataset(space, data)
     progress = lambda line: print(line, flush=True)  # noqa: E731
-    progress(f"nas verify: {args.run}, budget {budget} ms, {args.candidates} candidate(s), {args.jobs} process(es) on {compute.device}")
+    progress(
+        f"nas verify: {args.run}, budget {budget} ms, {args.candidates} candidate(s), {args.jobs} process(es) on {compute.device}"
+    )
     started = time.perf_counter()
     config = VerifyConfig(candidates=args.candidates, seed=seed, jobs=args.jobs, device=str(compute.device))
     record = verify(run, candidates, profiler.measure_models, budget, config, data, dataset, progress)
     report.mark_verified(run.root, run.verified())
     pick = record["pick"]
-    meta = export(run.root, by_trial(candidates, pick["trial"]), out, overwrite=True, progress=progress, compute=compute, budget_ms=budget,
-                  measured_ms=pick["measured_ms"], pick=record["measured"], verified=pick)
+    meta = export(
+        run.root,
+        by_trial(candidates, pick["trial"]),
+        out,
+        overwrite=True,
+        progress=progress,
+        compute=compute,
+        budget_ms=budget,
+        measured_ms=pick["measured_ms"],
+        pick=record["measured"],
+        verified=pick,
+    )
     if manifest is not None and out == run.path(EXPORTS) / "best":  # the run's own pick is now this one
-        manifest.setdefault("stages", {})["verify"] = {"seconds": round(time.perf_counter() - started, 2), "completed": True,
-                                                       "candidates": len(record["candidates"]), "pick": pick["trial"], "by": "nas verify"}
+        manifest.setdefault("stages", {})["verify"] = {
+            "seconds": round(time.perf_counter() - started, 2),
+            "completed": True,
+            "candidates": len(record["candidates"]),
+            "pick": pick["trial"],
+            "by": "nas verify",
+        }
         result = manifest.get("result") or {}
-        result.update(trial=pick["trial"], digest=pick["digest"], arch=pick["arch"], val_accuracy=pick["inherited_accuracy"],
-                      measured_latency_ms=pick["measured_ms"], budget_ms=budget, verify=args.candidates, pick=record["measured"],
-                      verified={"val_accuracy": pick["verified_accuracy"], "epochs": pick["verified_epochs"],
-                                "test_accuracy": meta["accuracy"]["verified"]["test"],
-                                "inherited_pick": {k: record["inherited_pick"][k] for k in ("trial", "inherited_accuracy", "verified_accuracy", "verified_epochs")}},
-                      export={"dir": f"{EXPORTS}/best", "trial": pick["trial"], "predicted_ms": meta["latency"]["predicted_ms"],
-                              "measured_ms": meta["latency"]["measured_ms"], "weights": "verified"})
+        result.update(
+            trial=pick["trial"],
+            digest=pick["digest"],
+            arch=pick["arch"],
+            val_accuracy=pick["inherited_accuracy"],
+            measured_latency_ms=pick["measured_ms"],
+            budget_ms=budget,
+            verify=args.candidates,
+            pick=record["measured"],
+            verified={
+                "val_accuracy": pick["verified_accuracy"],
+                "epochs": pick["verified_epochs"],
+                "test_accuracy": meta["accuracy"]["verified"]["test"],
+                "inherited_pick": {
+                    k: record["inherited_pick"][k]
+                    for k in ("trial", "inherited_accuracy", "verified_accuracy", "verified_epochs")
+                },
+            },
+            export={
+                "dir": f"{EXPORTS}/best",
+                "trial": pick["trial"],
+                "predicted_ms": meta["latency"]["predicted_ms"],
+                "measured_ms": meta["latency"]["measured_ms"],
+                "weights": "verified",
+            },
+        )
         result.pop("test_accuracy", None)  # the inherited test figure of the previous pick
         manifest["result"] = result
         write_json(run.path(MANIFEST), manifest)
-    print(f"exported trial {pick['trial']} with its verified weights to {out}: val top-1 {meta['accuracy']['verified']['val']:.4f}, "
-          f"test {meta['accuracy']['verified']['test']:.4f}; {pick['measured_ms']:.4f} ms measured (budget {budget} ms)")
+    print(
+        f"exported trial {pick['trial']} with its verified weights to {out}: val top-1 {meta['accuracy']['verified']['val']:.4f}, "
+        f"test {meta['accuracy']['verified']['test']:.4f}; {pick['measured_ms']:.4f} ms measured (budget {budget} ms)"
+    )
     return 0

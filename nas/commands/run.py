@@ -21,9 +21,16 @@ def add_run(commands: argparse._SubParsersAction) -> None:
         "cluster), verify the best candidates by training them standalone, and export the pick, writing everything into --out. "
         "Every setting below is a field of nas.config.RunConfig; --config FILE sets them from YAML (flags override it).",
     )
-    p.add_argument("--config", type=Path, default=None, help="YAML file of settings, as --print-config writes it; a run directory's "
-                   "run.yaml replays that run (flags given as well override the file)")
-    p.add_argument("--print-config", action="store_true", help="print the settings this command would run with, as YAML, and exit")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML file of settings, as --print-config writes it; a run directory's "
+        "run.yaml replays that run (flags given as well override the file)",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the settings this command would run with, as YAML, and exit"
+    )
     p.add_argument("--out", type=out_path, default=None, help="run directory (default: results/run-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     config_tree.add_flags(p, config_tree.RunConfig)
@@ -39,12 +46,16 @@ def run_config(args: argparse.Namespace):
     base = config_tree.load(config_tree.RunConfig, args.config) if args.config is not None else config_tree.RunConfig()
     given = config_tree.given(config_tree.RunConfig, args)
     if "budget_ms" in given and "budget_quantile" in given:
-        raise NasError(f"--budget-ms {given['budget_ms']} and --budget-quantile {given['budget_quantile']}: pass one; the quantile only "
-                       "sets the budget when no --budget-ms is given")
+        raise NasError(
+            f"--budget-ms {given['budget_ms']} and --budget-quantile {given['budget_quantile']}: pass one; the quantile only "
+            "sets the budget when no --budget-ms is given"
+        )
     config = config_tree.with_values(base, given)
     if config.storage_path is not None and config.workers == 1:
-        raise NasError("--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
-                       "trains in this process into --out. Drop --storage-path or pass --workers 2 or more")
+        raise NasError(
+            "--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
+            "trains in this process into --out. Drop --storage-path or pass --workers 2 or more"
+        )
     if config.study_name is not None:
         check_study_name(config.study_name)
     return config
@@ -66,7 +77,10 @@ def run_run(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     source = resolve(config.storage)[1]
     started = time.perf_counter()
-    print(f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""), flush=True)
+    print(
+        f"nas run: {config.space} -> {out}" + (f" (storage from {source})" if source == "NAS_STORAGE_URL" else ""),
+        flush=True,
+    )
     result = api.run(config, out, resume=args.resume, progress=lambda line: print(line, flush=True))
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; run directory {out}")
     if not result:
@@ -96,7 +110,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     from nas.pipeline import search_run
 
     config = config_tree.from_args(config_tree.SearchSettings, args)
-    study, front, report_dir, budget = search_run(args.run, config, args.resume, progress=lambda line: print(line, flush=True))
+    study, front, report_dir, budget = search_run(
+        args.run, config, args.resume, progress=lambda line: print(line, flush=True)
+    )
     print(report.format_front(front))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png, hypervolume.png")
     if budget is not None and not front:
@@ -107,15 +123,23 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 
 def add_report(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("report", help="redraw a run's Pareto plot and tables from its study; list a storage's studies",
-                            description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv, pareto.png, hypervolume.png (the "
-                                        "feasible front's hypervolume after each trial) and latency_fit.png (the latency table's predictions "
-                                        "against the measured models); print the front. "
-                                        "Without --run: list the studies in --storage (or NAS_STORAGE_URL).")
+    p = commands.add_parser(
+        "report",
+        help="redraw a run's Pareto plot and tables from its study; list a storage's studies",
+        description="Re-read a run's Optuna study and rewrite trials.csv, pareto.csv, pareto.png, hypervolume.png (the "
+        "feasible front's hypervolume after each trial) and latency_fit.png (the latency table's predictions "
+        "against the measured models); print the front. "
+        "Without --run: list the studies in --storage (or NAS_STORAGE_URL).",
+    )
     p.add_argument("--run", type=Path, default=None, help="run directory (without it: list the studies in --storage)")
     add_connection_options(p, "sqlite:///<run>/study.db")
-    p.add_argument("--report-dir", type=out_path, default=None, help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
-                   "required for a study in another --storage)")
+    p.add_argument(
+        "--report-dir",
+        type=out_path,
+        default=None,
+        help="where trials.csv and pareto.* go (default: the run, for the run's own study; "
+        "required for a study in another --storage)",
+    )
     p.add_argument("--budget-ms", type=positive_float, default=None, help="budget line to draw (default: the run's)")
     p.set_defaults(func=run_report)
 
@@ -131,7 +155,9 @@ def run_report(args: argparse.Namespace) -> int:
     flag = resolve(args.storage)[0]
     if args.run is None:
         if flag is None:
-            raise NasError("nas report: pass --run RUN (a run's study) or --storage URL (or NAS_STORAGE_URL) to list the studies it holds")
+            raise NasError(
+                "nas report: pass --run RUN (a run's study) or --storage URL (or NAS_STORAGE_URL) to list the studies it holds"
+            )
         return list_studies(flag, args.connect_timeout)
     run = RunDir(args.run)
     study_name = run.study_name(args.study_name)  # a bad --study-name is refused before the storage is opened
@@ -148,17 +174,23 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         study = optuna.load_study(study_name=study_name, storage=normalize(storage))
     except Exception as error:  # noqa: BLE001 — a corrupt database raises SQLAlchemy / sqlite errors
-        raise NasError(f"{redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt") from None
+        raise NasError(
+            f"{redact(storage)}: cannot read the study ({type(error).__name__}); the file may be corrupt"
+        ) from None
     budget = args.budget_ms if args.budget_ms is not None else run.budget()
     front = report.write_outputs(study, report_dir, budget, run.verified() if run.owns_storage(storage) else None)
     written = "trials.csv, pareto.csv, pareto.png, hypervolume.png"
     if run.has(TABLE):
         import json
 
-        report.plot_latency_fit(json.loads(run.path(TABLE).read_text()), study.get_trials(deepcopy=False), report_dir / LATENCY_FIT_PNG)
+        report.plot_latency_fit(
+            json.loads(run.path(TABLE).read_text()), study.get_trials(deepcopy=False), report_dir / LATENCY_FIT_PNG
+        )
         written += ", latency_fit.png"
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    print(f"study {study_name}: {len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:")
+    print(
+        f"study {study_name}: {len(states)} trials ({', '.join(f'{states.count(s)} {s.lower()}' for s in sorted(set(states)))}); feasible front:"
+    )
     print(report.format_front(front, run.verified() if run.owns_storage(storage) else None))
     print(f"wrote {report_dir}/{written}")
     return 0
@@ -170,15 +202,22 @@ def list_studies(storage: str, connect_timeout: float) -> int:
 
     from nas.storage import check, normalize, redact, sqlite_study_names
 
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
         raise NasError(f"--storage {storage}: no such file")
     names = sqlite_study_names(storage) if storage.startswith("sqlite:///") else check(storage, connect_timeout)
     print(f"{redact(storage)}: {len(names)} stud{'y' if len(names) == 1 else 'ies'}")
     if not names:
         return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for summary in sorted(optuna.get_all_study_summaries(normalize(storage), include_best_trial=False), key=lambda s: s.study_name):
-        states = [t.state.name.lower() for t in optuna.load_study(study_name=summary.study_name, storage=normalize(storage)).get_trials(deepcopy=False)]
+    for summary in sorted(
+        optuna.get_all_study_summaries(normalize(storage), include_best_trial=False), key=lambda s: s.study_name
+    ):
+        states = [
+            t.state.name.lower()
+            for t in optuna.load_study(study_name=summary.study_name, storage=normalize(storage)).get_trials(
+                deepcopy=False
+            )
+        ]
         counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
         started = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "-"
         print(f"  {summary.study_name}: {len(states)} trials ({counts}), started {started}")

@@ -71,7 +71,9 @@ class AngularAttention(AttentionKernel):
         size = local_kernel_size if local_kernel_size is not None else (9 if variant == "authors" else 3)
         if variant == "authors":
             check_odd(size, self.name, "local_kernel_size")
-            self.local = nn.Conv2d(num_heads, num_heads, (size, 1), padding=(size // 2, 0), groups=num_heads, bias=False)
+            self.local = nn.Conv2d(
+                num_heads, num_heads, (size, 1), padding=(size // 2, 0), groups=num_heads, bias=False
+            )
         else:
             self.local = depthwise(num_heads * head_dim, size, self.name, "local_kernel_size")
         self.eps = check_positive(eps, self.name, "eps")

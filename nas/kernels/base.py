@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar, Union
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +127,7 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-Feature = Union[Tensor, float]  # a float c stands for a constant feature column of value c
+Feature = Tensor | float  # a float c stands for a constant feature column of value c
 # Within nas.kernels.fused.path(): the fused core, a function with linear_attention's arguments (None: the eager form below).
 # A module global, not a ContextVar: torch.compile (torch 2.6) cannot trace ContextVar.get() in a full graph.
 FUSED = None

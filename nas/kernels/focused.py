@@ -44,7 +44,13 @@ class FocusedAttention(AttentionKernel):
     revision = 2
 
     def __init__(
-        self, head_dim: int, num_heads: int, grid: Grid | None = None, power: float = 3.0, local_kernel_size: int = 5, eps: float = 1e-6
+        self,
+        head_dim: int,
+        num_heads: int,
+        grid: Grid | None = None,
+        power: float = 3.0,
+        local_kernel_size: int = 5,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__(head_dim, num_heads)
         self.grid = check_grid(grid, self.name)
@@ -59,7 +65,9 @@ class FocusedAttention(AttentionKernel):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, grid: Grid | None) -> Tensor:
         if tuple(grid) != self.grid:
-            raise NasError(f"focused: built for grid {self.grid} (its positional encoding has one entry per token), called with {tuple(grid)}")
+            raise NasError(
+                f"focused: built for grid {self.grid} (its positional encoding has one entry per token), called with {tuple(grid)}"
+            )
         dtype = compute_dtype(q)
         batch, heads, tokens, head_dim = q.shape
         scale = F.softplus(self.scale[:heads].to(dtype)).unsqueeze(1)  # (h, 1, d)
@@ -72,7 +80,9 @@ class FocusedAttention(AttentionKernel):
 
     def macs(self, heads: int, grid: Grid) -> int:
         tokens, d = grid[0] * grid[1], self.head_dim
-        features = 2 * 6 * heads * tokens * d + heads * tokens * d  # relu, scale, norm, power, norm, rescale for q and k; + P
+        features = (
+            2 * 6 * heads * tokens * d + heads * tokens * d
+        )  # relu, scale, norm, power, norm, rescale for q and k; + P
         local = heads * d * tokens * self.local.kernel_size[0] ** 2
         return linear_attention_macs(heads, tokens, d, d) + features + local
 

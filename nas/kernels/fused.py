@@ -61,8 +61,9 @@ def assemble(phi_q: Sequence, phi_k: Sequence, v: Tensor, weights: Sequence | No
 if triton is not None:
 
     @triton.jit
-    def _state(k_ptr, v_ptr, s_ptr, z_ptr, N, D, E, inv_n,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr):
+    def _state(
+        k_ptr, v_ptr, s_ptr, z_ptr, N, D, E, inv_n, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr
+    ):
         """S[bh, dtile, :] = Σ_j φK[j, dtile]ᵀ V[j, :] / N and z[bh, dtile] = Σ_j φK[j, dtile] / N."""
         bh, tile = tl.program_id(0), tl.program_id(1)
         feats = tile * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -71,18 +72,42 @@ if triton is not None:
         zacc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
             rows = start + tl.arange(0, BLOCK_N)
-            k = tl.load(k_ptr + bh * N * D + rows[:, None] * D + feats[None, :],
-                        mask=(rows[:, None] < N) & (feats[None, :] < D), other=0.0)
-            v = tl.load(v_ptr + bh * N * E + rows[:, None] * E + cols[None, :],
-                        mask=(rows[:, None] < N) & (cols[None, :] < E), other=0.0)
+            k = tl.load(
+                k_ptr + bh * N * D + rows[:, None] * D + feats[None, :],
+                mask=(rows[:, None] < N) & (feats[None, :] < D),
+                other=0.0,
+            )
+            v = tl.load(
+                v_ptr + bh * N * E + rows[:, None] * E + cols[None, :],
+                mask=(rows[:, None] < N) & (cols[None, :] < E),
+                other=0.0,
+            )
             acc += tl.dot(tl.trans(k), v, input_precision="ieee")
             zacc += tl.sum(k, axis=0)
-        tl.store(s_ptr + bh * D * E + feats[:, None] * E + cols[None, :], acc * inv_n, mask=(feats[:, None] < D) & (cols[None, :] < E))
+        tl.store(
+            s_ptr + bh * D * E + feats[:, None] * E + cols[None, :],
+            acc * inv_n,
+            mask=(feats[:, None] < D) & (cols[None, :] < E),
+        )
         tl.store(z_ptr + bh * D + feats, zacc * inv_n, mask=feats < D)
 
     @triton.jit
-    def _output(q_ptr, s_ptr, z_ptr, o_ptr, den_ptr, N, D, E, eps, min_den,
-                CLAMP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr):
+    def _output(
+        q_ptr,
+        s_ptr,
+        z_ptr,
+        o_ptr,
+        den_ptr,
+        N,
+        D,
+        E,
+        eps,
+        min_den,
+        CLAMP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_E: tl.constexpr,
+    ):
         """out[bh, rows, :] = φQ S / (φQ z + eps), or / max(φQ z, min_den) with CLAMP; den kept for the backward."""
         bh, block = tl.program_id(0), tl.program_id(1)
         rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -91,9 +116,16 @@ if triton is not None:
         den = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
             feats = start + tl.arange(0, BLOCK_D)
-            q = tl.load(q_ptr + bh * N * D + rows[:, None] * D + feats[None, :],
-                        mask=(rows[:, None] < N) & (feats[None, :] < D), other=0.0)
-            s = tl.load(s_ptr + bh * D * E + feats[:, None] * E + cols[None, :], mask=(feats[:, None] < D) & (cols[None, :] < E), other=0.0)
+            q = tl.load(
+                q_ptr + bh * N * D + rows[:, None] * D + feats[None, :],
+                mask=(rows[:, None] < N) & (feats[None, :] < D),
+                other=0.0,
+            )
+            s = tl.load(
+                s_ptr + bh * D * E + feats[:, None] * E + cols[None, :],
+                mask=(feats[:, None] < D) & (cols[None, :] < E),
+                other=0.0,
+            )
             z = tl.load(z_ptr + bh * D + feats, mask=feats < D, other=0.0)
             num += tl.dot(q, s, input_precision="ieee")
             den += tl.sum(q * z[None, :], axis=1)
@@ -101,7 +133,11 @@ if triton is not None:
             den = tl.maximum(den, min_den)
         else:
             den = den + eps
-        tl.store(o_ptr + bh * N * E + rows[:, None] * E + cols[None, :], num / den[:, None], mask=(rows[:, None] < N) & (cols[None, :] < E))
+        tl.store(
+            o_ptr + bh * N * E + rows[:, None] * E + cols[None, :],
+            num / den[:, None],
+            mask=(rows[:, None] < N) & (cols[None, :] < E),
+        )
         tl.store(den_ptr + bh * N + rows, den, mask=rows < N)
 
 
@@ -120,12 +156,26 @@ class FusedLinearAttention(torch.autograd.Function):
         out = torch.empty(batch, heads, tokens, width, device=v.device, dtype=torch.float32)
         den = torch.empty(batch, heads, tokens, device=v.device, dtype=torch.float32)
         block_d, block_e, block_n = min(_block(features), 64), _block(width), 32
-        _state[(batch * heads, triton.cdiv(features, block_d))](k, vv, state, z, tokens, features, width, 1.0 / tokens,
-                                                                 BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_E=block_e)
+        _state[(batch * heads, triton.cdiv(features, block_d))](
+            k, vv, state, z, tokens, features, width, 1.0 / tokens, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_E=block_e
+        )
         clamp = min_denominator is not None
-        _output[(batch * heads, triton.cdiv(tokens, block_n))](q, state, z, out, den, tokens, features, width, float(eps),
-                                                                float(min_denominator or 0.0), CLAMP=clamp,
-                                                                BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_E=block_e)
+        _output[(batch * heads, triton.cdiv(tokens, block_n))](
+            q,
+            state,
+            z,
+            out,
+            den,
+            tokens,
+            features,
+            width,
+            float(eps),
+            float(min_denominator or 0.0),
+            CLAMP=clamp,
+            BLOCK_N=block_n,
+            BLOCK_D=block_d,
+            BLOCK_E=block_e,
+        )
         ctx.save_for_backward(q, k, vv, state, z, out, den)
         ctx.clamp, ctx.min_denominator, ctx.dtypes = clamp, min_denominator, (phi_q.dtype, phi_k.dtype, v.dtype)
         return out.to(v.dtype)
@@ -157,8 +207,14 @@ def path() -> Iterator[None]:
         base.FUSED = before
 
 
-def linear_attention_fused(phi_q: Sequence, phi_k: Sequence, v: Tensor, weights: Sequence | None = None, eps: float = 1e-6,
-                           min_denominator: float | None = None) -> Tensor:
+def linear_attention_fused(
+    phi_q: Sequence,
+    phi_k: Sequence,
+    v: Tensor,
+    weights: Sequence | None = None,
+    eps: float = 1e-6,
+    min_denominator: float | None = None,
+) -> Tensor:
     """`nas.kernels.base.linear_attention` (same arguments, same result to float32 rounding) by the fused kernels."""
     why = available(v.device)
     if why:

@@ -11,11 +11,11 @@ from nas.kernels.base import (
     AttentionKernel,
     Grid,
     ImageNorm,
-    image_norm,
     check_positive,
     compute_dtype,
     depthwise,
     depthwise_conv,
+    image_norm,
     linear_attention,
     linear_attention_macs,
     token_layer_norm,
@@ -67,7 +67,9 @@ class L2ViTAttention(AttentionKernel):
     ) -> None:
         super().__init__(head_dim, num_heads)
         if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise NasError(f"l2vit: build it with embed_dim=E, the block's width: its LCM runs on the residual stream (got {embed_dim!r})")
+            raise NasError(
+                f"l2vit: build it with embed_dim=E, the block's width: its LCM runs on the residual stream (got {embed_dim!r})"
+            )
         self.embed_dim = embed_dim
         self.min_denominator = check_positive(min_denominator, self.name, "min_denominator")
         self.temperature = nn.Parameter(torch.full((num_heads,), head_dim**-0.5))

@@ -116,7 +116,11 @@ def focused(module, q, k, v, grid):
 def l2vit(module, q, k, v, grid):
     h = q.shape[1]
     sim = F.relu(q) @ F.relu(k).transpose(-2, -1)
-    return module.temperature[:h].view(1, h, 1, 1) * (sim @ v) / sim.sum(-1, keepdim=True).clamp(min=module.min_denominator)
+    return (
+        module.temperature[:h].view(1, h, 1, 1)
+        * (sim @ v)
+        / sim.sum(-1, keepdim=True).clamp(min=module.min_denominator)
+    )
 
 
 def window(module, q, k, v, grid):
@@ -151,7 +155,15 @@ def position_l2vit(module, x, grid):
     return _dwconv(x.transpose(1, 2).reshape(b, e, *grid), module.cpe, e).reshape(b, e, n).transpose(1, 2)
 
 
-REFERENCES = {"softmax": softmax, "relu": relu, "angular": angular, "taylor": taylor, "focused": focused, "l2vit": l2vit, "window": window}
+REFERENCES = {
+    "softmax": softmax,
+    "relu": relu,
+    "angular": angular,
+    "taylor": taylor,
+    "focused": focused,
+    "l2vit": l2vit,
+    "window": window,
+}
 RESIDUAL_REFERENCES = {"l2vit": residual_l2vit}
 POSITION_REFERENCES = {"l2vit": position_l2vit}
 

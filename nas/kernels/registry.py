@@ -40,7 +40,9 @@ def options(name: str) -> dict[str, object]:
     return {p: params[p].default for p in list(params)[3:] if p not in CONTEXT}
 
 
-def get(name: str, head_dim: int, num_heads: int, grid=None, embed_dim: int | None = None, **kernel_options) -> AttentionKernel:
+def get(
+    name: str, head_dim: int, num_heads: int, grid=None, embed_dim: int | None = None, **kernel_options
+) -> AttentionKernel:
     """Build kernel `name` for `num_heads` heads of `head_dim`, e.g.
     `get("taylor", head_dim=32, num_heads=4, grid=(14, 14), order=2, variant="compact")`. `grid` (H, W) and
     `embed_dim` go to the kernels whose constructor takes them (see `nas.kernels.base`)."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from nas.kernels.base import AttentionKernel, Grid, check_positive, compute_dtype, linear_attention, linear_attention_macs
+from nas.kernels.base import (
+    AttentionKernel,
+    Grid,
+    check_positive,
+    compute_dtype,
+    linear_attention,
+    linear_attention_macs,
+)
 from nas.kernels.registry import register
 
 

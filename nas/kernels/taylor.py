@@ -8,7 +8,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nas.errors import NasError
-from nas.kernels.base import AttentionKernel, Grid, ImageNorm, check_grid, check_positive, compute_dtype, linear_attention, linear_attention_macs
+from nas.kernels.base import (
+    AttentionKernel,
+    Grid,
+    ImageNorm,
+    check_grid,
+    check_positive,
+    compute_dtype,
+    linear_attention,
+    linear_attention_macs,
+)
 from nas.kernels.registry import register
 
 VARIANTS = ("full", "compact")
@@ -75,7 +84,9 @@ class TaylorAttention(AttentionKernel):
         if order not in (1, 2) or isinstance(order, bool):
             raise NasError(f"taylor: order must be 1 or 2 (the expansion order of exp), got {order!r}")
         if order == 1 and variant is not None:
-            raise NasError(f"taylor: variant applies to order 2 only (full or compact); got variant={variant!r} with order=1")
+            raise NasError(
+                f"taylor: variant applies to order 2 only (full or compact); got variant={variant!r} with order=1"
+            )
         if order == 2:
             variant = "full" if variant is None else variant
             if variant not in VARIANTS:
@@ -122,7 +133,9 @@ class TaylorAttention(AttentionKernel):
         elif self.variant == "compact":
             if self.positional_encoding is not None:
                 if tuple(grid) != self.grid:
-                    raise NasError(f"taylor: built for grid {self.grid} (its positional encoding has one entry per token), called with {tuple(grid)}")
+                    raise NasError(
+                        f"taylor: built for grid {self.grid} (its positional encoding has one entry per token), called with {tuple(grid)}"
+                    )
                 k = k + self.positional_encoding[: q.shape[1]].to(dtype)
             phi_q, phi_k = [self._unit_square(q), 1.0], [self._unit_square(k), 1.0]
             weights = [1.0, self.gamma.to(dtype) ** 2]
@@ -146,7 +159,9 @@ class TaylorAttention(AttentionKernel):
     def macs(self, heads: int, grid: Grid) -> int:
         tokens, d = grid[0] * grid[1], self.head_dim
         features = {1: 2 * d, 2: d * (d + 1) // 2 if self.variant == "full" else 5 * d}[self.order]  # per token, q or k
-        extras = heads * tokens * d * ((self.positional_encoding is not None) + 5 * self.shortcut)  # + P; mean, var, normalise, affine, GELU
+        extras = (
+            heads * tokens * d * ((self.positional_encoding is not None) + 5 * self.shortcut)
+        )  # + P; mean, var, normalise, affine, GELU
         return linear_attention_macs(heads, tokens, d, self.feature_dim) + 2 * heads * tokens * features + extras
 
     @staticmethod

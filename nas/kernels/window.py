@@ -85,7 +85,13 @@ class WindowAttention(AttentionKernel):
             valid = valid.reshape(windows_h, w, windows_w, w).transpose(1, 2).reshape(windows, w * w)
             mask = valid.repeat(heads, 1).unsqueeze(1)  # (h·windows, 1, w²): keys only
         if self.variant == "swin":
-            bias = self.bias(heads, w).to(q.dtype).unsqueeze(1).expand(heads, windows, w * w, w * w).reshape(heads * windows, w * w, w * w)
+            bias = (
+                self.bias(heads, w)
+                .to(q.dtype)
+                .unsqueeze(1)
+                .expand(heads, windows, w * w, w * w)
+                .reshape(heads * windows, w * w, w * w)
+            )
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         out = F.scaled_dot_product_attention(partition(q), partition(k), partition(v), attn_mask=mask)
         out = out.reshape(batch, heads, windows_h, windows_w, w, w, head_dim).transpose(3, 4)

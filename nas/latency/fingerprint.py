@@ -38,7 +38,11 @@ class Fingerprint:
 
     def differences(self, other: Fingerprint) -> list[str]:
         """Human-readable `field: self vs other` for every field that differs."""
-        return [f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}" for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
 
 
 def fingerprint(device: torch.device, dtype: str, batch_size: int, backend: str = "eager") -> Fingerprint:

@@ -45,7 +45,7 @@ class Protocol:
     drift_threshold: float = 0.15
     monotone_tolerance: float = 0.1
 
-    def for_trials(self) -> "Protocol":
+    def for_trials(self) -> Protocol:
         """The timing of a search's trial models: each pass at most 20 calls (the table's 40
         make measuring every trial cost about half the search stage on 2 cores); the pick
         before export is measured again with the full protocol."""
@@ -54,13 +54,22 @@ class Protocol:
         return replace(self, repeats=min(self.repeats, 20), max_seconds=min(self.max_seconds, 0.05))
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "statistic": "min over passes of per-pass medians",
-                "dispersion": "(second lowest - lowest) / lowest pass",
-                "inputs": "random normal, rotated", "mode": "eval, torch.no_grad"}
+        return {
+            **asdict(self),
+            "statistic": "min over passes of per-pass medians",
+            "dispersion": "(second lowest - lowest) / lowest pass",
+            "inputs": "random normal, rotated",
+            "mode": "eval, torch.no_grad",
+        }
 
 
-def timed_unit(fn: Callable, make_input: Callable[[], torch.Tensor], protocol: Protocol, device: torch.device | str = "cpu",
-               cuda_graph: bool = False) -> Unit:
+def timed_unit(
+    fn: Callable,
+    make_input: Callable[[], torch.Tensor],
+    protocol: Protocol,
+    device: torch.device | str = "cpu",
+    cuda_graph: bool = False,
+) -> Unit:
     """A `Unit` for `fn` on `protocol.input_sets` inputs: one timed pass per call (median ms per call, under
     torch.no_grad), the first pass with the protocol's warm-up, later ones with one call."""
     inputs = [(make_input(),) for _ in range(protocol.input_sets)]
@@ -74,15 +83,27 @@ def timed_unit(fn: Callable, make_input: Callable[[], torch.Tensor], protocol: P
         warmup = 1 if warmed else protocol.warmup
         warmed.append(True)
         return measure(
-            run, inputs, device=device, warmup=warmup, repeats=protocol.repeats, min_repeats=protocol.min_repeats,
-            max_seconds=protocol.max_seconds, cuda_graph=cuda_graph,
+            run,
+            inputs,
+            device=device,
+            warmup=warmup,
+            repeats=protocol.repeats,
+            min_repeats=protocol.min_repeats,
+            max_seconds=protocol.max_seconds,
+            cuda_graph=cuda_graph,
         ).median_ms
 
     return one_pass
 
 
-def _unit(fn: Callable, make_input: Callable[[], torch.Tensor], device: torch.device, fp: Fingerprint, protocol: Protocol,
-          module: torch.nn.Module) -> Unit:
+def _unit(
+    fn: Callable,
+    make_input: Callable[[], torch.Tensor],
+    device: torch.device,
+    fp: Fingerprint,
+    protocol: Protocol,
+    module: torch.nn.Module,
+) -> Unit:
     """`fn` (a call of `module`) timed in the fingerprint's runtime (nas.latency.runtime)."""
     if fp.backend == "onnxruntime":
         from nas.latency.runtime import onnxruntime_callable
@@ -99,9 +120,18 @@ def block_unit(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Prot
     """The first transformer block of `arch`, at its embed dim, tokens and head dim."""
     layer = arch.layers[0]
     kernel = arch.kernel_spec(0).build(arch.head_dim, layer.heads, grid=arch.grid, embed_dim=arch.embed_dim)
-    block = _prepare(Block(arch.embed_dim, layer.heads, arch.head_dim, layer.hidden_dim(arch.embed_dim), kernel), device, fp)
+    block = _prepare(
+        Block(arch.embed_dim, layer.heads, arch.head_dim, layer.hidden_dim(arch.embed_dim), kernel), device, fp
+    )
     shape = (fp.batch_size, arch.tokens, arch.embed_dim)
-    return _unit(lambda x: block(x, arch.grid), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol, block)
+    return _unit(
+        lambda x: block(x, arch.grid),
+        lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]),
+        device,
+        fp,
+        protocol,
+        block,
+    )
 
 
 def stem_and_head_units(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Protocol) -> tuple[Unit, Unit]:
@@ -122,7 +152,9 @@ def model_unit(arch: Arch, device: torch.device, fp: Fingerprint, protocol: Prot
     return _unit(model, lambda: torch.randn(image, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol, model)
 
 
-def probe_units(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol) -> dict[str, Unit]:
+def probe_units(
+    chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol
+) -> dict[str, Unit]:
     """Table entries' units: a block probe is one entry, a stem+head probe two (stem|e, head|e)."""
     units: dict[str, Unit] = {}
     for key, arch in chunk:
@@ -140,4 +172,11 @@ def reference_unit(device: torch.device, fp: Fingerprint, protocol: Protocol) ->
 
     block = _prepare(Block(64, 2, 32, 128, get("softmax", 32, 2)), device, fp)
     shape = (fp.batch_size, 64, 64)
-    return _unit(lambda x: block(x, (8, 8)), lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]), device, fp, protocol, block)
+    return _unit(
+        lambda x: block(x, (8, 8)),
+        lambda: torch.randn(shape, device=device, dtype=DTYPES[fp.dtype]),
+        device,
+        fp,
+        protocol,
+        block,
+    )

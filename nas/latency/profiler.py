@@ -15,12 +15,19 @@ from nas.latency.probe import Protocol, model_unit, reference_unit
 from nas.latency.robust import DriftProbe, measure_units, measure_with_drift
 from nas.latency.table import measure_probes
 
-
 MAX_SPEED_RATIO = 1.5  # the widest quiet-speed change a table's figures are corrected for (see Profiler.speed)
 
 
 class Profiler:
-    def __init__(self, device: str, dtype: str, batch_size: int, backend: str = "eager", threads: int | None = None, protocol: Protocol = Protocol()) -> None:
+    def __init__(
+        self,
+        device: str,
+        dtype: str,
+        batch_size: int,
+        backend: str = "eager",
+        threads: int | None = None,
+        protocol: Protocol = Protocol(),
+    ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
@@ -28,7 +35,9 @@ class Profiler:
         self._fingerprint = fingerprint(self.device, dtype, batch_size, backend)
         self._reference = None
         self._probe: DriftProbe | None = None  # kept across measure_models calls: its best is the machine's quiet speed
-        self.anchor_ms: float | None = None  # the reference time whole-model figures are expressed at (a table's reference_ms)
+        self.anchor_ms: float | None = (
+            None  # the reference time whole-model figures are expressed at (a table's reference_ms)
+        )
         self.speeds: list[float] = []  # per measure_models call: the reference's best time so far / anchor_ms
 
     def fingerprint(self) -> Fingerprint:
@@ -73,7 +82,9 @@ class Profiler:
 
         if self._probe is None:
             self._probe = DriftProbe(self.reference, self.protocol)
-        entries = measure_with_drift([keys[i : i + 8] for i in range(0, len(keys), 8)], chunk_entries, self._probe, self.protocol)
+        entries = measure_with_drift(
+            [keys[i : i + 8] for i in range(0, len(keys), 8)], chunk_entries, self._probe, self.protocol
+        )
         raw = [entries[key]["ms"] for key in keys]
         speed = self.speed()
         if speed is None:

@@ -47,7 +47,12 @@ def measure_units(units: dict[str, Unit], protocol: Protocol, provisional: bool 
         while not provisional and dispersion(every) > protocol.max_dispersion and again < protocol.remeasure:
             every += [unit() for _ in range(protocol.passes)]
             again += 1
-        out[key] = {"ms": min(every), "dispersion": round(dispersion(every), 4), "passes": len(every), "remeasured": again}
+        out[key] = {
+            "ms": min(every),
+            "dispersion": round(dispersion(every), 4),
+            "passes": len(every),
+            "remeasured": again,
+        }
     return out
 
 
@@ -108,14 +113,25 @@ def measure_with_drift(
     before = probe.check() if probe else 0.0
 
     def ran_slow(record: dict) -> bool:  # and may be measured again
-        return bool(probe) and record["attempt"] < protocol.remeasure and (probe.slow(record["before"]) or probe.slow(record["after"]))
+        return (
+            bool(probe)
+            and record["attempt"] < protocol.remeasure
+            and (probe.slow(record["before"]) or probe.slow(record["after"]))
+        )
 
     def again(record: dict, late: bool) -> None:
         record["queued"] = True
         queue.append((record["chunk"], record["attempt"] + 1))
         if drift_log is not None:
-            drift_log.append({"ratio_before": round(probe.ratio(record["before"]), 3), "ratio_after": round(probe.ratio(record["after"]), 3),
-                              "entries": record["keys"], "attempt": record["attempt"] + 1, **({"late": True} if late else {})})
+            drift_log.append(
+                {
+                    "ratio_before": round(probe.ratio(record["before"]), 3),
+                    "ratio_after": round(probe.ratio(record["after"]), 3),
+                    "entries": record["keys"],
+                    "attempt": record["attempt"] + 1,
+                    **({"late": True} if late else {}),
+                }
+            )
 
     while True:
         while queue:
@@ -125,7 +141,14 @@ def measure_with_drift(
             for key, entry in measured.items():
                 results[key] = merge(results.get(key), entry)
             after = probe.check() if probe else 0.0
-            record = {"chunk": chunk, "attempt": attempt, "before": before, "after": after, "keys": sorted(measured), "queued": False}
+            record = {
+                "chunk": chunk,
+                "attempt": attempt,
+                "before": before,
+                "after": after,
+                "keys": sorted(measured),
+                "queued": False,
+            }
             judged.append(record)
             if ran_slow(record):
                 again(record, late=False)

@@ -26,7 +26,7 @@ from nas.errors import NasError
 RUNTIMES = ("eager", "cuda-graph", "onnxruntime")
 NOT_BUILT = {
     "compile": "torch.compile is not a latency runtime yet: compiling each measured model takes longer than timing the whole table "
-               "on a small machine; measure in eager (or cuda-graph on GPUs, which removes launch overhead the way compilation does)",
+    "on a small machine; measure in eager (or cuda-graph on GPUs, which removes launch overhead the way compilation does)",
     "tensorrt": "TensorRT is not a latency runtime yet; on NVIDIA GPUs use cuda-graph, or onnxruntime on CPUs",
 }
 
@@ -43,7 +43,9 @@ def check_runtime(runtime: str, device: torch.device, dtype: str) -> str | None:
     if runtime != "onnxruntime":
         return None
     if device.type != "cpu":
-        raise NasError("--runtime onnxruntime times ONNX Runtime's CPU execution provider; on CUDA use eager or cuda-graph")
+        raise NasError(
+            "--runtime onnxruntime times ONNX Runtime's CPU execution provider; on CUDA use eager or cuda-graph"
+        )
     if dtype != "fp32":
         raise NasError(f"--runtime onnxruntime measures fp32 models; --dtype {dtype} is not supported there")
     try:
@@ -77,8 +79,15 @@ def onnx_bytes(module: torch.nn.Module, fn: Callable, example: torch.Tensor) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapped.eval(), (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=18, verbose=False, external_data=False,
+            wrapped.eval(),
+            (example,),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            opset_version=18,
+            verbose=False,
+            external_data=False,
         )
     program.save(buffer)
     return buffer.getvalue()

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
+from nas import kernels
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.io import write_json
 from nas.latency.fingerprint import Fingerprint
 from nas.latency.probe import Protocol, probe_units
 from nas.latency.robust import DriftProbe, measure_units, measure_with_drift, merge, width_inconsistencies
-from nas import kernels
 from nas.space import SearchSpace
 
 FORMAT = "nas-latency-table/1"
@@ -39,7 +39,11 @@ FORMAT = "nas-latency-table/1"
 
 def space_digest(space: SearchSpace) -> str:
     """Hash of what shapes the entries (choices and fixed fields), not of name or comments."""
-    shape = {k: v for k, v in space.__dict__.items() if k not in ("name", "description", "source", "data", "epochs", "choice_limits", "projections")}
+    shape = {
+        k: v
+        for k, v in space.__dict__.items()
+        if k not in ("name", "description", "source", "data", "epochs", "choice_limits", "projections")
+    }
     shape["kernel_choices"] = [spec.label for spec in space.kernel_choices()]
     # A kernel whose operator changed (revision > 1) makes the tables measured before the change stale.
     revisions = kernel_revisions(space)
@@ -50,7 +54,9 @@ def space_digest(space: SearchSpace) -> str:
 
 def kernel_revisions(space: SearchSpace) -> dict[str, int]:
     """The revisions of the space's kernels whose operator changed since the first (revision 1 is left out)."""
-    return {name: kernels.kernel_class(name).revision for name in space.kernels if kernels.kernel_class(name).revision > 1}
+    return {
+        name: kernels.kernel_class(name).revision for name in space.kernels if kernels.kernel_class(name).revision > 1
+    }
 
 
 def block_key(embed_dim: int, label: str, heads: int, mlp_ratio: float) -> str:
@@ -73,7 +79,10 @@ def probe_archs(space: SearchSpace) -> Iterator[tuple[str, Arch]]:
                     layer = space.make_layer(spec, heads, ratio)
                     yield block_key(e, spec.label, heads, layer.mlp_ratio), space.make_arch(e, [layer])
     for e in space.embed_dim:
-        yield f"stem+head|e{e}", space.make_arch(e, [space.make_layer(space.kernel_choices()[0], min(space.heads), min(space.mlp_ratio))])
+        yield (
+            f"stem+head|e{e}",
+            space.make_arch(e, [space.make_layer(space.kernel_choices()[0], min(space.heads), min(space.mlp_ratio))]),
+        )
 
 
 @dataclass
@@ -89,8 +98,12 @@ class LatencyTable:
     drift: list = field(default_factory=list)  # chunks measured while the reference probe ran slow (re-measured)
     checks: dict = field(default_factory=dict)  # width-consistency re-measurement
     kernel_revisions: dict = field(default_factory=dict)  # of the kernels measured (those above revision 1)
-    reference_ms: float | None = None  # the drift probe's best time during the build: the speed the entries are at (nas.latency.profiler)
-    chunks: list = field(default_factory=list)  # per measured chunk: its probe keys, reference times before/after, attempt
+    reference_ms: float | None = (
+        None  # the drift probe's best time during the build: the speed the entries are at (nas.latency.profiler)
+    )
+    chunks: list = field(
+        default_factory=list
+    )  # per measured chunk: its probe keys, reference times before/after, attempt
     # (a resumed build judges them again with the final best reference time, as an uninterrupted one does)
 
     # ---- prediction ----------------------------------------------------------------------
@@ -99,7 +112,9 @@ class LatencyTable:
         """stem + Σ blocks + head, in ms, before calibration."""
         missing = [key for key in arch_keys(arch) if key not in self.entries]
         if missing:
-            raise NasError(f"latency table for {self.space} lacks {missing[0]} (and {len(missing) - 1} more); build it completely with `nas latency`")
+            raise NasError(
+                f"latency table for {self.space} lacks {missing[0]} (and {len(missing) - 1} more); build it completely with `nas latency`"
+            )
         return sum(self.entries[key]["ms"] for key in arch_keys(arch))
 
     def predict(self, arch: Arch) -> float:
@@ -133,7 +148,9 @@ class LatencyTable:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path, space: SearchSpace | None = None, expect: Fingerprint | None = None) -> LatencyTable:
+    def load(
+        cls, path: str | Path, space: SearchSpace | None = None, expect: Fingerprint | None = None
+    ) -> LatencyTable:
         """Read a table; refuse it if it was built for another space or device."""
         path = Path(path)
         try:
@@ -157,9 +174,14 @@ class LatencyTable:
                 reference_ms=data.get("reference_ms"),
                 chunks=data.get("chunks", []),
             )
-            if table.reference_ms is not None and not (isinstance(table.reference_ms, (int, float)) and math.isfinite(table.reference_ms)
-                                                       and table.reference_ms > 0):
-                raise ValueError(f"reference_ms is {table.reference_ms!r}; it must be a positive number of milliseconds")
+            if table.reference_ms is not None and not (
+                isinstance(table.reference_ms, (int, float))
+                and math.isfinite(table.reference_ms)
+                and table.reference_ms > 0
+            ):
+                raise ValueError(
+                    f"reference_ms is {table.reference_ms!r}; it must be a positive number of milliseconds"
+                )
             _check_entries(table.entries)
             _check_calibration(table.calibration)
         except OSError as error:
@@ -168,16 +190,26 @@ class LatencyTable:
             raise NasError(f"{path}: not a valid latency table ({error})") from None
         current = kernel_revisions(space) if space is not None else {}
         if space is not None and table.space_digest != space_digest(space) and table.kernel_revisions != current:
-            changed = sorted(name for name in set(current) | set(table.kernel_revisions) if table.kernel_revisions.get(name, 1) != current.get(name, 1))
-            raise NasError(f"{path}: measured with an earlier operator of kernel(s) {', '.join(changed)} (revision "
-                           + ", ".join(f"{n} {table.kernel_revisions.get(n, 1)} vs {current.get(n, 1)} now" for n in changed)
-                           + "); rebuild it into a new file with `nas latency`")
+            changed = sorted(
+                name
+                for name in set(current) | set(table.kernel_revisions)
+                if table.kernel_revisions.get(name, 1) != current.get(name, 1)
+            )
+            raise NasError(
+                f"{path}: measured with an earlier operator of kernel(s) {', '.join(changed)} (revision "
+                + ", ".join(f"{n} {table.kernel_revisions.get(n, 1)} vs {current.get(n, 1)} now" for n in changed)
+                + "); rebuild it into a new file with `nas latency`"
+            )
         if space is not None and (table.space_digest != space_digest(space)):
-            raise NasError(f"{path}: built for search space {table.space!r} as it was then, not for {space.name!r} as it is now; rebuild it")
+            raise NasError(
+                f"{path}: built for search space {table.space!r} as it was then, not for {space.name!r} as it is now; rebuild it"
+            )
         if expect is not None and table.fingerprint != expect:
             raise NasError(
                 f"{path}: built on another device or setting, refused ("
-                + "; ".join(f"table {d}".replace(" vs ", " vs requested ") for d in table.fingerprint.differences(expect))
+                + "; ".join(
+                    f"table {d}".replace(" vs ", " vs requested ") for d in table.fingerprint.differences(expect)
+                )
                 + ")"
             )
         return table
@@ -189,7 +221,9 @@ def _check_entries(entries) -> None:
     for key, entry in entries.items():
         value = entry.get("ms") if isinstance(entry, dict) else entry
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"entry {key!r} is {value!r} ms; every entry must be a positive, finite number of milliseconds: rebuild the table")
+            raise ValueError(
+                f"entry {key!r} is {value!r} ms; every entry must be a positive, finite number of milliseconds: rebuild the table"
+            )
 
 
 # ---- building --------------------------------------------------------------------------------
@@ -216,7 +250,9 @@ def build(
         if table.protocol != protocol.to_dict():
             raise NasError(f"{path}: measured with another protocol ({table.protocol}); rebuild into a new file")
     else:
-        table = LatencyTable(space.name, space_digest(space), fp, protocol.to_dict(), kernel_revisions=kernel_revisions(space))
+        table = LatencyTable(
+            space.name, space_digest(space), fp, protocol.to_dict(), kernel_revisions=kernel_revisions(space)
+        )
     probes = list(probe_archs(space))
     todo = [(key, arch) for key, arch in probes if not _have(table, key)]
     total = len(probes)
@@ -230,8 +266,17 @@ def build(
     kept = [r for r in table.chunks if unchecked and all(k in by_key for k in r.get("probe_keys", []))] if probe else []
     # a chunk queued again counts as queued only if its next attempt was measured before the stop
     followed = {(tuple(r["probe_keys"]), r["attempt"] - 1) for r in kept}
-    history = [{"chunk": [(k, by_key[k]) for k in r["probe_keys"]], "attempt": r["attempt"], "before": r["before"], "after": r["after"],
-                "keys": r["keys"], "queued": (tuple(r["probe_keys"]), r["attempt"]) in followed} for r in kept]
+    history = [
+        {
+            "chunk": [(k, by_key[k]) for k in r["probe_keys"]],
+            "attempt": r["attempt"],
+            "before": r["before"],
+            "after": r["after"],
+            "keys": r["keys"],
+            "queued": (tuple(r["probe_keys"]), r["attempt"]) in followed,
+        }
+        for r in kept
+    ]
     if probe is not None and history:  # the best reference time seen while the earlier session measured
         probe.best = min([probe.best] + [r[t] for r in history for t in ("before", "after")])
     measured = [0]
@@ -241,20 +286,35 @@ def build(
     def save(chunk, entries, record=None) -> None:
         table.entries.update({k: merge(earlier[k], e) if k in earlier else e for k, e in entries.items()})
         if record is not None:
-            table.chunks = [{"probe_keys": [k for k, _ in r["chunk"]], "attempt": r["attempt"], "before": round(r["before"], 5),
-                             "after": round(r["after"], 5), "keys": r["keys"], "queued": r["queued"]} for r in record]
+            table.chunks = [
+                {
+                    "probe_keys": [k for k, _ in r["chunk"]],
+                    "attempt": r["attempt"],
+                    "before": round(r["before"], 5),
+                    "after": round(r["after"], 5),
+                    "keys": r["keys"],
+                    "queued": r["queued"],
+                }
+                for r in record
+            ]
         measured[0] += len(chunk)
         elapsed = time.perf_counter() - started
         eta = elapsed / measured[0] * max(0, len(todo) - measured[0])
         table.build_seconds = base_seconds + elapsed
         table.save(path)
         redo = " (re-measured: the machine ran slow)" if measured[0] > len(todo) else ""
-        progress(f"[{min(done + measured[0], total)}/{total}] {chunk[-1][0]}: {_measured(table, chunk[-1][0])}{redo}  (ETA {eta / 60:.1f} min)")
+        progress(
+            f"[{min(done + measured[0], total)}/{total}] {chunk[-1][0]}: {_measured(table, chunk[-1][0])}{redo}  (ETA {eta / 60:.1f} min)"
+        )
 
     chunks = [todo[i : i + 8] for i in range(0, len(todo), 8)]
     before = len(table.drift)
     measure_with_drift(chunks, measure_entries, probe, protocol, save, table.drift, history)
-    if (todo or len(table.drift) > before) and probe is not None and (table.reference_ms is None or probe.best < table.reference_ms):
+    if (
+        (todo or len(table.drift) > before)
+        and probe is not None
+        and (table.reference_ms is None or probe.best < table.reference_ms)
+    ):
         table.reference_ms = probe.best  # the machine's quiet speed while the entries were measured
         table.save(path)
     if unchecked:
@@ -264,13 +324,17 @@ def build(
     return table
 
 
-def _recheck_widths(table: LatencyTable, probes: dict, fresh: set, measure_entries, protocol: Protocol, progress) -> None:
+def _recheck_widths(
+    table: LatencyTable, probes: dict, fresh: set, measure_entries, protocol: Protocol, progress
+) -> None:
     """Re-measure, once, block entries that are slower than the same kernel at a wider width —
     those measured in this session (`fresh`): a resumed build keeps what an earlier one finished."""
     pairs = width_inconsistencies(table.entries, protocol.monotone_tolerance)
     keys = sorted({key for pair in pairs for key in pair if key in fresh})
     if keys:
-        progress(f"{len(pairs)} width inconsistencies (a kernel faster at a wider width): re-measuring {len(keys)} entries")
+        progress(
+            f"{len(pairs)} width inconsistencies (a kernel faster at a wider width): re-measuring {len(keys)} entries"
+        )
         for i in range(0, len(keys), 8):
             for key, entry in measure_entries([(k, probes[k]) for k in keys[i : i + 8]]).items():
                 table.entries[key] = merge(table.entries.get(key), entry)
@@ -297,7 +361,9 @@ def _check_calibration(calibration) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"calibration field '{name}' is {value!r}; it must be a finite number")
     if calibration["a"] <= 0:
-        raise ValueError(f"calibration slope 'a' is {calibration['a']}; it must be positive (larger models are not faster)")
+        raise ValueError(
+            f"calibration slope 'a' is {calibration['a']}; it must be positive (larger models are not faster)"
+        )
 
 
 def _have(table: LatencyTable, key: str) -> bool:
@@ -307,7 +373,9 @@ def _have(table: LatencyTable, key: str) -> bool:
     return key in table.entries
 
 
-def measure_probes(chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol, provisional: bool = False) -> dict[str, dict]:
+def measure_probes(
+    chunk: list[tuple[str, Arch]], device: torch.device, fp: Fingerprint, protocol: Protocol, provisional: bool = False
+) -> dict[str, dict]:
     """Entries for (key, probe arch) pairs, measured in this process in interleaved passes."""
     return measure_units(probe_units(chunk, device, fp, protocol), protocol, provisional)
 
@@ -338,8 +406,10 @@ def calibrate(table: LatencyTable, archs: list[Arch], measured: list[float]) -> 
     the best fit within the constraints when the free one has b < 0 or a ≤ 0."""
     raw = [table.raw(arch) for arch in archs]
     if any(not (math.isfinite(y) and y > 0) for y in measured) or any(x <= 0 for x in raw):
-        raise NasError("calibration: every whole model and every sum of entries must take a positive, finite time; "
-                       "the measurements are broken (rebuild the table on a quiet machine)")
+        raise NasError(
+            "calibration: every whole model and every sum of entries must take a positive, finite time; "
+            "the measurements are broken (rebuild the table on a quiet machine)"
+        )
     n = len(raw)
     mean_x, mean_y = sum(raw) / n, sum(measured) / n
     var = sum((x - mean_x) ** 2 for x in raw)
@@ -392,8 +462,16 @@ def validate(table: LatencyTable, archs: list[Arch], measured: list[float]) -> d
         "mape": sum(abs(e) for e in errors) / len(errors),
         "within_10pct": sum(abs(e) <= 0.10 for e in errors) / len(errors),
         "kendall_tau": kendall_tau(predicted, measured),
-        "worst": {"arch": archs[worst].to_dict(), "digest": archs[worst].digest, "predicted_ms": predicted[worst], "measured_ms": measured[worst], "error": errors[worst]},
-        "points": [{"digest": a.digest, "predicted_ms": p, "measured_ms": m} for a, p, m in zip(archs, predicted, measured)],
+        "worst": {
+            "arch": archs[worst].to_dict(),
+            "digest": archs[worst].digest,
+            "predicted_ms": predicted[worst],
+            "measured_ms": measured[worst],
+            "error": errors[worst],
+        },
+        "points": [
+            {"digest": a.digest, "predicted_ms": p, "measured_ms": m} for a, p, m in zip(archs, predicted, measured)
+        ],
     }
     return table.validation
 

@@ -40,8 +40,11 @@ class Judgement:
     skipped: str | None  # why it is not scored (over the budget), or None
 
     def attrs(self) -> dict:
-        out = {"latency_ms": self.latency_ms, "predicted_ms": self.predicted_ms,
-               "latency_source": "predicted" if self.measured_ms is None else "measured"}
+        out = {
+            "latency_ms": self.latency_ms,
+            "predicted_ms": self.predicted_ms,
+            "latency_source": "predicted" if self.measured_ms is None else "measured",
+        }
         if self.measured_ms is not None:
             out["measured_ms"] = self.measured_ms
         if self.skipped:
@@ -52,11 +55,16 @@ class Judgement:
 class TrialLatency:
     """Judges the archs of a search: `judge(archs)` -> one `Judgement` each, in order."""
 
-    def __init__(self, table, measure: Callable[[list[Arch]], list[float]] | None = None, budget_ms: float | None = None) -> None:
+    def __init__(
+        self, table, measure: Callable[[list[Arch]], list[float]] | None = None, budget_ms: float | None = None
+    ) -> None:
         self.table, self.measure, self.budget_ms = table, measure, budget_ms
         self.known: dict[str, float] = {}  # digest -> measured ms (each arch is measured once per search)
-        self.errors: list[float] = [abs(p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"]
-                                    for p in ((getattr(table, "validation", None) or {}).get("points") or []) if p.get("measured_ms")]
+        self.errors: list[float] = [
+            abs(p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"]
+            for p in ((getattr(table, "validation", None) or {}).get("points") or [])
+            if p.get("measured_ms")
+        ]
         self.seconds = 0.0  # spent measuring
         self.measured = 0  # models measured
         self.prefiltered = 0  # archs skipped on the prior's verdict
@@ -79,7 +87,11 @@ class TrialLatency:
             return [Judgement(p, None, p, _over(p, budget, "predicted")) for p in predicted]
         margin = self.margin()
         prior_skips = {i for i, p in enumerate(predicted) if budget is not None and p > budget * (1 + margin)}
-        todo = {archs[i].digest: (archs[i], predicted[i]) for i in range(len(archs)) if i not in prior_skips and archs[i].digest not in self.known}
+        todo = {
+            archs[i].digest: (archs[i], predicted[i])
+            for i in range(len(archs))
+            if i not in prior_skips and archs[i].digest not in self.known
+        }
         if todo:
             started = time.perf_counter()
             for (arch, p), ms in zip(todo.values(), self.measure([arch for arch, _ in todo.values()])):
@@ -91,8 +103,15 @@ class TrialLatency:
         for i, (arch, p) in enumerate(zip(archs, predicted)):
             if i in prior_skips and arch.digest not in self.known:
                 self.prefiltered += 1
-                out.append(Judgement(p, None, p, f"predicted {p:.4f} ms is over the budget {budget} ms by more than the prior's error "
-                                                 f"({margin:.0%}): not measured, not scored"))
+                out.append(
+                    Judgement(
+                        p,
+                        None,
+                        p,
+                        f"predicted {p:.4f} ms is over the budget {budget} ms by more than the prior's error "
+                        f"({margin:.0%}): not measured, not scored",
+                    )
+                )
             else:
                 ms = self.known[arch.digest]
                 out.append(Judgement(p, ms, ms, _over(ms, budget, "measured")))
@@ -101,8 +120,10 @@ class TrialLatency:
     def summary(self) -> str:
         if self.measure is None:
             return "trial latencies: predicted by the table (not measured)"
-        return (f"trial latencies: {self.measured} whole model(s) measured in {self.seconds:.1f} s, {self.prefiltered} arch(s) "
-                f"skipped on the prior's verdict (margin {self.margin():.1%})")
+        return (
+            f"trial latencies: {self.measured} whole model(s) measured in {self.seconds:.1f} s, {self.prefiltered} arch(s) "
+            f"skipped on the prior's verdict (margin {self.margin():.1%})"
+        )
 
 
 def _over(ms: float, budget: float | None, source: str) -> str | None:

@@ -28,7 +28,9 @@ def revision_2(module, q, k, v):
     """Revision 2's order 2 full (git show d7b473c:nas/kernels/taylor.py, `_outer`): φ = [1, x, vec(x⊗x)]."""
     outer = lambda x: (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # noqa: E731
     d = module.head_dim
-    return linear_attention([1.0, q, outer(q)], [1.0, k, outer(k)], v, weights=[1.0, d**-0.5, 1.0 / (2 * d)], eps=module.eps)
+    return linear_attention(
+        [1.0, q, outer(q)], [1.0, k, outer(k)], v, weights=[1.0, d**-0.5, 1.0 / (2 * d)], eps=module.eps
+    )
 
 
 def median_ms(fn, calls: int) -> float:
@@ -62,12 +64,22 @@ def main() -> None:
             with torch.inference_mode():
                 new, old = module(q, k, v), revision_2(module, q, k, v)
                 difference = ((new - old).abs().max() / old.abs().max()).item()
-                old_ms = median_ms(lambda: revision_2(module, q, k, v), args.calls)
-                new_ms = median_ms(lambda: module(q, k, v), args.calls)
-            record = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "round": round_, "tokens": tokens,
-                      "heads": args.heads, "head_dim": args.head_dim, "threads": args.threads, "revision_2_ms": round(old_ms, 4),
-                      "revision_3_ms": round(new_ms, 4), "speedup": round(old_ms / new_ms, 3), "max_relative_difference": difference,
-                      "machine": machine["name"], "torch": machine["torch"]}
+                old_ms = median_ms(lambda q=q, k=k, v=v: revision_2(module, q, k, v), args.calls)
+                new_ms = median_ms(lambda q=q, k=k, v=v: module(q, k, v), args.calls)
+            record = {
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "round": round_,
+                "tokens": tokens,
+                "heads": args.heads,
+                "head_dim": args.head_dim,
+                "threads": args.threads,
+                "revision_2_ms": round(old_ms, 4),
+                "revision_3_ms": round(new_ms, 4),
+                "speedup": round(old_ms / new_ms, 3),
+                "max_relative_difference": difference,
+                "machine": machine["name"],
+                "torch": machine["torch"],
+            }
             append_line(args.out, record)
             print(json.dumps(record), flush=True)
 
