@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from nas import flops, subnet
 from nas.compute import CPU, Compute
-from nas.data import Dataset
+from nas.dataset import Dataset
 from nas.errors import NasError
 from nas.io import write_json
 from nas.rundir import RunDir, versions

@@ -45,7 +45,8 @@ import yaml
 from nas.arch import Arch
 from nas.compute import CPU, Compute
 from nas.config import TrainConfig
-from nas.data import Dataset, check_split, save_split
+from nas.data import check_split, save_split
+from nas.dataset import Dataset
 from nas.errors import NasError
 from nas.io import atomic_path, write_json, write_text
 from nas.kernels.angular import AngularAttention

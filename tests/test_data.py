@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.data import ImageFiles, load_dataset
+from nas.data import load_dataset
 from nas.errors import NasError
+from nas.imagefolder import ImageFiles
 
 
 def test_digits_split_is_fixed_and_disjoint():

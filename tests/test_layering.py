@@ -26,6 +26,8 @@ LOWER = [
     "nas.flops",
     "nas.compute",
     "nas.data",
+    "nas.dataset",
+    "nas.imagefolder",
     "nas.odd_one_out",
     "nas.rundir",
     "nas.training",
