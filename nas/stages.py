@@ -113,13 +113,14 @@ def latency_stage(
     offenders re-measured once; if it still misses, it is refused (NasError) unless
     `fit.accept_poor` — with `gate`. Without `gate` (nas run, whose trials are measured: the
     table is only their prior) the fit is reported and the run goes on."""
-    from nas.latency import table as lut
+    from nas.latency import validation as latency_validation
+    from nas.latency.build import build
 
     if calibrate < 0 or validate < 0:
         raise NasError("--calibrate and --validate must be >= 0")
     if 0 < calibrate < 3:
         raise NasError("--calibrate needs at least 3 archs to fit a line (or 0 for none)")
-    table = lut.build(
+    table = build(
         space,
         profiler.fingerprint(),
         out,
@@ -130,9 +131,9 @@ def latency_stage(
     )
     profiler.anchor_to(table.reference_ms)  # whole models measured from here on are expressed at the table's speed
     if calibrate and table.calibration is None:
-        archs = lut.held_out_archs(space, calibrate, seed, exclude=set())
+        archs = latency_validation.held_out_archs(space, calibrate, seed, exclude=set())
         progress(f"calibrating on {len(archs)} whole models...")
-        lut.calibrate(table, archs, profiler.measure_models(archs))
+        latency_validation.calibrate(table, archs, profiler.measure_models(archs))
         table.save(out)
     if table.calibration:
         progress(
@@ -145,23 +146,23 @@ def latency_stage(
         )
     if validate and (table.validation is None or revalidate):
         exclude = set(table.calibration["archs"]) if table.calibration else set()
-        archs = lut.held_out_archs(space, validate, seed + 1, exclude)
+        archs = latency_validation.held_out_archs(space, validate, seed + 1, exclude)
         progress(f"validating on {len(archs)} held-out whole models...")
         measured = profiler.measure_models(archs)
-        validation = lut.validate(table, archs, measured)
+        validation = latency_validation.validate(table, archs, measured)
         missed = fit.misses(validation)
         if missed:
             progress(
                 f"!! the latency table misses its validation targets ({', '.join(missed)}): re-measuring the worst offenders once"
             )
             _remeasure_worst(table, space, archs, measured, profiler, progress)
-            validation = lut.validate(table, archs, measured)
+            validation = latency_validation.validate(table, archs, measured)
         validation.update(
             passed=not fit.misses(validation), thresholds={"max_mape": fit.max_mape, "min_tau": fit.min_tau}
         )
         table.save(out)
     if table.validation:
-        progress("latency predictor: " + lut.summary_line(table.validation))
+        progress("latency predictor: " + latency_validation.summary_line(table.validation))
         if gate:
             check_fit(table, out, fit, progress)
         elif fit.misses(table.validation):

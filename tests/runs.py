@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from nas.data import load_dataset
-from nas.latency import table as lut
+from nas.latency.build import build
 from nas.latency.probe import Protocol
 from nas.latency.profiler import Profiler
 from nas.rundir import TABLE
@@ -27,7 +27,7 @@ def _build(run_dir: Path) -> Path:
     dataset = load_dataset(None, space.image_size, space.in_chans)
     train_supernet(space, dataset, TrainConfig(epochs=1, batch_size=256, random_subnets=0), run_dir)
     profiler = Profiler("cpu", "fp32", 1, protocol=FAST)
-    lut.build(space, profiler.fingerprint(), run_dir / TABLE, profiler.measure_probes, FAST, progress=lambda line: None)
+    build(space, profiler.fingerprint(), run_dir / TABLE, profiler.measure_probes, FAST, progress=lambda line: None)
     return run_dir
 
 

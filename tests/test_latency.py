@@ -12,9 +12,11 @@ import torch
 from nas.cli import main
 from nas.errors import NasError
 from nas.latency import table as lut
+from nas.latency.build import build
 from nas.latency.fingerprint import fingerprint
 from nas.latency.probe import Protocol
 from nas.latency.profiler import Profiler
+from nas.latency.validation import calibrate, held_out_archs, kendall_tau, validate
 from nas.space import parse_space
 
 FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01, passes=2)
@@ -42,7 +44,7 @@ def profiler() -> Profiler:
 
 def built_table(path):
     p = profiler()
-    return lut.build(SPACE, p.fingerprint(), path, p.measure_probes, FAST, progress=lambda line: None)
+    return build(SPACE, p.fingerprint(), path, p.measure_probes, FAST, progress=lambda line: None)
 
 
 def test_table_covers_the_space_and_round_trips(tmp_path):
@@ -97,7 +99,7 @@ def test_partial_table_resumes_without_remeasuring(tmp_path):
         return p.measure_probes(chunk)
 
     with pytest.raises(KeyboardInterrupt):
-        lut.build(SPACE, p.fingerprint(), path, interrupted, no_recheck, progress=lambda line: None)
+        build(SPACE, p.fingerprint(), path, interrupted, no_recheck, progress=lambda line: None)
     first = set(calls)
     partial = lut.LatencyTable.load(path, SPACE, p.fingerprint())
     assert set(partial.entries) == first and len(first) == 8
@@ -108,7 +110,7 @@ def test_partial_table_resumes_without_remeasuring(tmp_path):
         resumed.extend(key for key, _ in chunk)
         return p.measure_probes(chunk)
 
-    table = lut.build(SPACE, p.fingerprint(), path, counting, no_recheck, progress=lambda line: None)
+    table = build(SPACE, p.fingerprint(), path, counting, no_recheck, progress=lambda line: None)
     assert not first & set(resumed)
     assert {k: v for k, v in table.entries.items() if k in first} == partial.entries
 
@@ -122,8 +124,8 @@ def test_predict_is_the_sum_of_entries_plus_calibration(tmp_path):
             "ms"
         ]
     assert table.predict(arch) == pytest.approx(expected, rel=1e-12)
-    archs = lut.held_out_archs(SPACE, 4, seed=0, exclude=set())
-    lut.calibrate(table, archs, [2 * table.raw(a) + 0.5 for a in archs])
+    archs = held_out_archs(SPACE, 4, seed=0, exclude=set())
+    calibrate(table, archs, [2 * table.raw(a) + 0.5 for a in archs])
     assert table.calibration["a"] == pytest.approx(2) and table.calibration["b"] == pytest.approx(0.5)
     assert table.predict(arch) == pytest.approx(2 * expected + 0.5)
 
@@ -135,13 +137,13 @@ def test_calibration_keeps_a_positive_slope_and_a_non_negative_floor(tmp_path, l
     """Fits accepted before (issue 25): a = -0.027 (larger models faster), 4.40 x - 4.19 ms and
     198.8 x - 57.3 ms (the smallest arch below 0 ms). Such points are fitted through the origin."""
     table = built_table(tmp_path / "t.json")
-    archs = lut.held_out_archs(SPACE, 6, seed=0, exclude=set())
+    archs = held_out_archs(SPACE, 6, seed=0, exclude=set())
     raw = [table.raw(a) for a in archs]
     floor = min(raw)
     # intercepts in units of the smallest sum (of the largest, for a negative slope): all times > 0 whatever the table measured
     measured = [line[0] * x + line[1] * (floor if line[0] > 0 else max(raw)) for x in raw]
     assert min(measured) > 0
-    lut.calibrate(table, archs, measured)
+    calibrate(table, archs, measured)
     a, b = table.calibration["a"], table.calibration["b"]
     assert a > 0 and b >= 0 and table.calibration["constrained"] is constrained
     if not constrained:
@@ -153,18 +155,18 @@ def test_calibration_keeps_a_positive_slope_and_a_non_negative_floor(tmp_path, l
     assert 0 < table.predict(smallest) and 0 < table.predict(largest)
     assert (table.predict(largest) - table.predict(smallest)) * (table.raw(largest) - table.raw(smallest)) >= 0
     with pytest.raises(NasError, match="positive, finite"):
-        lut.calibrate(table, archs, [float("nan")] + measured[1:])
+        calibrate(table, archs, [float("nan")] + measured[1:])
 
 
 def test_validation_archs_are_disjoint_from_calibration(tmp_path):
     table = built_table(tmp_path / "t.json")
-    calibration = lut.held_out_archs(SPACE, 5, seed=0, exclude=set())
-    lut.calibrate(table, calibration, [table.raw(a) for a in calibration])
-    held_out = lut.held_out_archs(SPACE, 20, seed=1, exclude=set(table.calibration["archs"]))
+    calibration = held_out_archs(SPACE, 5, seed=0, exclude=set())
+    calibrate(table, calibration, [table.raw(a) for a in calibration])
+    held_out = held_out_archs(SPACE, 20, seed=1, exclude=set(table.calibration["archs"]))
     assert len(held_out) == 20 and not {a.digest for a in held_out} & set(table.calibration["archs"])
     with pytest.raises(NasError, match="must be held out from calibration"):
-        lut.validate(table, calibration[:2], [1.0, 1.0])
-    result = lut.validate(table, held_out, [table.predict(a) * 1.05 for a in held_out])
+        validate(table, calibration[:2], [1.0, 1.0])
+    result = validate(table, held_out, [table.predict(a) * 1.05 for a in held_out])
     assert (
         result["mape"] == pytest.approx(0.05 / 1.05)
         and result["within_10pct"] == 1.0
@@ -173,9 +175,9 @@ def test_validation_archs_are_disjoint_from_calibration(tmp_path):
 
 
 def test_kendall_tau():
-    assert lut.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
-    assert lut.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
-    assert lut.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
 
 
 def test_fingerprint_validates_its_inputs():
@@ -252,7 +254,7 @@ def test_ray_profiler_actor_measures_on_its_node():
 @pytest.mark.parametrize("backend", ["eager", "cuda-graph"])
 def test_table_builds_and_predicts_on_cuda(tmp_path, backend):
     p = Profiler("cuda", "bf16", 4, backend=backend, protocol=FAST)
-    table = lut.build(SPACE, p.fingerprint(), tmp_path / "t.json", p.measure_probes, FAST, progress=lambda line: None)
+    table = build(SPACE, p.fingerprint(), tmp_path / "t.json", p.measure_probes, FAST, progress=lambda line: None)
     assert table.fingerprint.device_type == "cuda" and table.fingerprint.threads is None
     arch = SPACE.sample(random.Random(0))
     assert table.predict(arch) > 0 and p.measure_models([arch])[0] > 0

@@ -349,9 +349,10 @@ def test_a_table_records_the_reference_time_it_was_measured_at(tmp_path):
     from test_latency import SPACE as tiny
 
     from nas.latency import table as lut
+    from nas.latency.build import build
 
     p = Profiler("cpu", "fp32", 1, protocol=FAST)
-    table = lut.build(
+    table = build(
         tiny,
         p.fingerprint(),
         tmp_path / "t.json",

@@ -11,6 +11,7 @@ from test_latency import SPACE, TINY, built_table
 from nas.cli import main
 from nas.errors import NasError
 from nas.latency import table as lut
+from nas.latency.build import build
 from nas.latency.probe import Protocol
 from nas.latency.robust import DriftProbe, measure_units, measure_with_drift, width_inconsistencies
 
@@ -277,7 +278,7 @@ def test_a_build_stopped_while_it_re_measures_finishes_every_check_when_resumed(
     path = tmp_path / "t.json"
     state["stop_at"] = chunks + 1
     with pytest.raises(KeyboardInterrupt):
-        lut.build(
+        build(
             SPACE,
             fp,
             path,
@@ -294,7 +295,7 @@ def test_a_build_stopped_while_it_re_measures_finishes_every_check_when_resumed(
     )
     assert max(e["ms"] for e in stopped.entries.values()) > 4  # the slow chunks' figures, not yet measured again
     state.update(calls=0, stop_at=None, slow=False)
-    resumed = lut.build(SPACE, fp, path, measure_entries, PROTOCOL, progress=lambda line: None, reference=lambda: 1.0)
+    resumed = build(SPACE, fp, path, measure_entries, PROTOCOL, progress=lambda line: None, reference=lambda: 1.0)
     assert (
         max(e["ms"] for e in resumed.entries.values()) < 2
     )  # re-judged against the best reference time and measured again

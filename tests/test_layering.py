@@ -18,6 +18,8 @@ LOWER = [
     "nas.subnet",
     "nas.latency",
     "nas.latency.table",
+    "nas.latency.build",
+    "nas.latency.validation",
     "nas.latency.profiler",
     "nas.latency.probe",
     "nas.latency.timer",

@@ -16,7 +16,7 @@ from torch import nn
 from nas import study as search
 from nas.arch import Arch
 from nas.kernels import AttentionKernel, registry
-from nas.latency import table as lut
+from nas.latency.build import build
 from nas.latency.profiler import Profiler
 from nas.report import write_outputs
 from nas.selection import load_candidates
@@ -81,7 +81,7 @@ def test_a_new_kernel_with_an_option_is_searched_end_to_end(pooled_kernel, tmp_p
     torch.testing.assert_close(extract(net, arch).eval()(x), net(x, arch))
 
     profiler = Profiler("cpu", "fp32", 1, protocol=FAST)
-    table = lut.build(
+    table = build(
         space,
         profiler.fingerprint(),
         tmp_path / "table.json",

@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nas.latency import table as lut
+from nas.latency.build import build
+from nas.latency.table import probe_archs
+from nas.latency.validation import calibrate, held_out_archs, validate
 
 BUSY_LOOP = "while True:\n    pass\n"
 
@@ -50,7 +52,7 @@ def build_once(
     space, profiler, path: Path, calibration_archs, load: CompetingLoad | None, progress: Callable[[str], None]
 ):
     """Build a fresh table at `path` (with `load` running for its first third) and calibrate it."""
-    total = len(list(lut.probe_archs(space)))
+    total = len(list(probe_archs(space)))
     counted = [0]
 
     def watch(line: str) -> None:
@@ -64,7 +66,7 @@ def build_once(
         load.start()
     started = time.perf_counter()
     try:
-        table = lut.build(
+        table = build(
             space,
             profiler.fingerprint(),
             path,
@@ -77,12 +79,12 @@ def build_once(
         if load is not None:
             load.stop()
     seconds = time.perf_counter() - started
-    lut.calibrate(table, calibration_archs, profiler.measure_models(calibration_archs))
+    calibrate(table, calibration_archs, profiler.measure_models(calibration_archs))
     return table, seconds
 
 
 def figures(table, archs, measured, seconds: float, load_seconds: float) -> dict:
-    validation = lut.validate(table, archs, measured)
+    validation = validate(table, archs, measured)
     remeasured = sum(1 for entry in table.entries.values() if entry.get("remeasured"))
     return {
         "build_seconds": round(seconds, 1),
@@ -101,8 +103,8 @@ def figures(table, archs, measured, seconds: float, load_seconds: float) -> dict
 
 def run(space, profiler, archs: int, seed: int, progress: Callable[[str], None] = print) -> dict:
     """One quiet and one interfered build, validated on the same held-out measurements."""
-    calibration = lut.held_out_archs(space, 10, seed, exclude=set())
-    held_out = lut.held_out_archs(space, archs, seed + 1, {a.digest for a in calibration})
+    calibration = held_out_archs(space, 10, seed, exclude=set())
+    held_out = held_out_archs(space, archs, seed + 1, {a.digest for a in calibration})
     with tempfile.TemporaryDirectory() as folder:
         progress("quiet build...")
         quiet, quiet_seconds = build_once(

@@ -108,7 +108,7 @@ def remeasure_run(run_dir: Path, count: int, seed: int, measure, command: str | 
     import random
 
     from nas.arch import Arch
-    from nas.latency.table import kendall_tau
+    from nas.latency.validation import kendall_tau
     from nas.rundir import PARETO_CSV, TRIALS, RunDir
 
     run = RunDir(run_dir)

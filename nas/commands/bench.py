@@ -244,6 +244,7 @@ def run_bench_latency(args: argparse.Namespace) -> int:
     from nas.bench import latency as bench
     from nas.latency import table as lut
     from nas.latency.profiler import Profiler
+    from nas.latency.validation import held_out_archs, summary_line, validate
     from nas.space import load_space
 
     if args.interference:
@@ -260,14 +261,14 @@ def run_bench_latency(args: argparse.Namespace) -> int:
     profiler = Profiler(args.device or fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
     table = lut.LatencyTable.load(args.table, space, expect=profiler.fingerprint())
     exclude = set(table.calibration["archs"]) if table.calibration else set()
-    archs = lut.held_out_archs(space, args.archs or 50, args.seed, exclude)
+    archs = held_out_archs(space, args.archs or 50, args.seed, exclude)
     print(
         f"nas bench latency: {len(archs)} held-out archs of {space.name} on {fp.device_name} ({fp.dtype}, batch {fp.batch_size})",
         flush=True,
     )
-    validation = lut.validate(table, archs, profiler.measure_models(archs))
+    validation = validate(table, archs, profiler.measure_models(archs))
     print(bench.format_points(validation))
-    print(lut.summary_line(validation))
+    print(summary_line(validation))
     paths = bench.write_results(table, validation, args.out, command_line())
     print(f"wrote {', '.join(map(str, paths))}")
     return 0

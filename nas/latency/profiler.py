@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 
 from nas.arch import Arch
+from nas.latency.build import measure_probes
 from nas.latency.device import resolve_device
 from nas.latency.fingerprint import Fingerprint, fingerprint
 from nas.latency.probe import Protocol, model_unit, reference_unit
 from nas.latency.robust import DriftProbe, measure_units, measure_with_drift
-from nas.latency.table import measure_probes
 
 MAX_SPEED_RATIO = 1.5  # the widest quiet-speed change a table's figures are corrected for (see Profiler.speed)
 
