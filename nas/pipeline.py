@@ -26,6 +26,7 @@ from nas import config as config_tree
 from nas.config import RunConfig
 from nas.errors import NasError
 from nas.rundir import EXPORTS, MANIFEST, STUDY, TABLE, Manifest, RunDir
+from nas.settings import BUDGET, GROWS, RESULT, SILENT, UNTIL_TRAINED, dump, flag_of, flatten, resume_rules, to_dict
 from nas.stages import check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
 
 
@@ -33,28 +34,22 @@ def resume_changes(previous: dict, settings: dict, trained: bool, searched: bool
     """The settings of a resumed run that differ from the run's manifest: {dotted name: (before, now)}.
     A NasError lists those that would change its results, by each setting's resume rule (nas.config):
     the budget only once the search has begun, the workers only until the supernet is trained."""
-    previous, settings = config_tree.flatten(previous), config_tree.flatten(settings)
-    rules = config_tree.resume_rules(
-        config_tree.RunConfig
-    )  # looked up now: the tree is the one place settings are declared
+    previous, settings = flatten(previous), flatten(settings)
+    rules = resume_rules(config_tree.RunConfig)  # looked up now: the tree is the one place settings are declared
 
     def rule(name: str) -> str:
-        return rules.get(name, config_tree.RESULT)
+        return rules.get(name, RESULT)
 
     def flag(name: str) -> str:
-        return config_tree.flag_of(config_tree.RunConfig, name)
+        return flag_of(config_tree.RunConfig, name)
 
-    for name in (k for k in settings if rule(k) == config_tree.GROWS and isinstance(previous.get(k), int)):
+    for name in (k for k in settings if rule(k) == GROWS and isinstance(previous.get(k), int)):
         if settings[name] < previous[name]:
             raise NasError(
                 f"--resume {flag(name)} {settings[name]}: this run was started for {previous[name]} {name} and a "
                 f"study does not shrink; resume with {flag(name)} {previous[name]} (or more, to extend it)"
             )
-    fixed = (
-        {config_tree.RESULT}
-        | ({config_tree.BUDGET} if searched else set())
-        | (set() if trained else {config_tree.UNTIL_TRAINED})
-    )
+    fixed = {RESULT} | ({BUDGET} if searched else set()) | (set() if trained else {UNTIL_TRAINED})
     refused = {
         k: (previous[k], settings.get(k))
         for k in settings
@@ -69,7 +64,7 @@ def resume_changes(previous: dict, settings: dict, trained: bool, searched: bool
     return {
         k: (previous[k], settings.get(k))
         for k in settings
-        if k in previous and previous[k] != settings.get(k) and rule(k) != config_tree.SILENT
+        if k in previous and previous[k] != settings.get(k) and rule(k) != SILENT
     }
 
 
@@ -143,7 +138,7 @@ def settings_record(config: RunConfig) -> dict:
     """The settings as manifest.json records them: the storage URL without its password."""
     from nas.storage import redact
 
-    return {**config_tree.to_dict(config), "storage": redact(config.storage) if config.storage else None}
+    return {**to_dict(config), "storage": redact(config.storage) if config.storage else None}
 
 
 def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
@@ -235,7 +230,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
             scalars = Scalars(run.path(TENSORBOARD))
         with log.to_file(run.path(LOG)) as logger:
             logger.debug("nas run %s in %s; versions %s", "resumed" if resume else "started", run_dir, versions())
-            logger.debug("settings:\n%s", config_tree.dump(replace(config, storage=settings_record(config)["storage"])))
+            logger.debug("settings:\n%s", dump(replace(config, storage=settings_record(config)["storage"])))
             return _stages(config, run, space, dataset, resume, changes, log.tee(progress), compute, scalars)
     except NasError as error:
         # A user error before any work leaves nothing behind; a measured latency table (minutes of work) is kept,

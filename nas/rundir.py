@@ -197,12 +197,12 @@ class RunDir:
         out (NAS_STORAGE_URL supplies it again)."""
         from dataclasses import replace
 
-        from nas import config as config_tree
+        from nas.settings import dump
         from nas.storage import redact
 
         if config.storage and redact(config.storage) != config.storage:
             config = replace(config, storage=None)
-        write_text(self.path(RUN_CONFIG), config_tree.dump(config))
+        write_text(self.path(RUN_CONFIG), dump(config))
 
     def study_name(self, explicit: str | None = None) -> str:
         """The name of the run's Optuna study: `explicit` (--study-name); else the name manifest.json

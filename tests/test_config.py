@@ -12,9 +12,12 @@ import pytest
 import yaml
 
 from nas import config as config_tree
+from nas import settings
 from nas.cli import main
-from nas.config import RunConfig, TrainConfig, group, positive_int, setting
+from nas.config import RunConfig, TrainConfig
 from nas.errors import NasError
+from nas.parsers import positive_int
+from nas.settings import group, setting
 
 
 def one_line_error(capsys) -> str:
@@ -75,8 +78,8 @@ def test_print_config_replays_through_config_and_flags_override_the_file(capsys,
     assert printed_config(capsys, "--config", str(file)) == printed
     again = printed_config(capsys, "--config", str(file), "--trials", "60", "--train.augment")
     assert again == {**printed, "trials": 60, "train": {**printed["train"], "augment": True}}
-    assert config_tree.load(RunConfig, file) == config_tree.from_mapping(RunConfig, printed, "here")
-    assert printed_config(capsys) == config_tree.to_dict(RunConfig())  # the defaults are the dataclass's
+    assert settings.load(RunConfig, file) == settings.from_mapping(RunConfig, printed, "here")
+    assert printed_config(capsys) == settings.to_dict(RunConfig())  # the defaults are the dataclass's
 
 
 @pytest.mark.parametrize(
@@ -170,7 +173,7 @@ def test_every_training_setting_reaches_the_supernet_training_of_nas_run(monkeyp
     assert seen["config"] == TrainConfig(
         epochs=3, seed=4, lr=0.01, weight_decay=0.0, augment=False, kernel_sampling="fair"
     )
-    replay = config_tree.load(RunConfig, tmp_path / "run" / "run.yaml")  # the run's settings as given, for --config
+    replay = settings.load(RunConfig, tmp_path / "run" / "run.yaml")  # the run's settings as given, for --config
     assert replay.train.lr == 0.01 and replay.epochs == 3 and replay.space == str(space)
     assert "== train" in (tmp_path / "run" / "nas.log").read_text()
 

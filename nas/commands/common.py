@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from nas.config import non_negative_float, non_negative_int, out_dir, positive_float, positive_int, ray_storage_path  # noqa: F401
+from nas.parsers import non_negative_float, non_negative_int, out_dir, positive_float, positive_int, ray_storage_path  # noqa: F401
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -63,7 +63,7 @@ def local_threads(text: str) -> int:
 
 
 def out_path(text: str) -> Path:
-    """An output path (nas.config.out_dir: an empty one is refused), as a Path."""
+    """An output path (nas.parsers.out_dir: an empty one is refused), as a Path."""
     return Path(out_dir(text))
 
 

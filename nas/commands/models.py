@@ -26,6 +26,7 @@ from nas.errors import NasError
 
 def add_train(commands: argparse._SubParsersAction) -> None:
     from nas import config as config_tree
+    from nas import settings
 
     p = commands.add_parser(
         "train",
@@ -47,7 +48,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="default: the space's `epochs` field (its YAML; 100 when absent)",
     )
-    config_tree.add_flags(p, config_tree.TrainConfig, exclude=("epochs", "precision"))
+    settings.add_flags(p, config_tree.TrainConfig, exclude=("epochs", "precision"))
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's default)")
     add_compute_options(p)
     p.add_argument(
@@ -70,12 +71,12 @@ def add_train(commands: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from nas import api
+    from nas import api, settings
     from nas import config as config_tree
     from nas.rundir import STATE_JSON
 
-    config = config_tree.from_args(config_tree.TrainConfig, args, config_tree.TrainConfig(precision=args.precision))
-    config = config_tree.with_values(config, {"epochs": args.epochs or 0})  # 0: the space's
+    config = settings.from_args(config_tree.TrainConfig, args, config_tree.TrainConfig(precision=args.precision))
+    config = settings.with_values(config, {"epochs": args.epochs or 0})  # 0: the space's
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:

@@ -12,6 +12,7 @@ from nas.errors import NasError
 
 def add_run(commands: argparse._SubParsersAction) -> None:
     from nas import config as config_tree
+    from nas import settings
     from nas.commands.common import refuse_device_flag
 
     p = commands.add_parser(
@@ -33,7 +34,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=out_path, default=None, help="run directory (default: results/run-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    config_tree.add_flags(p, config_tree.RunConfig)
+    settings.add_flags(p, config_tree.RunConfig)
     refuse_device_flag(p)
     p.set_defaults(func=run_run, on_stop="resume")
 
@@ -41,16 +42,17 @@ def add_run(commands: argparse._SubParsersAction) -> None:
 def run_config(args: argparse.Namespace):
     """The RunConfig of `nas run`'s arguments: the defaults, then --config FILE, then the flags given."""
     from nas import config as config_tree
+    from nas import settings
     from nas.storage import check_study_name
 
-    base = config_tree.load(config_tree.RunConfig, args.config) if args.config is not None else config_tree.RunConfig()
-    given = config_tree.given(config_tree.RunConfig, args)
+    base = settings.load(config_tree.RunConfig, args.config) if args.config is not None else config_tree.RunConfig()
+    given = settings.given(config_tree.RunConfig, args)
     if "budget_ms" in given and "budget_quantile" in given:
         raise NasError(
             f"--budget-ms {given['budget_ms']} and --budget-quantile {given['budget_quantile']}: pass one; the quantile only "
             "sets the budget when no --budget-ms is given"
         )
-    config = config_tree.with_values(base, given)
+    config = settings.with_values(base, given)
     if config.storage_path is not None and config.workers == 1:
         raise NasError(
             "--storage-path: only Ray Train's workers (--workers > 1) write there; with --workers 1 the supernet "
@@ -65,14 +67,14 @@ def run_run(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from nas import api
-    from nas import config as config_tree
+    from nas.settings import dump
     from nas.storage import resolve
 
     if args.resume and args.out is None:
         raise NasError("--resume needs --out: the run directory to continue")
     config = run_config(args)
     if args.print_config:
-        print(config_tree.dump(config), end="")
+        print(dump(config), end="")
         return 0
     out = args.out or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     source = resolve(config.storage)[1]
@@ -90,6 +92,7 @@ def run_run(args: argparse.Namespace) -> int:
 
 def add_search(commands: argparse._SubParsersAction) -> None:
     from nas import config as config_tree
+    from nas import settings
 
     p = commands.add_parser(
         "search",
@@ -100,16 +103,16 @@ def add_search(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", type=Path, required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the study")
-    config_tree.add_flags(p, config_tree.SearchSettings)
+    settings.add_flags(p, config_tree.SearchSettings)
     p.set_defaults(func=run_search_command, on_stop="resume")
 
 
 def run_search_command(args: argparse.Namespace) -> int:
     from nas import config as config_tree
-    from nas import report
+    from nas import report, settings
     from nas.pipeline import search_run
 
-    config = config_tree.from_args(config_tree.SearchSettings, args)
+    config = settings.from_args(config_tree.SearchSettings, args)
     study, front, report_dir, budget = search_run(
         args.run, config, args.resume, progress=lambda line: print(line, flush=True)
     )
