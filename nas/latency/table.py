@@ -6,8 +6,8 @@ embed_dim. `predict(arch)` = stem + Σ blocks + head, then an optional per-devic
 calibration a·x + b fitted on a few end-to-end measurements (nas.latency.validation, which
 also validates the table on held-out archs). Building it, chunk by chunk: nas.latency.build.
 
-The table is JSON, written atomically after every entry, so an interrupted build resumes
-without re-measuring what it has. A table whose fingerprint or space differs from what
+The table is JSON, written atomically after every measured chunk (nas.latency.build), so an
+interrupted build resumes without re-measuring what it has. A table whose fingerprint or space differs from what
 is asked for is refused, saying what differs.
 """
 
