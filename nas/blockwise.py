@@ -160,7 +160,8 @@ def train_students(
 ) -> tuple[Students, list[float]]:
     """Train the students of the parent's block `layer` by local distillation; the students and the mean loss of
     each epoch (summed over kernel choices and the step's widths). Deterministic for (parent, layer, recipe, seed)."""
-    from nas.training import TrainConfig, angular_aux_at, set_angular_aux
+    from nas.config import TrainConfig
+    from nas.train_step import angular_aux_at, set_angular_aux
 
     torch.manual_seed(seed * 1000 + layer)
     students = Students(space, parent, layer)

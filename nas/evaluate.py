@@ -1,4 +1,5 @@
-"""Scoring an arch with weights inherited from a trained supernet.
+"""Scoring an arch with weights inherited from a trained supernet (`accuracy`: the top-1 of one
+subnet on one split, also read by supernet training after every epoch).
 
 The supernet has LayerNorms only (no running statistics), so a subnet needs no norm
 recalibration before evaluation: its accuracy is read straight off the shared weights.
@@ -20,9 +21,33 @@ import torch
 
 from nas import flops
 from nas.arch import Arch
-from nas.compute import Compute
+from nas.compute import CPU, Compute
+from nas.dataset import Dataset
 from nas.rundir import RunDir
-from nas.training import accuracy
+from nas.supernet import SuperNet
+
+
+def accuracy(
+    net: SuperNet,
+    arch: Arch,
+    dataset: Dataset,
+    split: str,
+    batch_size: int = 256,
+    compute: Compute = CPU,
+    limit: int | None = None,
+) -> float:
+    """Top-1 of subnet `arch` with the supernet's weights (eval mode) on `split` (its first
+    `limit` images of a fixed sample), computed on `compute`'s device and precision."""
+    was_training = net.training
+    net.eval()
+
+    def forward(x):
+        with compute.autocast():
+            return net(compute.move(x), arch)
+
+    top1 = dataset.top1(forward, split, batch_size, limit)
+    net.train(was_training)
+    return top1
 
 
 def evaluation_state(run_dir: str | Path) -> dict:

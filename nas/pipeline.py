@@ -260,9 +260,9 @@ def _stages(
 ) -> dict:
     from nas import report
     from nas import study as search
+    from nas.evaluate import accuracy
     from nas.latency.profiler import MAX_SPEED_RATIO, Profiler
     from nas.selection import pick_within_budget
-    from nas.training import accuracy
 
     manifest = Manifest(run, settings_record(config))
     if changes:

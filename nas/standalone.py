@@ -67,7 +67,8 @@ class Standalone:
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimizer step on a batch at the current step's learning rate; the loss (detached)."""
-        from nas.training import TrainConfig, angular_aux_at, set_angular_aux
+        from nas.config import TrainConfig
+        from nas.train_step import angular_aux_at, set_angular_aux
 
         aux = TrainConfig(angular_aux=self.recipe.angular_aux, angular_aux_until=self.recipe.angular_aux_until)
         set_angular_aux(self.model, angular_aux_at(self.step, self.recipe.epochs * self.per_epoch, aux))
@@ -84,7 +85,7 @@ class Standalone:
 
     def train_epoch(self) -> float:
         """The next epoch; its validation top-1."""
-        from nas.training import set_angular_aux
+        from nas.train_step import set_angular_aux
 
         if self.epoch >= self.recipe.epochs:
             raise ValueError(f"the recipe has {self.recipe.epochs} epochs and all of them are trained")

@@ -22,76 +22,49 @@ Determinism: the subnets, the augmentation and drop-path of step s depend only o
 (seed, s), and the batch order of an epoch only on (seed, epoch) — so data-parallel
 ranks sample the same subnets, and a resumed run equals an uninterrupted one.
 
-Run directory: `supernet.safetensors` (weights), `train_state.pt` (optimizer, and
-the fp16 gradient scaler's state; tensors and plain containers only, loaded with weights_only=True),
-`train_state.json` (progress and final accuracies), `split.json`, `config.yaml`.
+Run directory: `split.json` and `config.yaml`, written here at the start; the checkpoint
+of every epoch (weights, optimizer and progress) is nas.checkpoint's.
+
+This module holds the loop (`train_supernet`), the checks of the training settings and the
+epoch's progress line; the subnets each step trains are nas.sampling's, the step itself
+(loss, optimizer, mixup, data parallelism, the angular schedule) nas.train_step's, and
+`accuracy` nas.evaluate's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
-from nas.arch import Arch
+from nas.checkpoint import load_checkpoint, save_checkpoint
 from nas.compute import CPU, Compute
 from nas.config import TrainConfig
-from nas.data import check_split, save_split
+from nas.data import save_split
 from nas.dataset import Dataset
 from nas.errors import NasError
-from nas.io import atomic_path, write_json, write_text
-from nas.kernels.angular import AngularAttention
-from nas.rundir import CONFIG, SPLIT, STATE, STATE_JSON, WEIGHTS, space_record
+from nas.evaluate import accuracy
+from nas.io import write_text
+from nas.rundir import CONFIG, SPLIT, STATE_JSON, WEIGHTS, space_record
+from nas.sampling import KERNEL_SAMPLINGS, fair_kernels, fair_sandwich, sandwich, step_seeds
 from nas.space import SearchSpace
 from nas.supernet import SuperNet
-from nas.weights import load_weights, save_weights
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """Data parallelism across `world_size` ranks of an initialised torch.distributed group.
-
-    Each rank takes its shard of every batch; gradients are averaged by one all-reduce
-    after the sandwich's backward passes. All ranks sample the same subnets, so the set of
-    parameters with a gradient is the same everywhere, and parameters no sampled subnet
-    used (other kernels, wider slices) are skipped on all ranks alike.
-    """
-
-    rank: int
-    world_size: int
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, positions: torch.Tensor) -> torch.Tensor:
-        return positions[self.rank :: self.world_size]
-
-    def all_reduce_max(self, tensor: torch.Tensor) -> None:
-        import torch.distributed as td
-
-        td.all_reduce(tensor, op=td.ReduceOp.MAX)
-
-    def average_gradients(self, net: torch.nn.Module) -> None:
-        import torch.distributed as td
-
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        td.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+from nas.train_step import (
+    Distributed,
+    angular_aux_at,
+    lr_at,
+    make_mixup,
+    make_optimizer,
+    mixed,
+    optimizer_step,
+    sandwich_step,
+    set_angular_aux,
+)
 
 
 def format_epoch(record: dict) -> str:
@@ -104,44 +77,6 @@ def format_epoch(record: dict) -> str:
     )
 
 
-def step_rng(seed: int, step: int) -> random.Random:
-    """The RNG of one step: the same on every data-parallel rank, and after a resume."""
-    return random.Random(f"nas-train:{seed}:{step}")
-
-
-TEACHERS = ("fair", "softmax")
-
-
-def sandwich(space: SearchSpace, rng: random.Random, random_subnets: int, teacher: str = "fair") -> list[Arch]:
-    """[largest widths, smallest widths, random subnets...] for one step.
-
-    The smallest widths take a random kernel per layer. The largest widths (trained on the
-    labels, the teacher of the others) take softmax everywhere with teacher="softmax", or a
-    random kernel per layer with teacher="fair": then every kernel is trained on the labels
-    at full width as often as any other, instead of only imitating softmax, which made
-    the supernet overrate softmax-heavy archs and underrate the rest."""
-    if teacher not in TEACHERS:
-        raise NasError(f"teacher {teacher!r}: use one of {', '.join(TEACHERS)}")
-    largest = space.largest() if teacher == "softmax" else space.largest(rng=rng)
-    return [largest, space.smallest(rng=rng)] + [space.sample(rng) for _ in range(random_subnets)]
-
-
-KERNEL_SAMPLINGS = ("random", "fair")
-
-
-def fair_kernels(space: SearchSpace, seed: int, step: int) -> list:
-    """The kernel choice of every layer position at `step` under strict fairness (FairNAS): the
-    steps fall into blocks of K (the number of kernel choices), and within a block each layer
-    position takes each choice exactly once, in a seeded order of its own. A function of
-    (seed, step) alone: every data-parallel rank and a resumed run draw the same."""
-    choices = space.kernel_choices()
-    block, slot = divmod(step, len(choices))
-    return [
-        choices[random.Random(f"nas-fair:{seed}:{block}:{layer}").sample(range(len(choices)), len(choices))[slot]]
-        for layer in range(max(space.depth))
-    ]
-
-
 def check_kernel_sampling(config: TrainConfig) -> None:
     if config.kernel_sampling not in KERNEL_SAMPLINGS:
         raise NasError(f"--kernel-sampling {config.kernel_sampling!r}: use one of {', '.join(KERNEL_SAMPLINGS)}")
@@ -152,110 +87,6 @@ def check_kernel_sampling(config: TrainConfig) -> None:
             f"--kernel-sampling fair with --teacher {config.teacher}: under fair sampling the teacher takes the step's "
             "kernels like its students; pass --teacher fair (the default)"
         )
-
-
-def fair_sandwich(space: SearchSpace, rng: random.Random, random_subnets: int, kernels: list) -> list[Arch]:
-    """[largest, smallest, random widths...], all with the step's kernel vector `kernels` (layer i
-    uses kernels[i]): the teacher differs from its students in width only."""
-
-    def arch(embed: int, depth: int, heads, ratios) -> Arch:
-        return space.make_arch(embed, [space.make_layer(kernels[i], heads(), ratios()) for i in range(depth)])
-
-    largest = arch(max(space.embed_dim), max(space.depth), lambda: max(space.heads), lambda: max(space.mlp_ratio))
-    smallest = arch(min(space.embed_dim), min(space.depth), lambda: min(space.heads), lambda: min(space.mlp_ratio))
-    others = [
-        arch(
-            rng.choice(space.embed_dim),
-            rng.choice(space.depth),
-            lambda: rng.choice(space.heads),
-            lambda: rng.choice(space.mlp_ratio),
-        )
-        for _ in range(random_subnets)
-    ]
-    return [largest, smallest] + others
-
-
-def lr_at(step: int, total: int, warmup: int, config: TrainConfig) -> float:
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def accuracy(
-    net: SuperNet,
-    arch: Arch,
-    dataset: Dataset,
-    split: str,
-    batch_size: int = 256,
-    compute: Compute = CPU,
-    limit: int | None = None,
-) -> float:
-    """Top-1 of subnet `arch` with the supernet's weights (eval mode) on `split` (its first
-    `limit` images of a fixed sample), computed on `compute`'s device and precision."""
-    was_training = net.training
-    net.eval()
-
-    def forward(x):
-        with compute.autocast():
-            return net(compute.move(x), arch)
-
-    top1 = dataset.top1(forward, split, batch_size, limit)
-    net.train(was_training)
-    return top1
-
-
-def sandwich_step(
-    net: SuperNet,
-    archs: list[Arch],
-    x: torch.Tensor,
-    targets: torch.Tensor,
-    distill: float,
-    label_smoothing: float,
-    compute: Compute = CPU,
-    scaler=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward of one sandwich step on one batch: the first arch on the targets
-    (class indices or mixup's soft targets), the others on (1 − distill)·targets + distill·its
-    soft predictions. Returns (summed loss, all finite) as device tensors: no host sync here,
-    so it runs the same on a GPU, the meta device and fake tensors."""
-    with compute.autocast():
-        logits = net(x, archs[0])
-    loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
-    (scaler.scale(loss) if scaler else loss).backward()
-    teacher = F.softmax(logits.detach().float(), dim=-1)
-    total, finite = loss.detach(), torch.isfinite(loss)
-    for arch in archs[1:]:
-        with compute.autocast():
-            student = net(x, arch).float()
-        sub = distill * _soft_cross_entropy(student, teacher) + (1 - distill) * F.cross_entropy(
-            student, targets, label_smoothing=label_smoothing
-        )
-        (scaler.scale(sub) if scaler else sub).backward()
-        total, finite = total + sub.detach(), finite & torch.isfinite(sub)
-    return total, finite
-
-
-def step_seeds(seed: int, step: int) -> tuple[random.Random, int, int]:
-    """Step `step`'s RNG (for its subnets), drop-path seed and augmentation seed."""
-    rng = step_rng(seed, step)
-    return rng, rng.getrandbits(63), rng.getrandbits(62)
-
-
-def _soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    return -(teacher_probs * F.log_softmax(student, dim=-1)).sum(-1).mean()
-
-
-def angular_aux_at(step: int, total: int, config: TrainConfig) -> float:
-    """The angular kernels' auxiliary-branch weight at `step` of `total`: linear from `angular_aux` to 0."""
-    end = config.angular_aux_until * total
-    return 0.0 if end <= 0 else config.angular_aux * max(0.0, 1.0 - step / end)
-
-
-def set_angular_aux(net: torch.nn.Module, weight: float) -> None:
-    for module in net.modules():
-        if isinstance(module, AngularAttention):
-            module.aux_weight = weight
 
 
 def train_supernet(
@@ -297,7 +128,7 @@ def train_supernet(
             raise NasError(
                 f"{out} already holds a trained supernet; pass --resume to continue it or choose another --out"
             )
-        start_epoch, history = _load_checkpoint(net, optimizer, out, run_config, dataset, scaler)
+        start_epoch, history = load_checkpoint(net, optimizer, out, run_config, dataset, scaler)
     elif resume:
         raise NasError(f"--resume: {out} holds no supernet checkpoint to continue")
     elif main:
@@ -377,7 +208,7 @@ def train_supernet(
         }
         history.append(record)
         if main:
-            _save_checkpoint(net, optimizer, out, history, scaler=scaler)
+            save_checkpoint(net, optimizer, out, history, scaler=scaler)
         progress(record)
 
     set_angular_aux(net, 0.0)  # whatever the schedule, nothing after training computes the auxiliary branch
@@ -391,38 +222,8 @@ def train_supernet(
         "compute": compute.record(),
     }
     if main:
-        _save_checkpoint(net, optimizer, out, history, summary, scaler)
+        save_checkpoint(net, optimizer, out, history, summary, scaler)
     return summary
-
-
-def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    def decays(name: str, param: torch.Tensor) -> bool:  # as timm / Swin: no decay on biases, norms and position tables
-        return param.ndim >= 2 and not any(
-            key in name for key in ("pos_embed", "positional_encoding", "relative_position_bias")
-        )
-
-    decay = [p for n, p in net.named_parameters() if decays(n, p)]
-    no_decay = [p for n, p in net.named_parameters() if not decays(n, p)]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-
-
-def optimizer_step(
-    net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler=None, dist: Distributed | None = None
-) -> None:
-    """Average the gradients across ranks, clip them and step (through the scaler for fp16)."""
-    if dist is not None:
-        dist.average_gradients(net)
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
 
 
 def check_config(config: TrainConfig, workers: int = 1) -> None:
@@ -442,76 +243,3 @@ def check_mixup(mixup: float, cutmix: float, batch_size: int, workers: int = 1) 
             f"--mixup/--cutmix need an even batch on every worker: --batch-size {batch_size} over {workers} worker(s); "
             f"use a multiple of {2 * workers}"
         )
-
-
-def make_mixup(config: TrainConfig, num_classes: int):
-    """timm's Mixup/CutMix (None when both alphas are 0); it also smooths the labels."""
-    if not (config.mixup or config.cutmix):
-        return None
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=config.mixup,
-        cutmix_alpha=config.cutmix,
-        label_smoothing=config.label_smoothing,
-        num_classes=num_classes,
-    )
-
-
-def mixed(mixup, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup/CutMix of one batch, its draws from `seed` (timm draws from NumPy's global RNG)."""
-    import numpy as np
-
-    if len(x) % 2:
-        raise NasError(f"--mixup/--cutmix need an even batch on every worker (got {len(x)}); change --batch-size")
-    state = np.random.get_state()
-    np.random.seed(seed % 2**32)
-    try:
-        return mixup(x, y)
-    finally:
-        np.random.set_state(state)
-
-
-def _save_checkpoint(
-    net: SuperNet,
-    optimizer: torch.optim.Optimizer,
-    out: Path,
-    history: list[dict],
-    final: dict | None = None,
-    scaler=None,
-) -> None:
-    save_weights(net.state_dict(), out / WEIGHTS)
-    with atomic_path(out / STATE) as tmp:
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None}, tmp)
-    # Written last: it names the epoch that the two files above belong to.
-    write_json(out / STATE_JSON, {"epochs_done": len(history), "history": history, "final": final})
-
-
-def _load_checkpoint(
-    net: SuperNet, optimizer: torch.optim.Optimizer, out: Path, run_config: dict, dataset: Dataset, scaler=None
-) -> tuple[int, list[dict]]:
-    saved = yaml.safe_load((out / CONFIG).read_text())
-    for key in ("space", "data"):
-        if saved.get(key) != run_config[key]:
-            raise NasError(f"{out / CONFIG}: the run was started with another {key}; resume with the same settings")
-    defaults = asdict(TrainConfig())  # a setting added after the run started: it had the default
-    changed = [k for k, v in run_config["train"].items() if saved["train"].get(k, defaults.get(k)) != v]
-    if changed:
-        raise NasError(
-            f"{out / CONFIG}: --resume needs the same training settings; changed: "
-            + ", ".join(f"{k} ({saved['train'].get(k)} -> {run_config['train'][k]})" for k in changed)
-        )
-    check_split(dataset, out / SPLIT)
-    try:
-        state = json.loads((out / STATE_JSON).read_text())
-        net.load_state_dict(load_weights(out / WEIGHTS)[0])
-        saved_state = torch.load(out / STATE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved_state["optimizer"])
-        if scaler is not None and saved_state.get("scaler"):  # fp16: the loss scale it had reached
-            scaler.load_state_dict(saved_state["scaler"])
-    except Exception as error:  # noqa: BLE001 — OSError, JSON, torch and safetensors (SafetensorError) errors alike
-        raise NasError(
-            f"{out}: the training checkpoint cannot be read ({type(error).__name__}: {str(error)[:200]}); "
-            "start a new run (another --out)"
-        ) from None
-    return state["epochs_done"], state["history"]

@@ -12,9 +12,11 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from nas.compute import Compute
+from nas.sampling import sandwich
 from nas.space import load_space
 from nas.supernet import SuperNet, extract
-from nas.training import TrainConfig, make_optimizer, optimizer_step, sandwich, sandwich_step
+from nas.train_step import make_optimizer, optimizer_step, sandwich_step
+from nas.training import TrainConfig
 
 SPACE = load_space("digits-tiny")  # every kernel of the registry, Taylor's orders and variants
 META = Compute(torch.device("meta"))
@@ -165,7 +167,7 @@ def test_compute_device_errors_are_one_line():
 @CUDA
 def test_two_bf16_training_steps_and_an_evaluation_on_cuda():
     from nas.data import load_dataset
-    from nas.training import accuracy
+    from nas.evaluate import accuracy
 
     compute = Compute.parse("cuda", "bf16")
     torch.manual_seed(0)

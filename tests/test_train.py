@@ -14,8 +14,9 @@ from nas.cli import main
 from nas.data import load_dataset
 from nas.errors import NasError
 from nas.rundir import RunDir
+from nas.sampling import sandwich, step_rng
 from nas.space import load_space
-from nas.training import TrainConfig, sandwich, step_rng, train_supernet
+from nas.training import TrainConfig, train_supernet
 
 SPACE = load_space("digits-tiny")
 DATA = load_dataset(None, SPACE.image_size, SPACE.in_chans)
@@ -136,7 +137,8 @@ def test_an_image_folder_run_stopped_mid_epoch_restarts_that_epoch_and_ends_as_a
 
 
 def test_mixup_and_cutmix_train_on_soft_targets_and_need_an_even_batch(tmp_path):
-    from nas.training import check_mixup, make_mixup, mixed
+    from nas.train_step import make_mixup, mixed
+    from nas.training import check_mixup
 
     config = TrainConfig(epochs=1, batch_size=64, random_subnets=0, mixup=0.8, cutmix=1.0)
     mixup = make_mixup(config, 10)
@@ -161,15 +163,16 @@ def test_angular_auxiliary_branch_is_annealed_to_zero_and_then_costs_nothing(tmp
     from there on no angular layer computes its softmax, in training as in evaluation."""
     import nas.training as train
     from nas.kernels.angular import AngularAttention
+    from nas.train_step import angular_aux_at
 
     config = TrainConfig(
         epochs=2, batch_size=128, random_subnets=1, warmup_epochs=1, angular_aux=0.8, angular_aux_until=0.5
     )
     total = (DATA.size("train") // config.batch_size) * config.epochs
-    assert [train.angular_aux_at(s, total, config) for s in (0, total // 4, total // 2, total - 1)] == pytest.approx(
+    assert [angular_aux_at(s, total, config) for s in (0, total // 4, total // 2, total - 1)] == pytest.approx(
         [0.8, 0.8 * (1 - (total // 4) / (total / 2)), 0.0, 0.0]
     )
-    assert train.angular_aux_at(0, total, TrainConfig(angular_aux_until=0.0)) == 0.0
+    assert angular_aux_at(0, total, TrainConfig(angular_aux_until=0.0)) == 0.0
     seen, softmax_calls, real_step, real_softmax = [], [], train.sandwich_step, torch.softmax
 
     def recording_step(net, *args, **kwargs):
@@ -187,7 +190,7 @@ def test_angular_auxiliary_branch_is_annealed_to_zero_and_then_costs_nothing(tmp
     monkeypatch.setattr(train, "sandwich_step", recording_step)
     monkeypatch.setattr(torch, "softmax", counting_softmax)
     train_supernet(SPACE, DATA, config, tmp_path)
-    assert seen == pytest.approx([train.angular_aux_at(s, total, config) for s in range(total)])
+    assert seen == pytest.approx([angular_aux_at(s, total, config) for s in range(total)])
     assert any(calls > 0 for calls, weight in zip(softmax_calls, seen) if weight > 0), "the branch ran while weighted"
     assert all(calls == 0 for calls, weight in zip(softmax_calls, seen) if weight == 0), (
         "a zero weight computed the softmax"
@@ -203,7 +206,7 @@ def test_fair_sampling_trains_each_kernel_of_each_layer_once_per_k_steps_and_sha
     import random
     from collections import Counter
 
-    from nas.training import fair_kernels, fair_sandwich
+    from nas.sampling import fair_kernels, fair_sandwich
 
     choices = SPACE.kernel_choices()
     k = len(choices)

@@ -26,7 +26,8 @@ from nas.errors import NasError
 from nas.io import atomic_path, write_json
 from nas.rundir import CONFIG, RAY_TRAIN, SPLIT, STATE, STATE_JSON, WEIGHTS
 from nas.space import SearchSpace
-from nas.training import Distributed, TrainConfig, format_epoch, train_supernet
+from nas.train_step import Distributed
+from nas.training import TrainConfig, format_epoch, train_supernet
 
 CHECKPOINT_FILES = (
     CONFIG,

@@ -116,7 +116,8 @@ def train_standalone(arch_json: str, seed: int, schedule: Schedule, dataset=None
     optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     batches = torch.Generator().manual_seed(seed)
     model.train()
-    from nas.training import TrainConfig, angular_aux_at, set_angular_aux
+    from nas.config import TrainConfig
+    from nas.train_step import angular_aux_at, set_angular_aux
 
     aux = TrainConfig(angular_aux=schedule.angular_aux, angular_aux_until=schedule.angular_aux_until)
     for step in range(schedule.steps):
@@ -205,8 +206,8 @@ def reusable(path: Path | None, schedule: Schedule) -> dict[tuple[str, int], flo
 def run(
     run_dir: Path, config: FidelityConfig, reuse: Path | None = None, progress: Callable[[str], None] = print
 ) -> tuple[list[dict], dict]:
+    from nas.evaluate import accuracy
     from nas.rundir import TABLE, RunDir
-    from nas.training import accuracy
 
     run = RunDir(run_dir)
     space, data = run.space_and_data()
@@ -268,8 +269,8 @@ def score_against_truth(
     inherited accuracy of each of its archs against their standalone accuracy (mean over seeds
     after the full schedule), plus the truth's own noise ceiling."""
     from nas.bench import truth
+    from nas.evaluate import accuracy
     from nas.rundir import TABLE, RunDir
-    from nas.training import accuracy
 
     records, cut = truth.read(truth_path)
     if not records:

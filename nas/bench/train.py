@@ -106,10 +106,13 @@ def children_peak_mb() -> float | None:
 
 def run_case(config: TrainBenchConfig, data: str | None, loader_workers: int, preload: bool) -> dict:
     """One case, in this process: timed training steps, then timed evaluation."""
+    from nas.config import TrainConfig
     from nas.data import load_dataset
+    from nas.evaluate import accuracy
+    from nas.sampling import sandwich, step_seeds
     from nas.space import load_space
     from nas.supernet import SuperNet
-    from nas.training import TrainConfig, accuracy, make_optimizer, optimizer_step, sandwich, sandwich_step, step_seeds
+    from nas.train_step import make_optimizer, optimizer_step, sandwich_step
 
     compute = Compute.parse(config.device, config.precision)
     space = load_space(config.space)
