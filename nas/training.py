@@ -50,6 +50,7 @@ from nas.dataset import Dataset
 from nas.errors import NasError
 from nas.evaluate import accuracy
 from nas.io import write_text
+from nas.progress import Bar
 from nas.rundir import CONFIG, SPLIT, STATE_JSON, WEIGHTS, space_record
 from nas.sampling import KERNEL_SAMPLINGS, fair_kernels, fair_sandwich, sandwich, step_seeds
 from nas.space import SearchSpace
@@ -113,9 +114,8 @@ def train_supernet(
     warmup = min(total_steps, steps_per_epoch * config.warmup_epochs)
     torch.manual_seed(config.seed)
     compute = replace(compute, precision=config.precision)
-    net = SuperNet(space, drop_path=config.drop_path).to(
-        compute.device
-    )  # initialised on the CPU: the same weights on any device
+    # initialised on the CPU: the same weights on any device
+    net = SuperNet(space, drop_path=config.drop_path).to(compute.device)
     optimizer = make_optimizer(net, config)
     scaler = compute.scaler()
     mixup = make_mixup(config, dataset.num_classes)
@@ -141,9 +141,7 @@ def train_supernet(
     bad_in_a_row = 0
     split = round(config.projection_warmup * config.epochs) if space.projections == "kernel" else 0
     for epoch in range(start_epoch, config.epochs):
-        if (
-            0 < split == epoch
-        ):  # the shared warm-up ends: each kernel choice's group starts from the shared weights and their state
+        if 0 < split == epoch:  # the shared warm-up ends: each kernel's group starts from the shared weights and state
             net.split_projections(optimizer)
         else:
             net.tie_projections(epoch < split)
@@ -159,7 +157,9 @@ def train_supernet(
             plan.append((dist.shard(positions) if dist else positions, augment if config.augment else None))
         losses = []
         sampled = hashlib.sha256()
+        bar = Bar(steps_per_epoch if main else 0, f"epoch {epoch + 1}/{config.epochs}")
         for b, (x, y) in enumerate(dataset.batches("train", plan, pin=compute.cuda)):
+            bar.update()
             step = epoch * steps_per_epoch + b
             rng, drop_seed, augment = step_seeds(config.seed, step)
             torch.manual_seed(drop_seed)  # drop-path
@@ -206,6 +206,7 @@ def train_supernet(
             "seconds": time.perf_counter() - epoch_start,
             "subnets_sha256": sampled.hexdigest()[:16],  # the same on every data-parallel rank
         }
+        bar.close()
         history.append(record)
         if main:
             save_checkpoint(net, optimizer, out, history, scaler=scaler)
