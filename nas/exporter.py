@@ -96,7 +96,7 @@ def top1(model: ViT, dataset: Dataset, split: str, compute: Compute = CPU) -> fl
 
 def verified_model(run_dir: Path, arch, verified: dict, dataset: Dataset, compute: Compute = CPU) -> tuple[ViT, dict]:
     """The standalone model a verification trained for `arch` (its saved state), and its figures."""
-    from nas.verify import read_state
+    from nas.verify_training import read_state
 
     path = Path(run_dir) / verified["state"]
     state = read_state(path)

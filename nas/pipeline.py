@@ -97,7 +97,7 @@ def default_budget(
 def resolve_budget(
     space, table, budget_ms: float | None, progress=lambda line: None, quantile: float = BUDGET_QUANTILE
 ) -> float:
-    from nas.study import smallest_latency
+    from nas.feasibility import smallest_latency
 
     if budget_ms is None:
         budget, line = default_budget(space, table, quantile=quantile)
@@ -258,7 +258,7 @@ def manifest_has_search(run: RunDir) -> bool:
 def _stages(
     config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress, compute, scalars=None
 ) -> dict:
-    from nas import report
+    from nas import feasibility, report
     from nas import study as search
     from nas.evaluate import accuracy
     from nas.latency.profiler import MAX_SPEED_RATIO, Profiler
@@ -291,7 +291,7 @@ def _stages(
     budget = resolve_budget(space, table, config.budget_ms, progress, config.budget_quantile)
     manifest.data["settings"]["budget_ms_resolved"] = budget
     manifest.record("latency", time.perf_counter() - started, True, entries=len(table.entries))
-    progress(f"latency budget: {budget} ms (smallest achievable {search.smallest_latency(space, table):.4f} ms)")
+    progress(f"latency budget: {budget} ms (smallest achievable {feasibility.smallest_latency(space, table):.4f} ms)")
 
     # 2. train
     if not manifest.done("train"):
@@ -386,11 +386,11 @@ def _stages(
             f"{len(failed)} trial(s) failed and are recorded as such in trials.csv: "
             + "; ".join(f"trial {t.number}: {t.user_attrs.get('failure', '?')[:120]}" for t in failed[:5])
         )
-    within, judged, over = search.budget_counts(trials)
+    within, judged, over = feasibility.budget_counts(trials)
     progress(f"{within} of {judged} judged trials within the budget of {budget} ms ({over} over it, not scored)")
 
     # the pick: the most accurate feasible arch whose model, measured again now, meets the budget
-    feasible = [t for t in trials if t.state.name == "COMPLETE" and search.feasible(t)]
+    feasible = [t for t in trials if t.state.name == "COMPLETE" and feasibility.feasible(t)]
     if not feasible:
         manifest.data["result"] = None
         manifest.save()
@@ -527,7 +527,7 @@ def _stages(
 def candidate_of(trial, space):
     """A feasible trial as a selection candidate (its search latency: measured, or predicted)."""
     from nas.selection import Candidate
-    from nas.study import arch_of
+    from nas.study_trials import arch_of
 
     return Candidate(
         trial.number,

@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 
 from nas.arch import Arch
+from nas.feasibility import feasible, pareto_front
 from nas.io import atomic_path, write_text
 from nas.rundir import HYPERVOLUME_PNG, PARETO_CSV, PARETO_PNG, TRIALS
-from nas.study import feasible, pareto_front
 
 # latency_ms decides (measured, or predicted where nothing measured: latency_source); predicted_ms is the table's prior.
 # A PRUNED trial is an arch over the budget, judged but not scored (`skipped` says why).

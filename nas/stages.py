@@ -291,6 +291,7 @@ def search_stage(
     from nas import report
     from nas import study as search
     from nas.evaluate import LocalPool, evaluation_state
+    from nas.study_trials import recover_interrupted
     from workers.cluster import init_ray, ray_available, require_cpus, require_ray
 
     state = evaluation_state(run.root)  # read here, by the driver alone; a corrupt checkpoint fails here with one line
@@ -308,7 +309,7 @@ def search_stage(
         require_cpus("evaluators", evaluators)
     study = search.open_study(storage, config, resume, study_name or run.study_name())
     if resume:
-        interrupted = search.recover_interrupted(study)
+        interrupted = recover_interrupted(study)
         if interrupted:
             progress(f"resuming: {interrupted} trial(s) interrupted by the last run are re-enqueued")
     if local:

@@ -24,11 +24,15 @@ A resumed or extended study continues the sampler's sequence (`continued_seed`).
 Resumption: trials left RUNNING by a killed process are marked FAILED with
 `interrupted=True` and their parameters re-enqueued, so nothing finished is lost or
 re-run and the study completes to the requested number of trials.
+
+This module opens the study (objectives, samplers) and runs the batch loop; the asynchronous loop
+is nas.study_async, the steps both loops share (parameters <-> arch, ask, constrain, tell, counting
+and interrupted trials) nas.study_trials, and the trials against the budget (feasibility, counts,
+the Pareto front) nas.feasibility.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -39,15 +43,17 @@ import optuna
 from nas import interrupts
 from nas.arch import Arch
 from nas.errors import NasError
+from nas.feasibility import best_feasible
 from nas.latency.table import LatencyTable
 from nas.latency.trials import TrialLatency
 from nas.space import SearchSpace
 from nas.storage import check as check_storage
 from nas.storage import normalize, redact, study_not_found
+from nas.study_async import run_async
+from nas.study_trials import ask, busy_line, constrain, counted, recover_interrupted, tell
 
 SAMPLERS = ("nsga2", "tpe", "random", "gp")
 THIRD_OBJECTIVES = ("params", "macs")
-DASHBOARD_CONSTRAINTS = "constraints"
 
 
 @dataclass(frozen=True)
@@ -58,32 +64,6 @@ class SearchConfig:
     seed: int = 0
     budget_ms: float | None = None
     third_objective: str | None = None
-
-
-# ---- parameters <-> arch -----------------------------------------------------------------------
-
-
-def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> Arch:
-    """A fixed parameterisation: embed_dim, depth and, for every layer up to the space's largest
-    depth, its kernel choice (a label such as `taylor-o2-compact`), heads and mlp_ratio — the
-    same parameters in every trial, so that every sampler models all of them (a sampler falls
-    back to independent sampling for parameters that only some trials have). The arch uses the
-    first `depth` layers; the others' values change neither the arch nor its digest."""
-    embed_dim = trial.suggest_categorical("embed_dim", list(space.embed_dim))
-    depth = trial.suggest_categorical("depth", list(space.depth))
-    choices = {spec.label: spec for spec in space.kernel_choices()}
-    layers = []
-    for i in range(max(space.depth)):
-        spec = choices[trial.suggest_categorical(f"l{i}_kernel", list(choices))]
-        heads = trial.suggest_categorical(f"l{i}_heads", list(space.heads))
-        ratio = trial.suggest_categorical(f"l{i}_mlp_ratio", list(space.mlp_ratio))
-        layers.append(space.make_layer(spec, heads, ratio))
-    return space.validate(space.make_arch(embed_dim, layers[:depth]))
-
-
-def arch_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> Arch:
-    """The arch a trial evaluated, from the one place it is stored (the `arch` attribute)."""
-    return space.validate(Arch.from_dict(trial.user_attrs["arch"], f"trial {trial.number}"))
 
 
 # ---- study -----------------------------------------------------------------------------------
@@ -158,32 +138,6 @@ def metric_names(config: SearchConfig) -> list[str]:
     return ["accuracy", "latency_ms"] + ([config.third_objective] if config.third_objective else [])
 
 
-def counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished trials that count towards --trials (interrupted ones are re-run instead); a
-    PRUNED trial is an arch over the budget, judged but not scored."""
-    state = trial.state
-    return state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) or (
-        state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get("interrupted")
-    )
-
-
-def recover_interrupted(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a killed process as failed-interrupted and re-enqueue them."""
-    with interrupts.deferred():
-        stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        for trial in stale:
-            _interrupt(study, trial)
-    return len(stale)
-
-
-def _interrupt(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """FAIL the trial as interrupted and enqueue its arch again: the parameters it had sampled and
-    those it had been enqueued with (a trial stopped inside `ask` may have only the latter)."""
-    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-    study.enqueue_trial({**trial.system_attrs.get("fixed_params", {}), **trial.params}, skip_if_exists=False)
-
-
 Evaluation = dict  # {"accuracy": float, "macs": int, "params": int}
 
 
@@ -221,7 +175,7 @@ def run_search(
     Returns the judge (its figures)."""
     latency = trial_latency(study, table, measure, config.budget_ms)
     if pool is not None and measure is None and hasattr(pool, "start"):
-        return _run_async(study, space, latency, pool, config, progress, evaluators or len(pool.actors))
+        return run_async(study, space, latency, pool, config, progress, evaluators or len(pool.actors))
     started = time.perf_counter()
     busy = 0.0
     while True:
@@ -263,124 +217,13 @@ def run_search(
         done += len(batch)
         elapsed = time.perf_counter() - started
         with interrupts.deferred():
-            best = _best_feasible(study)
+            best = best_feasible(study)
         progress(
             f"[{min(done, config.trials)}/{config.trials}] trials finished ({elapsed:.0f} s)"
             + (f"; {skipped} over the budget, not scored" if skipped else "")
             + (f"; {reused} repeated arch(s) reused earlier results" if reused else "")
             + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
         )
-
-
-def busy_line(busy_s: float, evaluators: int, stage_s: float, measuring_s: float | None) -> str:
-    """How much of the search's evaluator time went into evaluations (`measuring_s` None: the asynchronous loop)."""
-    share = busy_s / (evaluators * stage_s) if stage_s > 0 else 0.0
-    head = f"evaluators: busy {busy_s:.1f} s of {evaluators} x {stage_s:.1f} s ({share:.0%}); the rest they waited"
-    if measuring_s is None:
-        return head + ": for the sampler and the storage (asynchronous: no batches, no measurements)"
-    return (
-        head
-        + f": for the trials' latency measurements ({measuring_s:.1f} s, taken with no evaluation running), for each "
-        "batch's slowest trial, for the sampler"
-    )
-
-
-def _run_async(study, space, latency, pool, config, progress, evaluators) -> TrialLatency:
-    """The asynchronous loop: keep every evaluator busy; tell each trial as its result comes back.
-    One trial is asked ahead (while the evaluators run), so a freed evaluator starts at once instead
-    of waiting for the sampler. A trial whose arch is already finished reuses that result; one whose
-    arch is in flight waits for it (each arch is evaluated once). On Ctrl-C / SIGTERM every trial
-    asked and not told (running, waiting or asked ahead) is marked interrupted."""
-    started, busy, told = time.perf_counter(), 0.0, 0
-    flying: dict[int, tuple] = {}  # ticket -> (trial, arch, judgement)
-    waiting: dict[str, list] = {}  # digest in flight -> the other trials of that arch
-    ahead: list[tuple] = []  # asked and judged, not yet given to an evaluator
-    state = {}
-
-    def ask_one() -> tuple | None:
-        """Ask and judge one trial; None when it was told at once (over the budget, or a finished arch)."""
-        batch: list[optuna.Trial] = []
-        with interrupts.deferred():
-            arch = _ask(study, space, 1, batch)[0]
-        judgement = latency.judge([arch])[0]
-        with interrupts.deferred():
-            _constrain(study, config, batch, [judgement])
-            if judgement.skipped or arch.digest in finished:
-                _tell(study, config, batch, [arch], [judgement], finished, {}, progress)
-                state["done"] += 1
-                return None
-        return batch[0], arch, judgement
-
-    def give(item: tuple) -> None:
-        if item[1].digest in finished:  # asked ahead, and its arch finished meanwhile: reuse that result
-            with interrupts.deferred():
-                _tell(study, config, [item[0]], [item[1]], [item[2]], finished, {}, progress)
-            state["done"] += 1
-        elif item[1].digest in {a.digest for _, a, _ in flying.values()}:
-            waiting.setdefault(item[1].digest, []).append(item)
-        else:
-            flying[pool.start(item[1])] = item
-
-    def pending() -> int:
-        return len(flying) + sum(len(v) for v in waiting.values()) + len(ahead)
-
-    try:
-        with interrupts.deferred():
-            trials = study.get_trials(deepcopy=False)
-        state["done"] = sum(counted(t) for t in trials)
-        finished = {
-            t.user_attrs["digest"]: t
-            for t in trials
-            if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs
-        }
-        while state["done"] < config.trials:
-            while pool.idle() and (ahead or state["done"] + pending() < config.trials):
-                item = ahead.pop(0) if ahead else ask_one()
-                if item is not None:
-                    give(item)
-            if not ahead and state["done"] + pending() < config.trials:
-                item = ask_one()
-                if item is not None:
-                    ahead.append(item)
-            for ticket, result in pool.wait():
-                trial, arch, judgement = flying.pop(ticket)
-                group = [(trial, arch, judgement)] + waiting.pop(arch.digest, [])
-                with interrupts.deferred():
-                    _tell(
-                        study,
-                        config,
-                        [g[0] for g in group],
-                        [g[1] for g in group],
-                        [g[2] for g in group],
-                        {},
-                        {arch.digest: result},
-                        progress,
-                    )
-                    if isinstance(result, dict):
-                        busy += result.get("seconds", 0.0)
-                        finished_trial = study._storage.get_trial(trial._trial_id)
-                        if finished_trial.state == optuna.trial.TrialState.COMPLETE:
-                            finished[arch.digest] = finished_trial
-                state["done"] += len(group)
-                told += len(group)
-                if ahead and pool.idle():  # the trial asked ahead starts at once on the freed evaluator
-                    give(ahead.pop(0))
-            if told >= config.batch or state["done"] >= config.trials:
-                told = 0
-                with interrupts.deferred():
-                    best = _best_feasible(study)
-                progress(
-                    f"[{min(state['done'], config.trials)}/{config.trials}] trials finished ({time.perf_counter() - started:.0f} s, "
-                    f"asynchronous, {len(flying)} in flight)"
-                    + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
-                )
-    except KeyboardInterrupt:
-        running = recover_interrupted(study)
-        progress(f"stopped: {running} running trial(s) marked interrupted; --resume re-runs them")
-        raise
-    progress(latency.summary())
-    progress(busy_line(busy, evaluators, time.perf_counter() - started, None))
-    return latency
 
 
 def _run_batch(study, space, latency, evaluate, config, size, finished, batch, progress) -> tuple[int, int, float]:
@@ -392,124 +235,15 @@ def _run_batch(study, space, latency, evaluate, config, size, finished, batch, p
     SIGTERM held (nas.interrupts); the measurement and the evaluation, the long parts, stop at once.
     """
     with interrupts.deferred():
-        archs = _ask(study, space, size, batch)
+        archs = ask(study, space, size, batch)
     judgements = latency.judge(archs)
     with interrupts.deferred():
-        _constrain(study, config, batch, judgements)
+        constrain(study, config, batch, judgements)
     scored = [a for a, j in zip(archs, judgements) if not j.skipped]
     # Each arch is evaluated once: one already finished in the study, or twice in this batch, reuses that result.
     fresh = list({a.digest: a for a in scored if a.digest not in finished}.values())
     evaluated = dict(zip((a.digest for a in fresh), evaluate(fresh) if fresh else []))
     with interrupts.deferred():
-        _tell(study, config, batch, archs, judgements, finished, evaluated, progress)
+        tell(study, config, batch, archs, judgements, finished, evaluated, progress)
     seconds = sum(r.get("seconds", 0.0) for r in evaluated.values() if isinstance(r, dict))
     return len(scored) - len(fresh), len(archs) - len(scored), seconds
-
-
-def _ask(study, space, size, batch) -> list[Arch]:
-    """Ask `size` trials (appended to `batch` as soon as each exists); their archs."""
-    for _ in range(size):
-        batch.append(study.ask())
-    archs = []
-    for trial in batch:
-        arch = suggest_arch(trial, space)
-        trial.set_user_attr("arch", arch.to_dict())
-        trial.set_user_attr("digest", arch.digest)
-        archs.append(arch)
-    return archs
-
-
-def _constrain(study, config, batch, judgements) -> None:
-    """Each trial's latency attributes and its budget constraint (latency − budget)."""
-    for trial, judgement in zip(batch, judgements):
-        for key, value in judgement.attrs().items():
-            trial.set_user_attr(key, value)
-        slack = judgement.latency_ms - config.budget_ms if config.budget_ms is not None else 0.0
-        trial.set_constraint("latency", slack)
-        # optuna-dashboard (0.21) reads constraints from the list format of Optuna < 5; Optuna reads both.
-        study._storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, [slack])
-
-
-def _tell(study, config, batch, archs, judgements, finished, evaluated, progress) -> None:
-    """Tell every trial of the batch its result (an earlier trial's for a repeated arch), its
-    failure, or PRUNED for an arch over the budget."""
-    for trial, arch, judgement in zip(batch, archs, judgements):
-        if judgement.skipped:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            continue
-        if arch.digest in finished:
-            earlier = finished[arch.digest]
-            result = {key: earlier.user_attrs[key] for key in ("accuracy", "macs", "params")}
-            trial.set_user_attr("reused_from", earlier.number)
-        else:
-            result = evaluated[arch.digest]
-            if isinstance(result, dict) and "seconds" in result:
-                trial.set_user_attr("eval_seconds", result["seconds"])
-        if isinstance(result, BaseException) or not math.isfinite(result.get("accuracy", math.nan)):
-            reason = repr(result) if isinstance(result, BaseException) else "accuracy is NaN"
-            trial.set_user_attr("failure", reason[:500])
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            progress(f"trial {trial.number} failed: {reason[:200]}")
-            continue
-        for key in ("accuracy", "macs", "params"):
-            trial.set_user_attr(key, result[key])
-        values = [result["accuracy"], judgement.latency_ms] + (
-            [result[config.third_objective]] if config.third_objective else []
-        )
-        study.tell(trial, values)
-
-
-def feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    return all(value <= 0 for value in trial.constraints.values())
-
-
-def budget_counts(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, int, int]:
-    """(within, judged, over) the budget: the trials judged against it are the COMPLETE ones and the
-    PRUNED ones (over it, not scored) with a latency constraint. FAIL trials — interrupted (re-run on
-    --resume) or broken — were never judged and are not counted (they were: "6 of 8 within")."""
-    judged = [
-        t
-        for t in trials
-        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) and t.constraints
-    ]
-    within = sum(t.state == optuna.trial.TrialState.COMPLETE and feasible(t) for t in judged)
-    return within, len(judged), sum(t.state == optuna.trial.TrialState.PRUNED for t in judged)
-
-
-def _best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if feasible(t)]
-    return max(complete, key=lambda t: (t.values[0], -t.values[1]), default=None)
-
-
-def pareto_front(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Feasible, complete, non-dominated trials (accuracy up, latency down), by latency."""
-    candidates = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)]
-
-    def dominates(a, b):
-        return (
-            a.values[0] >= b.values[0]
-            and a.values[1] <= b.values[1]
-            and (a.values[0] > b.values[0] or a.values[1] < b.values[1])
-        )
-
-    front = [t for t in candidates if not any(dominates(o, t) for o in candidates)]
-    unique = {}
-    for t in sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number)):
-        unique.setdefault((t.values[0], t.values[1]), t)
-    return list(unique.values())
-
-
-def smallest_latency(space: SearchSpace, table: LatencyTable) -> float:
-    """The lowest predicted latency of any arch of the space (blocks are independent per layer)."""
-    best = math.inf
-    for e in space.embed_dim:
-        arch_min = min(
-            table.raw(space.make_arch(e, [space.make_layer(spec, h, r)] * min(space.depth)))
-            for spec in space.kernel_choices()
-            for h in space.heads
-            for r in space.mlp_ratio
-        )
-        best = min(best, arch_min)
-    if table.calibration is None:
-        return best
-    return table.calibration["a"] * best + table.calibration["b"]  # a > 0: the calibration keeps the order

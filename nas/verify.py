@@ -19,27 +19,25 @@ successive halving, and the pick by verified accuracy instead of inherited accur
 
 Multi-objective Optuna studies cannot prune, so the halving is ours. Training runs in local
 processes (`jobs`, spawned) on the machine that runs the stage, not on Ray.
+
+This module holds the settings, the choice of candidates, the halving and the stage; the resumable
+training of the candidates (their saved states, the process pool) is nas.verify_training.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from nas.arch import Arch
 from nas.config import (
     VERIFY_CANDIDATES as CANDIDATES,
 )  # nas run's --verify: 8 × 2 epochs, 4 × 3, 2 × 6, 1 × 12 (32 in all)
 from nas.errors import NasError
-from nas.standalone import Recipe, Standalone
+from nas.standalone import Recipe
+from nas.verify_training import Trainer, state_path
 
 
 @dataclass(frozen=True)
@@ -167,149 +165,6 @@ def successive_halving(
         )
         alive = kept
     return alive[0], history
-
-
-# ---- training, resumable ---------------------------------------------------------------------------
-
-_DATASET = None
-
-
-def _init_worker(data: str, image_size: int, in_chans: int, split: dict, threads: int) -> None:
-    global _DATASET
-    from nas.data import load_dataset
-
-    torch.set_num_threads(threads)
-    _DATASET = load_dataset(data, image_size, in_chans, check_images=False)
-    _DATASET.split = split  # exactly the run's split
-
-
-def state_path(directory: Path, arch: Arch, seed: int) -> Path:
-    return Path(directory) / f"{arch.digest}-seed{seed}.pt"
-
-
-def read_state(path: Path) -> dict | None:
-    """A saved Standalone state, or None when absent or unreadable (a damaged file is trained again)."""
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 — a cut or foreign file: start that candidate again
-        return None
-
-
-def train_to(
-    arch_json: str, seed: int, recipe: Recipe, epochs: int, path: str, device: str = "cpu", dataset=None
-) -> dict:
-    """Train (or go on training) one arch to `epochs` epochs of `recipe`, saving its state after
-    each epoch to `path`; returns its curve and the seconds spent here."""
-    from nas.io import atomic_path
-
-    started = time.perf_counter()
-    run = Standalone(Arch.from_json(arch_json), seed, recipe, dataset or _DATASET, device)
-    state = read_state(Path(path))
-    if state is not None:
-        try:
-            run.load_state_dict(state)
-        except (ValueError, KeyError, RuntimeError):
-            run = Standalone(
-                Arch.from_json(arch_json), seed, recipe, dataset or _DATASET, device
-            )  # another recipe's: start over
-    while run.epoch < epochs:
-        run.train_epoch()
-        with atomic_path(path) as tmp:
-            torch.save(run.state_dict(), tmp)
-    return {"curve": run.curve, "seconds": round(time.perf_counter() - started, 1)}
-
-
-class Trainer:
-    """`successive_halving`'s train_to over saved states: each name trains its arch (`archs`), saved
-    under the arch's digest; epochs a state already holds are not trained again. Several candidates
-    train in `jobs` spawned processes, one pool kept across rungs (each spawn costs seconds of imports);
-    a single one, or with one job, trains in this process on all of its threads. `close()` ends the pool."""
-
-    def __init__(
-        self, directory: Path, archs: dict[str, Arch], config: VerifyConfig, data: str, dataset, progress=print
-    ) -> None:
-        self.directory, self.archs, self.config, self.data, self.dataset, self.progress = (
-            Path(directory),
-            archs,
-            config,
-            data,
-            dataset,
-            progress,
-        )
-        self.seconds = 0.0
-        self._pool: ProcessPoolExecutor | None = None
-        self._pool_jobs = 0
-
-    def curve(self, name: str) -> list[float]:
-        state = read_state(state_path(self.directory, self.archs[name], self.config.seed))
-        return list(state["curve"]) if state and state.get("recipe") == self.config.recipe.to_dict() else []
-
-    def _trained(self, name: str, epochs: int, result: dict) -> None:
-        self.progress(
-            f"  {name} ({self.archs[name]!r}): {epochs} epochs, val top-1 {result['curve'][epochs - 1]:.4f} "
-            f"({result['seconds']:.0f} s)"
-        )
-
-    def _pool_of(self, jobs: int) -> ProcessPoolExecutor:
-        if self._pool is None or self._pool_jobs != jobs:
-            self.close()
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            arch = next(iter(self.archs.values()))
-            context = multiprocessing.get_context(
-                "spawn"
-            )  # a forked child of a process that ran autograd cannot run it
-            self._pool = ProcessPoolExecutor(
-                jobs,
-                mp_context=context,
-                initializer=_init_worker,
-                initargs=(self.data, arch.image_size, arch.in_chans, self.dataset.split, threads),
-            )
-            self._pool_jobs = jobs
-        return self._pool
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool, self._pool_jobs = None, 0
-
-    def __call__(self, names: list[str], epochs: int) -> dict[str, list[float]]:
-        curves = {name: self.curve(name) for name in names}
-        todo = [name for name in names if len(curves[name]) < epochs]
-        if not todo:
-            return curves
-        self.directory.mkdir(parents=True, exist_ok=True)
-        jobs = max(1, min(self.config.jobs, len(todo)))
-        started = time.perf_counter()
-
-        def args(name: str) -> tuple:
-            return (
-                self.archs[name].to_json(indent=None),
-                self.config.seed,
-                self.config.recipe,
-                epochs,
-                str(state_path(self.directory, self.archs[name], self.config.seed)),
-                self.config.device,
-            )
-
-        if jobs == 1:
-            for name in todo:
-                result = train_to(*args(name), dataset=self.dataset)
-                curves[name] = result["curve"]
-                self._trained(name, epochs, result)
-        else:
-            pool = self._pool_of(jobs)
-            pending = {pool.submit(train_to, *args(name)): name for name in todo}
-            while pending:
-                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in ready:
-                    name = pending.pop(future)
-                    result = future.result()
-                    curves[name] = result["curve"]
-                    self._trained(name, epochs, result)
-        self.seconds += time.perf_counter() - started
-        return curves
 
 
 # ---- the stage -------------------------------------------------------------------------------------

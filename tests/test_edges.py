@@ -439,7 +439,7 @@ def test_the_budget_count_is_over_judged_trials_only():
     latency constraint but were never judged; the count is over COMPLETE and PRUNED trials."""
     import optuna
 
-    from nas.study import budget_counts
+    from nas.feasibility import budget_counts
 
     def trial(state, slack, **kwargs):
         return optuna.trial.create_trial(state=state, constraints={"latency": slack}, **kwargs)

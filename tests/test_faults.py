@@ -406,7 +406,7 @@ def test_storage_password_never_reaches_the_manifest(tmp_path):
 
     from nas.pipeline import RunConfig
     from nas.rundir import Manifest, RunDir
-    from nas.study import redact
+    from nas.storage import redact
 
     config = RunConfig(storage="postgresql://nas:hunter2@db.example:5432/nas")
     Manifest(RunDir(tmp_path), {**dataclasses.asdict(config), "storage": redact(config.storage)}).save()

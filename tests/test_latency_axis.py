@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from nas import study as search
+from nas import study_trials
 from nas.errors import NasError
 from nas.latency import profiler as profiler_module
 from nas.latency.probe import Protocol
@@ -87,7 +88,7 @@ def test_a_neighbour_during_a_trials_measurement_leads_to_a_re_measurement_and_t
         measure=profiler.measure_models,
     )
     for trial in study.trials:
-        arch = search.arch_of(trial, SPACE)
+        arch = study_trials.arch_of(trial, SPACE)
         assert trial.user_attrs["latency_source"] == "measured"
         assert trial.values[1] == trial.user_attrs["measured_ms"] == pytest.approx(true_ms(arch), rel=0.02)
 
@@ -202,8 +203,8 @@ def test_the_budget_refusal_allows_the_priors_error(tmp_path):
     from test_latency import SPACE as space
     from test_latency import built_table
 
+    from nas.feasibility import smallest_latency
     from nas.pipeline import resolve_budget
-    from nas.study import smallest_latency
 
     table = built_table(tmp_path / "t.json")
     floor = smallest_latency(space, table)

@@ -40,11 +40,15 @@ LOWER = [
     "nas.exporter",
     "nas.standalone",
     "nas.verify",
+    "nas.verify_training",
 ]
 BLOCKED = [
     "ray",
     "optuna",
     "nas.study",
+    "nas.study_async",
+    "nas.study_trials",
+    "nas.feasibility",
     "nas.pipeline",
     "nas.bench",
     "nas.stages",

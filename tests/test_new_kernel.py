@@ -14,6 +14,7 @@ from runs import FAST
 from torch import nn
 
 from nas import study as search
+from nas import study_trials
 from nas.arch import Arch
 from nas.kernels import AttentionKernel, registry
 from nas.latency.build import build
@@ -106,12 +107,12 @@ def test_a_new_kernel_with_an_option_is_searched_end_to_end(pooled_kernel, tmp_p
         progress=lambda line: None,
     )
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    modes = {layer.kernel_spec.label for t in trials for layer in search.arch_of(t, space).layers}
+    modes = {layer.kernel_spec.label for t in trials for layer in study_trials.arch_of(t, space).layers}
     assert {"test-pooled-mean", "test-pooled-max"} <= modes
     # The one codec: what the study, trials.csv and arch.json store reads back to the same arch.
     write_outputs(study, tmp_path, None)
     stored = {c.trial: c.arch for c in load_candidates(tmp_path)}
     for t in trials:
-        arch = search.arch_of(t, space)
+        arch = study_trials.arch_of(t, space)
         assert stored[t.number] == arch == space.validate(Arch.from_json(arch.to_json()))
         assert table.predict(arch) > 0

@@ -24,6 +24,7 @@ import pytest
 from runs import make_run
 from test_faults import REPO, copy_run, exit_code, nas_run, tiny_space_file
 
+from nas import feasibility, study_trials
 from nas import study as search
 from nas.cli import main
 from nas.rundir import RunDir
@@ -252,7 +253,7 @@ def test_an_interrupt_anywhere_in_a_batch_leaves_no_trial_running(tmp_path, wher
     assert states.count(optuna.trial.TrialState.WAITING) == len(interrupted), "each interrupted trial is re-enqueued"
     study.tell, study.sampler.before_trial = tell, before_trial
     search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)  # the resumed run finishes
-    assert sum(search.counted(t) for t in study.get_trials()) == 12
+    assert sum(study_trials.counted(t) for t in study.get_trials()) == 12
 
 
 def test_deferred_holds_sigterm_until_the_block_ends_then_raises_it_with_the_handler_in_place():
@@ -685,7 +686,7 @@ def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
     result = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     study = optuna.load_study(study_name=RunDir(run).study_name(), storage=storage)
-    assert sum(search.counted(t) for t in study.trials) == 12
+    assert sum(study_trials.counted(t) for t in study.trials) == 12
 
 
 @pytest.mark.slow
@@ -740,8 +741,8 @@ def test_constraints_are_stored_where_optuna_dashboard_reads_them(tmp_path):
     )
     for trial in study.trials:
         slack = trial.user_attrs["latency_ms"] - 12.0
-        assert trial.system_attrs[search.DASHBOARD_CONSTRAINTS] == [slack]  # optuna-dashboard's key and format
-        assert search.feasible(trial) == (slack <= 0)
+        assert trial.system_attrs[study_trials.DASHBOARD_CONSTRAINTS] == [slack]  # optuna-dashboard's key and format
+        assert feasibility.feasible(trial) == (slack <= 0)
     assert study.metric_names == ["accuracy", "latency_ms"]
 
 

@@ -15,6 +15,7 @@ import optuna
 import pytest
 from runs import make_run
 
+from nas import feasibility, study_trials
 from nas import study as search
 from nas.cli import main
 from nas.latency import table as lut
@@ -89,7 +90,7 @@ def test_report_draws_the_hypervolume_history_and_the_latency_fit(trained, ray_l
     numbers, volumes, ref = hypervolume_history(study.get_trials(), None)
     assert numbers and all(b >= a for a, b in zip(volumes, volumes[1:]))
     points = [
-        (t.values[0], t.values[1]) for t in study.get_trials() if t.state.name == "COMPLETE" and search.feasible(t)
+        (t.values[0], t.values[1]) for t in study.get_trials() if t.state.name == "COMPLETE" and feasibility.feasible(t)
     ]
     assert volumes[-1] == pytest.approx(hypervolume(front_of(points, ref), 0.0, ref))
 
@@ -97,7 +98,7 @@ def test_report_draws_the_hypervolume_history_and_the_latency_fit(trained, ray_l
 def test_a_search_with_no_feasible_trial_fails_with_one_line(trained, ray_local, capsys, tmp_path):
     space, _ = RunDir(trained).space_and_data()
     table = lut.LatencyTable.load(trained / TABLE, space)
-    floor = search.smallest_latency(space, table)  # only the single fastest configuration is feasible
+    floor = feasibility.smallest_latency(space, table)  # only the single fastest configuration is feasible
     storage = f"sqlite:///{tmp_path / 'other.db'}"
     code = main(
         [
@@ -167,7 +168,7 @@ def test_kill_mid_search_then_resume_keeps_finished_trials(tmp_path):
     after = {t.number: t for t in study.trials}
     for number, values in before.items():
         assert after[number].state == optuna.trial.TrialState.COMPLETE and tuple(after[number].values) == values
-    assert sum(search.counted(t) for t in study.trials) == 14
+    assert sum(study_trials.counted(t) for t in study.trials) == 14
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
     interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
@@ -222,7 +223,7 @@ def test_nan_accuracy_is_a_failed_trial_not_zero(trained):
         progress=lambda line: None,
     )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
-    assert search.pareto_front(study.trials) == []
+    assert feasibility.pareto_front(study.trials) == []
 
 
 def test_the_search_states_how_busy_its_evaluators_were():
@@ -580,7 +581,7 @@ def test_every_sampler_sees_the_same_parameters_in_every_trial(trained, sampler)
         f"l{i}_{p}" for i in range(max(space.depth)) for p in ("kernel", "heads", "mlp_ratio")
     }
     for t in trials:
-        arch = search.arch_of(t, space)
+        arch = study_trials.arch_of(t, space)
         assert arch.depth == t.params["depth"] and arch.digest == t.user_attrs["digest"]
 
 
@@ -592,9 +593,11 @@ def test_unused_layers_change_neither_the_arch_nor_its_digest(trained):
     for i in range(max(space.depth)):
         base.update({f"l{i}_kernel": labels[0], f"l{i}_heads": space.heads[0], f"l{i}_mlp_ratio": space.mlp_ratio[0]})
     other = {**base, **{f"l{i}_kernel": labels[-1] for i in range(depth, max(space.depth))}}
-    a, b = (search.suggest_arch(optuna.trial.FixedTrial(p), space) for p in (base, other))
+    a, b = (study_trials.suggest_arch(optuna.trial.FixedTrial(p), space) for p in (base, other))
     assert a == b and a.digest == b.digest and a.depth == depth
-    assert search.suggest_arch(optuna.trial.FixedTrial({**base, "l0_kernel": labels[-1]}), space).digest != a.digest
+    assert (
+        study_trials.suggest_arch(optuna.trial.FixedTrial({**base, "l0_kernel": labels[-1]}), space).digest != a.digest
+    )
 
 
 class ThreadPool:
@@ -695,7 +698,7 @@ def test_asynchronous_search_killed_and_resumed_loses_no_trial_and_scores_none_t
     )
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert sum(search.counted(t) for t in trials) == 12 == len(complete)  # nothing lost: 12 scored trials
+    assert sum(study_trials.counted(t) for t in trials) == 12 == len(complete)  # nothing lost: 12 scored trials
     scored = [t.user_attrs["digest"] for t in complete if "reused_from" not in t.user_attrs]
     assert len(scored) == len(set(scored))  # no arch scored twice
     for t in interrupted:  # each interrupted trial's arch was run again

@@ -20,16 +20,8 @@ from nas.rundir import VERIFY, VERIFY_JSON, RunDir
 from nas.selection import Candidate, load_candidates
 from nas.space import load_space
 from nas.standalone import Recipe
-from nas.verify import (
-    Trainer,
-    VerifyConfig,
-    measured_candidates,
-    preference,
-    read_state,
-    state_path,
-    successive_halving,
-    train_to,
-)
+from nas.verify import VerifyConfig, measured_candidates, preference, successive_halving
+from nas.verify_training import Trainer, read_state, state_path, train_to
 
 
 def archs(count: int, seed: int = 0):

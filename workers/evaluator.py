@@ -11,7 +11,7 @@ restart never completes (seen with Ray 2.60 when an actor is killed twice in qui
 succession) cannot hang the search.
 
 `evaluate` scores a batch; `start`/`wait` give one arch to an idle actor and answer as soon as
-any actor has finished, for the search's asynchronous loop (nas.study).
+any actor has finished, for the search's asynchronous loop (nas.study_async).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class EvaluatorPool:
             self._replace(index)
         return results
 
-    # ---- asynchronous use (nas.study's loop without batches): one arch per actor at a time ----
+    # ---- asynchronous use (nas.study_async's loop without batches): one arch per actor at a time ----
 
     def idle(self) -> int:
         """How many actors have no arch in flight (`start` gives one to each)."""

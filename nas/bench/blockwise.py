@@ -1,7 +1,7 @@
 """`nas bench blockwise`: the block-wise estimator (`nas.blockwise`) built for a space and scored against the truth.
 
 Two phases, both resumable: the parents (one per embed dim, trained with the ground truth's recipe, their state
-saved after every epoch under the work folder by `nas.verify.train_to`), then one job per (embed dim, layer) that
+saved after every epoch under the work folder by `nas.verify_training.train_to`), then one job per (embed dim, layer) that
 trains that layer's student blocks and scores every replacement. Each finished job appends one JSON line to the
 table file; a stopped bench continues where it stopped (the same command), a cut last line is dropped and redone.
 With the table complete, every arch of a ground-truth file (`nas bench truth`) is predicted and the predictions are
@@ -59,7 +59,7 @@ def parent_path(work: Path, space: SearchSpace, embed_dim: int, seed: int) -> Pa
 
 def train_parent(space: SearchSpace, embed_dim: int, config: BlockwiseConfig, path: str, dataset=None) -> dict:
     """Train (or go on training) one parent to the whole recipe, its state saved after every epoch."""
-    from nas.verify import train_to
+    from nas.verify_training import train_to
 
     arch = parent_arch(space, embed_dim)
     return train_to(arch.to_json(), config.seed, config.recipe, config.recipe.epochs, path, dataset=dataset or _DATASET)
@@ -67,7 +67,7 @@ def train_parent(space: SearchSpace, embed_dim: int, config: BlockwiseConfig, pa
 
 def load_parent(space: SearchSpace, embed_dim: int, config: BlockwiseConfig, path: str):
     from nas.subnet import ViT
-    from nas.verify import read_state
+    from nas.verify_training import read_state
 
     state = read_state(Path(path))
     arch = parent_arch(space, embed_dim)

@@ -23,7 +23,8 @@ def run(run_dir: Path, truth_path: Path, jobs: int = 2, progress=print) -> dict:
     from nas.rundir import TABLE, VERIFY, VERIFY_JSON, RunDir
     from nas.stages import trial_profiler
     from nas.standalone import Recipe
-    from nas.verify import Trainer, VerifyConfig
+    from nas.verify import VerifyConfig
+    from nas.verify_training import Trainer
 
     run = RunDir(run_dir)
     if not run.has(VERIFY_JSON):
