@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from nas.commands import bench as bench_commands
-from nas.commands import bench_quality, models, run
+from nas.commands import bench_latency, bench_quality, bench_search, bench_truth, models, run
 from nas.errors import NasError
 
 
@@ -42,14 +42,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     bench_commands.add_bench_kernels(benchmarks)
     bench_commands.add_bench_supernet(benchmarks)
-    bench_commands.add_bench_latency(benchmarks)
+    bench_latency.add_bench_latency(benchmarks)
     bench_commands.add_bench_train(benchmarks)
-    bench_quality.add_bench_search(benchmarks)
+    bench_search.add_bench_search(benchmarks)
     bench_quality.add_bench_fidelity(benchmarks)
     bench_quality.add_bench_zoo(benchmarks)
-    bench_quality.add_bench_truth(benchmarks)
-    bench_quality.add_bench_pick(benchmarks)
-    bench_quality.add_bench_blockwise(benchmarks)
+    bench_truth.add_bench_truth(benchmarks)
+    bench_truth.add_bench_pick(benchmarks)
+    bench_truth.add_bench_blockwise(benchmarks)
     return parser
 
 

@@ -246,12 +246,12 @@ def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
     ],
 )
 def test_every_benchmark_checks_its_output_before_the_work(which, tmp_path, capsys, monkeypatch):
-    from nas.commands import bench, bench_quality
+    from nas.commands import bench, bench_latency, bench_quality, bench_search, bench_truth
 
     def work(args):  # any benchmark's work: never reached when --out is refused
         raise AssertionError("the benchmark started before its --out was checked")
 
-    for module in (bench, bench_quality):
+    for module in (bench, bench_latency, bench_quality, bench_search, bench_truth):
         for name in dir(module):
             if name.startswith("run_bench_"):
                 monkeypatch.setattr(module, name, work)
