@@ -71,7 +71,7 @@ def add_bench_search(sub: argparse._SubParsersAction) -> None:
 
 def run_bench_search(args: argparse.Namespace) -> int:
     from nas.bench import search as bench
-    from nas.pipeline import resolve_budget
+    from nas.budget import resolve_budget
     from nas.rundir import WEIGHTS, RunDir
     from nas.study import SAMPLERS
     from workers.cluster import init_ray, require_ray
@@ -401,8 +401,8 @@ def run_bench_truth(args: argparse.Namespace) -> int:
     from nas.bench import truth
     from nas.io import write_json
     from nas.latency import describe_device
+    from nas.preflight import check_out_file
     from nas.space import load_space
-    from nas.stages import check_out_file
 
     space = load_space(args.space)
     data = args.data or space.data
@@ -496,8 +496,8 @@ def run_bench_blockwise(args: argparse.Namespace) -> int:
     from nas.bench.truth import split_digest
     from nas.data import load_dataset
     from nas.latency import describe_device
+    from nas.preflight import check_out_file
     from nas.space import load_space
-    from nas.stages import check_out_file
 
     space = load_space(args.space)
     data = args.data or space.data
