@@ -81,9 +81,10 @@ def train(
     from nas import log
     from nas.compute import Compute
     from nas.data import load_dataset
+    from nas.preflight import check_connections, check_out_dir
     from nas.rundir import LOG, RunDir
     from nas.space import load_space
-    from nas.stages import check_connections, check_out_dir, resumable_training, train_stage
+    from nas.stages import resumable_training, train_stage
     from nas.training import check_config
 
     out = Path(out)
@@ -155,8 +156,9 @@ def search(
 ) -> list:
     """The Optuna search (`nas search`) over a run directory holding a trained supernet and a latency table;
     keyword `settings` replace fields of `config`. Returns the feasible Pareto front (nas.selection.Candidate)."""
-    from nas.pipeline import candidate_of, search_run
+    from nas.pick import candidate_of
     from nas.rundir import RunDir
+    from nas.search_run import search_run
 
     config = _with(config or SearchSettings(), settings, "nas.study")
     _, front, _, _ = search_run(Path(run_dir), config, resume, progress)
@@ -191,9 +193,9 @@ def export(
     device the run's latencies were measured on, to export for it from another machine. Returns the metadata."""
     from nas.compute import Compute
     from nas.exporter import export as write
+    from nas.preflight import check_out_dir
     from nas.selection import by_trial, load_candidates
     from nas.selection import select as choose
-    from nas.stages import check_out_dir
 
     if (trial is None) == (budget_ms is None):
         raise NasError("export: pass one of trial= and budget_ms=")

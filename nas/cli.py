@@ -102,7 +102,7 @@ def _terminate(signum, frame) -> None:
 def check_bench_output(args: argparse.Namespace) -> None:
     """Every benchmark's --out is checked before its work (which can take hours): a folder, or the
     truth's file, that this process can write."""
-    from nas.stages import check_out_dir, check_out_file
+    from nas.preflight import check_out_dir, check_out_file
 
     (check_out_file if args.benchmark == "truth" else check_out_dir)(args.out)
 

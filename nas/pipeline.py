@@ -22,129 +22,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from nas import config as config_tree
 from nas.config import RunConfig
 from nas.errors import NasError
-from nas.rundir import EXPORTS, MANIFEST, STUDY, TABLE, Manifest, RunDir
-from nas.settings import BUDGET, GROWS, RESULT, SILENT, UNTIL_TRAINED, dump, flag_of, flatten, resume_rules, to_dict
-from nas.stages import check_connections, check_out_dir, latency_stage, resumable_training, search_stage, train_stage
-
-
-def resume_changes(previous: dict, settings: dict, trained: bool, searched: bool = True) -> dict:
-    """The settings of a resumed run that differ from the run's manifest: {dotted name: (before, now)}.
-    A NasError lists those that would change its results, by each setting's resume rule (nas.config):
-    the budget only once the search has begun, the workers only until the supernet is trained."""
-    previous, settings = flatten(previous), flatten(settings)
-    rules = resume_rules(config_tree.RunConfig)  # looked up now: the tree is the one place settings are declared
-
-    def rule(name: str) -> str:
-        return rules.get(name, RESULT)
-
-    def flag(name: str) -> str:
-        return flag_of(config_tree.RunConfig, name)
-
-    for name in (k for k in settings if rule(k) == GROWS and isinstance(previous.get(k), int)):
-        if settings[name] < previous[name]:
-            raise NasError(
-                f"--resume {flag(name)} {settings[name]}: this run was started for {previous[name]} {name} and a "
-                f"study does not shrink; resume with {flag(name)} {previous[name]} (or more, to extend it)"
-            )
-    fixed = {RESULT} | ({BUDGET} if searched else set()) | (set() if trained else {UNTIL_TRAINED})
-    refused = {
-        k: (previous[k], settings.get(k))
-        for k in settings
-        if rule(k) in fixed and k in previous and previous[k] != settings.get(k)
-    }
-    if refused:
-        listed = "; ".join(f"{flag(k)} was {before!r}, now {now!r}" for k, (before, now) in refused.items())
-        raise NasError(
-            f"--resume with other settings would mix results: {listed}. Resume with the run's settings, or start "
-            "a new run with another --out"
-        )
-    return {
-        k: (previous[k], settings.get(k))
-        for k in settings
-        if k in previous and previous[k] != settings.get(k) and rule(k) != SILENT
-    }
-
-
-BUDGET_SAMPLES = 2000  # random archs whose predicted latencies define the default budget
-BUDGET_QUANTILE = 0.5  # the default budget admits about this share of them
-
-
-def default_budget(
-    space, table, seed: int = 0, samples: int = BUDGET_SAMPLES, quantile: float = BUDGET_QUANTILE
-) -> tuple[float, str]:
-    """The `quantile` of the predicted latencies of `samples` random archs (the search's own
-    sampling: depth, then each layer's choices uniformly), and a line saying so."""
-    import random
-    import statistics
-
-    rng = random.Random(f"budget:{seed}")
-    latencies = sorted(table.predict(space.sample(rng)) for _ in range(samples))
-    cut = (
-        statistics.quantiles(latencies, n=100, method="inclusive")[round(quantile * 100) - 1]
-        if 0 < quantile < 1
-        else latencies[-1]
-    )
-    budget = round(cut, 4)
-    return budget, (
-        f"default budget {budget} ms: the {quantile:.0%} quantile of the predicted latency of {samples} random archs "
-        f"(range {latencies[0]:.4f}-{latencies[-1]:.4f} ms), so about {quantile:.0%} of the space is feasible"
-    )
-
-
-def resolve_budget(
-    space, table, budget_ms: float | None, progress=lambda line: None, quantile: float = BUDGET_QUANTILE
-) -> float:
-    from nas.feasibility import smallest_latency
-
-    if budget_ms is None:
-        budget, line = default_budget(space, table, quantile=quantile)
-        progress(line)
-        return budget
-    from nas.latency.trials import TrialLatency
-
-    floor = smallest_latency(space, table)
-    if budget_ms <= 0:
-        raise NasError(f"--budget-ms must be > 0, got {budget_ms}")
-    margin = TrialLatency(
-        table
-    ).margin()  # the prior's measured error: a budget within it of the floor may still be met
-    if budget_ms * (1 + margin) < floor:
-        raise NasError(
-            f"--budget-ms {budget_ms} is below the smallest latency any arch of {space.name} reaches on this device "
-            f"({floor:.4f} ms predicted, by more than the table's error of {margin:.0%}); raise the budget"
-        )
-    return budget_ms
-
-
-def no_feasible_trial(study, budget: float) -> NasError:
-    """The error of a search that ended with an empty feasible front."""
-    import statistics
-
-    judged = [t.user_attrs for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs]
-    if not judged:
-        return NasError(f"no trial met the budget {budget} ms: no trial finished")
-    fastest = min(judged, key=lambda attrs: attrs["latency_ms"])
-    admit = statistics.median(attrs["latency_ms"] for attrs in judged)
-    return NasError(
-        f"no trial met the budget {budget} ms: the fastest trial was {fastest.get('latency_source', 'predicted')} at {fastest['latency_ms']:.4f} ms; "
-        f"--budget-ms {admit:.4f} (the trials' median latency) would admit about half of them"
-    )
-
-
-def settings_record(config: RunConfig) -> dict:
-    """The settings as manifest.json records them: the storage URL without its password."""
-    from nas.storage import redact
-
-    return {**to_dict(config), "storage": redact(config.storage) if config.storage else None}
+from nas.resume import resume_changes, settings_record
+from nas.rundir import MANIFEST, STUDY, TABLE, Manifest, RunDir
+from nas.settings import dump
+from nas.stages import latency_stage, resumable_training, search_stage, train_stage
 
 
 def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     """The whole pipeline; returns the manifest's result section."""
     from nas.compute import Compute
     from nas.data import load_dataset
+    from nas.preflight import check_connections, check_out_dir
     from nas.space import load_space
     from workers.cluster import check_local_capacity, require_ray
 
@@ -258,12 +148,35 @@ def manifest_has_search(run: RunDir) -> bool:
 def _stages(
     config: RunConfig, run: RunDir, space, dataset, resume: bool, changes: dict, progress, compute, scalars=None
 ) -> dict:
-    from nas import feasibility, report
-    from nas import study as search
-    from nas.evaluate import accuracy
-    from nas.latency.profiler import MAX_SPEED_RATIO, Profiler
-    from nas.selection import pick_within_budget
+    from nas.pick import pick_and_export
 
+    manifest = _open_manifest(config, run, changes, progress)
+    profiler, table, budget = _latency(config, run, space, manifest, progress)
+    if not manifest.done("train"):
+        _train(config, run, space, dataset, manifest, progress, compute, scalars)
+    study, trials, failed, storage = _search(
+        config, run, space, table, budget, resume, manifest, profiler, progress, compute, scalars
+    )
+    return pick_and_export(
+        config,
+        run,
+        space,
+        dataset,
+        manifest,
+        profiler,
+        table,
+        budget,
+        study,
+        trials,
+        failed,
+        storage,
+        progress,
+        compute,
+    )
+
+
+def _open_manifest(config: RunConfig, run: RunDir, changes: dict, progress) -> Manifest:
+    """manifest.json with the run's settings, and the settings a resumed run changed."""
     manifest = Manifest(run, settings_record(config))
     if changes:
         manifest.data.setdefault("resumed_with", []).append(
@@ -274,8 +187,15 @@ def _stages(
             + ", ".join(f"--{k.replace('_', '-')} {before!r} -> {now!r}" for k, (before, now) in changes.items())
         )
     manifest.save()
+    return manifest
 
-    # 1. latency
+
+def _latency(config: RunConfig, run: RunDir, space, manifest: Manifest, progress):
+    """1. latency: the table and the budget; returns (the profiler, the table, the budget)."""
+    from nas import feasibility
+    from nas.budget import resolve_budget
+    from nas.latency.profiler import Profiler
+
     started = time.perf_counter()
     profiler = Profiler(config.device, config.dtype, config.batch_size, config.runtime)
     fp = profiler.fingerprint()
@@ -292,37 +212,53 @@ def _stages(
     manifest.data["settings"]["budget_ms_resolved"] = budget
     manifest.record("latency", time.perf_counter() - started, True, entries=len(table.entries))
     progress(f"latency budget: {budget} ms (smallest achievable {feasibility.smallest_latency(space, table):.4f} ms)")
+    return profiler, table, budget
 
-    # 2. train
-    if not manifest.done("train"):
-        started = time.perf_counter()
-        progress(
-            f"== train: {config.epochs} epochs, {config.workers} worker(s) on {compute.device} ({compute.precision})"
-        )
-        manifest.data["compute"] = compute.record()
-        try:
-            summary = train_stage(
-                space,
-                config.data,
-                dataset,
-                config.train_config(),
-                run,
-                config.workers,
-                resumable_training(run),
-                config.ray_address,
-                progress,
-                compute=compute,
-                storage_path=config.storage_path,
-                on_epoch=None if scalars is None else scalars.epoch,
-            )
-        finally:
-            manifest.record("train", time.perf_counter() - started, False)
-        manifest.record(
-            "train", 0.0, True, test_largest=summary["test_largest"], test_smallest=summary["test_smallest"]
-        )
-        progress(f"supernet: test top-1 largest {summary['test_largest']:.4f}, smallest {summary['test_smallest']:.4f}")
 
-    # 3. search
+def _train(config: RunConfig, run: RunDir, space, dataset, manifest: Manifest, progress, compute, scalars) -> None:
+    """2. train: the supernet."""
+    started = time.perf_counter()
+    progress(f"== train: {config.epochs} epochs, {config.workers} worker(s) on {compute.device} ({compute.precision})")
+    manifest.data["compute"] = compute.record()
+    try:
+        summary = train_stage(
+            space,
+            config.data,
+            dataset,
+            config.train_config(),
+            run,
+            config.workers,
+            resumable_training(run),
+            config.ray_address,
+            progress,
+            compute=compute,
+            storage_path=config.storage_path,
+            on_epoch=None if scalars is None else scalars.epoch,
+        )
+    finally:
+        manifest.record("train", time.perf_counter() - started, False)
+    manifest.record("train", 0.0, True, test_largest=summary["test_largest"], test_smallest=summary["test_smallest"])
+    progress(f"supernet: test top-1 largest {summary['test_largest']:.4f}, smallest {summary['test_smallest']:.4f}")
+
+
+def _search(
+    config: RunConfig,
+    run: RunDir,
+    space,
+    table,
+    budget: float,
+    resume: bool,
+    manifest: Manifest,
+    profiler,
+    progress,
+    compute,
+    scalars,
+):
+    """3. search: the study; returns (the study, its trials, the failed ones, the storage)."""
+    from nas import feasibility, report
+    from nas import study as search
+    from nas.latency.profiler import MAX_SPEED_RATIO
+
     started = time.perf_counter()
     search_config = search.SearchConfig(
         trials=config.trials, batch=2 * config.evaluators, sampler=config.sampler, seed=config.seed, budget_ms=budget
@@ -330,7 +266,7 @@ def _stages(
     progress(
         f"== search: {config.trials} trials, {config.sampler}, {config.evaluators} evaluator(s), budget {budget} ms, "
         + (
-            "each trial's model measured on " + fp.device_name
+            "each trial's model measured on " + profiler.fingerprint().device_name
             if config.latency == "measured"
             else "latency predicted by the table"
         )
@@ -388,223 +324,4 @@ def _stages(
         )
     within, judged, over = feasibility.budget_counts(trials)
     progress(f"{within} of {judged} judged trials within the budget of {budget} ms ({over} over it, not scored)")
-
-    # the pick: the most accurate feasible arch whose model, measured again now, meets the budget
-    feasible = [t for t in trials if t.state.name == "COMPLETE" and feasibility.feasible(t)]
-    if not feasible:
-        manifest.data["result"] = None
-        manifest.save()
-        raise no_feasible_trial(study, budget)
-    previous = manifest.data.get("result") or {}
-    if (
-        manifest.done("export")
-        and previous.get("export")
-        and previous.get("trials_seen") == len(trials)
-        and previous.get("verify") == config.verify
-    ):
-        return previous  # an interrupted run resumed after its export: nothing changed
-    candidates = [candidate_of(t, space) for t in feasible]
-    verification = None
-    if config.verify:
-        from nas.verify import VerifyConfig, verify
-
-        started = time.perf_counter()
-        progress(f"== verify: the best of {len(feasible)} feasible trial(s), measured again and trained standalone")
-        manifest.record("verify", 0.0, False)
-        verify_config = VerifyConfig(
-            candidates=config.verify, seed=config.seed, jobs=config.evaluators, device=str(compute.device)
-        )
-        try:
-            verification = verify(
-                run, candidates, profiler.measure_models, budget, verify_config, config.data, dataset, progress
-            )
-        finally:
-            manifest.record("verify", time.perf_counter() - started, False)
-        manifest.record(
-            "verify",
-            0.0,
-            True,
-            candidates=len(verification["candidates"]),
-            train_seconds=verification["train_seconds"],
-            pick=verification["pick"]["trial"],
-            inherited_pick=verification["inherited_pick"]["trial"],
-        )
-        if run.owns_storage(storage):
-            report.mark_verified(run.root, run.verified())
-        chosen = next(c for c in candidates if c.trial == verification["pick"]["trial"])
-        measured_ms, checked = verification["pick"]["measured_ms"], verification["measured"]
-    else:
-        progress(f"re-measuring the most accurate of {len(feasible)} feasible trial(s) against the budget...")
-        chosen, measured_ms, checked = pick_within_budget(
-            candidates, profiler.measure_models, budget, progress=progress
-        )
-    best = next(t for t in feasible if t.number == chosen.trial)
-    arch = chosen.arch
-    result = {
-        "trial": best.number,
-        "arch": arch.to_dict(),
-        "digest": arch.digest,
-        "val_accuracy": best.values[0],
-        "test_accuracy": accuracy(run.supernet(space).to(compute.device), arch, dataset, "test", compute=compute),
-        "predicted_latency_ms": best.user_attrs.get("predicted_ms", table.predict(arch)),
-        "search_latency_ms": best.values[1],
-        "measured_latency_ms": measured_ms,
-        "latency_source": best.user_attrs.get("latency_source", "predicted"),
-        "budget_ms": budget,
-        "pick": checked,
-        "verify": config.verify,
-        "verified": None
-        if verification is None
-        else {
-            "val_accuracy": verification["pick"]["verified_accuracy"],
-            "epochs": verification["pick"]["verified_epochs"],
-            "inherited_pick": {
-                k: verification["inherited_pick"][k]
-                for k in ("trial", "inherited_accuracy", "verified_accuracy", "verified_epochs")
-            },
-        },
-        "trials_seen": len(trials),
-        "failed_trials": [t.number for t in failed],
-    }
-    verified_line = (
-        ""
-        if verification is None
-        else f", verified standalone val top-1 {verification['pick']['verified_accuracy']:.4f}"
-    )
-    progress(
-        f"best feasible arch (trial {best.number}): inherited test top-1 {result['test_accuracy']:.4f}{verified_line}, measured again "
-        f"{measured_ms:.4f} ms <= budget {budget} ms (search {best.values[1]:.4f} ms {result['latency_source']}, prior "
-        f"{result['predicted_latency_ms']:.4f} ms)"
-    )
-    if (
-        manifest.done("export")
-        and previous.get("trial") == best.number
-        and previous.get("export")
-        and previous.get("verify") == config.verify
-    ):
-        result["export"] = previous["export"]  # exports/best already holds this trial
-        if result["verified"] is not None and "test_accuracy" in (previous.get("verified") or {}):
-            result["verified"]["test_accuracy"] = previous["verified"]["test_accuracy"]
-    manifest.data["result"] = result
-    manifest.save()
-
-    # 4. export (again when an extended search found a better arch than the one exported)
-    if "export" not in result:
-        from nas.stages import export_stage
-
-        started = time.perf_counter()
-        progress(f"== export: the best feasible arch (trial {best.number}) -> {EXPORTS}/best")
-        manifest.record("export", 0.0, False)
-        meta = export_stage(
-            run,
-            best.number,
-            run.path(EXPORTS) / "best",
-            progress=progress,
-            overwrite=True,
-            compute=compute,
-            budget_ms=budget,
-            measured_ms=measured_ms,
-            pick=checked,
-            verified=None if verification is None else verification["pick"],
-        )
-        result["export"] = {
-            "dir": "exports/best",
-            "trial": best.number,
-            "predicted_ms": meta["latency"]["predicted_ms"],
-            "measured_ms": meta["latency"]["measured_ms"],
-            "weights": meta["accuracy"]["exported_weights"],
-        }
-        if verification is not None:
-            result["verified"]["test_accuracy"] = meta["accuracy"]["verified"]["test"]
-        manifest.record(
-            "export", time.perf_counter() - started, True, trial=best.number, latency=meta["latency"]["measured_ms"]
-        )
-        manifest.data["result"] = result
-        manifest.save()
-    return result
-
-
-def candidate_of(trial, space):
-    """A feasible trial as a selection candidate (its search latency: measured, or predicted)."""
-    from nas.selection import Candidate
-    from nas.study_trials import arch_of
-
-    return Candidate(
-        trial.number,
-        trial.values[0],
-        trial.values[1],
-        trial.user_attrs["macs"],
-        trial.user_attrs["params"],
-        arch_of(trial, space),
-    )
-
-
-def search_run(run_dir: Path, config, resume: bool = False, progress=print):
-    """`nas search` (nas.config.SearchSettings) over a run directory that holds a trained supernet and a latency
-    table: (the study, its Pareto front, the folder of trials.csv and pareto.*, the budget or None)."""
-    from nas import study as search
-    from nas.compute import Compute
-    from nas.latency.table import LatencyTable
-    from nas.rundir import WEIGHTS
-    from nas.stages import Fit, check_fit, trial_profiler
-    from nas.storage import redact, resolve
-
-    run = RunDir(run_dir)
-    study_name = run.study_name(config.study_name)  # a bad --study-name is refused before any work
-    space, _ = run.space_and_data()
-    storage = resolve(config.storage)[0] or run.default_storage()
-    report_dir = run.report_dir(
-        storage, None if config.report_dir is None else Path(config.report_dir)
-    )  # before any work
-    check_out_dir(report_dir, "--report-dir")
-    table_path = Path(config.table) if config.table else run.path(TABLE)
-    if not table_path.is_file():
-        raise NasError(f"{table_path} does not exist; build it with nas latency --space ... --out {table_path}")
-    table = LatencyTable.load(table_path, space)
-    profiler = None
-    if config.latency == "predicted":
-        check_fit(table, table_path, Fit.stored_with(table, config.accept_poor_fit))
-    else:
-        profiler = trial_profiler(table, table_path)
-    compute = Compute.parse(config.compute_device, config.precision)
-    scoring = {"device": str(compute.device), "precision": compute.precision, "val_images": config.val_images}
-    if not run.has(WEIGHTS):
-        raise NasError(f"{run_dir} holds no {WEIGHTS}; train the supernet first (nas train --out {run_dir})")
-    if config.val_images is not None and config.val_images > run.split_size("val"):
-        raise NasError(
-            f"--val-images {config.val_images}: the run's validation split holds only {run.split_size('val')} images; "
-            f"use at most {run.split_size('val')}, or leave it out to score on all of them"
-        )
-    budget = resolve_budget(space, table, config.budget_ms) if config.budget_ms is not None else None
-    search_config = search.SearchConfig(
-        trials=config.trials,
-        batch=config.batch or 2 * config.evaluators,
-        sampler=config.sampler,
-        seed=config.seed,
-        budget_ms=budget,
-        third_objective=config.third_objective,
-    )
-    check_connections(config.ray_address, storage, config.connect_timeout, progress)
-    progress(
-        f"nas search: {space.name}, {search_config.trials} trials ({search_config.sampler}), {config.evaluators} evaluator(s) on "
-        f"{compute.device} ({compute.precision}), budget {budget if budget is not None else 'none'}, storage {redact(storage)}, "
-        f"study {study_name}"
-    )
-    measure = (lambda archs: profiler.measure_models(archs, profiler.protocol.for_trials())) if profiler else None
-    study, front, _ = search_stage(
-        run,
-        space,
-        table,
-        search_config,
-        storage,
-        resume,
-        config.evaluators,
-        config.ray_address,
-        progress=progress,
-        report_dir=report_dir,
-        scoring=scoring,
-        gpus_each=config.gpus_per_evaluator,
-        measure=measure,
-        study_name=study_name,
-    )
-    return study, front, report_dir, budget
+    return study, trials, failed, storage

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nas.errors import NasError
 
-# What a resumed run may change of a setting (nas.pipeline.resume_changes):
+# What a resumed run may change of a setting (nas.resume.resume_changes):
 RESULT = "result"  # it changes what the run computes: it must equal the run's
 BUDGET = "budget"  # it may change until the search has begun
 GROWS = "grows"  # it may grow (trials: the study is extended), never shrink

@@ -34,7 +34,7 @@ def printed_config(capsys, *args) -> dict:
 def test_a_field_added_to_a_stage_config_reaches_the_cli_the_config_file_the_manifest_and_the_resume_check(
     monkeypatch, capsys, tmp_path
 ):
-    from nas.pipeline import resume_changes, settings_record
+    from nas.resume import resume_changes, settings_record
 
     @dataclasses.dataclass(frozen=True)
     class Training(TrainConfig):

@@ -181,7 +181,7 @@ def test_values_beyond_the_data_are_refused_before_training(tmp_path, capsys):
 
 
 def test_a_resume_asking_for_fewer_trials_than_the_run_has_is_refused():
-    from nas.pipeline import resume_changes
+    from nas.resume import resume_changes
 
     with pytest.raises(NasError, match="--trials 2: this run was started for 4 trials"):
         resume_changes({"trials": 4, "seed": 0}, {"trials": 2, "seed": 0}, trained=True)
@@ -297,7 +297,7 @@ def test_stop_advice_names_resume_only_for_commands_that_have_it(capsys, monkeyp
 def test_a_budget_refused_as_unreachable_keeps_the_measured_table_for_a_resume(tmp_path, capsys):
     import json
 
-    from nas.pipeline import resume_changes
+    from nas.resume import resume_changes
 
     space = tmp_path / "tiny.yaml"
     space.write_text(

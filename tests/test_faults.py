@@ -404,7 +404,7 @@ def test_local_ray_dashboard_listens_on_loopback_only():
 def test_storage_password_never_reaches_the_manifest(tmp_path):
     import dataclasses
 
-    from nas.pipeline import RunConfig
+    from nas.config import RunConfig
     from nas.rundir import Manifest, RunDir
     from nas.storage import redact
 

@@ -203,8 +203,8 @@ def test_the_budget_refusal_allows_the_priors_error(tmp_path):
     from test_latency import SPACE as space
     from test_latency import built_table
 
+    from nas.budget import resolve_budget
     from nas.feasibility import smallest_latency
-    from nas.pipeline import resolve_budget
 
     table = built_table(tmp_path / "t.json")
     floor = smallest_latency(space, table)
@@ -282,7 +282,7 @@ def test_a_runtime_that_is_not_built_is_refused_in_one_line(runtime, words, tmp_
 
 
 def test_a_resumed_run_with_another_runtime_is_refused():
-    from nas.pipeline import resume_changes
+    from nas.resume import resume_changes
 
     with pytest.raises(NasError, match="--runtime was 'eager', now 'onnxruntime'"):
         resume_changes(

@@ -323,7 +323,8 @@ def test_sigterm_while_the_study_is_written_waits_for_the_writes(tmp_path, where
 
 
 def test_storage_url_from_the_environment_and_every_redacted_form(tmp_path, monkeypatch):
-    from nas.pipeline import RunConfig, settings_record
+    from nas.config import RunConfig
+    from nas.resume import settings_record
     from nas.storage import resolve
 
     monkeypatch.setenv("NAS_STORAGE_URL", "postgresql://nas@db/nas?password=hunter2")

@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 
 
 def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, capsys):
-    from nas.pipeline import default_budget
+    from nas.budget import default_budget
 
     space, _ = RunDir(trained).space_and_data()
     budget = str(

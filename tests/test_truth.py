@@ -105,7 +105,7 @@ def test_stratified_archs_cover_latency_kernels_and_the_extremes():
 
 
 def test_default_budget_admits_about_the_share_it_states():
-    from nas.pipeline import default_budget
+    from nas.budget import default_budget
 
     space = load_space("odd-one-out")
 

@@ -63,7 +63,7 @@ def add_bench_search(sub: argparse._SubParsersAction) -> None:
 
 def run_bench_search(args: argparse.Namespace) -> int:
     from nas.bench import search as bench
-    from nas.pipeline import resolve_budget
+    from nas.budget import resolve_budget
     from nas.rundir import WEIGHTS, RunDir
     from nas.study import SAMPLERS
     from workers.cluster import init_ray, require_ray

@@ -64,8 +64,8 @@ def run_bench_truth(args: argparse.Namespace) -> int:
     from nas.bench import truth
     from nas.io import write_json
     from nas.latency import describe_device
+    from nas.preflight import check_out_file
     from nas.space import load_space
-    from nas.stages import check_out_file
 
     space = load_space(args.space)
     data = args.data or space.data
@@ -159,8 +159,8 @@ def run_bench_blockwise(args: argparse.Namespace) -> int:
     from nas.bench.truth import split_digest
     from nas.data import load_dataset
     from nas.latency import describe_device
+    from nas.preflight import check_out_file
     from nas.space import load_space
-    from nas.stages import check_out_file
 
     space = load_space(args.space)
     data = args.data or space.data

@@ -177,8 +177,9 @@ def make_profiler(args: argparse.Namespace):
 
 def run_latency(args: argparse.Namespace) -> int:
     from nas.latency import table as lut
+    from nas.preflight import check_out_file
     from nas.space import load_space
-    from nas.stages import check_out_file, latency_stage
+    from nas.stages import latency_stage
 
     check_out_file(args.out)
     if 0 < args.calibrate < 3:
@@ -338,9 +339,10 @@ def run_verify(args: argparse.Namespace) -> int:
     from nas.compute import Compute
     from nas.exporter import export
     from nas.io import write_json
+    from nas.preflight import check_out_dir
     from nas.rundir import EXPORTS, MANIFEST, TABLE, RunDir
     from nas.selection import by_trial, load_candidates
-    from nas.stages import check_out_dir, trial_profiler
+    from nas.stages import trial_profiler
     from nas.verify import VerifyConfig, verify
 
     run = RunDir(args.run)

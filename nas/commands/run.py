@@ -110,7 +110,7 @@ def add_search(commands: argparse._SubParsersAction) -> None:
 def run_search_command(args: argparse.Namespace) -> int:
     from nas import config as config_tree
     from nas import report, settings
-    from nas.pipeline import search_run
+    from nas.search_run import search_run
 
     config = settings.from_args(config_tree.SearchSettings, args)
     study, front, report_dir, budget = search_run(
@@ -119,7 +119,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     print(report.format_front(front))
     print(f"wrote {report_dir}/trials.csv, pareto.csv, pareto.png, hypervolume.png")
     if budget is not None and not front:
-        from nas.pipeline import no_feasible_trial
+        from nas.budget import no_feasible_trial
 
         raise no_feasible_trial(study, budget)
     return 0
@@ -151,8 +151,8 @@ def run_report(args: argparse.Namespace) -> int:
     import optuna
 
     from nas import report
+    from nas.preflight import check_out_dir
     from nas.rundir import LATENCY_FIT_PNG, STUDY, TABLE, RunDir
-    from nas.stages import check_out_dir
     from nas.storage import check, normalize, redact, resolve, sqlite_study_names, study_not_found
 
     flag = resolve(args.storage)[0]
