@@ -83,7 +83,7 @@ def train(
     from nas.data import load_dataset
     from nas.preflight import check_connections, check_out_dir
     from nas.rundir import LOG, RunDir
-    from nas.space import load_space
+    from nas.space_file import load_space
     from nas.stages import resumable_training, train_stage
     from nas.training import check_config
 

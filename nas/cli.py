@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from nas.commands import bench as bench_commands
-from nas.commands import bench_latency, bench_quality, bench_search, bench_truth, models, run
+from nas.commands import bench_latency, bench_quality, bench_search, bench_truth, models, run, verify
 from nas.errors import NasError
 
 
@@ -34,7 +34,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run.add_search(commands)
     models.add_select(commands)
     models.add_export(commands)
-    models.add_verify(commands)
+    verify.add_verify(commands)
     run.add_report(commands)
     bench = commands.add_parser("bench", help="benchmarks (results under results/bench/)", description="Benchmarks.")
     if argv is not None and next((a for a in argv if not a.startswith("-")), None) != "bench":

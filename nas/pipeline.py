@@ -35,7 +35,7 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     from nas.compute import Compute
     from nas.data import load_dataset
     from nas.preflight import check_connections, check_out_dir
-    from nas.space import load_space
+    from nas.space_file import load_space
     from workers.cluster import check_local_capacity, require_ray
 
     check_out_dir(run_dir)

@@ -15,7 +15,7 @@ from nas.latency.build import build
 from nas.latency.probe import Protocol
 from nas.latency.profiler import Profiler
 from nas.rundir import TABLE
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.training import TrainConfig, train_supernet
 
 FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01, passes=2)

@@ -227,7 +227,7 @@ def test_bench_zoo_trains_every_kernel_and_variant_and_writes_its_table(tmp_path
     """Every kernel choice of the space, the option variants and the Castling +aux rows, each with accuracy,
     MACs, params and a layer latency per token count."""
     from nas.bench.zoo import OPTION_VARIANTS
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     code = main(["bench", "zoo", "--steps", "3", "--seeds", "1", "--tokens", "16", "--out", str(tmp_path)])
     assert code == 0

@@ -26,7 +26,7 @@ from nas.blockwise import (
 from nas.data import load_dataset
 from nas.errors import NasError
 from nas.io import append_line
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.standalone import Recipe
 from nas.subnet import ViT
 

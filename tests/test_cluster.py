@@ -88,7 +88,7 @@ def test_ray_train_on_the_cluster_keeps_checkpoints_in_storage_path_and_the_driv
     from safetensors.torch import load_file
 
     from nas.errors import NasError
-    from nas.space import load_space
+    from nas.space_file import load_space
     from nas.training import TrainConfig
     from workers.trainer import train_distributed
 

@@ -198,7 +198,7 @@ def test_a_trials_csv_cut_at_a_row_boundary_is_refused_not_half_used(tmp_path):
 
     from nas.rundir import STUDY, TRIALS
     from nas.selection import load_candidates
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     arch = json.dumps(load_space("digits-tiny").smallest().to_dict())
     study = optuna.create_study(
@@ -382,7 +382,7 @@ def test_an_export_whose_arch_json_belongs_to_another_model_is_one_line(tmp_path
     import random
 
     import nas
-    from nas.space import load_space
+    from nas.space_file import load_space
     from nas.subnet import ViT, save
 
     space = load_space("digits-tiny")

@@ -19,7 +19,7 @@ from nas.exporter import export
 from nas.report import TRIAL_COLUMNS
 from nas.rundir import RunDir
 from nas.selection import by_trial, load_candidates, select
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.supernet import extract
 
 

@@ -169,7 +169,7 @@ def test_kill_at_every_stage_then_resume_keeps_what_was_done(tmp_path):
 def test_dead_profiler_actor_is_restarted_and_its_work_retried():
     ray = pytest.importorskip("ray")
     from nas.latency import table as lut
-    from nas.space import parse_space
+    from nas.space_file import parse_space
     from workers.cluster import init_ray
     from workers.profiler import RemoteProfiler
 
@@ -208,7 +208,7 @@ def poisoned(dataset, steps: set[int], batch_size: int):
 
 def test_nan_loss_steps_are_skipped_and_counted(tmp_path):
     from nas.data import load_dataset
-    from nas.space import parse_space
+    from nas.space_file import parse_space
     from nas.training import TrainConfig, train_supernet
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
@@ -221,7 +221,7 @@ def test_nan_loss_steps_are_skipped_and_counted(tmp_path):
 
 def test_persistent_nan_loss_stops_training_with_a_clear_message(tmp_path):
     from nas.data import load_dataset
-    from nas.space import parse_space
+    from nas.space_file import parse_space
     from nas.training import TrainConfig, train_supernet
 
     space = parse_space(TINY_SPACE, "tiny.yaml")

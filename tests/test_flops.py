@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nas import flops, kernels
-from nas.space import load_space
+from nas.space_file import load_space
 
 
 def test_deit_tiny_softmax_arch_matches_the_published_126_gflops():

@@ -17,7 +17,7 @@ from nas.latency.fingerprint import fingerprint
 from nas.latency.probe import Protocol
 from nas.latency.profiler import Profiler
 from nas.latency.validation import calibrate, held_out_archs, kendall_tau, validate
-from nas.space import parse_space
+from nas.space_file import parse_space
 
 FAST = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01, passes=2)
 TINY = {

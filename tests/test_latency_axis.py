@@ -16,7 +16,7 @@ from nas.latency.probe import Protocol
 from nas.latency.profiler import Profiler
 from nas.latency.trials import MIN_MARGIN, TrialLatency
 from nas.selection import Candidate, pick_within_budget
-from nas.space import load_space
+from nas.space_file import load_space
 
 SPACE = load_space("digits-tiny")
 PROTOCOL = Protocol(warmup=1, repeats=3, min_repeats=2, max_seconds=0.01, passes=3, remeasure=2, drift_threshold=0.15)

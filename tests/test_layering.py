@@ -14,6 +14,7 @@ LOWER = [
     "nas.kernels",
     "nas.arch",
     "nas.space",
+    "nas.space_file",
     "nas.supernet",
     "nas.subnet",
     "nas.latency",

@@ -21,7 +21,7 @@ from nas.latency.build import build
 from nas.latency.profiler import Profiler
 from nas.report import write_outputs
 from nas.selection import load_candidates
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.supernet import SuperNet, extract
 
 

@@ -13,7 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from nas.compute import Compute
 from nas.sampling import sandwich
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.supernet import SuperNet, extract
 from nas.train_step import make_optimizer, optimizer_step, sandwich_step
 from nas.training import TrainConfig

@@ -178,7 +178,7 @@ def test_extending_a_finished_run_continues_the_sampler_and_keeps_the_export_con
 def test_an_extended_study_never_evaluates_an_arch_twice(tmp_path):
     from test_faults import TINY_SPACE
 
-    from nas.space import parse_space
+    from nas.space_file import parse_space
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     evaluated: list[str] = []
@@ -209,7 +209,7 @@ def test_an_interrupt_anywhere_in_a_batch_leaves_no_trial_running(tmp_path, wher
     evaluated or told: none may stay RUNNING."""
     from test_faults import TINY_SPACE
 
-    from nas.space import parse_space
+    from nas.space_file import parse_space
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     calls = {"ask": 0, "predict": 0, "evaluate": 0, "tell": 0}
@@ -285,7 +285,7 @@ def test_sigterm_while_the_study_is_written_waits_for_the_writes(tmp_path, where
     from test_faults import TINY_SPACE
 
     from nas.cli import Terminated, _terminate
-    from nas.space import parse_space
+    from nas.space_file import parse_space
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
     config = search.SearchConfig(trials=12, batch=4, sampler="random", seed=0)
@@ -692,7 +692,7 @@ def test_sigterm_during_the_search_stops_like_ctrl_c_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_ray_train_leaves_no_checkpoint_copies_in_the_temp_folder(tmp_path):
-    from nas.space import load_space
+    from nas.space_file import load_space
     from nas.training import TrainConfig
     from workers.trainer import train_distributed
 
@@ -720,7 +720,7 @@ def test_ray_train_leaves_no_checkpoint_copies_in_the_temp_folder(tmp_path):
 def test_constraints_are_stored_where_optuna_dashboard_reads_them(tmp_path):
     from test_faults import TINY_SPACE
 
-    from nas.space import parse_space
+    from nas.space_file import parse_space
 
     space = parse_space(TINY_SPACE, "tiny.yaml")
 

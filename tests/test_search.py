@@ -20,7 +20,7 @@ from nas import study as search
 from nas.cli import main
 from nas.latency import table as lut
 from nas.rundir import TABLE, RunDir
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.storage import normalize, redact, redact_text
 from nas.training import TrainConfig
 from workers.cluster import init_ray

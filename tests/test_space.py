@@ -10,7 +10,7 @@ import yaml
 from nas import kernels
 from nas.arch import Arch
 from nas.errors import NasError
-from nas.space import available, load_space
+from nas.space_file import available, load_space
 
 SPACES = ["digits-tiny", "deit-tiny", "hires"]
 
@@ -47,7 +47,7 @@ def test_size_counts_every_architecture():
 
 
 def load_tiny_space():
-    from nas.space import parse_space
+    from nas.space_file import parse_space
 
     return parse_space(
         {

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from nas import subnet, timm_compat
 from nas.errors import NasError
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.subnet import ViT
 from nas.supernet import SuperNet, extract
 

@@ -15,7 +15,7 @@ from nas.data import load_dataset
 from nas.errors import NasError
 from nas.rundir import RunDir
 from nas.sampling import sandwich, step_rng
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.training import TrainConfig, train_supernet
 
 SPACE = load_space("digits-tiny")

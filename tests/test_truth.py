@@ -12,7 +12,7 @@ from nas import odd_one_out
 from nas.bench.fidelity import FidelityConfig, bias_tables, stratified_archs, summarize
 from nas.bench.ranking import rank_statistics
 from nas.data import load_dataset
-from nas.space import load_space
+from nas.space_file import load_space
 
 SMALL = {"train": 300, "val": 200, "test": 200}
 

@@ -18,7 +18,7 @@ from nas.errors import NasError
 from nas.io import append_line
 from nas.rundir import VERIFY, VERIFY_JSON, RunDir
 from nas.selection import Candidate, load_candidates
-from nas.space import load_space
+from nas.space_file import load_space
 from nas.standalone import Recipe
 from nas.verify import VerifyConfig, measured_candidates, preference, successive_halving
 from nas.verify_training import Trainer, read_state, state_path, train_to

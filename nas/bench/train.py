@@ -110,7 +110,7 @@ def run_case(config: TrainBenchConfig, data: str | None, loader_workers: int, pr
     from nas.data import load_dataset
     from nas.evaluate import accuracy
     from nas.sampling import sandwich, step_seeds
-    from nas.space import load_space
+    from nas.space_file import load_space
     from nas.supernet import SuperNet
     from nas.train_step import make_optimizer, optimizer_step, sandwich_step
 

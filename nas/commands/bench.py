@@ -160,7 +160,7 @@ def run_bench_supernet(args: argparse.Namespace) -> int:
     import torch
 
     from nas.bench import supernet as bench
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

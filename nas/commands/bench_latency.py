@@ -69,7 +69,7 @@ def run_bench_latency(args: argparse.Namespace) -> int:
     from nas.latency import table as lut
     from nas.latency.profiler import Profiler
     from nas.latency.validation import held_out_archs, summary_line, validate
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     if args.interference:
         return run_bench_interference(args)
@@ -105,7 +105,7 @@ def run_bench_runtimes(args: argparse.Namespace) -> int:
     from nas.io import write_json
     from nas.latency.probe import Protocol
     from nas.latency.runtime import check_runtime
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     for runtime in args.runtimes:
         check_runtime(runtime, torch.device("cpu"), "fp32")
@@ -197,7 +197,7 @@ def run_bench_interference(args: argparse.Namespace) -> int:
     from nas.io import write_json
     from nas.latency import describe_device
     from nas.latency.profiler import Profiler
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     if args.table is not None:
         raise NasError("--interference builds its own tables: drop --table")

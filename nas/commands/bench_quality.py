@@ -136,7 +136,7 @@ def run_bench_zoo(args: argparse.Namespace) -> int:
 
     from nas.bench import zoo
     from nas.latency import describe_device
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     space = load_space(args.space)
     bad = [t for t in args.tokens if round(t**0.5) ** 2 != t]

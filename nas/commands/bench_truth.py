@@ -65,7 +65,7 @@ def run_bench_truth(args: argparse.Namespace) -> int:
     from nas.io import write_json
     from nas.latency import describe_device
     from nas.preflight import check_out_file
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     space = load_space(args.space)
     data = args.data or space.data
@@ -160,7 +160,7 @@ def run_bench_blockwise(args: argparse.Namespace) -> int:
     from nas.data import load_dataset
     from nas.latency import describe_device
     from nas.preflight import check_out_file
-    from nas.space import load_space
+    from nas.space_file import load_space
 
     space = load_space(args.space)
     data = args.data or space.data

@@ -12,7 +12,7 @@ import time
 import torch
 
 from nas.latency.profiler import Profiler
-from nas.space import load_space
+from nas.space_file import load_space
 
 space = load_space("odd-one-out")
 rng = random.Random(3)
