@@ -72,6 +72,7 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
 
     from nas import kernels
     from nas.bench import kernels as bench
+    from nas.bench import kernels_report
     from nas.latency import resolve_device
 
     valid = [spec.label for spec in kernels.variants()]
@@ -125,8 +126,8 @@ def run_bench_kernels(args: argparse.Namespace) -> int:
         f"{peaks.bytes_per_s / 1e9:.3g} GB/s (copy of {peaks.copy_bytes / 2**20:.0f} MiB)",
         flush=True,
     )
-    print(bench.format_tables(rows, peaks))
-    paths = bench.write_results(rows, config, args.out, wall, command_line(), peaks)
+    print(kernels_report.format_tables(rows, peaks))
+    paths = kernels_report.write_results(rows, config, args.out, wall, command_line(), peaks)
     print(f"done in {wall:.0f} s; wrote {', '.join(str(p) for p in paths)}")
     return 0
 

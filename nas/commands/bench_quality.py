@@ -65,7 +65,7 @@ def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
 def run_bench_fidelity(args: argparse.Namespace) -> int:
     import torch
 
-    from nas.bench import fidelity
+    from nas.bench import fidelity, fidelity_report
     from nas.latency import describe_device
     from nas.rundir import RunDir
 
@@ -86,8 +86,8 @@ def run_bench_fidelity(args: argparse.Namespace) -> int:
         rows, summary = fidelity.score_against_truth(args.run, args.truth, config, progress=progress)
     else:
         rows, summary = fidelity.run(args.run, config, args.reuse, progress=progress)
-    print(fidelity.format_summary(summary))
-    paths = fidelity.write(
+    print(fidelity_report.format_summary(summary))
+    paths = fidelity_report.write(
         rows, summary, config, space.name, args.out, command_line(), describe_device(torch.device("cpu")), args.tag
     )
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; wrote {', '.join(map(str, paths))}")

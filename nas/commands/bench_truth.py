@@ -155,7 +155,7 @@ def run_bench_blockwise(args: argparse.Namespace) -> int:
 
     import torch
 
-    from nas.bench import blockwise, fidelity
+    from nas.bench import blockwise, fidelity, fidelity_report
     from nas.bench.truth import split_digest
     from nas.data import load_dataset
     from nas.latency import describe_device
@@ -182,8 +182,8 @@ def run_bench_blockwise(args: argparse.Namespace) -> int:
     say = lambda line: print(line, flush=True)  # noqa: E731
     table = blockwise.run(space, data, split, table_path, work, config, progress=say)
     rows, summary = blockwise.score_against_truth(table, space, truth_path, split, data)
-    print(fidelity.format_summary(summary))
-    paths = fidelity.write(
+    print(fidelity_report.format_summary(summary))
+    paths = fidelity_report.write(
         rows,
         summary,
         fidelity.FidelityConfig(),
