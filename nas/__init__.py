@@ -24,6 +24,9 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "SearchSettings",
+    "LatencySettings",
+    "ExportSettings",
+    "VerifySettings",
     "__version__",
 ]
 
@@ -37,6 +40,9 @@ _API = {
     "RunConfig": "nas.config",
     "TrainConfig": "nas.config",
     "SearchSettings": "nas.config",
+    "LatencySettings": "nas.config_stages",
+    "ExportSettings": "nas.config_stages",
+    "VerifySettings": "nas.config_stages",
 }
 
 

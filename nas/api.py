@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nas.config import RunConfig, SearchSettings, TrainConfig
+from nas.config_stages import ExportSettings
 from nas.errors import NasError
 
 
@@ -177,26 +178,25 @@ def select(run_dir: str | Path, budget_ms: float, top: int = 1) -> list:
 def export(
     run_dir: str | Path,
     out: str | Path,
+    config: ExportSettings | None = None,
     *,
     trial: int | None = None,
     budget_ms: float | None = None,
-    formats: tuple[str, ...] = ("safetensors", "onnx", "torchscript"),
-    finetune_epochs: int = 0,
-    overwrite: bool = False,
-    compute_device: str = "auto",
-    precision: str = "fp32",
-    target_device: str | None = None,
     progress: Callable[[str], None] = print,
+    **settings,
 ) -> dict:
     """One trial of a run (or the most accurate within `budget_ms`) as a standalone model in `out` (`nas export`):
-    arch.json, model.safetensors, config.json (timm), metadata.json and the other `formats`. `target_device`: the
-    device the run's latencies were measured on, to export for it from another machine. Returns the metadata."""
+    arch.json, model.safetensors, config.json (timm), metadata.json and the other formats; keyword `settings`
+    replace fields of `config` (nas.config_stages.ExportSettings; `formats` also as a tuple). Returns the metadata."""
     from nas.compute import Compute
     from nas.exporter import export as write
     from nas.preflight import check_out_dir
     from nas.selection import by_trial, load_candidates
     from nas.selection import select as choose
 
+    if not isinstance(settings.get("formats", ""), str):
+        settings["formats"] = ",".join(settings["formats"])
+    config = _with(config or ExportSettings(), settings, "nas.export")
     if (trial is None) == (budget_ms is None):
         raise NasError("export: pass one of trial= and budget_ms=")
     out = Path(out)
@@ -208,12 +208,12 @@ def export(
         Path(run_dir),
         candidate,
         out,
-        tuple(formats),
-        finetune_epochs,
-        overwrite,
-        target_device,
+        tuple(config.formats.split(",")),
+        config.finetune_epochs,
+        config.overwrite,
+        config.device,
         progress=progress,
-        compute=Compute.parse(compute_device, precision),
+        compute=Compute.parse(config.compute_device, config.precision),
         budget_ms=budget_ms,
     )
 

@@ -86,6 +86,10 @@ CONNECT_TIMEOUT_S = 30.0  # seconds to reach a storage or a Ray cluster before a
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 DTYPES = ("fp32", "bf16", "fp16")
 VERIFY_CANDIDATES = 8  # nas run's default (--verify; nas.verify.CANDIDATES)
+RUNTIME_HELP = (
+    "what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
+    "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint"
+)
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,7 @@ class RunConfig:
     batch_size: int = setting(1, "inference batch size for latency", parse=positive_int)
     runtime: str = setting(
         "eager",
-        "what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
-        "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint",
+        RUNTIME_HELP,
         flags=("--runtime", "--backend"),
     )
     calibrate: int = setting(10, "whole models for the latency calibration", parse=non_negative_int)

@@ -25,19 +25,18 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from nas import flops, subnet
 from nas.compute import CPU, Compute
+from nas.config_stages import FORMATS
 from nas.dataset import Dataset
 from nas.errors import NasError
 from nas.io import write_json
 from nas.rundir import RunDir, versions
 from nas.selection import Candidate, check_device
+from nas.standalone import Recipe, Standalone
 from nas.subnet import ViT
 from nas.supernet import extract
-
-FORMATS = ("safetensors", "onnx", "torchscript")
 
 
 def finetune(
@@ -50,36 +49,15 @@ def finetune(
     progress=print,
     compute: Compute = CPU,
 ) -> None:
-    """Standalone training on the run's train split (AdamW, cosine, the dataset's augmentation)
-    on `compute`'s device and precision; the model is left on that device."""
-    torch.manual_seed(seed)
-    model.to(compute.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps_per_epoch = max(1, dataset.size("train") // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps_per_epoch * epochs)
-    scaler = compute.scaler()
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(dataset.size("train"), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        plan = [
-            (order[b * batch_size : (b + 1) * batch_size], seed * 1_000_003 + epoch * 10_007 + b)
-            for b in range(steps_per_epoch)
-        ]
-        losses = []
-        for x, y in dataset.batches("train", plan, pin=compute.cuda):
-            with compute.autocast():
-                logits = model(compute.move(x))
-            loss = F.cross_entropy(logits.float(), compute.move(y), label_smoothing=0.1)
-            optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            schedule.step()
-            losses.append(loss.detach())
-        progress(f"fine-tune epoch {epoch + 1}/{epochs}: loss {torch.stack(losses).mean().item():.4f}")
+    """Standalone training from the model's own weights on the run's train split: the one loop of
+    nas.standalone (AdamW, cosine decay, label smoothing, the dataset's augmentation), without warm-up
+    or Castling-ViT's auxiliary branch, on `compute`'s device and precision; the model is trained in
+    place and left on that device."""
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=0, angular_aux=0.0)
+    run = Standalone(model.arch, seed, recipe, dataset, compute, model=model)
+    while run.epoch < epochs:
+        val = run.train_epoch()
+        progress(f"fine-tune epoch {run.epoch}/{epochs}: loss {run.train_loss[-1]:.4f}, val top-1 {val:.4f}")
     model.eval()
 
 

@@ -67,3 +67,30 @@ def ray_storage_path(value: str) -> str:
     if "://" in value:
         return value
     return str(Path(value).expanduser().resolve())
+
+
+def kendall_tau_target(text: str) -> float:
+    """A reachable Kendall tau target: -1 <= tau <= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {text!r}") from None
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a Kendall tau between -1 and 1 (a tau above 1 is unreachable), got {text!r}"
+        )
+    return value
+
+
+def local_threads(text: str) -> int:
+    """A CPU thread count this machine has cores for."""
+    import os
+
+    value = positive_int(text)
+    cores = os.cpu_count() or 1
+    if value > cores:
+        raise argparse.ArgumentTypeError(
+            f"{value} threads on a machine with {cores} core(s): timing would measure the oversubscription; "
+            f"use at most {cores}"
+        )
+    return value

@@ -1,5 +1,7 @@
 """Progress within a long stage: a tqdm bar redrawn in place when the console is a terminal, nothing
-otherwise. The stage's own lines (one per epoch, per chunk of the latency table, per batch of trials)
+otherwise: within a training epoch (its steps), the latency table (its entries), the search (its trials)
+and a verification rung (its candidates). The stage's own lines (one per epoch, per chunk of the latency
+table, per batch of trials, per trained candidate)
 stay the plain record: they reach a pipe, a log file and `<run>/nas.log` as before."""
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ class Bar:
     """`with Bar(total, "epoch 2/7") as bar: ... bar.update()`; a no-op unless `stream` (default
     stderr) is a terminal and tqdm imports (it comes with Optuna; a bare GPU image may lack it)."""
 
-    def __init__(self, total: int, desc: str, unit: str = "step", stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, desc: str, unit: str = "step", stream: TextIO | None = None, initial: int = 0
+    ) -> None:
         stream = stream or sys.stderr
         self._bar = None
         if total > 0 and _is_terminal(stream):
@@ -20,7 +24,9 @@ class Bar:
                 from tqdm import tqdm
             except ImportError:
                 return
-            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, desc=desc, unit=unit, leave=False, file=stream, dynamic_ncols=True, initial=initial
+            )
 
     @property
     def shown(self) -> bool:

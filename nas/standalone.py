@@ -1,8 +1,10 @@
 """Standalone training of one arch from scratch with one stated recipe, resumable at every epoch.
 
-The ground truth (`nas bench truth`) and the verification of a run's final candidates
-(`nas.verify`) train with this one loop, so a verified accuracy and a ground-truth accuracy
-of the same arch, seed and split are the same figure. A `Standalone` holds the model, the
+Every standalone training trains with this one loop: the ground truth (`nas bench truth`),
+the verification of a run's final candidates (`nas.verify`), the fidelity and zoo benchmarks
+and an export's fine-tuning (which starts from the inherited weights instead of from scratch).
+So a verified accuracy and a ground-truth accuracy of the same arch, seed and split are the
+same figure. A `Standalone` holds the model, the
 optimizer and the batch generator; its `state_dict` after epoch k restores a run that goes
 on exactly as an uninterrupted one would (the same batches, augmentations and updates).
 Model code only: torch and the model modules, no Ray or Optuna.
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
 from nas.arch import Arch
+from nas.compute import Compute
 
 
 @dataclass(frozen=True)
@@ -40,15 +44,23 @@ class Recipe:
 
 class Standalone:
     """One arch trained from scratch: `train_epoch()` runs the next epoch of the recipe and
-    appends the validation top-1 to `curve`. Seeded by `seed` alone."""
+    appends the validation top-1 to `curve`. Seeded by `seed` alone.
 
-    def __init__(self, arch: Arch, seed: int, recipe: Recipe, dataset, device: str | torch.device = "cpu") -> None:
+    `device`: a device name, or a nas.compute.Compute (device and precision: autocast, and a
+    gradient scaler for fp16). `model`: start from this model's weights (fine-tuning) instead of
+    a fresh initialisation; it is trained in place."""
+
+    def __init__(
+        self, arch: Arch, seed: int, recipe: Recipe, dataset, device: str | torch.device | Compute = "cpu", model=None
+    ) -> None:
         from nas.subnet import ViT
 
         self.arch, self.seed, self.recipe, self.dataset = arch, seed, recipe, dataset
-        self.device = torch.device(device)
+        self.compute = device if isinstance(device, Compute) else Compute(torch.device(device))
+        self.device = self.compute.device
         torch.manual_seed(seed)
-        self.model = ViT(arch).to(self.device)
+        self.model = (model if model is not None else ViT(arch)).to(self.device)
+        self.scaler = self.compute.scaler()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
         self.batches = torch.Generator().manual_seed(seed)  # batch order and augmentation, on the CPU like the images
         self.per_epoch = max(1, dataset.size("train") // recipe.batch_size)
@@ -74,12 +86,17 @@ class Standalone:
         set_angular_aux(self.model, angular_aux_at(self.step, self.recipe.epochs * self.per_epoch, aux))
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
-        loss = F.cross_entropy(
-            self.model(x.to(self.device)), y.to(self.device), label_smoothing=self.recipe.label_smoothing
-        )
+        with self.compute.autocast():
+            logits = self.model(self.compute.move(x))
+        loss = F.cross_entropy(logits.float(), self.compute.move(y), label_smoothing=self.recipe.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         self.step += 1
         return loss.detach()
 
@@ -103,11 +120,15 @@ class Standalone:
         return self.curve[-1]
 
     def top1(self, split: str) -> float:
-        return self.dataset.top1(self.model, split)
+        def forward(x):
+            with self.compute.autocast():
+                return self.model(self.compute.move(x))
+
+        return self.dataset.top1(forward, split)
 
     def state_dict(self) -> dict:
         """Everything the next epoch depends on; tensors, numbers and lists only (torch.load(weights_only=True))."""
-        return {
+        state = {
             "arch": self.arch.to_json(indent=None),
             "seed": self.seed,
             "recipe": self.recipe.to_dict(),
@@ -118,6 +139,9 @@ class Standalone:
             "curve": list(self.curve),
             "train_loss": list(self.train_loss),
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if (
@@ -131,3 +155,15 @@ class Standalone:
         self.batches.set_state(state["batches"])
         self.step = int(state["step"])
         self.curve, self.train_loss = list(state["curve"]), list(state["train_loss"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def train(arch: Arch, seed: int, recipe: Recipe, dataset, device: str | torch.device | Compute = "cpu") -> dict:
+    """`arch` trained from scratch through every epoch of `recipe`: its validation top-1 after each
+    epoch (`curve`), the mean training loss of each (`train_loss`), and the seconds spent."""
+    started = time.perf_counter()
+    run = Standalone(arch, seed, recipe, dataset, device)
+    while run.epoch < recipe.epochs:
+        run.train_epoch()
+    return {"curve": run.curve, "train_loss": run.train_loss, "seconds": round(time.perf_counter() - started, 1)}

@@ -46,6 +46,7 @@ from nas.errors import NasError
 from nas.feasibility import best_feasible
 from nas.latency.table import LatencyTable
 from nas.latency.trials import TrialLatency
+from nas.progress import Bar
 from nas.space import SearchSpace
 from nas.storage import check as check_storage
 from nas.storage import normalize, redact, study_not_found
@@ -178,52 +179,55 @@ def run_search(
         return run_async(study, space, latency, pool, config, progress, evaluators or len(pool.actors))
     started = time.perf_counter()
     busy = 0.0
-    while True:
-        with interrupts.deferred():
-            trials = study.get_trials(deepcopy=False)
-        done = sum(counted(t) for t in trials)
-        if done >= config.trials:
-            progress(latency.summary())
-            if evaluators:
-                progress(busy_line(busy, evaluators, time.perf_counter() - started, latency.seconds))
-            return latency
-        finished = {
-            t.user_attrs["digest"]: t
-            for t in trials
-            if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs
-        }
-        batch: list[optuna.Trial] = []
-        try:
-            reused, skipped, seconds = _run_batch(
-                study,
-                space,
-                latency,
-                evaluate,
-                config,
-                min(config.batch, config.trials - done),
-                finished,
-                batch,
-                progress,
-            )
-            busy += seconds
-        except (
-            KeyboardInterrupt
-        ):  # Ctrl-C or SIGTERM, wherever it lands: running trials are marked interrupted, re-run on --resume
-            # Every RUNNING trial, not only those in `batch`: one stopped inside `study.ask()` (signals are held there,
-            # an error in the sampler is not) has a row but no place in `batch`. The driver is the study's only writer.
-            running = recover_interrupted(study)
-            progress(f"stopped: {running} running trial(s) marked interrupted; --resume re-runs them")
-            raise
-        done += len(batch)
-        elapsed = time.perf_counter() - started
-        with interrupts.deferred():
-            best = best_feasible(study)
-        progress(
-            f"[{min(done, config.trials)}/{config.trials}] trials finished ({elapsed:.0f} s)"
-            + (f"; {skipped} over the budget, not scored" if skipped else "")
-            + (f"; {reused} repeated arch(s) reused earlier results" if reused else "")
-            + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
+    with interrupts.deferred():
+        at_start = sum(counted(t) for t in study.get_trials(deepcopy=False))
+    with Bar(config.trials, "search", unit="trial", initial=min(at_start, config.trials)) as bar:
+        while True:
+            with interrupts.deferred():
+                trials = study.get_trials(deepcopy=False)
+            done = sum(counted(t) for t in trials)
+            bar.update(max(0, min(done, config.trials) - at_start))
+            at_start = max(at_start, min(done, config.trials))
+            if done >= config.trials:
+                progress(latency.summary())
+                if evaluators:
+                    progress(busy_line(busy, evaluators, time.perf_counter() - started, latency.seconds))
+                return latency
+            busy += _next_batch(study, space, latency, evaluate, config, trials, done, started, progress)
+
+
+def _next_batch(study, space, latency, evaluate, config, trials, done, started, progress) -> float:
+    """One batch of the synchronous loop (`done` trials finished of `trials`) and its progress line;
+    the evaluators' busy seconds."""
+    finished = {
+        t.user_attrs["digest"]: t
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE and "digest" in t.user_attrs
+    }
+    batch: list[optuna.Trial] = []
+    try:
+        reused, skipped, seconds = _run_batch(
+            study, space, latency, evaluate, config, min(config.batch, config.trials - done), finished, batch, progress
         )
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C or SIGTERM, wherever it lands: running trials are marked interrupted, re-run on --resume
+        # Every RUNNING trial, not only those in `batch`: one stopped inside `study.ask()` (signals are held there,
+        # an error in the sampler is not) has a row but no place in `batch`. The driver is the study's only writer.
+        running = recover_interrupted(study)
+        progress(f"stopped: {running} running trial(s) marked interrupted; --resume re-runs them")
+        raise
+    done += len(batch)
+    elapsed = time.perf_counter() - started
+    with interrupts.deferred():
+        best = best_feasible(study)
+    progress(
+        f"[{min(done, config.trials)}/{config.trials}] trials finished ({elapsed:.0f} s)"
+        + (f"; {skipped} over the budget, not scored" if skipped else "")
+        + (f"; {reused} repeated arch(s) reused earlier results" if reused else "")
+        + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
+    )
+    return seconds
 
 
 def _run_batch(study, space, latency, evaluate, config, size, finished, batch, progress) -> tuple[int, int, float]:

@@ -5,6 +5,7 @@ once, so none waits for a batch's slowest arch.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import optuna
@@ -12,6 +13,7 @@ import optuna
 from nas import interrupts
 from nas.feasibility import best_feasible
 from nas.latency.trials import TrialLatency
+from nas.progress import Bar
 from nas.study_trials import ask, busy_line, constrain, counted, recover_interrupted, tell
 
 
@@ -54,10 +56,12 @@ def run_async(study, space, latency, pool, config, progress, evaluators) -> Tria
     def pending() -> int:
         return len(flying) + sum(len(v) for v in waiting.values()) + len(ahead)
 
+    stack = contextlib.ExitStack()  # the progress bar, closed however the loop ends
     try:
         with interrupts.deferred():
             trials = study.get_trials(deepcopy=False)
         state["done"] = sum(counted(t) for t in trials)
+        bar = stack.enter_context(Bar(config.trials, "search", unit="trial", initial=min(state["done"], config.trials)))
         finished = {
             t.user_attrs["digest"]: t
             for t in trials
@@ -91,6 +95,7 @@ def run_async(study, space, latency, pool, config, progress, evaluators) -> Tria
                         finished_trial = study._storage.get_trial(trial._trial_id)
                         if finished_trial.state == optuna.trial.TrialState.COMPLETE:
                             finished[arch.digest] = finished_trial
+                bar.update(max(0, min(len(group), config.trials - state["done"])))
                 state["done"] += len(group)
                 told += len(group)
                 if ahead and pool.idle():  # the trial asked ahead starts at once on the freed evaluator
@@ -105,9 +110,12 @@ def run_async(study, space, latency, pool, config, progress, evaluators) -> Tria
                     + (f"; best feasible accuracy {best.values[0]:.4f} at {best.values[1]:.3f} ms" if best else "")
                 )
     except KeyboardInterrupt:
+        stack.close()
         running = recover_interrupted(study)
         progress(f"stopped: {running} running trial(s) marked interrupted; --resume re-runs them")
         raise
+    finally:
+        stack.close()
     progress(latency.summary())
     progress(busy_line(busy, evaluators, time.perf_counter() - started, None))
     return latency

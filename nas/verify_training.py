@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from nas.arch import Arch
+from nas.progress import Bar
 from nas.standalone import Recipe, Standalone
 
 # ---- training, resumable ---------------------------------------------------------------------------
@@ -140,20 +141,23 @@ class Trainer:
                 self.config.device,
             )
 
-        if jobs == 1:
-            for name in todo:
-                result = train_to(*args(name), dataset=self.dataset)
-                curves[name] = result["curve"]
-                self._trained(name, epochs, result)
-        else:
-            pool = self._pool_of(jobs)
-            pending = {pool.submit(train_to, *args(name)): name for name in todo}
-            while pending:
-                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in ready:
-                    name = pending.pop(future)
-                    result = future.result()
+        with Bar(len(todo), f"verify to {epochs} epochs", unit="arch") as bar:
+            if jobs == 1:
+                for name in todo:
+                    result = train_to(*args(name), dataset=self.dataset)
                     curves[name] = result["curve"]
                     self._trained(name, epochs, result)
+                    bar.update()
+            else:
+                pool = self._pool_of(jobs)
+                pending = {pool.submit(train_to, *args(name)): name for name in todo}
+                while pending:
+                    ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in ready:
+                        name = pending.pop(future)
+                        result = future.result()
+                        curves[name] = result["curve"]
+                        self._trained(name, epochs, result)
+                        bar.update()
         self.seconds += time.perf_counter() - started
         return curves

@@ -229,7 +229,22 @@ def test_bench_zoo_trains_every_kernel_and_variant_and_writes_its_table(tmp_path
     from nas.bench.zoo import OPTION_VARIANTS
     from nas.space_file import load_space
 
-    code = main(["bench", "zoo", "--steps", "3", "--seeds", "1", "--tokens", "16", "--out", str(tmp_path)])
+    code = main(
+        [
+            "bench",
+            "zoo",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "256",
+            "--seeds",
+            "1",
+            "--tokens",
+            "16",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     data = json.loads((tmp_path / "zoo_digits-tiny.json").read_text())
     names = [row["kernel"] for row in data["rows"]]

@@ -69,6 +69,54 @@ def test_a_field_added_to_a_stage_config_reaches_the_cli_the_config_file_the_man
         resume_changes(before, now, trained=True)
 
 
+@pytest.mark.parametrize(
+    "command, cls, given",
+    [
+        (
+            "latency",
+            "LatencySettings",
+            ["--out", "t.json", "--calibrate", "0", "--max-mape", "0.2", "--backend", "eager"],
+        ),
+        (
+            "export",
+            "ExportSettings",
+            ["--run", "r", "--trial", "1", "--out", "e", "--format", "safetensors", "--overwrite"],
+        ),
+        ("verify", "VerifySettings", ["--run", "r", "--jobs", "1", "--seed", "3"]),
+    ],
+)
+def test_the_one_stage_commands_flags_come_from_their_settings(command, cls, given, capsys):
+    """Every field of nas.config_stages' settings is a flag of its command, with its default in the help,
+    and the flags given become the settings object the command runs with."""
+    from nas import config_stages
+    from nas.cli import build_parser
+
+    settings_cls = getattr(config_stages, cls)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, f in settings.leaves(settings_cls):
+        flag = settings.flag_of(settings_cls, name)
+        shown = {True: "on", False: "off"}[f.default] if isinstance(f.default, bool) else f.default
+        default = f.metadata["default_text"] if f.default is None else shown
+        assert flag in text and f"(default: {default})" in text, name
+    chosen = settings.from_args(settings_cls, build_parser([command]).parse_args([command, *given]))
+    expected = {
+        "latency": {"calibrate": 0, "max_mape": 0.2, "runtime": "eager"},
+        "export": {"formats": "safetensors", "overwrite": True},
+        "verify": {"jobs": 1, "seed": 3},
+    }[command]
+    assert {k: getattr(chosen, k) for k in expected} == expected
+    untouched = dataclasses.replace(chosen, **{k: getattr(settings_cls(), k) for k in expected})
+    assert untouched == settings_cls()
+
+
+def test_a_bad_export_format_is_one_line_before_any_work(capsys, tmp_path):
+    with pytest.raises(SystemExit, match="2"):
+        main(["export", "--run", str(tmp_path), "--trial", "0", "--out", str(tmp_path / "e"), "--format", "onnx"])
+    assert "--format" in one_line_error(capsys)
+
+
 def test_print_config_replays_through_config_and_flags_override_the_file(capsys, tmp_path):
     printed = printed_config(capsys, "--train.lr", "0.01", "--train.no-augment", "--budget-ms", "2.5", "--trials", "40")
     assert printed["train"]["lr"] == 0.01 and printed["train"]["augment"] is False and printed["budget_ms"] == 2.5

@@ -147,6 +147,35 @@ def test_fp16_with_a_gradient_scaler_on_the_cpu():
     assert scaler.get_scale() > 0
 
 
+def test_a_standalone_fine_tuning_step_runs_on_the_meta_device():
+    """The one standalone loop (verification, ground truth, benchmarks, export fine-tuning) on `compute`'s device."""
+    from nas.data import load_dataset
+    from nas.standalone import Recipe, Standalone
+
+    data = load_dataset(None, SPACE.image_size, SPACE.in_chans)
+    arch = SPACE.sample(random.Random(4))
+    model = extract(SuperNet(SPACE), arch)
+    run = Standalone(arch, 0, Recipe(epochs=1, batch_size=8), data, META, model=model)
+    x, y = data.batch("train", list(range(8)))
+    loss = run.update(x, y)
+    assert loss.device.type == "meta" and run.step == 1 and run.model is model
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert all(v.device.type == "meta" for state in run.optimizer.state.values() for v in state.values() if v.dim())
+
+
+def test_export_fine_tuning_in_bf16_on_the_cpu_trains_the_inherited_weights_in_place():
+    from nas.data import load_dataset
+    from nas.exporter import finetune
+
+    data = load_dataset(None, SPACE.image_size, SPACE.in_chans)
+    model = extract(SuperNet(SPACE), SPACE.smallest())
+    before = [p.detach().clone() for p in model.parameters()]
+    lines = []
+    finetune(model, data, 1, batch_size=256, progress=lines.append, compute=Compute.parse("cpu", "bf16"))
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert not model.training and len(lines) == 1 and lines[0].startswith("fine-tune epoch 1/1: loss ")
+
+
 def test_compute_device_errors_are_one_line():
     from nas.errors import NasError
 

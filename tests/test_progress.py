@@ -37,3 +37,42 @@ def test_training_lines_stay_plain_when_the_console_is_not_a_terminal(tmp_path, 
     assert main(["train", "--space", "digits-tiny", "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     captured = capsys.readouterr()
     assert "epoch 1/1" in captured.out and "\r" not in captured.out + captured.err
+
+
+def test_the_search_bar_counts_trials_and_a_resumed_search_starts_where_it_stopped(monkeypatch):
+    import sys
+
+    from nas import study as search
+    from nas.space_file import load_space
+
+    space = load_space("digits-tiny")
+    bars = []
+
+    class Recorded(Bar):  # what the search's bar was told: where it opened and how far it got
+        def __init__(self, total, desc, unit="step", stream=None, initial=0):
+            super().__init__(total, desc, unit, stream, initial)
+            self.record = {"desc": desc, "total": total, "initial": initial, "n": initial, "shown": self.shown}
+            bars.append(self.record)
+
+        def update(self, n=1):
+            self.record["n"] += n
+            super().update(n)
+
+    class Table:  # a latency predictor is all the loop needs
+        def predict(self, arch):
+            return 1.0
+
+    def evaluate(archs):
+        return [{"accuracy": 0.5, "macs": 1, "params": 1} for _ in archs]
+
+    monkeypatch.setattr(search, "Bar", Recorded)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    study = search.open_study_in_memory(search.SearchConfig(trials=4, batch=2, sampler="random"))
+    for trials in (4, 6):  # the second run resumes a study that holds 4 finished trials
+        config = search.SearchConfig(trials=trials, batch=2, sampler="random")
+        search.run_search(study, space, Table(), evaluate, config, progress=lambda line: None)
+    assert bars == [
+        {"desc": "search", "total": 4, "initial": 0, "n": 4, "shown": True},
+        {"desc": "search", "total": 6, "initial": 4, "n": 6, "shown": True},
+    ]
+    assert "search:" in sys.stderr.getvalue()

@@ -2,7 +2,7 @@
 
 K archs of a run's space, stratified over predicted latency (the run's table) and
 kernel mix, always with the largest and the smallest, are each trained standalone from
-scratch with a short stated schedule and S seeds, on the run's own training split, and
+scratch with the ground truth's recipe (`nas.standalone.Recipe`) and S seeds, on the run's own training split, and
 scored on its validation split — the split the search ranks archs on with inherited
 weights. Reported: Kendall τ and Spearman ρ between inherited and standalone accuracy
 (mean over seeds) with bootstrap 90 % intervals (archs resampled), the seed noise (the
@@ -11,7 +11,7 @@ standalone accuracies, and the bias (inherited − standalone) by kernel, width 
 
 Standalone runs are independent: they run in `jobs` processes of one thread each. A
 previous result (`reuse`) supplies the standalone accuracies of archs it already trained
-with the same schedule, so two supernets can be compared on the same standalone figures.
+with the same recipe, so two supernets can be compared on the same standalone figures.
 The result files, plot and summary lines are written by nas.bench.fidelity_report.
 """
 
@@ -29,33 +29,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from nas.arch import Arch
 from nas.bench.ranking import rank_statistics
 from nas.errors import NasError
 from nas.space import SearchSpace
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The standalone training recipe: AdamW, linear warm-up, cosine decay, label smoothing."""
-
-    steps: int = 800
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
-    label_smoothing: float = 0.1
-    angular_aux: float = 0.0  # Castling-ViT's auxiliary branch of angular layers: start weight (0: off) ...
-    angular_aux_until: float = 0.0  # ... annealed linearly to 0 over this share of the steps (as `nas train`)
+from nas.standalone import Recipe, train
 
 
 @dataclass(frozen=True)
 class FidelityConfig:
     archs: int = 16
     seeds: int = 2
-    schedule: Schedule = Schedule()
+    recipe: Recipe = Recipe()  # the ground truth's (nas bench truth), so both score the same standalone figures
     jobs: int = 2
     bootstrap: int = 2000
     seed: int = 0
@@ -101,37 +87,11 @@ def _init_worker(data: str, image_size: int, in_chans: int, split: dict) -> None
     _DATASET.split = split  # exactly the run's split
 
 
-def train_standalone(arch_json: str, seed: int, schedule: Schedule, dataset=None) -> dict:
-    """Train `arch` from scratch with `schedule`; its validation top-1 and the wall time."""
-    from nas.subnet import ViT
-
-    dataset = dataset or _DATASET
-    arch = Arch.from_json(arch_json)
-    started = time.perf_counter()
-    torch.manual_seed(seed)
-    model = ViT(arch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
-    batches = torch.Generator().manual_seed(seed)
-    model.train()
-    from nas.config import TrainConfig
-    from nas.train_step import angular_aux_at, set_angular_aux
-
-    aux = TrainConfig(angular_aux=schedule.angular_aux, angular_aux_until=schedule.angular_aux_until)
-    for step in range(schedule.steps):
-        set_angular_aux(model, angular_aux_at(step, schedule.steps, aux))
-        warm = min(1.0, (step + 1) / schedule.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr * warm * 0.5 * (1 + math.cos(math.pi * step / schedule.steps))
-        positions = torch.randint(0, dataset.size("train"), (schedule.batch_size,), generator=batches)
-        x, y = dataset.batch("train", positions, batches)
-        loss = F.cross_entropy(model(x), y, label_smoothing=schedule.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    set_angular_aux(model, 0.0)
-    model.eval()
-    top1 = dataset.top1(model, "val")
-    return {"accuracy": top1, "seconds": time.perf_counter() - started, "final_loss": loss.item()}
+def train_standalone(arch_json: str, seed: int, recipe: Recipe, dataset=None) -> dict:
+    """Train `arch` from scratch with `recipe` (nas.standalone.train, in a worker: its dataset);
+    its final validation top-1 and the seconds spent."""
+    out = train(Arch.from_json(arch_json), seed, recipe, dataset or _DATASET)
+    return {"accuracy": out["curve"][-1], "seconds": out["seconds"], "final_loss": out["train_loss"][-1]}
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -188,12 +148,12 @@ def summarize(rows: list[dict], config: FidelityConfig) -> dict:
 # ---- the bench -----------------------------------------------------------------------------------
 
 
-def reusable(path: Path | None, schedule: Schedule) -> dict[tuple[str, int], float]:
-    """(digest, seed) -> standalone accuracy from an earlier fidelity JSON with the same schedule."""
+def reusable(path: Path | None, recipe: Recipe) -> dict[tuple[str, int], float]:
+    """(digest, seed) -> standalone accuracy from an earlier fidelity JSON with the same recipe."""
     if path is None:
         return {}
     data = json.loads(Path(path).read_text())
-    if data.get("config", {}).get("schedule") != asdict(schedule):
+    if data.get("config", {}).get("recipe") != asdict(recipe):
         return {}
     return {
         (row["digest"], int(seed)): acc for row in data["archs"] for seed, acc in zip(row["seed_ids"], row["seeds"])
@@ -217,11 +177,11 @@ def run(
         progress(f"note: {run_dir} has no {TABLE}; archs are stratified by MACs instead of predicted latency")
     latency = table.predict if table else (lambda arch: float(flops.count(arch).macs))
     archs = stratified_archs(space, latency, config.archs, config.seed)
-    known = reusable(reuse, config.schedule)
+    known = reusable(reuse, config.recipe)
     jobs = [(a, s) for a in archs for s in range(config.seeds) if (a.digest, s) not in known]
     progress(
-        f"fidelity: {len(archs)} archs x {config.seeds} seed(s), {config.schedule.steps} steps of batch "
-        f"{config.schedule.batch_size} each; {len(jobs)} standalone run(s) in {config.jobs} process(es)"
+        f"fidelity: {len(archs)} archs x {config.seeds} seed(s), {config.recipe.epochs} epochs of batch "
+        f"{config.recipe.batch_size} each; {len(jobs)} standalone run(s) in {config.jobs} process(es)"
         + (f", {len(archs) * config.seeds - len(jobs)} reused" if known else "")
     )
     results = dict(known)
@@ -233,7 +193,7 @@ def run(
         initializer=_init_worker,
         initargs=(data, space.image_size, space.in_chans, dataset.split),
     ) as ex:
-        futures = {ex.submit(train_standalone, a.to_json(), s, config.schedule): (a, s) for a, s in jobs}
+        futures = {ex.submit(train_standalone, a.to_json(), s, config.recipe): (a, s) for a, s in jobs}
         for done, future in enumerate(futures, 1):
             arch, seed = futures[future]
             out = future.result()

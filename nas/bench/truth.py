@@ -35,7 +35,7 @@ from nas.arch import Arch
 from nas.errors import NasError
 from nas.io import append_line, drop_cut_tail, read_lines
 from nas.space import SearchSpace
-from nas.standalone import Recipe, Standalone
+from nas.standalone import Recipe, train
 
 FORMAT = 1
 
@@ -109,12 +109,8 @@ def _init_worker(data: str, image_size: int, in_chans: int) -> None:
 
 
 def train_curve(arch_json: str, seed: int, recipe: Recipe, dataset=None) -> dict:
-    """Train `arch` from scratch with `recipe`; validation top-1 and mean training loss after every epoch."""
-    started = time.perf_counter()
-    run = Standalone(Arch.from_json(arch_json), seed, recipe, dataset or _DATASET)
-    for _epoch in range(recipe.epochs):
-        run.train_epoch()
-    return {"curve": run.curve, "train_loss": run.train_loss, "seconds": round(time.perf_counter() - started, 1)}
+    """Train `arch` from scratch with `recipe` (nas.standalone.train, in a worker: its dataset)."""
+    return train(Arch.from_json(arch_json), seed, recipe, dataset or _DATASET)
 
 
 # ---- the dataset file ----------------------------------------------------------------------------

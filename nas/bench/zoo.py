@@ -4,7 +4,7 @@ For each kernel choice of a space, and each kernel variant kept as an option (`w
 without its position bias, `angular` in the paper's ratio form, `taylor` compact without
 the authors' shortcut and positional encoding, `l2vit` without its CPE), a uniform arch — the
 space's largest, every layer that kernel — is trained standalone from scratch on the
-space's embedded task with one fixed short schedule (`nas.bench.fidelity.Schedule`) and S
+space's embedded task with one fixed recipe (`nas.standalone.Recipe`, the ground truth's) and S
 seeds, and scored on the validation split. Next to it: its MACs and parameters (fvcore
 plus the kernels' formulas) and the CPU latency of one of its layers (a transformer block
 at the arch's widths) at 196 and 1,024 tokens, measured with the latency tables' protocol:
@@ -15,7 +15,7 @@ difference from the authors' operator, on random inputs.
 
 Castling-ViT ablation: the `angular` rows are trained twice, without and with the
 auxiliary masked-softmax branch annealed from weight 1 to 0 over the first half of the
-steps (`+aux`), everything else equal; the branch is gone at evaluation either way.
+steps (`+aux`, the recipe's default), everything else equal; the branch is gone at evaluation either way.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from pathlib import Path
 import torch
 
 from nas.arch import Arch
-from nas.bench.fidelity import Schedule, _init_worker, train_standalone
+from nas.bench.fidelity import _init_worker, train_standalone
 from nas.io import write_json, write_text
 from nas.kernels import KernelSpec
 from nas.space import SearchSpace
+from nas.standalone import Recipe
 
 # Variants that are kernel options rather than search choices: (row name, kernel choice, options): the kernels before revision 2.
 OPTION_VARIANTS = (
@@ -56,7 +57,7 @@ LATENCY_TOKENS = (196, 1024)
 @dataclass(frozen=True)
 class ZooConfig:
     seeds: int = 2
-    schedule: Schedule = Schedule(steps=600)
+    recipe: Recipe = Recipe()
     jobs: int = 2
     tokens: tuple[int, ...] = LATENCY_TOKENS
     ablation: bool = True  # also train the angular rows with the annealed auxiliary branch
@@ -161,11 +162,14 @@ def run(space: SearchSpace, config: ZooConfig, progress: Callable[[str], None] =
 
     dataset = load_dataset(space.data, space.image_size, space.in_chans)
     rows = cases(space, config.ablation)
-    aux_schedule = replace(config.schedule, angular_aux=1.0, angular_aux_until=0.5)
+    plain, with_aux = (
+        replace(config.recipe, angular_aux=0.0),
+        replace(config.recipe, angular_aux=1.0, angular_aux_until=0.5),
+    )
     jobs = [(name, arch, aux, seed) for name, arch, aux in rows for seed in range(config.seeds)]
     progress(
-        f"zoo: {len(rows)} uniform archs of {space.name} x {config.seeds} seed(s), {config.schedule.steps} steps of batch "
-        f"{config.schedule.batch_size}; {len(jobs)} standalone runs in {config.jobs} process(es)"
+        f"zoo: {len(rows)} uniform archs of {space.name} x {config.seeds} seed(s), {config.recipe.epochs} epochs of batch "
+        f"{config.recipe.batch_size}; {len(jobs)} standalone runs in {config.jobs} process(es)"
     )
     accuracies: dict[tuple[str, int], float] = {}
     started = time.perf_counter()
@@ -175,7 +179,7 @@ def run(space: SearchSpace, config: ZooConfig, progress: Callable[[str], None] =
         config.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=init
     ) as ex:
         futures = {
-            ex.submit(train_standalone, arch.to_json(), seed, aux_schedule if aux else config.schedule): (name, seed)
+            ex.submit(train_standalone, arch.to_json(), seed, with_aux if aux else plain): (name, seed)
             for name, arch, aux, seed in jobs
         }
         for done, future in enumerate(futures, 1):

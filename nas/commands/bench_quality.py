@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from nas.commands.common import command_line, int_list, out_path, positive_float, positive_int
@@ -12,9 +13,10 @@ from nas.errors import NasError
 
 
 def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
-    from nas.bench.fidelity import FidelityConfig, Schedule
+    from nas.bench.fidelity import FidelityConfig
 
-    d, s = FidelityConfig(), Schedule()
+    d = FidelityConfig()
+    s = d.recipe
     p = sub.add_parser(
         "fidelity",
         help="does the supernet rank archs as standalone training does? (Kendall tau, per-kernel bias)",
@@ -31,7 +33,7 @@ def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=positive_int, default=d.seeds, help="seeds per arch (default: %(default)s)")
     p.add_argument(
-        "--steps", type=positive_int, default=s.steps, help="standalone training steps (default: %(default)s)"
+        "--epochs", type=positive_int, default=s.epochs, help="standalone training epochs (default: %(default)s)"
     )
     p.add_argument("--batch-size", type=positive_int, default=s.batch_size, help="default: %(default)s")
     p.add_argument("--lr", type=positive_float, default=s.lr, help="default: %(default)s")
@@ -45,7 +47,7 @@ def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
         "--reuse",
         type=Path,
         default=None,
-        help="an earlier fidelity JSON: reuse its standalone results for the same archs and schedule",
+        help="an earlier fidelity JSON: reuse its standalone results for the same archs and recipe",
     )
     p.add_argument(
         "--seed", type=int, default=d.seed, help="seeds the choice of archs and the bootstrap (default: %(default)s)"
@@ -55,7 +57,7 @@ def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="a ground-truth file of `nas bench truth`: score the supernet against "
-        "its archs and standalone accuracies instead of training (--archs, --seeds, --steps, --jobs, --reuse unused)",
+        "its archs and standalone accuracies instead of training (--archs, --seeds, --epochs, --jobs, --reuse unused)",
     )
     p.add_argument("--tag", default=None, help="appended to the output names: fidelity_<space>_<tag>.* (default: none)")
     p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
@@ -76,10 +78,8 @@ def run_bench_fidelity(args: argparse.Namespace) -> int:
     if args.tag is not None and (not args.tag or any(c in args.tag for c in "/\\ ")):
         raise NasError(f"--tag {args.tag!r}: use a short name without spaces or slashes, e.g. seed1")
     space, _ = RunDir(args.run).space_and_data()
-    schedule = fidelity.Schedule(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-    config = fidelity.FidelityConfig(
-        archs=args.archs, seeds=args.seeds, schedule=schedule, jobs=args.jobs, seed=args.seed
-    )
+    recipe = replace(fidelity.FidelityConfig().recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    config = fidelity.FidelityConfig(archs=args.archs, seeds=args.seeds, recipe=recipe, jobs=args.jobs, seed=args.seed)
     started = time.perf_counter()
     progress = lambda line: print(line, flush=True)  # noqa: E731
     if args.truth is not None:
@@ -102,7 +102,7 @@ def add_bench_zoo(sub: argparse._SubParsersAction) -> None:
         "zoo",
         help="per-kernel trade-off table: standalone accuracy of uniform archs, MACs, params, CPU layer latency",
         description="For each kernel choice and kernel variant of a space, train its uniform arch (the largest, every "
-        "layer that kernel) standalone from scratch with one fixed short schedule and S seeds on the space's "
+        "layer that kernel) standalone from scratch with the ground truth's recipe and S seeds on the space's "
         "embedded task; report validation accuracy, MACs, params and the CPU latency of one layer at 196 and 1024 "
         "tokens. The angular rows are also trained with Castling-ViT's annealed auxiliary branch (+aux). Writes "
         "zoo_<space>.{csv,json} under --out.",
@@ -110,8 +110,9 @@ def add_bench_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
     p.add_argument("--seeds", type=positive_int, default=d.seeds, help="seeds per arch (default: %(default)s)")
     p.add_argument(
-        "--steps", type=positive_int, default=d.schedule.steps, help="standalone training steps (default: %(default)s)"
+        "--epochs", type=positive_int, default=d.recipe.epochs, help="standalone training epochs (default: %(default)s)"
     )
+    p.add_argument("--batch-size", type=positive_int, default=d.recipe.batch_size, help="default: %(default)s")
     p.add_argument(
         "--jobs",
         type=positive_int,
@@ -130,8 +131,6 @@ def add_bench_zoo(sub: argparse._SubParsersAction) -> None:
 
 
 def run_bench_zoo(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     import torch
 
     from nas.bench import zoo
@@ -147,7 +146,7 @@ def run_bench_zoo(args: argparse.Namespace) -> int:
     d = zoo.ZooConfig()
     config = zoo.ZooConfig(
         seeds=args.seeds,
-        schedule=replace(d.schedule, steps=args.steps),
+        recipe=replace(d.recipe, epochs=args.epochs, batch_size=args.batch_size),
         jobs=args.jobs,
         tokens=tuple(args.tokens),
         ablation=not args.no_ablation,

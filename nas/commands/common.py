@@ -7,7 +7,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from nas.parsers import non_negative_float, non_negative_int, out_dir, positive_float, positive_int, ray_storage_path  # noqa: F401
+from nas.parsers import (  # noqa: F401
+    kendall_tau_target,
+    local_threads,
+    non_negative_float,
+    non_negative_int,
+    out_dir,
+    positive_float,
+    positive_int,
+    ray_storage_path,
+)
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -33,33 +42,6 @@ def non_negative_int_list(text: str) -> tuple[int, ...]:
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected counts >= 0, got {text!r}")
     return values
-
-
-def kendall_tau_target(text: str) -> float:
-    """A reachable Kendall tau target: -1 <= tau <= 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {text!r}") from None
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a Kendall tau between -1 and 1 (a tau above 1 is unreachable), got {text!r}"
-        )
-    return value
-
-
-def local_threads(text: str) -> int:
-    """A CPU thread count this machine has cores for."""
-    import os
-
-    value = positive_int(text)
-    cores = os.cpu_count() or 1
-    if value > cores:
-        raise argparse.ArgumentTypeError(
-            f"{value} threads on a machine with {cores} core(s): timing would measure the oversubscription; "
-            f"use at most {cores}"
-        )
-    return value
 
 
 def out_path(text: str) -> Path:
@@ -104,48 +86,6 @@ def command_line() -> str | None:
     if program.name == "nas" or program.parts[-2:] == ("nas", "cli.py"):
         return redact_text(shlex.join(["nas", *sys.argv[1:]]))
     return None
-
-
-def add_runtime(p) -> None:
-    """--runtime (alias --backend): what the latency is measured in (nas.latency.runtime)."""
-    p.add_argument(
-        "--runtime",
-        "--backend",
-        dest="backend",
-        default="eager",
-        metavar="RUNTIME",
-        help="what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
-        "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint "
-        "(default: %(default)s)",
-    )
-
-
-def add_fit_options(p) -> None:
-    """The validation targets a latency table must meet: nas latency and nas run refuse a
-    table that misses them unless --accept-poor-fit."""
-    p.add_argument(
-        "--max-mape",
-        type=positive_float,
-        default=0.10,
-        help="largest mean absolute percentage error of the table's predictions on held-out archs (default: %(default)s)",
-    )
-    p.add_argument(
-        "--min-tau",
-        type=kendall_tau_target,
-        default=0.85,
-        help="smallest Kendall tau between predicted and measured latency (default: %(default)s)",
-    )
-    p.add_argument(
-        "--accept-poor-fit",
-        action="store_true",
-        help="use a table that misses those targets anyway (it stays marked as failed)",
-    )
-
-
-def fit_of(args):
-    from nas.stages import Fit
-
-    return Fit(max_mape=args.max_mape, min_tau=args.min_tau, accept_poor=args.accept_poor_fit)
 
 
 def add_connection_options(p, storage_default: str) -> None:

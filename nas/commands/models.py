@@ -8,18 +8,12 @@ from pathlib import Path
 from nas.commands.common import (
     STORAGE_PATH_HELP,
     add_compute_options,
-    add_fit_options,
-    add_runtime,
     add_target_device,
-    fit_of,
     float_list,
-    local_threads,
-    non_negative_int,
     out_path,
     positive_float,
     positive_int,
     ray_storage_path,
-    str_list,
 )
 from nas.errors import NasError
 
@@ -106,86 +100,57 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_latency(commands: argparse._SubParsersAction) -> None:
+    from nas import settings
+    from nas.commands.common import refuse_device_flag
+    from nas.config_stages import LatencySettings
+
     p = commands.add_parser(
         "latency",
         help="build and validate a device's latency lookup table",
         description="Measure every block configuration of a search space on a device (resuming a partial table in "
-        "--out), fit a linear calibration on a few whole models, and validate the predictor on held-out archs.",
-    )
-    p.add_argument("--space", default="digits-tiny", help="search space name or YAML path (default: digits-tiny)")
-    add_device_options(p)
-    p.add_argument(
-        "--calibrate",
-        type=non_negative_int,
-        default=10,
-        help="whole archs measured for the linear calibration, 0 for none (default: %(default)s)",
-    )
-    p.add_argument(
-        "--validate",
-        type=non_negative_int,
-        default=50,
-        help="held-out archs measured to validate, 0 to skip (default: %(default)s)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the calibration / validation archs (default: %(default)s)"
-    )
-    add_fit_options(p)
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="measure in a Ray profiler actor: 'local' starts a local Ray, 'auto' or an address joins a cluster (default: in this process)",
-    )
-    p.add_argument(
-        "--accelerator-type",
-        default=None,
-        help="with --ray-address: place the profiler on a node with this Ray accelerator type",
+        "--out), fit a linear calibration on a few whole models, and validate the predictor on held-out archs. "
+        "The settings are the fields of nas.config_stages.LatencySettings.",
     )
     p.add_argument("--out", type=out_path, required=True, help="the table's JSON file")
+    settings.add_flags(p, LatencySettings)
+    refuse_device_flag(p)
     p.set_defaults(func=run_latency, on_stop="same")
 
 
-def add_device_options(p: argparse.ArgumentParser) -> None:
-    add_target_device(p, "cpu", "device whose latency is measured: cpu, cuda or cuda:<index> (default: cpu)")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="default: %(default)s")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="default: fp32")
-    add_runtime(p)
-    p.add_argument(
-        "--threads",
-        type=local_threads,
-        default=None,
-        help="CPU threads, at most this machine's cores (default: torch's default)",
-    )
-
-
-def make_profiler(args: argparse.Namespace):
+def make_profiler(config):
+    """The profiler of a LatencySettings: in this process, or in a Ray actor with `ray_address`."""
     import torch
 
     from nas.latency.profiler import Profiler
 
-    threads = args.threads or torch.get_num_threads()
-    address = getattr(args, "ray_address", None)
-    if address is None:
-        if getattr(args, "accelerator_type", None):
+    threads = config.threads or torch.get_num_threads()
+    if config.ray_address is None:
+        if config.accelerator_type:
             raise NasError("--accelerator-type needs --ray-address")
-        return Profiler(args.device, args.dtype, args.batch_size, args.backend, threads)
+        return Profiler(config.device, config.dtype, config.batch_size, config.runtime, threads)
     from workers.cluster import init_ray
     from workers.profiler import RemoteProfiler
 
-    init_ray(None if address == "local" else address)
-    return RemoteProfiler(args.device, args.dtype, args.batch_size, args.backend, threads, args.accelerator_type)
+    init_ray(None if config.ray_address == "local" else config.ray_address)
+    return RemoteProfiler(
+        config.device, config.dtype, config.batch_size, config.runtime, threads, config.accelerator_type
+    )
 
 
 def run_latency(args: argparse.Namespace) -> int:
+    from nas import settings
+    from nas.config_stages import LatencySettings
     from nas.latency import table as lut
     from nas.preflight import check_out_file
     from nas.space_file import load_space
-    from nas.stages import latency_stage
+    from nas.stages import Fit, latency_stage
 
+    config = settings.from_args(LatencySettings, args)
     check_out_file(args.out)
-    if 0 < args.calibrate < 3:
+    if 0 < config.calibrate < 3:
         raise NasError("--calibrate needs at least 3 archs to fit a line (or 0 for none)")
-    space = load_space(args.space)
-    profiler = make_profiler(args)
+    space = load_space(config.space)
+    profiler = make_profiler(config)
     fp = profiler.fingerprint()
     total = len(list(lut.probe_archs(space)))
     print(
@@ -197,12 +162,12 @@ def run_latency(args: argparse.Namespace) -> int:
         space,
         profiler,
         args.out,
-        args.calibrate,
-        args.validate,
-        args.seed,
+        config.calibrate,
+        config.validate,
+        config.seed,
         progress=lambda line: print(line, flush=True),
         revalidate=True,
-        fit=fit_of(args),
+        fit=Fit(max_mape=config.max_mape, min_tau=config.min_tau, accept_poor=config.accept_poor_fit),
     )
     print(f"table complete: {len(table.entries)} entries, {table.build_seconds:.0f} s of measuring; wrote {args.out}")
     return 0
@@ -247,11 +212,16 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def add_export(commands: argparse._SubParsersAction) -> None:
+    from nas import settings
+    from nas.commands.common import refuse_device_flag
+    from nas.config_stages import ExportSettings
+
     p = commands.add_parser(
         "export",
         help="a found arch as a standalone model (safetensors, ONNX, TorchScript)",
-        description="Write arch.json, model.safetensors, model.onnx, model.pt and metadata.json for one "
-        "trial of a run, or for the best one under a budget.",
+        description="Write arch.json, model.safetensors, model.onnx, model.pt, config.json (timm) and metadata.json "
+        "for one trial of a run, or for the best one under a budget. The settings are the fields of "
+        "nas.config_stages.ExportSettings.",
     )
     p.add_argument("--run", type=Path, required=True, help="run directory")
     which = p.add_mutually_exclusive_group(required=True)
@@ -260,38 +230,21 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=out_path, required=True, help="export directory (refused if it exists, unless --overwrite)"
     )
-    p.add_argument(
-        "--format",
-        type=str_list,
-        default=("safetensors", "onnx", "torchscript"),
-        help="default: safetensors,onnx,torchscript",
-    )
-    p.add_argument(
-        "--finetune-epochs",
-        type=non_negative_int,
-        default=0,
-        help="fine-tune the standalone model on the run's data first (default: 0)",
-    )
-    add_target_device(p, None, "the device the run's latencies were measured on, to export for it from another machine")
-    add_compute_options(p, loading=False)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    settings.add_flags(p, ExportSettings)
+    refuse_device_flag(p)
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from nas import api
+    from nas import api, settings
+    from nas.config_stages import ExportSettings
 
     meta = api.export(
         args.run,
         args.out,
+        settings.from_args(ExportSettings, args),
         trial=args.trial,
         budget_ms=args.budget_ms,
-        formats=tuple(args.format),
-        finetune_epochs=args.finetune_epochs,
-        overwrite=args.overwrite,
-        compute_device=args.compute_device,
-        precision=args.precision,
-        target_device=args.device,
         progress=lambda line: print(line, flush=True),
     )
     latency = meta["latency"]

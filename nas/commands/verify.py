@@ -5,42 +5,39 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.commands.common import add_compute_options, out_path, positive_float, positive_int
+from nas.commands.common import out_path
 from nas.errors import NasError
 
 
 def add_verify(commands: argparse._SubParsersAction) -> None:
-    from nas.config import VERIFY_CANDIDATES as CANDIDATES
+    from nas import settings
+    from nas.config_stages import VerifySettings
 
     p = commands.add_parser(
         "verify",
         help="train a run's best candidates under its budget standalone; export the verified pick",
         description="Choose a run's best candidates under the budget (spread over the front's latency range), "
         "measure them again, train them standalone with successive halving (the ground truth's recipe), and "
-        "export the most accurate by verified accuracy. Resumable: run it again to continue.",
+        "export the most accurate by verified accuracy. Resumable: run it again to continue. The settings are the "
+        "fields of nas.config_stages.VerifySettings.",
     )
     p.add_argument("--run", type=Path, required=True, help="run directory (a finished search)")
-    p.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (default: the run's)")
-    p.add_argument(
-        "--candidates", type=positive_int, default=CANDIDATES, help="candidates trained (default: %(default)s)"
-    )
-    p.add_argument("--jobs", type=positive_int, default=2, help="training processes (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="standalone training seed (default: the run's seed)")
     p.add_argument(
         "--out",
         type=out_path,
         default=None,
         help="export directory of the pick (default: <run>/exports/best, replaced)",
     )
-    add_compute_options(p, loading=False)
+    settings.add_flags(p, VerifySettings)
     p.set_defaults(func=run_verify, on_stop="same")
 
 
 def run_verify(args: argparse.Namespace) -> int:
     import time
 
-    from nas import report
+    from nas import report, settings
     from nas.compute import Compute
+    from nas.config_stages import VerifySettings
     from nas.exporter import export
     from nas.io import write_json
     from nas.preflight import check_out_dir
@@ -49,10 +46,11 @@ def run_verify(args: argparse.Namespace) -> int:
     from nas.stages import trial_profiler
     from nas.verify import VerifyConfig, verify
 
+    options = settings.from_args(VerifySettings, args)
     run = RunDir(args.run)
     space, data = run.space_and_data()
     candidates = load_candidates(args.run)
-    budget = args.budget_ms if args.budget_ms is not None else run.budget()
+    budget = options.budget_ms if options.budget_ms is not None else run.budget()
     if budget is None:
         raise NasError(f"{args.run} records no budget (a search without --budget-ms): pass --budget-ms")
     out = args.out or run.path(EXPORTS) / "best"
@@ -60,16 +58,16 @@ def run_verify(args: argparse.Namespace) -> int:
     profiler = trial_profiler(
         run.table(space), run.path(TABLE)
     )  # refused in one line when this machine is not the run's device
-    compute = Compute.parse(args.compute_device, args.precision)
+    compute = Compute.parse(options.compute_device, options.precision)
     manifest = run.manifest_data() if run.has(MANIFEST) else None
-    seed = args.seed if args.seed is not None else int((manifest or {}).get("settings", {}).get("seed", 0))
+    seed = options.seed if options.seed is not None else int((manifest or {}).get("settings", {}).get("seed", 0))
     dataset = run.dataset(space, data)
     progress = lambda line: print(line, flush=True)  # noqa: E731
     progress(
-        f"nas verify: {args.run}, budget {budget} ms, {args.candidates} candidate(s), {args.jobs} process(es) on {compute.device}"
+        f"nas verify: {args.run}, budget {budget} ms, {options.candidates} candidate(s), {options.jobs} process(es) on {compute.device}"
     )
     started = time.perf_counter()
-    config = VerifyConfig(candidates=args.candidates, seed=seed, jobs=args.jobs, device=str(compute.device))
+    config = VerifyConfig(candidates=options.candidates, seed=seed, jobs=options.jobs, device=str(compute.device))
     record = verify(run, candidates, profiler.measure_models, budget, config, data, dataset, progress)
     report.mark_verified(run.root, run.verified())
     pick = record["pick"]
@@ -101,7 +99,7 @@ def run_verify(args: argparse.Namespace) -> int:
             val_accuracy=pick["inherited_accuracy"],
             measured_latency_ms=pick["measured_ms"],
             budget_ms=budget,
-            verify=args.candidates,
+            verify=options.candidates,
             pick=record["measured"],
             verified={
                 "val_accuracy": pick["verified_accuracy"],

@@ -20,6 +20,7 @@ from nas.latency.fingerprint import Fingerprint
 from nas.latency.probe import Protocol, probe_units
 from nas.latency.robust import DriftProbe, measure_units, measure_with_drift, merge, width_inconsistencies
 from nas.latency.table import LatencyTable, kernel_revisions, probe_archs, space_digest
+from nas.progress import Bar
 from nas.space import SearchSpace
 
 
@@ -100,10 +101,14 @@ def build(
         progress(
             f"[{min(done + measured[0], total)}/{total}] {chunk[-1][0]}: {_measured(table, chunk[-1][0])}{redo}  (ETA {eta / 60:.1f} min)"
         )
+        bar.update(min(len(chunk), bar_left[0]))  # a re-measured chunk moves no further than the total
+        bar_left[0] -= min(len(chunk), bar_left[0])
 
     chunks = [todo[i : i + 8] for i in range(0, len(todo), 8)]
     before = len(table.drift)
-    measure_with_drift(chunks, measure_entries, probe, protocol, save, table.drift, history)
+    bar_left = [len(todo)]
+    with Bar(total, "latency table", unit="entry", initial=done) as bar:
+        measure_with_drift(chunks, measure_entries, probe, protocol, save, table.drift, history)
     if (
         (todo or len(table.drift) > before)
         and probe is not None
