@@ -223,6 +223,7 @@ def test_result_files_record_the_command_as_typed(monkeypatch, argv0, expected):
     assert command_line() == expected
 
 
+@pytest.mark.slow
 def test_bench_zoo_trains_every_kernel_and_variant_and_writes_its_table(tmp_path, capsys):
     """Every kernel choice of the space, the option variants and the Castling +aux rows, each with accuracy,
     MACs, params and a layer latency per token count."""

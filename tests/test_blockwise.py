@@ -109,6 +109,7 @@ def test_local_distillation_is_deterministic_and_lowers_the_students_loss(tiny):
     assert all(not p.requires_grad for p in parent.parameters())  # the parent stays frozen
 
 
+@pytest.mark.slow
 def test_the_bench_builds_a_resumable_table_and_scores_it_against_a_truth_file(tiny, tmp_path):
     path, space, dataset = tiny
     config = bench.BlockwiseConfig(

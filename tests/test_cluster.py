@@ -191,6 +191,8 @@ def test_a_search_joins_a_head_started_with_ray_start(tmp_path):
                 "0",
                 "--ray-address",
                 f"127.0.0.1:{port}",
+                "--verify",
+                "0",
                 "--out",
                 str(run),
             ),

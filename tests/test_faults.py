@@ -94,7 +94,8 @@ def manifest(run: Path) -> dict:
 def test_kill_at_every_stage_then_resume_keeps_what_was_done(tmp_path):
     """One run, SIGKILLed in turn while its latency table is built, during training, during the search and
     during the export, each time resumed with --resume: finished table entries, the last checkpoint, every
-    finished trial and a complete-or-absent export survive each kill, and the run ends as it should."""
+    finished trial and a complete-or-absent export survive each kill, and the run ends as it should.
+    (`nas search --resume` goes through the same search stage, nas.stages.search_stage.)"""
     import optuna
 
     run = tmp_path / "run"
@@ -151,6 +152,9 @@ def test_kill_at_every_stage_then_resume_keeps_what_was_done(tmp_path):
         or (t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("interrupted"))
     ]
     assert len(counted) == 10
+    # the trials the kill left RUNNING were marked interrupted (FAIL) by the resume and re-run; none is left RUNNING
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in study.trials if t.user_attrs.get("interrupted"))
     best = exports / "best"
     if best.exists():  # renamed into place before the kill landed: then it is complete
         assert {"arch.json", "model.safetensors", "metadata.json"} <= {p.name for p in best.iterdir()}
@@ -160,7 +164,7 @@ def test_kill_at_every_stage_then_resume_keeps_what_was_done(tmp_path):
     assert {"arch.json", "model.safetensors", "model.onnx", "model.pt", "metadata.json"} <= {
         p.name for p in best.iterdir()
     }
-    assert all(manifest(run)["stages"][s]["completed"] for s in ("latency", "train", "search", "export"))
+    assert all(manifest(run)["stages"][s]["completed"] for s in ("latency", "train", "search", "verify", "export"))
 
 
 # ---- 2. worker faults ------------------------------------------------------------------------

@@ -219,6 +219,7 @@ def test_the_budget_refusal_allows_the_priors_error(tmp_path):
 # ---- runtimes ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_model_timed_in_onnxruntime_computes_what_eager_pytorch_computes():
     pytest.importorskip("onnxruntime")
     import torch
@@ -242,6 +243,7 @@ def archs_of(space, count: int) -> list:
     return [space.sample(rng) for _ in range(count)]
 
 
+@pytest.mark.slow
 def test_onnxruntime_measurements_carry_the_runtime_in_the_fingerprint_and_a_mismatch_is_refused(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import dataclasses

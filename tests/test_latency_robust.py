@@ -186,6 +186,7 @@ def test_validation_below_threshold_exits_non_zero_unless_accepted(tmp_path, cap
     assert "!! warning" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_table_that_misses_its_targets_is_a_prior_for_nas_run_and_a_gate_only_for_predicted_searches(
     tmp_path, capsys, monkeypatch
 ):
@@ -223,6 +224,8 @@ def test_a_table_that_misses_its_targets_is_a_prior_for_nas_run_and_a_gate_only_
                 "1",
                 "--budget-ms",
                 "1000",
+                "--verify",
+                "0",
                 "--out",
                 str(run),
             ]

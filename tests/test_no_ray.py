@@ -54,6 +54,7 @@ def test_nas_run_end_to_end_without_ray(tmp_path):
     assert any(Path(out / "exports").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [

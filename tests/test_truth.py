@@ -175,6 +175,7 @@ def tiny_truth(tmp_path_factory):
     return space, out, config, records
 
 
+@pytest.mark.slow
 def test_a_stopped_truth_run_continues_and_retrains_only_its_cut_line(tiny_truth):
     from dataclasses import replace
 

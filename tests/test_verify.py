@@ -155,6 +155,7 @@ def test_a_stopped_standalone_run_goes_on_exactly_as_an_uninterrupted_one(digits
     )
 
 
+@pytest.mark.slow
 def test_a_killed_verification_retrains_no_finished_rung(digits, tmp_path):
     space, dataset = digits
     named = {f"trial {i}": a for i, a in enumerate(archs(4, 2))}
@@ -228,6 +229,7 @@ def searched(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_nas_verify_trains_the_candidates_and_exports_the_verified_pick(searched, capsys):
     assert main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3"]) == 0
     record = json.loads((searched / VERIFY_JSON).read_text())
@@ -271,6 +273,7 @@ def test_nas_verify_refuses_a_run_without_a_budget_and_a_budget_below_every_tria
     assert "no trial met the budget 0.01 ms" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_pick_sets_the_verified_pick_beside_the_best_ground_truth_arch_under_the_budget(
     searched, tmp_path, capsys
 ):
