@@ -61,7 +61,13 @@ def run_async(study, space, latency, pool, config, progress, evaluators) -> Tria
         with interrupts.deferred():
             trials = study.get_trials(deepcopy=False)
         state["done"] = sum(counted(t) for t in trials)
-        bar = stack.enter_context(Bar(config.trials, "search", unit="trial", initial=min(state["done"], config.trials)))
+        shown = [min(state["done"], config.trials)]
+        bar = stack.enter_context(Bar(config.trials, "search", unit="trial", initial=shown[0]))
+
+        def advance() -> None:  # the bar to the trials finished, however they finished (scored or reused)
+            bar.update(min(state["done"], config.trials) - shown[0])
+            shown[0] = min(state["done"], config.trials)
+
         finished = {
             t.user_attrs["digest"]: t
             for t in trials
@@ -95,11 +101,11 @@ def run_async(study, space, latency, pool, config, progress, evaluators) -> Tria
                         finished_trial = study._storage.get_trial(trial._trial_id)
                         if finished_trial.state == optuna.trial.TrialState.COMPLETE:
                             finished[arch.digest] = finished_trial
-                bar.update(max(0, min(len(group), config.trials - state["done"])))
                 state["done"] += len(group)
                 told += len(group)
                 if ahead and pool.idle():  # the trial asked ahead starts at once on the freed evaluator
                     give(ahead.pop(0))
+            advance()
             if told >= config.batch or state["done"] >= config.trials:
                 told = 0
                 with interrupts.deferred():

@@ -76,3 +76,38 @@ def test_the_search_bar_counts_trials_and_a_resumed_search_starts_where_it_stopp
         {"desc": "search", "total": 6, "initial": 4, "n": 6, "shown": True},
     ]
     assert "search:" in sys.stderr.getvalue()
+
+
+def test_the_asynchronous_search_bar_reaches_every_trial(monkeypatch):
+    import sys
+
+    from test_search import ThreadPool
+
+    from nas import study as search
+    from nas import study_async
+    from nas.space_file import load_space
+
+    space = load_space("digits-tiny")
+    counts = []
+
+    class Recorded(Bar):
+        def __init__(self, total, desc, unit="step", stream=None, initial=0):
+            super().__init__(total, desc, unit, stream, initial)
+            self.record = {"total": total, "n": initial, "shown": self.shown}
+            counts.append(self.record)
+
+        def update(self, n=1):
+            self.record["n"] += n
+            super().update(n)
+
+    class Table:
+        def predict(self, arch):
+            return 1.0
+
+    monkeypatch.setattr(study_async, "Bar", Recorded)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    config = search.SearchConfig(trials=10, batch=2, sampler="random", budget_ms=1000.0)
+    study = search.open_study_in_memory(config)
+    pool = ThreadPool([0.01, 0.002])
+    search.run_search(study, space, Table(), pool.evaluate, config, progress=lambda line: None, evaluators=2, pool=pool)
+    assert counts == [{"total": 10, "n": 10, "shown": True}]
