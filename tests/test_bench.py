@@ -336,3 +336,32 @@ def test_sweep_with_the_compiled_path(tmp_path, capsys):
         "relu (compiled)",
     }
     assert "median latency, fwd, compiled" in capsys.readouterr().out
+
+
+def test_paths_are_timed_in_turn_and_a_compiled_call_is_compiled_before_its_warm_up(monkeypatch):
+    """A shared machine's speed drifts over seconds: the eager/compiled ratio must come from interleaved rounds,
+    and the warm-up (which sizes the timed repeats) must time calls, not the compilation."""
+    from nas.bench import kernels as bench
+
+    events = []
+
+    def fake_step(module, grid, mode, path):
+        def call(*args):
+            events.append(("call", path))
+
+        call.path = path
+        return call
+
+    def fake_measure_times(call, inputs, **settings):
+        events.append(("timed", call.path, settings["max_seconds"], settings["repeats"]))
+        return [1.0]
+
+    monkeypatch.setattr(bench, "_step", fake_step)
+    monkeypatch.setattr(bench, "measure_times", fake_measure_times)
+    config = bench.KernelBenchConfig(paths=("eager", "compiled"), repeats=30, max_seconds=0.6)
+    times = bench._interleaved(None, (4, 4), "fwd", config, [()], torch.device("cpu"))
+    assert events[0] == ("call", "compiled")  # compiled once before any timing
+    timed = [event[1] for event in events[1:]]
+    assert timed == ["eager", "compiled"] * bench.ROUNDS
+    assert all(event[2] == pytest.approx(0.6 / bench.ROUNDS) and event[3] == 10 for event in events[1:])
+    assert times == {"eager": [1.0] * bench.ROUNDS, "compiled": [1.0] * bench.ROUNDS}

@@ -8,7 +8,8 @@ softmax at every larger swept N — is reported.
 
 `paths` are the ways a kernel runs: `eager` (its module, called as it is) and `compiled`
 (the same call under `torch.compile(fullgraph=True)`: one graph, no breaks — a break is an
-error —, compiled in the warm-up call, so the timed calls exclude compilation). Each path is
+error —, compiled by one call before the warm-up calls, so neither the timed calls nor the warm-up's
+estimate of a call's cost include compilation). Each path is
 compared with softmax on the same path, and every path with the eager one (`speedup_vs_eager`).
 The printed tables, result files and plot are written by nas.bench.kernels_report.
 """
@@ -24,7 +25,7 @@ import torch
 
 from nas import kernels
 from nas.bench import roofline
-from nas.latency import measure
+from nas.latency.timer import measure_times, summarize
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd")
@@ -44,8 +45,8 @@ class KernelBenchConfig:
     kernels: tuple[str, ...] = field(default_factory=lambda: tuple(spec.label for spec in kernels.variants()))
     modes: tuple[str, ...] = MODES
     paths: tuple[str, ...] = ("eager",)
-    warmup: int = 1
-    repeats: int = 10
+    warmup: int = 3
+    repeats: int = 30
     min_repeats: int = 3
     max_seconds: float = 0.5
     seed: int = 0
@@ -95,41 +96,71 @@ def run(config: KernelBenchConfig, progress: Callable[[str], None] = print) -> l
                 .build(config.head_dim, config.heads, grid=grid, embed_dim=config.heads * config.head_dim)
                 .to(device=device, dtype=dtype)
             )
-            for path in config.paths:
-                for mode in config.modes:
-                    flops, moved = roofline.work(
-                        module, grid, config.heads, config.head_dim, config.batch_size, mode, dtype
+            timed = {}
+            for mode in config.modes:
+                flops, moved = roofline.work(
+                    module, grid, config.heads, config.head_dim, config.batch_size, mode, dtype
+                )
+                for path, times in _interleaved(module, grid, mode, config, inputs, device).items():
+                    timing = summarize(times)
+                    timed[path, mode] = BenchRow(
+                        label,
+                        mode,
+                        tokens,
+                        grid,
+                        timing.median_ms,
+                        timing.q1_ms,
+                        timing.q3_ms,
+                        timing.repeats,
+                        path,
+                        flops,
+                        moved,
                     )
-                    timing = measure(
-                        _step(module, grid, mode, path),
-                        inputs,
-                        device=device,
-                        warmup=config.warmup,
-                        repeats=config.repeats,
-                        min_repeats=config.min_repeats,
-                        max_seconds=config.max_seconds,
-                    )
-                    rows.append(
-                        BenchRow(
-                            label,
-                            mode,
-                            tokens,
-                            grid,
-                            timing.median_ms,
-                            timing.q1_ms,
-                            timing.q3_ms,
-                            timing.repeats,
-                            path,
-                            flops,
-                            moved,
-                        )
-                    )
-                line.append(f"{label}{'' if path == 'eager' else ' ' + path} {rows[-len(config.modes)].median_ms:.3g}")
+            rows.extend(timed[path, mode] for path in config.paths for mode in config.modes)
+            line.extend(
+                f"{label}{'' if path == 'eager' else ' ' + path} {timed[path, config.modes[0]].median_ms:.3g}"
+                for path in config.paths
+            )
         progress(
             f"[{step}/{len(config.tokens)}] N={tokens} grid={grid[0]}x{grid[1]} "
             f"({time.perf_counter() - started:.1f} s), {config.modes[0]} ms: " + ", ".join(line)
         )
     return rows
+
+
+ROUNDS = 3  # with several paths, each is timed in turn this many times
+
+
+def _interleaved(
+    module: kernels.AttentionKernel,
+    grid: tuple[int, int],
+    mode: str,
+    config: KernelBenchConfig,
+    inputs: list[tuple],
+    device: torch.device,
+) -> dict[str, list[float]]:
+    """Each path's call times for one (kernel, mode). A compiled call is compiled before its warm-up (which
+    estimates a call's cost), and with several paths they are timed in turn, `ROUNDS` times a third of the
+    budget each: a shared machine's speed drifts over seconds, and the paths' ratio must not depend on it."""
+    calls = {}
+    for path in config.paths:
+        calls[path] = _step(module, grid, mode, path)
+        if path == "compiled":
+            calls[path](*inputs[0])
+    rounds = ROUNDS if len(calls) > 1 else 1
+    times: dict[str, list[float]] = {path: [] for path in calls}
+    for _ in range(rounds):
+        for path, call in calls.items():
+            times[path] += measure_times(
+                call,
+                inputs,
+                device=device,
+                warmup=config.warmup,
+                repeats=-(-config.repeats // rounds),
+                min_repeats=-(-config.min_repeats // rounds),
+                max_seconds=config.max_seconds / rounds,
+            )
+    return times
 
 
 def kernel_call(module: kernels.AttentionKernel, grid: tuple[int, int], path: str = "eager") -> Callable[..., list]:

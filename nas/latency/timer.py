@@ -44,7 +44,33 @@ def measure(
     max_seconds: float = 1.0,
     cuda_graph: bool = False,
 ) -> Timing:
-    """Time `fn(*inputs[i % len(inputs)])`.
+    """Time `fn(*inputs[i % len(inputs)])`: the statistics of `measure_times`."""
+    return summarize(
+        measure_times(
+            fn,
+            inputs,
+            device=device,
+            warmup=warmup,
+            repeats=repeats,
+            min_repeats=min_repeats,
+            max_seconds=max_seconds,
+            cuda_graph=cuda_graph,
+        )
+    )
+
+
+def measure_times(
+    fn: Callable[..., object],
+    inputs: Sequence[tuple] = ((),),
+    *,
+    device: torch.device | str = "cpu",
+    warmup: int = 2,
+    repeats: int = 20,
+    min_repeats: int = 3,
+    max_seconds: float = 1.0,
+    cuda_graph: bool = False,
+) -> list[float]:
+    """The milliseconds of each timed call of `fn(*inputs[i % len(inputs)])`.
 
     Input sets rotate from call to call so caches do not flatter the result. The warm-up
     calls also estimate the cost of one call; the number of timed calls is then
@@ -93,7 +119,7 @@ def measure(
             begin = time.perf_counter()
             fn(*args)
             times_ms.append((time.perf_counter() - begin) * 1e3)
-    return summarize(times_ms)
+    return times_ms
 
 
 def summarize(times_ms: Sequence[float]) -> Timing:
