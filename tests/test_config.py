@@ -271,6 +271,8 @@ def test_readme_lists_the_commands_as_the_parser_has_them():
     assert len(text.splitlines()) <= 250
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_the_public_api_is_declared_and_import_nas_stays_light():
     code = (
         "import sys, nas\nlight = not any(m in sys.modules for m in ('torch', 'timm', 'optuna', 'ray'))\n"

@@ -187,6 +187,8 @@ def test_load_and_timm_route_rebuild_the_same_model_without_pickle(exported, mon
     assert via_timm.arch == ours.arch
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_an_export_loads_through_timms_own_paths_in_a_fresh_process(exported):
     """`import nas, timm`: vit_nas is registered, and timm's pretrained loading finds the export's weights through the
     overlay's `file` (and, where this timm has it, through `local-dir:` and the export's config.json)."""
@@ -259,6 +261,8 @@ def _kernel_groups(per_arch: int) -> list[tuple[str, ...]]:
     return [tuple(labels[i : i + per_arch]) for i in range(0, len(labels), per_arch)]
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 @pytest.mark.parametrize("labels", _kernel_groups(max(load_space("digits-tiny").depth)), ids="+".join)
 def test_every_kernel_survives_extraction_onnx_and_torchscript(labels, tmp_path):
     """Archs whose layers cover every kernel (L²ViT's residual-stream LCM, FLatten's positional encoding, the window

@@ -170,6 +170,8 @@ def test_kill_at_every_stage_then_resume_keeps_what_was_done(tmp_path):
 # ---- 2. worker faults ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_dead_profiler_actor_is_restarted_and_its_work_retried():
     ray = pytest.importorskip("ray")
     from nas.latency import table as lut
@@ -284,6 +286,8 @@ def exit_code(args: list[str]) -> int:
         return int(exit_.code)
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_infeasible_budget_keeps_only_the_measured_table(tmp_path, capsys):
     """Issue 25: the refusal used to delete the run directory with the table it had just measured."""
     out = tmp_path / "run"
@@ -383,6 +387,8 @@ def test_no_unsafe_deserialisation_in_the_code():
         assert "Unpickler" not in text or path.name == "data.py", path  # the restricted CIFAR unpickler only
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_local_ray_dashboard_listens_on_loopback_only():
     ray = pytest.importorskip("ray")
     psutil = pytest.importorskip("psutil")

@@ -56,6 +56,8 @@ print("checked", len(SHAPES) * len(LINEAR))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_fused_core_equals_the_eager_one_under_the_interpreter():
     code = f"SHAPES = {SHAPES!r}\nLINEAR = {LINEAR!r}\n" + CHECK
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -187,6 +187,7 @@ def test_fingerprint_validates_its_inputs():
         fingerprint(CPU, "fp64", 1)
 
 
+@pytest.mark.slow
 def test_cli_builds_calibrates_and_validates(tmp_path, capsys):
     space_file = tmp_path / "tiny.yaml"
     space_file.write_text(json.dumps(TINY))  # JSON is YAML
@@ -232,6 +233,8 @@ def test_cli_builds_calibrates_and_validates(tmp_path, capsys):
     assert (tmp_path / "bench" / "latency_tiny_cpu_fp32_b1.png").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_ray_profiler_actor_measures_on_its_node():
     ray = pytest.importorskip("ray")
     from workers.cluster import init_ray

@@ -64,6 +64,8 @@ BLOCKED = [
 ]
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_lower_floors_import_without_ray_optuna_or_upper_floors():
     script = textwrap.dedent(f"""
         import importlib, importlib.abc, sys

@@ -177,6 +177,8 @@ def test_extending_a_finished_run_continues_the_sampler_and_keeps_the_export_con
     assert manifest["result"]["trial"] == exported == manifest["result"]["export"]["trial"]
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_an_extended_study_never_evaluates_an_arch_twice(tmp_path):
     from test_faults import TINY_SPACE
 
@@ -383,6 +385,8 @@ print(check(sys.argv[1]))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_processes_opening_a_new_storage_at_once_all_connect(tmp_path):
     """Optuna creates its tables in a new database without a guard: of two processes that do it at the same
     moment (a search starting while optuna-dashboard or a script opens the same file), one lost with
@@ -410,6 +414,8 @@ def test_processes_opening_a_new_storage_at_once_all_connect(tmp_path):
             assert process.returncode == 0 and out.strip() == "[]", err[-1000:]
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_a_new_sqlite_study_file_appears_with_its_whole_schema(tmp_path):
     """A reader that opens the study file the moment it exists (optuna-dashboard, a script, a test
     polling the run) finds Optuna's tables complete, so it neither reads a half-made schema nor races
@@ -474,6 +480,8 @@ def test_joining_a_cluster_sends_a_token_when_one_is_at_hand(tmp_path, monkeypat
 # ---- 5: stale Ray state does not stop a local run ----------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_a_stale_address_file_and_a_foreign_local_instance_do_not_stop_a_local_run(tmp_path):
     foreign = subprocess.Popen(
         [
@@ -527,6 +535,8 @@ def trained(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("run"))
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_search_in_another_storage_leaves_the_runs_outputs_alone(trained, tmp_path, capsys):
     run = copy_run(trained, tmp_path / "copy")
     (run / "trials.csv").write_text("the run's own\n")

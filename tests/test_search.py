@@ -37,6 +37,8 @@ def trained(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("run"))
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, capsys):
     from nas.budget import default_budget
 
@@ -123,6 +125,8 @@ def test_a_search_with_no_feasible_trial_fails_with_one_line(trained, ray_local,
     )
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_dead_evaluator_is_restarted_or_its_trial_recorded_failed(trained, ray_local):
     from nas.evaluate import evaluation_state
     from workers.evaluator import EvaluatorPool
@@ -385,6 +389,8 @@ def test_postgresql_storage(trained, ray_local, capsys, tmp_path):
     optuna.delete_study(study_name=name, storage=storage)
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_ddp_ranks_sample_the_same_subnets_and_leave_no_checkpoint_copies_in_the_temp_folder(tmp_path):
     import tempfile
     from pathlib import Path

@@ -128,6 +128,7 @@ def test_default_budget_admits_about_the_share_it_states():
 # ---- the ground truth (nas bench truth) ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_truth_archs_cover_every_kernel_alone_the_extremes_and_a_mixed_spread():
     from nas.bench.truth import truth_archs
 
