@@ -76,6 +76,8 @@ def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, 
     assert "accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # reads the tiny search's study
+@pytest.mark.compat
 def test_report_draws_the_hypervolume_history_and_the_latency_fit(trained, ray_local, capsys):
     """`nas report`: hypervolume.png (never falling, ending at the final front's) and latency_fit.png."""
     from nas.report import front_of, hypervolume, hypervolume_history
