@@ -30,6 +30,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(tmp_path):
     x, y = DATA.batch("train", list(range(256)))
     torch.manual_seed(TINY.seed)

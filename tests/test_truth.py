@@ -200,6 +200,7 @@ def test_a_stopped_truth_run_continues_and_retrains_only_its_cut_line(tiny_truth
     assert any("0 to train" in line for line in said)  # nothing trains twice
 
 
+@pytest.mark.slow  # the tiny truth fixture trains 12 archs in 2 processes (~25 s)
 def test_a_truth_file_of_another_recipe_is_refused_before_training(tiny_truth):
     from dataclasses import replace
 
@@ -211,6 +212,7 @@ def test_a_truth_file_of_another_recipe_is_refused_before_training(tiny_truth):
         run(space, "digits", out, replace(config, recipe=replace(config.recipe, epochs=3)), progress=lambda line: None)
 
 
+@pytest.mark.slow  # the tiny truth fixture trains 12 archs in 2 processes (~25 s)
 def test_fidelity_scores_a_supernet_against_the_truth_without_training(tiny_truth, tmp_path):
     from runs import make_run
 
@@ -233,6 +235,7 @@ def test_fidelity_scores_a_supernet_against_the_truth_without_training(tiny_trut
         score_against_truth(run_dir, other, FidelityConfig(bootstrap=100))
 
 
+@pytest.mark.slow  # the tiny truth fixture trains 12 archs in 2 processes (~25 s)
 def test_truth_summary_only_reads_the_file(tiny_truth, capsys):
     from nas.cli import main
 
