@@ -87,7 +87,6 @@ def test_val_images_caps_the_images_scored(tmp_path):
     assert sum(seen) == 10
 
 
-
 def test_an_image_folder_with_persistent_workers_is_freed_without_the_garbage_collector(tmp_path):
     """Its loaders must not hold it: freed by the garbage collector, a cycle through a DataLoader with persistent
     workers left each worker waiting 5 s for its stop message (10 s with 2 workers, at an arbitrary moment)."""
