@@ -67,6 +67,8 @@ def test_evaluators_on_another_node_score_a_search_without_the_run_directory(tmp
     hidden.rename(run_dir)
 
 
+@pytest.mark.slow  # starts a two-node Ray cluster (~8 s)
+@pytest.mark.compat
 def test_evaluators_that_ask_for_more_gpus_than_the_cluster_has_are_one_line_before_any_actor(two_nodes):
     from nas.errors import NasError
     from workers.evaluator import EvaluatorPool
