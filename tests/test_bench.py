@@ -298,6 +298,8 @@ def test_every_kernel_compiles_as_one_graph_and_equals_its_eager_path(label):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (label, (a - b).abs().max().item())
 
 
+@pytest.mark.slow  # compiles two kernels
+@pytest.mark.compat
 def test_sweep_with_the_compiled_path(tmp_path, capsys):
     assert (
         main(

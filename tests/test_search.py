@@ -522,7 +522,10 @@ def test_run_with_an_explicit_storage_url(tmp_path, capsys):
     ray.shutdown()
 
 
-@pytest.mark.parametrize("sampler", search.SAMPLERS)
+@pytest.mark.parametrize(  # the GP sampler fits a torch model per trial (~5 s)
+    "sampler",
+    [pytest.param(s, marks=[pytest.mark.slow, pytest.mark.compat]) if s == "gp" else s for s in search.SAMPLERS],
+)
 def test_every_sampler_sees_the_same_parameters_in_every_trial(trained, sampler):
     """A fixed parameterisation (issue 26): every trial suggests every layer up to the largest depth, so no
     sampler falls back to independent sampling; the arch uses the first `depth` layers."""
