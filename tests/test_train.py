@@ -109,6 +109,7 @@ def test_cli_train_bad_input_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.compat  # timm's transforms and DataLoader workers
 def test_an_image_folder_run_stopped_mid_epoch_restarts_that_epoch_and_ends_as_an_uninterrupted_one(
     tmp_path, monkeypatch
 ):
