@@ -33,30 +33,9 @@ class Timing:
         return self.q3_ms - self.q1_ms
 
 
-def measure(
-    fn: Callable[..., object],
-    inputs: Sequence[tuple] = ((),),
-    *,
-    device: torch.device | str = "cpu",
-    warmup: int = 2,
-    repeats: int = 20,
-    min_repeats: int = 3,
-    max_seconds: float = 1.0,
-    cuda_graph: bool = False,
-) -> Timing:
-    """Time `fn(*inputs[i % len(inputs)])`: the statistics of `measure_times`."""
-    return summarize(
-        measure_times(
-            fn,
-            inputs,
-            device=device,
-            warmup=warmup,
-            repeats=repeats,
-            min_repeats=min_repeats,
-            max_seconds=max_seconds,
-            cuda_graph=cuda_graph,
-        )
-    )
+def measure(fn: Callable[..., object], inputs: Sequence[tuple] = ((),), **options) -> Timing:
+    """Time `fn(*inputs[i % len(inputs)])`: the statistics of `measure_times` (same options)."""
+    return summarize(measure_times(fn, inputs, **options))
 
 
 def measure_times(
