@@ -90,6 +90,11 @@ RUNTIME_HELP = (
     "what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
     "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint"
 )
+KERNEL_PATHS = ("auto", "eager", "fused")  # nas.latency.runtime.resolve_kernels
+KERNELS_HELP = (
+    "the path the linear kernels' core runs on while models are timed: eager (PyTorch operations), fused "
+    "(Triton kernels, CUDA) or auto (fused on CUDA when Triton is installed, else eager); part of the device fingerprint"
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class RunConfig:
         RUNTIME_HELP,
         flags=("--runtime", "--backend"),
     )
+    kernels: str = setting("auto", KERNELS_HELP, choices=KERNEL_PATHS)
     calibrate: int = setting(10, "whole models for the latency calibration", parse=non_negative_int)
     validate: int = setting(50, "held-out whole models to validate the latency table", parse=non_negative_int)
     latency: str = setting(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from nas.config import DTYPES, RUNTIME_HELP, VERIFY_CANDIDATES
+from nas.config import DTYPES, KERNEL_PATHS, KERNELS_HELP, RUNTIME_HELP, VERIFY_CANDIDATES
 from nas.parsers import kendall_tau_target, local_threads, non_negative_int, positive_float, positive_int
 from nas.settings import setting
 
@@ -37,6 +37,7 @@ class LatencySettings:
     batch_size: int = setting(1, "inference batch size", parse=positive_int)
     dtype: str = setting("fp32", "inference dtype", choices=DTYPES)
     runtime: str = setting("eager", RUNTIME_HELP, flags=("--runtime", "--backend"))
+    kernels: str = setting("auto", KERNELS_HELP, choices=KERNEL_PATHS)
     threads: int | None = setting(
         None, "CPU threads, at most this machine's cores", parse=local_threads, default_text="torch's default"
     )

@@ -202,7 +202,7 @@ def export(
 
     measure_note = None
     if measured_ms is None and measurable:
-        profiler = Profiler(fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+        profiler = Profiler.like(fp)
         profiler.anchor_to(table.reference_ms)  # at the speed of the run's table, as the search measured
         if profiler.fingerprint() == fp:
             measured_ms = profiler.measure_models([arch])[0]

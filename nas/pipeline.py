@@ -65,9 +65,11 @@ def run(config: RunConfig, run_dir: Path, resume: bool, progress=print) -> dict:
     if config.latency not in SOURCES:
         raise NasError(f"--latency {config.latency!r}: use one of {', '.join(SOURCES)}")
     from nas.latency.device import resolve_device
-    from nas.latency.runtime import check_runtime
+    from nas.latency.runtime import check_runtime, resolve_kernels
 
-    check_runtime(config.runtime, resolve_device(config.device), config.dtype)  # before any work
+    target = resolve_device(config.device)
+    check_runtime(config.runtime, target, config.dtype)  # before any work
+    resolve_kernels(config.kernels, target, config.runtime)
     check_local_capacity(config.ray_address, workers=config.workers, evaluators=config.evaluators)
     if config.workers > 1:
         require_ray(f"--workers {config.workers}: distributed training", "ray[train]", ", or train with --workers 1")
@@ -197,12 +199,10 @@ def _latency(config: RunConfig, run: RunDir, space, manifest: Manifest, progress
     from nas.latency.profiler import Profiler
 
     started = time.perf_counter()
-    profiler = Profiler(config.device, config.dtype, config.batch_size, config.runtime)
+    profiler = Profiler(config.device, config.dtype, config.batch_size, config.runtime, kernels=config.kernels)
     fp = profiler.fingerprint()
     manifest.data["fingerprint"] = fp.to_dict()
-    progress(
-        f"== latency: {space.name} on {fp.device_name} ({fp.device_type}, {fp.dtype}, batch {fp.batch_size}, {fp.backend})"
-    )
+    progress(f"== latency: {space.name} on {fp.device_name} ({fp.setting()})")
     # The table is the prior (default budget, pre-filter): a poor fit is reported, not a stop, since the trials are measured
     # (with --latency predicted too, the pick is measured before it is exported).
     table = latency_stage(

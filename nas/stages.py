@@ -297,7 +297,7 @@ def trial_profiler(table, table_path):
             f"{table_path} was measured on {fp.device_name}, not on this machine: trials cannot be measured here; "
             "search on that device, or pass --latency predicted to let the table decide"
         )
-    profiler = Profiler(fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+    profiler = Profiler.like(fp)
     if profiler.fingerprint() != fp:
         raise NasError(
             f"{table_path}: this machine's setting differs from the table's ("

@@ -3,6 +3,7 @@ under Triton's interpreter on the CPU (a subprocess: TRITON_INTERPRET is read wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -88,3 +89,88 @@ def test_fused_core_equals_the_eager_one_on_cuda():
     code = f"SHAPES = {SHAPES!r}\nLINEAR = {LINEAR!r}\n" + CHECK
     done = subprocess.run([sys.executable, "-c", code, "cuda"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ---- the kernel path of latency measurements (--kernels) ---------------------------------------------------------
+
+MEASURE = """
+import json, sys
+from nas.kernels import fused
+from nas.latency import table as lut
+from nas.latency.probe import Protocol
+from nas.latency.profiler import Profiler
+from nas.space_file import parse_space
+
+calls = []
+core = fused.linear_attention_fused
+fused.linear_attention_fused = lambda *args, **kwargs: calls.append(1) or core(*args, **kwargs)
+space = parse_space(json.loads(sys.argv[1]), "tiny.yaml")
+probe = [(key, arch) for key, arch in lut.probe_archs(space) if "|relu|" in key][:1]
+protocol = Protocol(warmup=1, repeats=2, min_repeats=1, max_seconds=0.01, passes=1)
+for kernels in ("eager", "fused"):
+    before = len(calls)
+    profiler = Profiler("cpu", "fp32", 1, protocol=protocol, kernels=kernels)
+    entries = profiler.measure_probes(probe)
+    (model_ms,) = profiler.measure_models([probe[0][1]])
+    print(json.dumps({"path": profiler.fingerprint().kernels, "core_calls": len(calls) - before,
+                      "entry_ms": entries[probe[0][0]]["ms"], "model_ms": model_ms}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.compat
+def test_models_are_timed_on_the_kernel_path_their_fingerprint_records():
+    """Under the interpreter (the fused path's stand-in for CUDA here): a profiler on the fused path runs the
+    linear kernels' core as the Triton kernels, in table entries and whole models alike, and says so in its
+    fingerprint; on the eager path the Triton kernels never run."""
+    import json
+
+    from test_faults import TINY_SPACE
+
+    tiny = {**TINY_SPACE, "image_size": 4, "patch_size": 2, "depth": [1], "embed_dim": [8]}
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, json.dumps(tiny)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    eager, fused = (json.loads(line) for line in done.stdout.splitlines())
+    assert eager["path"] == "eager" and eager["core_calls"] == 0
+    assert fused["path"] == "fused" and fused["core_calls"] > 0
+    assert all(run["entry_ms"] > 0 and run["model_ms"] > 0 for run in (eager, fused))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is False on this machine"
+)
+@pytest.mark.parametrize("path", ["eager", "fused"])
+def test_every_kernel_captures_in_a_cuda_graph_and_its_replay_equals_its_call(path):
+    from nas import kernels
+    from nas.kernels import fused
+
+    context = fused.path if path == "fused" else contextlib.nullcontext
+    for spec in kernels.variants():
+        torch.manual_seed(0)
+        module = spec.build(32, 4, grid=(16, 16), embed_dim=128).cuda().eval()
+        q, k, v = (torch.randn(2, 4, 256, 32, device="cuda") for _ in range(3))
+        with torch.no_grad(), context():
+            expected = module(q, k, v, (16, 16))
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                module(q, k, v, (16, 16))  # warm-up outside the capture (Triton compiles, cuBLAS picks its kernels)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = module(q, k, v, (16, 16))
+            for x in (q, k, v):
+                x.copy_(torch.randn_like(x))
+            graph.replay()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(out, module(q, k, v, (16, 16)), msg=lambda m, label=spec.label: f"{label}: {m}")
+        assert not torch.equal(out, expected), spec.label  # the replay computed the new inputs

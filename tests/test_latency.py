@@ -187,6 +187,33 @@ def test_fingerprint_validates_its_inputs():
         fingerprint(CPU, "fp64", 1)
 
 
+def test_the_kernel_path_follows_the_device_the_runtime_and_what_is_installed(monkeypatch):
+    from nas.kernels import fused
+    from nas.latency.runtime import resolve_kernels
+
+    cuda = torch.device("cuda")
+    assert resolve_kernels("auto", CPU, "eager") == "eager"
+    assert resolve_kernels("eager", cuda, "cuda-graph") == "eager"
+    monkeypatch.setattr(fused, "available", lambda device: None)  # Triton installed, on a device it runs on
+    assert [resolve_kernels(k, cuda, r) for k in ("auto", "fused") for r in ("eager", "cuda-graph")] == ["fused"] * 4
+    monkeypatch.setattr(fused, "available", lambda device: "Triton is not installed (pip install triton)")
+    assert resolve_kernels("auto", cuda, "eager") == "eager"
+    with pytest.raises(NasError, match="^--kernels fused: Triton is not installed .*use --kernels eager"):
+        resolve_kernels("fused", cuda, "eager")
+    with pytest.raises(NasError, match="^--kernels fused: --runtime onnxruntime times the ONNX graph"):
+        resolve_kernels("fused", CPU, "onnxruntime")
+    with pytest.raises(NasError, match="^--kernels 'triton': use one of auto, eager, fused"):
+        resolve_kernels("triton", CPU, "eager")
+
+
+def test_a_fingerprint_records_its_kernel_path_and_one_written_before_it_was_recorded_is_eager():
+    fp = fingerprint(CPU, "fp32", 1)
+    assert fp.kernels == "eager" and fp.to_dict()["kernels"] == "eager"
+    older = {k: v for k, v in fp.to_dict().items() if k not in ("kernels", "runtime_version")}
+    assert lut.Fingerprint.from_dict(older) == fp
+    assert fp.differences(dataclasses.replace(fp, kernels="fused")) == ["kernels: 'eager' vs 'fused'"]
+
+
 @pytest.mark.slow
 def test_cli_builds_calibrates_and_validates(tmp_path, capsys):
     space_file = tmp_path / "tiny.yaml"

@@ -28,6 +28,7 @@ class RemoteProfiler:
         threads: int = 1,
         accelerator_type: str | None = None,
         protocol: Protocol = Protocol(),
+        kernels: str = "auto",
     ) -> None:
         options: dict = {"num_gpus": 1, "num_cpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
         options.update(max_restarts=2, max_task_retries=2)  # a dead profiler is restarted and its chunk re-measured
@@ -35,7 +36,9 @@ class RemoteProfiler:
             options["accelerator_type"] = accelerator_type
         self.protocol = protocol
         self.actor = (
-            ray.remote(Profiler).options(**options).remote(device, dtype, batch_size, backend, threads, protocol)
+            ray.remote(Profiler)
+            .options(**options)
+            .remote(device, dtype, batch_size, backend, threads, protocol, kernels)
         )
 
     def fingerprint(self) -> Fingerprint:

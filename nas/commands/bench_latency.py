@@ -82,7 +82,7 @@ def run_bench_latency(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     stored = lut.LatencyTable.load(args.table, space)
     fp = stored.fingerprint
-    profiler = Profiler(args.device or fp.device_type, fp.dtype, fp.batch_size, fp.backend, fp.threads)
+    profiler = Profiler.like(fp, args.device)
     table = lut.LatencyTable.load(args.table, space, expect=profiler.fingerprint())
     exclude = set(table.calibration["archs"]) if table.calibration else set()
     archs = held_out_archs(space, args.archs or 50, args.seed, exclude)

@@ -127,13 +127,19 @@ def make_profiler(config):
     if config.ray_address is None:
         if config.accelerator_type:
             raise NasError("--accelerator-type needs --ray-address")
-        return Profiler(config.device, config.dtype, config.batch_size, config.runtime, threads)
+        return Profiler(config.device, config.dtype, config.batch_size, config.runtime, threads, kernels=config.kernels)
     from workers.cluster import init_ray
     from workers.profiler import RemoteProfiler
 
     init_ray(None if config.ray_address == "local" else config.ray_address)
     return RemoteProfiler(
-        config.device, config.dtype, config.batch_size, config.runtime, threads, config.accelerator_type
+        config.device,
+        config.dtype,
+        config.batch_size,
+        config.runtime,
+        threads,
+        config.accelerator_type,
+        kernels=config.kernels,
     )
 
 
@@ -154,8 +160,7 @@ def run_latency(args: argparse.Namespace) -> int:
     fp = profiler.fingerprint()
     total = len(list(lut.probe_archs(space)))
     print(
-        f"nas latency: {space.name} on {fp.device_name} ({fp.device_type}, {fp.dtype}, batch {fp.batch_size}, {fp.backend}"
-        f"{f', {fp.threads} threads' if fp.threads else ''}): {total} measurements (blocks, stem+head per width) -> {args.out}",
+        f"nas latency: {space.name} on {fp.device_name} ({fp.setting()}): {total} measurements (blocks, stem+head per width) -> {args.out}",
         flush=True,
     )
     table = latency_stage(

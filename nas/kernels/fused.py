@@ -12,8 +12,10 @@ compiled), and given whole: the blocks and weights of `linear_attention` are ass
 one φ(Q) and one weighted φ(K) (`assemble`).
 
 Runs where Triton runs: on CUDA, or on the CPU under `TRITON_INTERPRET=1` (how the tests check it
-against the eager form). Opt-in (`nas bench kernels --paths fused`): nothing else takes this path
-yet, and its speed is unmeasured (no GPU was available when it was written).
+against the eager form). Taken by `nas bench kernels --paths fused` and by latency measurements on
+the fused kernel path (`--kernels`, which `auto` sets on CUDA where Triton is installed:
+nas.latency.runtime); training and the exported model run the eager form unless called within `path()`.
+Its speed on a GPU is unmeasured (no GPU was available since it was written).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ class Fingerprint:
     threads: int | None  # CPU thread count (None on CUDA, where it does not set the kernels' speed)
     backend: str  # the runtime: eager, cuda-graph or onnxruntime (the CLI's --runtime)
     runtime_version: str | None = None  # the runtime's own version where it is not torch's (onnxruntime)
+    kernels: str = "eager"  # the linear kernels' path: eager or fused (nas.latency.runtime.resolve_kernels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,9 +33,14 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, data: dict) -> Fingerprint:
         names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not names - {"runtime_version"} <= set(data) <= names:
+        if not isinstance(data, dict) or not names - {"runtime_version", "kernels"} <= set(data) <= names:
             raise NasError(f"not a device fingerprint (expected fields {', '.join(sorted(names))})")
-        return cls(**data)  # a table from before runtime_version existed was measured in torch (None)
+        return cls(**data)  # a table from before runtime_version and kernels existed was measured in torch, eager
+
+    def setting(self) -> str:
+        """What is measured, in words: "cpu, fp32, batch 1, eager runtime, eager kernels, 2 threads"."""
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"{self.device_type}, {self.dtype}, batch {self.batch_size}, {self.backend} runtime, {self.kernels} kernels{threads}"
 
     def differences(self, other: Fingerprint) -> list[str]:
         """Human-readable `field: self vs other` for every field that differs."""
@@ -45,12 +51,16 @@ class Fingerprint:
         ]
 
 
-def fingerprint(device: torch.device, dtype: str, batch_size: int, backend: str = "eager") -> Fingerprint:
+def fingerprint(
+    device: torch.device, dtype: str, batch_size: int, backend: str = "eager", kernels: str = "auto"
+) -> Fingerprint:
+    """What a measurement on `device` is valid for; `kernels` (auto, eager or fused) is resolved to the path taken."""
     if dtype not in DTYPES:
         raise NasError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    from nas.latency.runtime import check_runtime
+    from nas.latency.runtime import check_runtime, resolve_kernels
 
     runtime_version = check_runtime(backend, device, dtype)
+    path = resolve_kernels(kernels, device, backend)
     if batch_size < 1:
         raise NasError(f"--batch-size must be >= 1, got {batch_size}")
     info = describe_device(device)
@@ -65,4 +75,5 @@ def fingerprint(device: torch.device, dtype: str, batch_size: int, backend: str 
         threads=torch.get_num_threads() if device.type == "cpu" else None,
         backend=backend,
         runtime_version=runtime_version,
+        kernels=path,
     )

@@ -104,12 +104,25 @@ def _unit(
     protocol: Protocol,
     module: torch.nn.Module,
 ) -> Unit:
-    """`fn` (a call of `module`) timed in the fingerprint's runtime (nas.latency.runtime)."""
+    """`fn` (a call of `module`) timed in the fingerprint's runtime and on its kernel path (nas.latency.runtime)."""
     if fp.backend == "onnxruntime":
         from nas.latency.runtime import onnxruntime_callable
 
         fn = onnxruntime_callable(module, fn, make_input(), fp.threads)
+    elif fp.kernels == "fused":
+        fn = _on_fused_path(fn)
     return timed_unit(fn, make_input, protocol, device, cuda_graph=fp.backend == "cuda-graph")
+
+
+def _on_fused_path(fn: Callable) -> Callable:
+    """`fn` with the linear kernels' core on nas.kernels.fused's Triton kernels."""
+    from nas.kernels import fused
+
+    def run(x):
+        with fused.path():
+            return fn(x)
+
+    return run
 
 
 def _prepare(module: torch.nn.Module, device: torch.device, fp: Fingerprint) -> torch.nn.Module:

@@ -27,18 +27,33 @@ class Profiler:
         backend: str = "eager",
         threads: int | None = None,
         protocol: Protocol = Protocol(),
+        kernels: str = "auto",
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.protocol = protocol
-        self._fingerprint = fingerprint(self.device, dtype, batch_size, backend)
+        self._fingerprint = fingerprint(self.device, dtype, batch_size, backend, kernels)
         self._reference = None
         self._probe: DriftProbe | None = None  # kept across measure_models calls: its best is the machine's quiet speed
         self.anchor_ms: float | None = (
             None  # the reference time whole-model figures are expressed at (a table's reference_ms)
         )
         self.speeds: list[float] = []  # per measure_models call: the reference's best time so far / anchor_ms
+
+    @classmethod
+    def like(cls, fp: Fingerprint, device: str | None = None, protocol: Protocol = Protocol()) -> Profiler:
+        """A profiler that measures as `fp` was measured (its device type, dtype, batch, runtime, threads and
+        kernel path), on `device` (default: the fingerprint's device type)."""
+        return cls(
+            fp.device_type if device is None else device,
+            fp.dtype,
+            fp.batch_size,
+            fp.backend,
+            fp.threads,
+            protocol,
+            fp.kernels,
+        )
 
     def fingerprint(self) -> Fingerprint:
         return self._fingerprint

@@ -11,6 +11,16 @@ The runtime is part of the device fingerprint (`backend`, and `runtime_version` 
 Runtime): a table or study measured in one runtime is refused for another. Not built:
 `compile` (torch.compile: its per-model compilation, tens of seconds on 2 cores, is longer
 than timing a whole table), `tensorrt`, and ONNX Runtime on CUDA; each is refused in one line.
+
+Within a PyTorch runtime (eager, cuda-graph), the linear kernels' core runs on one of two paths
+(`kernels` in the fingerprint, the CLI's --kernels; `resolve_kernels`):
+
+    eager        nas.kernels.base.linear_attention as PyTorch operations (the specification)
+    fused        nas.kernels.fused: Triton kernels, where Triton runs (CUDA)
+
+`auto` takes the fused path on CUDA when Triton is installed and the eager one elsewhere. The
+exported standalone model runs either way; it runs at the measured latency on the path its
+metadata records (`with nas.kernels.fused.path(): model(x)` for fused).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 
+from nas.config import KERNEL_PATHS
 from nas.errors import NasError
 
 RUNTIMES = ("eager", "cuda-graph", "onnxruntime")
@@ -53,6 +64,27 @@ def check_runtime(runtime: str, device: torch.device, dtype: str) -> str | None:
     except ImportError:
         raise NasError("--runtime onnxruntime needs the onnxruntime package: pip install onnxruntime") from None
     return f"onnxruntime {onnxruntime.__version__}"
+
+
+def resolve_kernels(kernels: str, device: torch.device, runtime: str) -> str:
+    """The kernel path (`eager` or `fused`) models are timed on, for --kernels `kernels` (auto, eager or fused);
+    a path this device, runtime or installation cannot run is refused in one line."""
+    if kernels not in KERNEL_PATHS:
+        raise NasError(f"--kernels {kernels!r}: use one of {', '.join(KERNEL_PATHS)}")
+    if kernels == "eager" or (kernels == "auto" and (device.type != "cuda" or runtime == "onnxruntime")):
+        return "eager"
+    from nas.kernels import fused
+
+    why = fused.available(device)
+    if kernels == "auto":
+        return "eager" if why else "fused"
+    if runtime == "onnxruntime":
+        raise NasError(
+            "--kernels fused: --runtime onnxruntime times the ONNX graph, which has no Triton kernels; use eager"
+        )
+    if why:
+        raise NasError(f"--kernels fused: {why}; use --kernels eager (or auto)")
+    return "fused"
 
 
 class _Positional(torch.nn.Module):
