@@ -8,7 +8,8 @@
 # Steps, each bounded by its own timeout so that one slow step leaves the others their time (at most 60 + 120 + 90 + 2 × 75 + 170 = 590 s):
 #   1. the gpu-marked tests (kernels, fused Triton core, latency, timer, placement);
 #   2. nas bench kernels, bf16, eager vs compiled vs fused, 256 … 16,384 tokens, with the roofline figures;
-#   3. CUDA latency tables (cuda-graph runtime, bf16) of the deit-tiny and hires spaces, validated on held-out archs;
+#   3. CUDA latency tables (cuda-graph runtime, bf16, --kernels auto: the fused path where Triton runs) of the deit-tiny
+#      and hires spaces, validated on held-out archs;
 #   4. nas run end to end on the GPU without Ray (the embedded default, fewer trials and epochs to fit the call).
 # DRY=1 runs the same commands on the CPU with tiny settings (checks that every command line parses and runs).
 set -uo pipefail
