@@ -388,3 +388,31 @@ def test_taylor_order2_full_both_forms_equal_the_reference(monkeypatch, blocks):
         torch.autograd.grad(out.square().sum(), (q, k, v)), torch.autograd.grad(ref.square().sum(), (q, k, v))
     ):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow  # compiles four small graphs
+def test_a_compiled_depthwise_conv_equals_the_eager_one_in_either_layout_and_batch():
+    """Under torch.compile the depthwise convs of L²ViT, FLatten and Castling are an opaque operator whose output
+    layout the compiler is told beforehand (nas.kernels.base._opaque_depthwise_conv): batch 1 from tokens is the
+    case where the eager convolution returns another layout than its channels-last input. Forward and gradients."""
+    from nas.kernels.base import depthwise_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6)
+    for batch in (1, 2):
+        for from_tokens in (True, False):
+            x = (
+                torch.randn(batch, 15, 4).transpose(1, 2).reshape(batch, 4, 3, 5)
+                if from_tokens
+                else torch.randn(batch, 4, 3, 5)
+            )
+            x.requires_grad_(True)
+            results = []
+            for fn in (depthwise_conv, torch.compile(depthwise_conv, fullgraph=True, dynamic=False)):
+                out = fn(x, conv).reshape(batch, 4, 15).transpose(1, 2)  # back to tokens, as the kernels do
+                results.append(
+                    [out, *torch.autograd.grad((out * out.detach().roll(1)).sum(), [x, conv.weight, conv.bias])]
+                )
+            for a, b in zip(*results):
+                torch.testing.assert_close(b, a, msg=lambda m, case=(batch, from_tokens): f"{case}: {m}")
+            torch._dynamo.reset()

@@ -191,11 +191,62 @@ def from_grid(x: Tensor, heads: int) -> Tensor:
 
 
 def depthwise_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
-    """`conv` applied to the leading x.shape[1] channels (elastic width), in x's dtype."""
+    """`conv` applied to the leading x.shape[1] channels (elastic width), in x's dtype. Under torch.compile
+    the convolution is one opaque operator (`_opaque_depthwise_conv`) and the compiler fuses what is around it;
+    torch.export (ONNX) sees the plain convolution."""
     channels = x.shape[1]
     weight = conv.weight[:channels].to(x.dtype)
     bias = None if conv.bias is None else conv.bias[:channels].to(x.dtype)
+    if torch.compiler.is_compiling() and not _exporting():
+        return _opaque_depthwise_conv(x, weight, bias, conv.padding[0], conv.padding[1])
     return F.conv2d(x, weight, bias, padding=conv.padding, groups=channels)
+
+
+def _exporting() -> bool:
+    """torch.export is tracing (True where torch cannot say: the plain convolution is always right)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return True if is_exporting is None else is_exporting()
+
+
+# The eager convolution as an operator the compiler calls but does not lower: inductor's own lowering of these depthwise
+# convs, with the layout it picks for them, made L²ViT's compiled branches slower than eager on the CPU (LCM 1.37 -> 1.69 ms,
+# results/bench/kernel_paths/l2vit_parts.txt); kept opaque, the convs take the input's layout (channels-last from the
+# tokens) as in eager, and the norms and activations between them fuse.
+@torch.library.custom_op("nas::depthwise_conv", mutates_args=())
+def _opaque_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, pad_h: int, pad_w: int) -> Tensor:
+    out = F.conv2d(x, weight, bias, padding=(pad_h, pad_w), groups=x.shape[1])
+    return out.contiguous(memory_format=_layout(x))  # the layout the compiler was told (below); a no-op but for batch 1
+
+
+@_opaque_depthwise_conv.register_fake
+def _(x, weight, bias, pad_h, pad_w):
+    height = x.shape[2] + 2 * pad_h - weight.shape[2] + 1
+    width = x.shape[3] + 2 * pad_w - weight.shape[3] + 1
+    shape = (x.shape[0], x.shape[1], height, width)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_layout(x))
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    """Channels-last for channels-last input (tokens seen as a grid), else contiguous: the output layout."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _conv_setup(ctx, inputs, output) -> None:
+    x, weight, bias, pad_h, pad_w = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.padding, ctx.has_bias = (pad_h, pad_w), bias is not None
+
+
+def _conv_backward(ctx, grad: Tensor):
+    x, weight = ctx.saved_tensors
+    groups = x.shape[1]
+    d_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, padding=ctx.padding, groups=groups)
+    d_weight = torch.nn.grad.conv2d_weight(x, weight.shape, grad, padding=ctx.padding, groups=groups)
+    return d_x, d_weight, grad.sum((0, 2, 3)) if ctx.has_bias else None, None, None
+
+
+_opaque_depthwise_conv.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
 class ImageNorm(nn.Module):
