@@ -199,7 +199,11 @@ def test_a_table_that_misses_its_targets_is_a_prior_for_nas_run_and_a_gate_only_
     from nas.latency.profiler import Profiler
     from nas.rundir import TABLE
 
-    monkeypatch.setattr(profiler, "Profiler", lambda *args: Profiler(*args, protocol=FAST))  # fast timing, same logic
+    class FastProfiler(Profiler):  # fast timing, same logic
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **{**kwargs, "protocol": FAST})
+
+    monkeypatch.setattr(profiler, "Profiler", FastProfiler)
     monkeypatch.setattr(
         stages.Fit, "misses", lambda self, validation: ["Kendall tau 0.100 < 0.85"]
     )  # every table misses

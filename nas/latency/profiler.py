@@ -45,15 +45,8 @@ class Profiler:
     def like(cls, fp: Fingerprint, device: str | None = None, protocol: Protocol = Protocol()) -> Profiler:
         """A profiler that measures as `fp` was measured (its device type, dtype, batch, runtime, threads and
         kernel path), on `device` (default: the fingerprint's device type)."""
-        return cls(
-            fp.device_type if device is None else device,
-            fp.dtype,
-            fp.batch_size,
-            fp.backend,
-            fp.threads,
-            protocol,
-            fp.kernels,
-        )
+        device = fp.device_type if device is None else device
+        return cls(device, fp.dtype, fp.batch_size, fp.backend, fp.threads, protocol=protocol, kernels=fp.kernels)
 
     def fingerprint(self) -> Fingerprint:
         return self._fingerprint
