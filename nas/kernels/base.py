@@ -209,9 +209,9 @@ def _exporting() -> bool:
 
 
 # The eager convolution as an operator the compiler calls but does not lower: inductor's own lowering of these depthwise
-# convs, with the layout it picks for them, made L²ViT's compiled branches slower than eager on the CPU (LCM 1.37 -> 1.69 ms,
-# results/bench/kernel_paths/l2vit_parts.txt); kept opaque, the convs take the input's layout (channels-last from the
-# tokens) as in eager, and the norms and activations between them fuse.
+# convs, with the layout it picks for them, made L²ViT's compiled branches slower than eager on the CPU (LCM 1.37 -> 1.69 ms
+# on a 2-core AMD EPYC; results/bench/README.md, kernel_paths); kept opaque, the convs take the input's layout (channels-last
+# from the tokens) as in eager, and the norms and activations between them fuse.
 @torch.library.custom_op("nas::depthwise_conv", mutates_args=())
 def _opaque_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, pad_h: int, pad_w: int) -> Tensor:
     out = F.conv2d(x, weight, bias, padding=(pad_h, pad_w), groups=x.shape[1])
