@@ -391,6 +391,7 @@ def test_taylor_order2_full_both_forms_equal_the_reference(monkeypatch, blocks):
 
 
 @pytest.mark.slow  # compiles four small graphs
+@pytest.mark.compat  # torch.library.custom_op under torch.compile: checked at torch's lower bound too
 def test_a_compiled_depthwise_conv_equals_the_eager_one_in_either_layout_and_batch():
     """Under torch.compile the depthwise convs of L²ViT, FLatten and Castling are an opaque operator whose output
     layout the compiler is told beforehand (nas.kernels.base._opaque_depthwise_conv): batch 1 from tokens is the
