@@ -417,3 +417,25 @@ def test_a_compiled_depthwise_conv_equals_the_eager_one_in_either_layout_and_bat
             for a, b in zip(*results):
                 torch.testing.assert_close(b, a, msg=lambda m, case=(batch, from_tokens): f"{case}: {m}")
             torch._dynamo.reset()
+
+
+def test_the_opaque_depthwise_conv_runs_on_meta_and_fake_cuda_tensors_in_the_declared_layout():
+    """The GPU path without a GPU: the operator the compiler sees (its fake implementation) answers for CUDA tensors with
+    the input's device, shape and layout, and its forward and backward run on the meta device."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nas.kernels.base import _opaque_depthwise_conv
+
+    with FakeTensorMode():
+        x = torch.randn(1, 15, 4, device="cuda").transpose(1, 2).reshape(1, 4, 3, 5)
+        out = _opaque_depthwise_conv(x, torch.randn(4, 1, 3, 3, device="cuda"), None, 1, 1)
+        assert out.device.type == "cuda" and out.shape == x.shape
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 3, 5, device="meta", requires_grad=True)
+    weight = torch.randn(4, 1, 3, 3, device="meta", requires_grad=True)
+    bias = torch.randn(4, device="meta", requires_grad=True)
+    out = _opaque_depthwise_conv(x, weight, bias, 1, 1)
+    grads = torch.autograd.grad(out.sum(), [x, weight, bias])
+    assert [g.shape for g in grads] == [x.shape, weight.shape, bias.shape] and all(
+        g.device.type == "meta" for g in grads
+    )
