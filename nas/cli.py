@@ -12,6 +12,7 @@ from collections.abc import Callable
 from nas.commands import bench as bench_commands
 from nas.commands import bench_latency, bench_quality, bench_search, bench_truth, models, run, verify
 from nas.errors import NasError
+from nas.fast_exit import run_then_exit
 
 
 class Parser(argparse.ArgumentParser):
@@ -143,5 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def entry(argv: list[str] | None = None) -> None:
+    """The `nas` console script (and `python -m nas`): `main`, ending the process as nas.fast_exit says."""
+    run_then_exit(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

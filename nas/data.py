@@ -43,11 +43,11 @@ from nas.io import write_json
 
 
 def load_digits() -> tuple[Tensor, Tensor, list[str]]:
-    from sklearn.datasets import load_digits as sklearn_digits
+    from nas.digits import digits
 
-    digits = sklearn_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
-    return images, torch.tensor(digits.target, dtype=torch.int64), [str(c) for c in range(10)]
+    pixels, targets = digits()
+    images = torch.tensor(pixels, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    return images, torch.tensor(targets, dtype=torch.int64), [str(c) for c in range(10)]
 
 
 class _CifarUnpickler(pickle.Unpickler):

@@ -50,12 +50,11 @@ def _pick(
 
 def generate(seed: int = SEED, sizes: dict[str, int] | None = None) -> tuple[Tensor, Tensor, dict[str, list[int]]]:
     """uint8 images (N, 1, 64, 64), labels (N,), and the split (train / val / test index lists)."""
-    from sklearn.datasets import load_digits
+    from nas.digits import digits
 
     sizes = dict(SIZES if sizes is None else sizes)
-    digits = load_digits()
-    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
-    targets = digits.target.astype(np.int64)
+    source, targets = digits()
+    pixels = np.round(source * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(targets))
     n_train, n_val = int(len(order) * SOURCE_FRACTIONS[0]), int(len(order) * SOURCE_FRACTIONS[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -282,3 +283,34 @@ def test_the_public_api_is_declared_and_import_nas_stays_light():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "True"]
+
+
+@pytest.mark.parametrize(
+    "body, status, out, err",
+    [
+        ("return 3", 3, "partial line|handler|thread", ""),  # buffered output, atexit work, threads: all done first
+        ("raise RuntimeError('boom')", 1, "partial line|handler|thread", "RuntimeError: boom"),
+        ("sys.exit('usage')", 1, "partial line|handler|thread", "usage"),
+        ("sys.exit(0)", 0, "partial line|handler|thread", ""),
+    ],
+)
+def test_the_console_entry_exits_with_the_commands_status_after_its_output_threads_and_atexit_work(
+    body, status, out, err
+):
+    """`nas` ends without the interpreter's module teardown (nas.fast_exit): nothing a command leaves to the end of
+    the process may be lost by that — buffered output, atexit handlers registered during the command (Ray's
+    shutdown), threads still running — and the exit status stays the command's."""
+    code = (
+        "import atexit, sys, threading, time\nfrom nas.fast_exit import run_then_exit\n"
+        "def command(argv=None):\n"
+        "    atexit.register(lambda: print('handler', end='|'))\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread', end='|'))).start()\n"
+        "    print('partial line', end='|')\n"
+        f"    {body}\n"
+        "run_then_exit(command, [])\n"
+    )
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a console script's output is
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=buffered)
+    assert done.returncode == status, done.stderr
+    assert sorted(done.stdout.split("|")[:-1]) == sorted(out.split("|"))
+    assert err in done.stderr

@@ -24,6 +24,20 @@ def test_digits_split_is_fixed_and_disjoint():
     assert abs(a.batch("train", list(range(a.size("train"))))[0].mean().item()) < 0.05  # normalised
 
 
+def test_the_digits_read_from_scikit_learns_file_are_load_digits_and_it_is_the_fallback(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from nas import digits
+
+    expected = load_digits()
+    assert digits._data_file() is not None  # the fast path is the one taken where scikit-learn is installed
+    for found in (digits._data_file(), None):
+        monkeypatch.setattr(digits, "_data_file", lambda found=found: found)
+        images, targets = digits.digits()
+        assert images.dtype == np.float64 and targets.dtype == np.int64
+        assert np.array_equal(images, expected.images) and np.array_equal(targets, expected.target)
+
+
 def make_image_folder(root, mode="RGB", size=(10, 12), classes=("cat", "dog"), per_class=6, suffix="png"):
     """Generated images: each class its own colour, with a little per-image noise."""
     rng = np.random.default_rng(0)

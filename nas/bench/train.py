@@ -193,8 +193,10 @@ def run_case_in_subprocess(
 
 
 MEASURE = (
-    "import resource, sys\nfrom nas.cli import main\ncode = main(sys.argv[1:])\n"
-    "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)"
+    "import resource, sys\nfrom nas.cli import main\nfrom nas.fast_exit import run_then_exit\n"
+    "def measured(argv):\n    code = main(argv)\n"
+    "    print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n    return code\n"
+    "run_then_exit(measured, sys.argv[1:])"
 )
 
 
@@ -319,7 +321,14 @@ def run_bench(
     return results
 
 
-if __name__ == "__main__":
-    request = json.loads(sys.argv[1])
+def _case(argv: list[str]) -> int:
+    request = json.loads(argv[0])
     row = run_case(TrainBenchConfig(**request["config"]), request["data"], request["workers"], request["preload"])
     print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    from nas.fast_exit import run_then_exit
+
+    run_then_exit(_case, sys.argv[1:])
