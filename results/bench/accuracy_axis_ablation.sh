@@ -17,6 +17,11 @@ nas bench fidelity --run /tmp/ablation/fair --truth "$truth" --tag truth-fair-sa
   nas train --space odd-one-out --epochs 14 --threads 1 --out /tmp/ablation/e14 \
     2>&1 | tee results/bench/fidelity_odd-one-out_14-epochs_train.log
 nas bench fidelity --run /tmp/ablation/e14 --truth "$truth" --tag truth-14-epochs --out results/bench
+# row 3b (2c): four times the epochs (2026-12-07 evening, 2-core Intel Xeon, 69.6 min on one thread)
+[ -f /tmp/ablation/e28/supernet.safetensors ] || \
+  nas train --space odd-one-out --epochs 28 --threads 1 --out /tmp/ablation/e28 \
+    2>&1 | tee results/bench/fidelity_odd-one-out_28-epochs_train.log
+nas bench fidelity --run /tmp/ablation/e28 --truth "$truth" --tag truth-28-epochs --out results/bench
 # row 4 (2a): one qkv / proj group per kernel choice and layer, tied (shared) for the first 30 % of the epochs, then split
 [ -f /tmp/ablation/groups/supernet.safetensors ] || \
   nas train --space results/bench/spaces/odd-one-out_kernel-projections.yaml --threads 1 --out /tmp/ablation/groups \
