@@ -5,6 +5,8 @@ The exit is an atexit handler registered before the command runs, so it runs aft
 the command (atexit runs them last-in, first-out: Ray's shutdown, multiprocessing's joins, logging's flush) and after
 Python has joined the command's threads; it flushes the standard streams and ends the process with the command's
 status. An exception that escapes the command is printed first and exits 1, as without it.
+Handlers registered before `run_then_exit` is called would be skipped: call it before anything registers one
+(importing `nas.cli` registers none).
 """
 
 from __future__ import annotations
