@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -233,6 +234,54 @@ def test_fidelity_scores_a_supernet_against_the_truth_without_training(tiny_trut
     )
     with pytest.raises(NasError, match="split differs"):
         score_against_truth(run_dir, other, FidelityConfig(bootstrap=100))
+
+
+@pytest.mark.slow  # the tiny truth fixture trains 12 archs in 2 processes (~25 s)
+def test_recorded_inherited_accuracies_are_scored_again_against_another_truth_without_the_supernet(
+    tiny_truth, tmp_path, capsys
+):
+    from runs import make_run
+
+    from nas.cli import main
+
+    _, out, _, records = tiny_truth
+    run_dir = make_run(tmp_path / "run")
+    fidelity = ["bench", "fidelity", "--truth"]
+    assert main([*fidelity, str(out), "--run", str(run_dir), "--tag", "first", "--out", str(tmp_path)]) == 0
+    scored = tmp_path / "fidelity_digits-tiny_first.json"
+    first = json.loads(scored.read_text())
+    # the same truth: the same rows and figures, without the run directory
+    assert main([*fidelity, str(out), "--rescore", str(scored), "--tag", "again", "--out", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "fidelity_digits-tiny_again.json").read_text())
+    assert again["archs"] == first["archs"]
+    assert again["summary"]["kendall_tau"] == pytest.approx(first["summary"]["kendall_tau"])
+    # another truth of the same archs (here: every arch's final accuracy reversed in rank): its figures, the recorded
+    # inherited accuracies
+    longer = tmp_path / "longer.jsonl"
+    longer.write_text("\n".join(json.dumps({**r, "curve": [*r["curve"], 1 - r["curve"][-1]]}) for r in records) + "\n")
+    assert main([*fidelity, str(longer), "--rescore", str(scored), "--tag", "longer", "--out", str(tmp_path)]) == 0
+    rescored = json.loads((tmp_path / "fidelity_digits-tiny_longer.json").read_text())
+    by_digest = {r["digest"]: r for r in first["archs"]}
+    for row in rescored["archs"]:
+        assert row["inherited"] == by_digest[row["digest"]]["inherited"]
+        assert row["standalone"] == pytest.approx(1 - by_digest[row["digest"]]["standalone"])
+    assert rescored["summary"]["kendall_tau"] == pytest.approx(-first["summary"]["kendall_tau"])
+    assert rescored["summary"]["inherited_from"] == str(scored)
+    # a truth with an arch the recorded scoring lacks, and the flags that do not go together: one line each, exit 2
+    stranger = json.loads(out.read_text().splitlines()[0])
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(out.read_text() + json.dumps({**stranger, "digest": "f" * 16}) + "\n")
+    capsys.readouterr()
+    for args, said in [
+        ([*fidelity, str(extra), "--rescore", str(scored)], r"lacks 1 of the archs of --truth .* \(e\.g\. f{16}\)"),
+        (["bench", "fidelity", "--rescore", str(scored)], "--rescore: also pass --truth"),
+        ([*fidelity, str(out), "--rescore", str(scored), "--run", str(run_dir)], "--rescore and --run: pass one"),
+        ([*fidelity, str(out)], "--run: required"),
+    ]:
+        assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(said, err[0]), err
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.slow  # the tiny truth fixture trains 12 archs in 2 processes (~25 s)

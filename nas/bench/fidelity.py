@@ -13,6 +13,10 @@ Standalone runs are independent: they run in `jobs` processes of one thread each
 previous result (`reuse`) supplies the standalone accuracies of archs it already trained
 with the same recipe, so two supernets can be compared on the same standalone figures.
 The result files, plot and summary lines are written by nas.bench.fidelity_report.
+
+Against a ground truth (`nas bench truth`), `score_against_truth` scores a run's supernet without training, and
+`rescore_against_truth` scores the inherited accuracies such a scoring recorded against another truth file of the
+same archs (a longer schedule, more seeds), so a supernet no longer on disk can be judged by a better truth.
 """
 
 from __future__ import annotations
@@ -219,6 +223,39 @@ def run(
     return rows, summarize(rows, config)
 
 
+def _truth_records(truth_path: Path) -> tuple[list[dict], int]:
+    from nas.bench import truth
+
+    records, cut = truth.read(truth_path)
+    if not records:
+        raise NasError(f"--truth {truth_path}: holds no finished run yet")
+    return records, cut
+
+
+def _truth_rows(records: list[dict], inherited: Callable[[str, dict], tuple[str, float, float]]) -> list[dict]:
+    """One row per arch of the truth: `inherited(digest, arch dict)` gives its (arch JSON, inherited accuracy,
+    predicted latency)."""
+    from nas.bench import truth
+
+    rows = []
+    for digest, entry in truth.by_arch(records).items():
+        seeds = sorted(entry["seeds"])
+        accuracies = [entry["seeds"][s][-1] for s in seeds]
+        arch_json, score, latency = inherited(digest, entry["arch"])
+        rows.append(
+            {
+                "digest": digest,
+                "arch": arch_json,
+                "latency": latency,
+                "inherited": score,
+                "standalone": statistics.fmean(accuracies),
+                "seeds": accuracies,
+                "seed_ids": seeds,
+            }
+        )
+    return rows
+
+
 def score_against_truth(
     run_dir: Path, truth_path: Path, config: FidelityConfig, progress: Callable[[str], None] = print
 ) -> tuple[list[dict], dict]:
@@ -229,9 +266,7 @@ def score_against_truth(
     from nas.evaluate import accuracy
     from nas.rundir import TABLE, RunDir
 
-    records, cut = truth.read(truth_path)
-    if not records:
-        raise NasError(f"--truth {truth_path}: holds no finished run yet")
+    records, cut = _truth_records(truth_path)
     run = RunDir(run_dir)
     space, data = run.space_and_data()
     dataset = run.dataset(space, data)
@@ -248,27 +283,60 @@ def score_against_truth(
         )
     net = run.supernet(space)
     table = run.table(space) if run.has(TABLE) else None
-    final = truth.by_arch(records)
     progress(
-        f"fidelity against {truth_path}: {len(final)} archs, {len(records)} standalone runs"
+        f"fidelity against {truth_path}: {len(truth.by_arch(records))} archs, {len(records)} standalone runs"
         + (f" ({cut} cut line(s) ignored)" if cut else "")
     )
-    rows = []
-    for digest, entry in final.items():
-        arch = space.validate(Arch.from_json(json.dumps(entry["arch"])))
-        seeds = sorted(entry["seeds"])
-        accuracies = [entry["seeds"][s][-1] for s in seeds]
-        rows.append(
-            {
-                "digest": digest,
-                "arch": arch.to_json(indent=None),
-                "latency": table.predict(arch) if table else math.nan,
-                "inherited": accuracy(net, arch, dataset, "val"),
-                "standalone": statistics.fmean(accuracies),
-                "seeds": accuracies,
-                "seed_ids": seeds,
-            }
-        )
+
+    def inherited(digest: str, arch_dict: dict) -> tuple[str, float, float]:
+        arch = space.validate(Arch.from_json(json.dumps(arch_dict)))
+        latency = table.predict(arch) if table else math.nan
+        return arch.to_json(indent=None), accuracy(net, arch, dataset, "val"), latency
+
+    rows = _truth_rows(records, inherited)
     summary = summarize(rows, config)
     summary["truth"] = {"file": str(truth_path), **truth.summarize(records)}
+    return rows, summary
+
+
+def rescore_against_truth(
+    scored_path: Path, truth_path: Path, config: FidelityConfig, progress: Callable[[str], None] = print
+) -> tuple[list[dict], dict]:
+    """Score the inherited accuracies an earlier `--truth` scoring recorded (its fidelity JSON) against another
+    truth file of the same archs — a longer schedule, more seeds — without the supernet that made them."""
+    from nas.bench import truth
+
+    records, cut = _truth_records(truth_path)
+    try:
+        scored = json.loads(Path(scored_path).read_text())
+        archs = {row["digest"]: row for row in scored["archs"]}
+        truth_file = scored["config"]["truth"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise NasError(
+            f"--rescore {scored_path}: not a fidelity JSON scored against a truth file ({e}); "
+            "pass one that `nas bench fidelity --truth` wrote"
+        ) from None
+    missing = [d for d in truth.by_arch(records) if d not in archs]
+    if missing:
+        raise NasError(
+            f"--rescore {scored_path}: lacks {len(missing)} of the archs of --truth {truth_path} (e.g. {missing[0]}); "
+            f"it was scored against {truth_file}, which holds other archs"
+        )
+    progress(
+        f"inherited accuracies of {scored_path} (scored against {truth_file}) against {truth_path}: "
+        f"{len(truth.by_arch(records))} archs, {len(records)} standalone runs"
+        + (f" ({cut} cut line(s) ignored)" if cut else "")
+    )
+    rows = _truth_rows(
+        records,
+        lambda digest, _: (
+            archs[digest]["arch"],
+            float(archs[digest]["inherited"]),
+            math.nan if archs[digest].get("latency") is None else float(archs[digest]["latency"]),
+        ),
+    )
+    summary = summarize(rows, config)
+    summary["truth"] = {"file": str(truth_path), **truth.summarize(records)}
+    summary["inherited_from"] = str(scored_path)
+    summary["space"] = records[0]["space"]
     return rows, summary

@@ -26,7 +26,10 @@ def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
         "bias by kernel / width / depth. Writes fidelity_<space>.{csv,json,png} under --out.",
     )
     p.add_argument(
-        "--run", type=Path, required=True, help="run directory with a trained supernet (and latency_table.json)"
+        "--run",
+        type=Path,
+        default=None,
+        help="run directory with a trained supernet (and latency_table.json); required unless --rescore",
     )
     p.add_argument(
         "--archs", type=positive_int, default=d.archs, help="archs to train standalone (default: %(default)s)"
@@ -59,6 +62,13 @@ def add_bench_fidelity(sub: argparse._SubParsersAction) -> None:
         help="a ground-truth file of `nas bench truth`: score the supernet against "
         "its archs and standalone accuracies instead of training (--archs, --seeds, --epochs, --jobs, --reuse unused)",
     )
+    p.add_argument(
+        "--rescore",
+        type=Path,
+        default=None,
+        help="a fidelity JSON that an earlier --truth scoring wrote: score the inherited accuracies it recorded "
+        "against --truth (another truth file of the same archs: a longer schedule, more seeds) without the supernet",
+    )
     p.add_argument("--tag", default=None, help="appended to the output names: fidelity_<space>_<tag>.* (default: none)")
     p.add_argument("--out", type=out_path, default=Path("results/bench"), help="output folder (default: results/bench)")
     p.set_defaults(func=run_bench_fidelity)
@@ -77,18 +87,31 @@ def run_bench_fidelity(args: argparse.Namespace) -> int:
         raise NasError("--truth and --reuse: pass one; a truth file already holds the standalone accuracies")
     if args.tag is not None and (not args.tag or any(c in args.tag for c in "/\\ ")):
         raise NasError(f"--tag {args.tag!r}: use a short name without spaces or slashes, e.g. seed1")
-    space, _ = RunDir(args.run).space_and_data()
+    if args.rescore is not None:
+        if args.truth is None:
+            raise NasError("--rescore: also pass --truth FILE, the truth to score the recorded accuracies against")
+        if args.run is not None:
+            raise NasError("--rescore and --run: pass one; --rescore takes the inherited accuracies from its file")
+        if not args.rescore.is_file():
+            raise NasError(f"--rescore {args.rescore}: no such file")
+    elif args.run is None:
+        raise NasError("--run: required (a run directory with a trained supernet), unless --rescore FILE")
     recipe = replace(fidelity.FidelityConfig().recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     config = fidelity.FidelityConfig(archs=args.archs, seeds=args.seeds, recipe=recipe, jobs=args.jobs, seed=args.seed)
     started = time.perf_counter()
     progress = lambda line: print(line, flush=True)  # noqa: E731
-    if args.truth is not None:
-        rows, summary = fidelity.score_against_truth(args.run, args.truth, config, progress=progress)
+    if args.rescore is not None:
+        rows, summary = fidelity.rescore_against_truth(args.rescore, args.truth, config, progress=progress)
+        space_name = summary["space"]
     else:
-        rows, summary = fidelity.run(args.run, config, args.reuse, progress=progress)
+        space_name = RunDir(args.run).space_and_data()[0].name
+        if args.truth is not None:
+            rows, summary = fidelity.score_against_truth(args.run, args.truth, config, progress=progress)
+        else:
+            rows, summary = fidelity.run(args.run, config, args.reuse, progress=progress)
     print(fidelity_report.format_summary(summary))
     paths = fidelity_report.write(
-        rows, summary, config, space.name, args.out, command_line(), describe_device(torch.device("cpu")), args.tag
+        rows, summary, config, space_name, args.out, command_line(), describe_device(torch.device("cpu")), args.tag
     )
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; wrote {', '.join(map(str, paths))}")
     return 0
