@@ -271,9 +271,12 @@ def test_recorded_inherited_accuracies_are_scored_again_against_another_truth_wi
     stranger = json.loads(out.read_text().splitlines()[0])
     extra = tmp_path / "extra.jsonl"
     extra.write_text(out.read_text() + json.dumps({**stranger, "digest": "f" * 16}) + "\n")
+    split = tmp_path / "split.jsonl"
+    split.write_text("".join(json.dumps({**r, "split": "0" * 16}) + "\n" for r in records))
     capsys.readouterr()
     for args, said in [
         ([*fidelity, str(extra), "--rescore", str(scored)], r"lacks 1 of the archs of --truth .* \(e\.g\. f{16}\)"),
+        ([*fidelity, str(split), "--rescore", str(scored)], "another split than .*; the accuracies are not comparable"),
         (["bench", "fidelity", "--rescore", str(scored)], "--rescore: also pass --truth"),
         ([*fidelity, str(out), "--rescore", str(scored), "--run", str(run_dir)], "--rescore and --run: pass one"),
         ([*fidelity, str(out)], "--run: required"),

@@ -316,6 +316,14 @@ def rescore_against_truth(
             f"--rescore {scored_path}: not a fidelity JSON scored against a truth file ({e}); "
             "pass one that `nas bench fidelity --truth` wrote"
         ) from None
+    if Path(truth_file).is_file():  # the accuracies were measured on that truth's split: the new one must share it
+        before = truth.read(Path(truth_file))[0][:1]
+        differs = [k for k in ("space", "data", "split") if before and before[0][k] != records[0][k]]
+        if differs:
+            raise NasError(
+                f"--truth {truth_path}: another {', '.join(differs)} than {truth_file}, which {scored_path} was scored "
+                "against; the accuracies are not comparable"
+            )
     missing = [d for d in truth.by_arch(records) if d not in archs]
     if missing:
         raise NasError(
