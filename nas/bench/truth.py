@@ -147,10 +147,34 @@ def read(path: Path) -> tuple[list[dict], int]:
     return records, cut
 
 
+def archs_of(path: Path, space: SearchSpace) -> list[Arch]:
+    """The archs of an existing truth file, in the order the run that made it chose them (its records' index):
+    a truth of another schedule or more seeds trains the same archs, whatever `truth_archs` chooses today."""
+    records, _ = read(path)
+    by_index: dict[int, dict] = {}
+    for record in records:
+        if "index" not in record:
+            raise NasError(f"{path}: record of {record['digest']} lacks 'index'; not a file of `nas bench truth`")
+        by_index.setdefault(int(record["index"]), record)
+    if sorted(by_index) != list(range(len(by_index))):
+        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
+        raise NasError(f"{path}: holds no run of arch #{missing[0]}; it was stopped before its first seeds finished")
+    try:
+        return [space.validate(Arch.from_dict(by_index[i]["arch"])) for i in range(len(by_index))]
+    except (NasError, ValueError, KeyError, TypeError) as e:
+        raise NasError(f"{path}: its archs are not of space {space.name} ({e})") from None
+
+
 def run(
-    space: SearchSpace, data: str, out: Path, config: TruthConfig, progress: Callable[[str], None] = print
+    space: SearchSpace,
+    data: str,
+    out: Path,
+    config: TruthConfig,
+    progress: Callable[[str], None] = print,
+    archs: list[Arch] | None = None,
 ) -> list[dict]:
-    """Train every (arch, seed) of the ground truth that `out` does not hold yet; the records."""
+    """Train every (arch, seed) of the ground truth that `out` does not hold yet; the records.
+    `archs`: these archs, in this order (`archs_of` another truth file), instead of `truth_archs`' choice."""
     from nas.data import load_dataset
 
     dataset = load_dataset(data, space.image_size, space.in_chans)
@@ -170,7 +194,17 @@ def run(
         if cut:  # the tail after the last newline: cut off, so that the next record starts its own line
             drop_cut_tail(out)
             progress(f"{out}: dropped {cut} cut line(s) of an interrupted run; they are trained again")
-    archs = truth_archs(space, config.mixed, config.seed, config.pool)
+    if archs is None:
+        archs = truth_archs(space, config.mixed, config.seed, config.pool)
+    chosen = {a.digest for a in archs}
+    strangers = sorted({(r["index"], d) for (d, _), r in done.items() if d not in chosen})
+    if strangers:
+        index, digest = strangers[0]
+        raise NasError(
+            f"{out}: holds runs of {len(strangers)} arch(s) this truth does not choose (e.g. #{index} {digest}): the "
+            f"choice of archs has changed since they were trained (the space or the MACs count); to continue it, pass "
+            f"--archs-from {out}"
+        )
     jobs = [
         (i, a, s) for i, a in enumerate(archs) for s in seeds_of(i, len(archs), config) if (a.digest, s) not in done
     ]

@@ -50,6 +50,13 @@ def add_bench_truth(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the choice of mixed archs (default: %(default)s)")
     p.add_argument(
+        "--archs-from",
+        type=Path,
+        default=None,
+        help="train the archs of this truth file, in its order, instead of choosing them (--mixed and --seed unused): "
+        "a truth with another schedule or more seeds on the same archs, or one made before the choice changed",
+    )
+    p.add_argument(
         "--out", type=out_path, default=None, help="the JSON-lines file (default: results/bench/truth_<space>.jsonl)"
     )
     p.add_argument("--summary", action="store_true", help="only summarise what --out holds (no training)")
@@ -85,7 +92,8 @@ def run_bench_truth(args: argparse.Namespace) -> int:
         records, cut = truth.read(out)
         print(f"{out}: {len(records)} runs" + (f" ({cut} cut line(s) ignored)" if cut else ""))
     else:
-        records = truth.run(space, data, out, config, progress=lambda line: print(line, flush=True))
+        archs = truth.archs_of(args.archs_from, space) if args.archs_from is not None else None
+        records = truth.run(space, data, out, config, progress=lambda line: print(line, flush=True), archs=archs)
     if not records:
         raise NasError(f"{out}: holds no finished run to summarise")
     summary = truth.summarize(records)
@@ -97,7 +105,12 @@ def run_bench_truth(args: argparse.Namespace) -> int:
             "command": command_line(),
             "machine": describe_device(torch.device("cpu")),
             "file": out.name,
-            "config": {"mixed": config.mixed, "second_seeds": config.second_seeds, "seed": config.seed},
+            "config": {
+                "mixed": config.mixed,
+                "second_seeds": config.second_seeds,
+                "seed": config.seed,
+                "archs_from": None if args.archs_from is None else str(args.archs_from),
+            },
             "recipe": records[0]["recipe"] if records else None,
             "summary": summary,
         },

@@ -6,4 +6,5 @@
 # the figures are accuracies, which do not depend on the machine's load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-nas bench truth --space odd-one-out --jobs 2 --out results/bench/truth_odd-one-out.jsonl 2>&1 | tee -a results/bench/truth_odd-one-out.log
+nas bench truth --space odd-one-out --jobs 2 --archs-from results/bench/truth_odd-one-out.jsonl --out results/bench/truth_odd-one-out.jsonl \
+  2>&1 | tee -a results/bench/truth_odd-one-out.log

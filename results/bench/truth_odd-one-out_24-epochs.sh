@@ -8,5 +8,6 @@
 # machine's load (a run is seeded: the same (arch, seed) gives the same curve).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-nas bench truth --space odd-one-out --epochs 24 --jobs 2 --out results/bench/truth_odd-one-out_24-epochs.jsonl \
+nas bench truth --space odd-one-out --epochs 24 --jobs 2 --archs-from results/bench/truth_odd-one-out.jsonl \
+  --out results/bench/truth_odd-one-out_24-epochs.jsonl \
   2>&1 | tee -a results/bench/truth_odd-one-out_24-epochs.log
