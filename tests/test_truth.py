@@ -214,6 +214,45 @@ def test_a_truth_file_of_another_recipe_is_refused_before_training(tiny_truth):
 
 
 @pytest.mark.slow  # the tiny truth fixture trains 12 archs in 2 processes (~25 s)
+def test_a_truth_of_another_schedule_trains_the_archs_of_an_earlier_truth_file(tiny_truth, tmp_path):
+    from dataclasses import replace
+
+    from nas.bench.truth import archs_of, run
+    from nas.errors import NasError
+
+    space, out, config, records = tiny_truth
+    archs = archs_of(out, space)
+    assert [a.digest for a in archs] == [
+        r["digest"] for r in sorted({r["index"]: r for r in records}.values(), key=lambda r: r["index"])
+    ]
+    # a file whose archs the current choice does not make (here: one record's arch replaced, as a change of the
+    # space or of the MACs count would) is refused before any training, naming the flag that continues it
+    stranger = next(
+        a for a in (space.sample(random.Random(i)) for i in range(100)) if a.digest not in {b.digest for b in archs}
+    )
+    changed = tmp_path / "changed.jsonl"
+    lines = out.read_text().splitlines()
+    moved = json.loads(lines[-1])
+    lines[-1] = json.dumps({**moved, "digest": stranger.digest, "arch": stranger.to_dict(), "seed": 0})
+    changed.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        NasError, match=rf"holds runs of 1 arch\(s\) this truth does not choose .*--archs-from {changed}"
+    ):
+        run(space, "digits", changed, config, progress=lambda line: None)
+    # one epoch instead of two on the first three of those archs: those archs, in that order, nothing else
+    longer = tmp_path / "one-epoch.jsonl"
+    again = run(
+        space, "digits", longer, replace(config, recipe=replace(config.recipe, epochs=1)), lambda line: None, archs[:3]
+    )
+    assert list(dict.fromkeys(r["digest"] for r in again)) == [a.digest for a in archs[:3]]
+    assert all(len(r["curve"]) == 1 for r in again)
+    gap = tmp_path / "gap.jsonl"
+    gap.write_text("".join(line + "\n" for line in out.read_text().splitlines() if json.loads(line)["index"] != 1))
+    with pytest.raises(NasError, match="holds no run of arch #1"):
+        archs_of(gap, space)
+
+
+@pytest.mark.slow  # the tiny truth fixture trains 12 archs in 2 processes (~25 s)
 def test_fidelity_scores_a_supernet_against_the_truth_without_training(tiny_truth, tmp_path):
     from runs import make_run
 
