@@ -232,13 +232,11 @@ def _truth_records(truth_path: Path) -> tuple[list[dict], int]:
     return records, cut
 
 
-def _truth_rows(records: list[dict], inherited: Callable[[str, dict], tuple[str, float, float]]) -> list[dict]:
-    """One row per arch of the truth: `inherited(digest, arch dict)` gives its (arch JSON, inherited accuracy,
-    predicted latency)."""
-    from nas.bench import truth
-
+def _truth_rows(final: dict[str, dict], inherited: Callable[[str, dict], tuple[str, float, float]]) -> list[dict]:
+    """One row per arch of the truth (`truth.by_arch`): `inherited(digest, arch dict)` gives its (arch JSON,
+    inherited accuracy, predicted latency)."""
     rows = []
-    for digest, entry in truth.by_arch(records).items():
+    for digest, entry in final.items():
         seeds = sorted(entry["seeds"])
         accuracies = [entry["seeds"][s][-1] for s in seeds]
         arch_json, score, latency = inherited(digest, entry["arch"])
@@ -283,8 +281,9 @@ def score_against_truth(
         )
     net = run.supernet(space)
     table = run.table(space) if run.has(TABLE) else None
+    final = truth.by_arch(records)
     progress(
-        f"fidelity against {truth_path}: {len(truth.by_arch(records))} archs, {len(records)} standalone runs"
+        f"fidelity against {truth_path}: {len(final)} archs, {len(records)} standalone runs"
         + (f" ({cut} cut line(s) ignored)" if cut else "")
     )
 
@@ -293,7 +292,7 @@ def score_against_truth(
         latency = table.predict(arch) if table else math.nan
         return arch.to_json(indent=None), accuracy(net, arch, dataset, "val"), latency
 
-    rows = _truth_rows(records, inherited)
+    rows = _truth_rows(final, inherited)
     summary = summarize(rows, config)
     summary["truth"] = {"file": str(truth_path), **truth.summarize(records)}
     return rows, summary
@@ -324,7 +323,8 @@ def rescore_against_truth(
                 f"--truth {truth_path}: another {', '.join(differs)} than {truth_file}, which {scored_path} was scored "
                 "against; the accuracies are not comparable"
             )
-    missing = [d for d in truth.by_arch(records) if d not in archs]
+    final = truth.by_arch(records)
+    missing = [d for d in final if d not in archs]
     if missing:
         raise NasError(
             f"--rescore {scored_path}: lacks {len(missing)} of the archs of --truth {truth_path} (e.g. {missing[0]}); "
@@ -332,11 +332,10 @@ def rescore_against_truth(
         )
     progress(
         f"inherited accuracies of {scored_path} (scored against {truth_file}) against {truth_path}: "
-        f"{len(truth.by_arch(records))} archs, {len(records)} standalone runs"
-        + (f" ({cut} cut line(s) ignored)" if cut else "")
+        f"{len(final)} archs, {len(records)} standalone runs" + (f" ({cut} cut line(s) ignored)" if cut else "")
     )
     rows = _truth_rows(
-        records,
+        final,
         lambda digest, _: (
             archs[digest]["arch"],
             float(archs[digest]["inherited"]),
