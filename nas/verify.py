@@ -205,8 +205,10 @@ def verify(
         winner, history = successive_halving(
             list(named), trainer, rungs, config.keep, tie=lambda name: named[name][1], progress=progress
         )
-    finally:
-        trainer.close()
+    except BaseException:
+        trainer.stop()  # Ctrl-C, SIGTERM, an error: the runs in flight end now; their finished epochs are saved
+        raise
+    trainer.close()
 
     def reached(name: str) -> tuple[float, int]:
         epochs = max(h["epochs"] for h in history if name in h["scores"])

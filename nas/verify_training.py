@@ -6,7 +6,6 @@ in a pool of spawned local processes, kept across the rungs of the successive ha
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from nas.arch import Arch
+from nas.pools import new_pool, stop_pool
 from nas.progress import Bar
 from nas.standalone import Recipe, Standalone
 
@@ -74,7 +74,8 @@ class Trainer:
     """`successive_halving`'s train_to over saved states: each name trains its arch (`archs`), saved
     under the arch's digest; epochs a state already holds are not trained again. Several candidates
     train in `jobs` spawned processes, one pool kept across rungs (each spawn costs seconds of imports);
-    a single one, or with one job, trains in this process on all of its threads. `close()` ends the pool.
+    a single one, or with one job, trains in this process on all of its threads. `close()` ends the pool,
+    `stop()` ends it at once.
     `config`: the verification's nas.verify.VerifyConfig (its seed, recipe, jobs and device)."""
 
     def __init__(self, directory: Path, archs: dict[str, Arch], config, data: str, dataset, progress=print) -> None:
@@ -105,14 +106,8 @@ class Trainer:
             self.close()
             threads = max(1, (os.cpu_count() or 1) // jobs)
             arch = next(iter(self.archs.values()))
-            context = multiprocessing.get_context(
-                "spawn"
-            )  # a forked child of a process that ran autograd cannot run it
-            self._pool = ProcessPoolExecutor(
-                jobs,
-                mp_context=context,
-                initializer=_init_worker,
-                initargs=(self.data, arch.image_size, arch.in_chans, self.dataset.split, threads),
+            self._pool = new_pool(
+                jobs, _init_worker, (self.data, arch.image_size, arch.in_chans, self.dataset.split, threads)
             )
             self._pool_jobs = jobs
         return self._pool
@@ -120,6 +115,12 @@ class Trainer:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._pool_jobs = None, 0
+
+    def stop(self) -> None:
+        """End the pool now, terminating the runs in flight (every epoch they finished is saved)."""
+        if self._pool is not None:
+            stop_pool(self._pool)
             self._pool, self._pool_jobs = None, 0
 
     def __call__(self, names: list[str], epochs: int) -> dict[str, list[float]]:

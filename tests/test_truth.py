@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -335,3 +342,61 @@ def test_truth_summary_only_reads_the_file(tiny_truth, capsys):
     assert main(["bench", "truth", "--space", "digits-tiny", "--summary", "--out", str(out)]) == 0
     assert f"{len(records)} runs" in capsys.readouterr().out and out.read_bytes() == before
     assert json.loads(out.with_name(out.stem + "_summary.json").read_text())["summary"]["runs"] == len(records)
+
+
+def _children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "zombie" in status.read_text())
+
+
+@pytest.mark.slow  # the tiny truth fixture, then `nas bench truth` with two workers (~10 s of imports)
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads a process's children from /proc (Linux)")
+def test_sigterm_stops_bench_truth_and_its_workers_while_they_train(tiny_truth, tmp_path):
+    """Long runs in both workers and more queued: the command ends with 143 within seconds, keeps nothing half-done."""
+    out = tmp_path / "truth.jsonl"
+    command = [sys.executable, "-m", "nas", "bench", "truth", "--space", "digits-tiny", "--epochs", "200"]
+    proc = subprocess.Popen(
+        [*command, "--jobs", "2", "--archs-from", str(tiny_truth[1]), "--out", str(out)],  # no choice of archs to make
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    workers: list[int] = []
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "to train in 2 process(es)" in line:
+                break
+        deadline = time.monotonic() + 60
+        while len(_children_of(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children_of(proc.pid)
+        assert len(workers) >= 2, "".join(lines)
+        time.sleep(3)  # the workers load the data and start training
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+        for pid in workers:  # a failure leaves no worker training for minutes
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 143, rest
+    assert time.monotonic() - stopped < 30
+    assert "stopped by SIGTERM" in rest and "run the same command again" in rest
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    assert not out.exists() or out.read_text() == ""  # no run finished, none written half

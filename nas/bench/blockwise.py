@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +27,7 @@ from nas.arch import Arch
 from nas.blockwise import LocalRecipe, layer_scores, parent_arch, predict, train_students
 from nas.errors import NasError
 from nas.io import append_line, drop_cut_tail, read_lines
+from nas.pools import spawn_pool
 from nas.space import SearchSpace
 from nas.standalone import Recipe
 
@@ -177,10 +177,7 @@ def run(
     work.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")  # a forked child of a process that ran autograd cannot run it
-    with ProcessPoolExecutor(
-        config.jobs, mp_context=context, initializer=_init_worker, initargs=(data, space.image_size, space.in_chans)
-    ) as pool:
+    with spawn_pool(config.jobs, _init_worker, (data, space.image_size, space.in_chans)) as pool:
         pending = {
             pool.submit(train_parent, space, e, config, str(parent_path(work, space, e, config.seed))): (
                 "parent",

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import random
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import torch
 from nas.arch import Arch
 from nas.bench.ranking import rank_statistics
 from nas.errors import NasError
+from nas.pools import spawn_pool
 from nas.space import SearchSpace
 from nas.standalone import Recipe, train
 
@@ -190,13 +189,7 @@ def run(
     )
     results = dict(known)
     started = time.perf_counter()
-    # spawn, not fork: a forked child of a process that already ran autograd cannot run it (torch refuses)
-    with ProcessPoolExecutor(
-        config.jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(data, space.image_size, space.in_chans, dataset.split),
-    ) as ex:
+    with spawn_pool(config.jobs, _init_worker, (data, space.image_size, space.in_chans, dataset.split)) as ex:
         futures = {ex.submit(train_standalone, a.to_json(), s, config.recipe): (a, s) for a, s in jobs}
         for done, future in enumerate(futures, 1):
             arch, seed = futures[future]

@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
 import random
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.io import append_line, drop_cut_tail, read_lines
+from nas.pools import spawn_pool
 from nas.space import SearchSpace
 from nas.standalone import Recipe, train
 
@@ -217,10 +217,7 @@ def run(
     if jobs:
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        context = multiprocessing.get_context("spawn")  # a forked child of a process that ran autograd cannot run it
-        with ProcessPoolExecutor(
-            config.jobs, mp_context=context, initializer=_init_worker, initargs=(data, space.image_size, space.in_chans)
-        ) as pool:
+        with spawn_pool(config.jobs, _init_worker, (data, space.image_size, space.in_chans)) as pool:
             pending = {pool.submit(train_curve, a.to_json(), s, config.recipe): (i, a, s) for i, a, s in jobs}
             finished = 0
             while pending:

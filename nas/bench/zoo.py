@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import csv
 import io
-import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +35,7 @@ from nas.arch import Arch
 from nas.bench.fidelity import _init_worker, train_standalone
 from nas.io import write_json, write_text
 from nas.kernels import KernelSpec
+from nas.pools import spawn_pool
 from nas.space import SearchSpace
 from nas.standalone import Recipe
 
@@ -174,10 +173,7 @@ def run(space: SearchSpace, config: ZooConfig, progress: Callable[[str], None] =
     accuracies: dict[tuple[str, int], float] = {}
     started = time.perf_counter()
     init = (space.data, space.image_size, space.in_chans, dataset.split)
-    # spawn, not fork: a forked child of a process that already ran autograd cannot run it (torch refuses)
-    with ProcessPoolExecutor(
-        config.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=init
-    ) as ex:
+    with spawn_pool(config.jobs, _init_worker, init) as ex:
         futures = {
             ex.submit(train_standalone, arch.to_json(), seed, with_aux if aux else plain): (name, seed)
             for name, arch, aux, seed in jobs
