@@ -173,6 +173,31 @@ def test_truth_summary_on_known_rankings():
     assert summary["seed_sd_points"] == pytest.approx(100 * expected)
 
 
+def test_the_modelled_noise_ceiling_spans_every_arch_and_follows_the_seed_noise():
+    """Two seeds per arch for a few archs; the ceiling over all archs is modelled from their deviations."""
+    from nas.bench.truth import modelled_ceiling, summarize
+
+    figures = [0.5 + 0.01 * i for i in range(30)]  # 30 archs, a point apart
+    exact = modelled_ceiling(figures, [0.0, 0.0, 0.0])
+    assert exact["all_archs_seed_tau"] == exact["expected_vs_one_seed_tau"] == pytest.approx(1.0)  # no noise
+    small, large = modelled_ceiling(figures, [0.006, -0.004]), modelled_ceiling(figures, [0.2, -0.3, 0.1])
+    assert 0.8 < small["all_archs_seed_tau"] < 1 and abs(large["all_archs_seed_tau"]) < 0.3  # noise vs the spread
+    for c in (small, large):
+        assert c["all_archs_seed_tau"] <= c["expected_vs_one_seed_tau"]  # knowing the expected figure beats a seed
+        lo, hi = c["all_archs_seed_tau_90"]
+        assert lo <= c["all_archs_seed_tau"] <= hi
+    assert modelled_ceiling(figures, [0.2, -0.3, 0.1]) == large  # seeded
+
+    def record(digest, seed, final):
+        return {"digest": digest, "arch": {}, "seed": seed, "curve": [final / 2, final]}
+
+    runs = [record(f"a{i}", 0, f) for i, f in enumerate(figures)]
+    assert "all_archs_seed_tau" not in summarize(runs + [record("a0", 1, 0.52), record("a9", 1, 0.58)])  # 2 pairs
+    pairs = [record(f"a{i}", 1, figures[i] + 0.002) for i in (0, 10, 20)]
+    summary = summarize(runs + pairs)
+    assert summary["seed_pairs"] == 3 and summary["archs"] == 30 and 0.8 < summary["all_archs_seed_tau"] <= 1
+
+
 @pytest.fixture(scope="module")
 def tiny_truth(tmp_path_factory):
     from nas.bench.truth import Recipe, TruthConfig, run

@@ -111,7 +111,13 @@ def format_summary(summary: dict) -> str:
     if "truth" in summary:
         t = summary["truth"]
         lines.append(
-            f"the truth's noise ceiling: seed-to-seed tau {t['seed_tau']:.3f} over {t['seed_pairs']} archs; "
-            f"its ranking after half vs all of its {t['epochs']} epochs: tau {t['half_vs_full_tau']:.3f}"
+            f"the truth's noise ceiling: seed-to-seed tau {t['seed_tau']:.3f} over {t['seed_pairs']} archs"
+            + (
+                f" (modelled over all {t['archs']}: {t['all_archs_seed_tau']:.3f}; expected figures vs one seed "
+                f"{t['expected_vs_one_seed_tau']:.3f})"
+                if "all_archs_seed_tau" in t
+                else ""
+            )
+            + f"; its ranking after half vs all of its {t['epochs']} epochs: tau {t['half_vs_full_tau']:.3f}"
         )
     return "\n".join(lines)
