@@ -3,7 +3,8 @@
 # recorded them (`nas bench fidelity --rescore`, no supernet needed) — against the 24-epoch ground truth
 # (truth_odd-one-out_24-epochs.jsonl), and, for a like-for-like comparison, against the 12-epoch truth restricted to
 # the (arch, seed) runs the 24-epoch file holds (the same as the whole 12-epoch truth once the 24-epoch one is complete).
-# Writes results/bench/truth_24-epochs/{12,24}/fidelity_odd-one-out_<row>.{csv,json,png} and rescore.log.
+# Writes results/bench/truth_24-epochs/{12,24}/fidelity_odd-one-out_<row>.{csv,json,png} and rescore.log; last, each row's
+# kernel bias against issue 23's target (within 2 x the truth's seed sd, after removing the mean bias).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=results/bench/truth_24-epochs
@@ -51,4 +52,22 @@ for row in reference supernet-seed1 supernet-seed2 14-epochs 28-epochs kernel-pr
       --tag "$row" --out "$out/$epochs" | grep -v "^done in"
   done
 done
+python - "$out/24" <<'PY'
+# Issue 23's bias target: every kernel choice's mean bias (inherited - standalone, after removing the mean over all
+# archs) within 2x the truth's per-arch seed sd.
+import json, sys
+from pathlib import Path
+
+for p in sorted(Path(sys.argv[1]).glob("fidelity_odd-one-out_*.json")):
+    d = json.loads(p.read_text())
+    s, rows = d["summary"], d["archs"]
+    mean = 100 * sum(r["inherited"] - r["standalone"] for r in rows) / len(rows)
+    sd = s["truth"]["seed_sd_points"]
+    bias = {k: v["bias_points"] - mean for k, v in s["bias"]["kernel"].items()}
+    within = sum(abs(b) <= 2 * sd for b in bias.values())
+    print(f"{p.stem.removeprefix('fidelity_odd-one-out_'):20s} tau {s['kendall_tau']:.3f} "
+          f"({s['kendall_tau_90'][0]:.3f}..{s['kendall_tau_90'][1]:.3f}); mean bias {mean:+.1f} points; kernel bias "
+          f"minus the mean {min(bias.values()):+.1f}..{max(bias.values()):+.1f}: {within} of {len(bias)} kernel "
+          f"choices within 2 x the seed sd ({2 * sd:.1f} points)")
+PY
 } 2>&1 | tee "$out/rescore.log"
