@@ -366,7 +366,20 @@ def test_truth_summary_only_reads_the_file(tiny_truth, capsys):
     before = out.read_bytes()
     assert main(["bench", "truth", "--space", "digits-tiny", "--summary", "--out", str(out)]) == 0
     assert f"{len(records)} runs" in capsys.readouterr().out and out.read_bytes() == before
-    assert json.loads(out.with_name(out.stem + "_summary.json").read_text())["summary"]["runs"] == len(records)
+    path = out.with_name(out.stem + "_summary.json")
+    written = json.loads(path.read_text())
+    assert written["summary"]["runs"] == len(records) and written["summarised_by"]["machine"]["name"]
+    assert written["command"] is None  # no training command recorded one: not made up
+    trained = {
+        "command": "nas bench truth --space digits-tiny",
+        "machine": {"name": "the trainer"},
+        "config": {"seed": 0},
+    }
+    path.write_text(json.dumps({**written, **trained}))
+    assert main(["bench", "truth", "--space", "digits-tiny", "--summary", "--out", str(out)]) == 0
+    again = json.loads(path.read_text())
+    assert {key: again[key] for key in trained} == trained  # where the runs trained is kept, beside who summarised
+    assert again["summarised_by"]["machine"]["name"] != "the trainer"
 
 
 def _children_of(pid: int) -> list[int]:

@@ -4,6 +4,7 @@ standalone) and what is scored against it."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -99,21 +100,25 @@ def run_bench_truth(args: argparse.Namespace) -> int:
     summary = truth.summarize(records)
     print(truth.format_summary(summary))
     summary_path = out.with_name(out.stem + "_summary.json")
+    here = {"command": command_line(), "machine": describe_device(torch.device("cpu"))}
+    if args.summary:  # no training here: keep what the last training command recorded (where the runs trained)
+        try:
+            before = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            before = {}
+        trained = {key: before.get(key) for key in ("command", "machine", "config")}
+        provenance = {**trained, "summarised_by": here}
+    else:
+        config_used = {
+            "mixed": config.mixed,
+            "second_seeds": config.second_seeds,
+            "seed": config.seed,
+            "archs_from": None if args.archs_from is None else str(args.archs_from),
+        }
+        provenance = {**here, "config": config_used}
     write_json(
         summary_path,
-        {
-            "command": command_line(),
-            "machine": describe_device(torch.device("cpu")),
-            "file": out.name,
-            "config": {
-                "mixed": config.mixed,
-                "second_seeds": config.second_seeds,
-                "seed": config.seed,
-                "archs_from": None if args.archs_from is None else str(args.archs_from),
-            },
-            "recipe": records[0]["recipe"] if records else None,
-            "summary": summary,
-        },
+        {**provenance, "file": out.name, "recipe": records[0]["recipe"] if records else None, "summary": summary},
     )
     print(
         f"done in {(time.perf_counter() - started) / 60:.1f} min; {out} holds {len(records)} runs; wrote {summary_path}"
