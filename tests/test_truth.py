@@ -178,15 +178,18 @@ def test_the_modelled_noise_ceiling_spans_every_arch_and_follows_the_seed_noise(
     from nas.bench.truth import modelled_ceiling, summarize
 
     figures = [0.5 + 0.01 * i for i in range(30)]  # 30 archs, a point apart
-    exact = modelled_ceiling(figures, [0.0, 0.0, 0.0])
+    exact = modelled_ceiling(figures, [0.0, 0.0, 0.0], draws=200)
     assert exact["all_archs_seed_tau"] == exact["expected_vs_one_seed_tau"] == pytest.approx(1.0)  # no noise
-    small, large = modelled_ceiling(figures, [0.006, -0.004]), modelled_ceiling(figures, [0.2, -0.3, 0.1])
+    small, large = (
+        modelled_ceiling(figures, [0.006, -0.004], draws=200),
+        modelled_ceiling(figures, [0.2, -0.3, 0.1], draws=200),
+    )
     assert 0.8 < small["all_archs_seed_tau"] < 1 and abs(large["all_archs_seed_tau"]) < 0.3  # noise vs the spread
     for c in (small, large):
         assert c["all_archs_seed_tau"] <= c["expected_vs_one_seed_tau"]  # knowing the expected figure beats a seed
         lo, hi = c["all_archs_seed_tau_90"]
         assert lo <= c["all_archs_seed_tau"] <= hi
-    assert modelled_ceiling(figures, [0.2, -0.3, 0.1]) == large  # seeded
+    assert modelled_ceiling(figures, [0.2, -0.3, 0.1], draws=200) == large  # seeded
 
     def record(digest, seed, final):
         return {"digest": digest, "arch": {}, "seed": seed, "curve": [final / 2, final]}
