@@ -4,7 +4,8 @@ Every long standalone training that runs in parallel (`nas bench truth`, `fideli
 runs in a `spawn_pool`: spawned workers (a forked child of a process that already ran autograd cannot run it), which
 ignore Ctrl-C themselves, so a terminal's Ctrl-C reaches only the command, not every worker as a traceback. When the
 command stops — Ctrl-C, SIGTERM, an error — `stop_pool` cancels the queued runs and terminates the running ones at
-once: what finished was written as it finished, a run cut mid-way is trained again by the same command, and nothing
+once: what finished was written as it finished, a run cut mid-way is trained again by the same command (the
+verification continues from its last saved epoch), and nothing
 waits for minutes of training whose result nobody will read (`ProcessPoolExecutor`'s own exit waits for every
 queued run).
 """
