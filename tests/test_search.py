@@ -37,6 +37,19 @@ def trained(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("run"))
 
 
+@pytest.mark.compat
+def test_the_local_ray_instance_runs_its_workers_at_the_drivers_priority(ray_local):
+    """Ray's default (niceness +15 for every worker) starves evaluators, profilers and training workers as soon as
+    anything else runs on the machine: a local instance of ours keeps them at the priority of the process that started it."""
+    import os
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+
+    assert ray.get(niceness.remote()) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
 @pytest.mark.slow
 @pytest.mark.compat
 def test_tiny_search_writes_every_file_and_a_feasible_front(trained, ray_local, capsys):
