@@ -86,6 +86,11 @@ CONNECT_TIMEOUT_S = 30.0  # seconds to reach a storage or a Ray cluster before a
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 DTYPES = ("fp32", "bf16", "fp16")
 VERIFY_CANDIDATES = 8  # nas run's default (--verify; nas.verify.CANDIDATES)
+# The verification's recipe length (--verify-epochs): the ground truth's settled schedule. After 24 epochs the ranking of
+# the truth's 33 archs has settled (half vs full Kendall tau 0.86), after 12 it has not (it ranks the 24-epoch one at 0.66),
+# and a 12-epoch verification picked the 2nd worst of its 8 candidates by their 24-epoch figures
+# (results/bench/verified_pick/pick_24-epochs.log).
+VERIFY_EPOCHS = 24
 RUNTIME_HELP = (
     "what models are timed in: eager (PyTorch as it is), cuda-graph (CUDA: captured once, replayed) or "
     "onnxruntime (the exported ONNX graph in an ONNX Runtime CPU session); part of the device fingerprint"
@@ -216,6 +221,13 @@ class RunConfig:
         "after the search, train this many of the best candidates under the budget standalone (successive "
         "halving) and pick by verified accuracy; 0: pick by inherited accuracy",
         parse=non_negative_int,
+        resume=FREE,
+    )
+    verify_epochs: int = setting(
+        VERIFY_EPOCHS,
+        "epochs of the verification's standalone recipe (the ground truth's): the finalist trains them all, the "
+        "halving's rungs a half, a quarter, ... of them",
+        parse=positive_int,
         resume=FREE,
     )
 

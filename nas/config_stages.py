@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from nas.config import DTYPES, KERNEL_PATHS, KERNELS_HELP, RUNTIME_HELP, VERIFY_CANDIDATES
+from nas.config import DTYPES, KERNEL_PATHS, KERNELS_HELP, RUNTIME_HELP, VERIFY_CANDIDATES, VERIFY_EPOCHS
 from nas.parsers import kendall_tau_target, local_threads, non_negative_int, positive_float, positive_int
 from nas.settings import setting
 
@@ -95,6 +95,9 @@ class VerifySettings:
 
     budget_ms: float | None = setting(None, "latency budget in ms", parse=positive_float, default_text="the run's")
     candidates: int = setting(VERIFY_CANDIDATES, "candidates trained", parse=positive_int)
+    epochs: int = setting(
+        VERIFY_EPOCHS, "epochs of the standalone recipe (the ground truth's; the finalist's)", parse=positive_int
+    )
     jobs: int = setting(2, "training processes", parse=positive_int)
     seed: int | None = setting(None, "standalone training seed", default_text="the run's seed")
     compute_device: str = setting(

@@ -48,13 +48,18 @@ def pick_and_export(
     candidates = [candidate_of(t, space) for t in feasible]
     verification = None
     if config.verify:
+        from nas.standalone import Recipe
         from nas.verify import VerifyConfig, verify
 
         started = time.perf_counter()
         progress(f"== verify: the best of {len(feasible)} feasible trial(s), measured again and trained standalone")
         manifest.record("verify", 0.0, False)
         verify_config = VerifyConfig(
-            candidates=config.verify, seed=config.seed, jobs=config.evaluators, device=str(compute.device)
+            candidates=config.verify,
+            recipe=Recipe(epochs=config.verify_epochs),
+            seed=config.seed,
+            jobs=config.evaluators,
+            device=str(compute.device),
         )
         try:
             verification = verify(

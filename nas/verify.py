@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nas.arch import Arch
-from nas.config import (
-    VERIFY_CANDIDATES as CANDIDATES,
-)  # nas run's --verify: 8 × 2 epochs, 4 × 3, 2 × 6, 1 × 12 (32 in all)
+from nas.config import VERIFY_CANDIDATES as CANDIDATES  # nas run's --verify: 8 × 3 epochs, 4 × 6, 2 × 12, 1 × 24
+from nas.config import VERIFY_EPOCHS
 from nas.errors import NasError
 from nas.standalone import Recipe
 from nas.verify_training import Trainer, state_path
@@ -47,7 +46,7 @@ class VerifyConfig:
         None  # shares of the recipe's epochs at which candidates are compared (None: halving's)
     )
     keep: float = 0.5  # share of a rung's candidates that go on to the next (successive halving, η = 2)
-    recipe: Recipe = field(default_factory=Recipe)
+    recipe: Recipe = field(default_factory=lambda: Recipe(epochs=VERIFY_EPOCHS))
     seed: int = 0
     jobs: int = 2  # training processes
     device: str = "cpu"
@@ -56,7 +55,7 @@ class VerifyConfig:
         """The rungs in epochs: increasing, at least 1, the last the whole recipe. By default
         successive halving's: each rung doubles the epochs as it halves the candidates, so every
         rung costs about the same, and the last trains the one finalist through the recipe
-        (8 candidates, 12 epochs: 2, 3, 6, 12)."""
+        (8 candidates, 24 epochs: 3, 6, 12, 24)."""
         shares = self.rungs
         if shares is None:
             count = math.ceil(math.log2(max(1, self.candidates))) + 1

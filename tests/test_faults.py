@@ -102,6 +102,7 @@ def test_kill_at_every_stage_then_resume_keeps_what_was_done(tmp_path):
     space = tiny_space_file(tmp_path)
     command = nas_run(
         *f"--space {space} --epochs 20 --trials 10 --evaluators 1 --calibrate 3 --validate 3 --budget-ms 1000".split(),
+        *["--verify-epochs", "12"],
         *["--out", str(run)],
     )
     resumed = command + ["--resume"]

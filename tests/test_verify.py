@@ -231,7 +231,7 @@ def searched(tmp_path_factory):
 
 @pytest.mark.slow
 def test_nas_verify_trains_the_candidates_and_exports_the_verified_pick(searched, capsys):
-    assert main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3"]) == 0
+    assert main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3", "--epochs", "12"]) == 0
     record = json.loads((searched / VERIFY_JSON).read_text())
     assert sorted(r["trial"] for r in record["candidates"]) == [0, 1, 2]  # the front; the failed trial is no candidate
     finalists = record["history"][-1]["scores"]
@@ -257,7 +257,7 @@ def test_nas_verify_trains_the_candidates_and_exports_the_verified_pick(searched
 
     capsys.readouterr()
     assert (
-        main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3"]) == 0
+        main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3", "--epochs", "12"]) == 0
     )  # again: nothing retrained
     out = capsys.readouterr().out
     assert "chosen and measured before" in out and " epochs, val top-1 " not in out
@@ -281,7 +281,7 @@ def test_bench_pick_sets_the_verified_pick_beside_the_best_ground_truth_arch_und
     from nas.bench.pick import run as pick_run
 
     assert (
-        main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3"]) == 0
+        main(["verify", "--run", str(searched), "--budget-ms", "1000", "--candidates", "3", "--epochs", "12"]) == 0
     )  # nothing retrained if done
     record = json.loads((searched / VERIFY_JSON).read_text())
     space, data = RunDir(searched).space_and_data()

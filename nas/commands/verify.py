@@ -44,6 +44,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from nas.rundir import EXPORTS, MANIFEST, TABLE, RunDir
     from nas.selection import by_trial, load_candidates
     from nas.stages import trial_profiler
+    from nas.standalone import Recipe
     from nas.verify import VerifyConfig, verify
 
     options = settings.from_args(VerifySettings, args)
@@ -67,7 +68,13 @@ def run_verify(args: argparse.Namespace) -> int:
         f"nas verify: {args.run}, budget {budget} ms, {options.candidates} candidate(s), {options.jobs} process(es) on {compute.device}"
     )
     started = time.perf_counter()
-    config = VerifyConfig(candidates=options.candidates, seed=seed, jobs=options.jobs, device=str(compute.device))
+    config = VerifyConfig(
+        candidates=options.candidates,
+        recipe=Recipe(epochs=options.epochs),
+        seed=seed,
+        jobs=options.jobs,
+        device=str(compute.device),
+    )
     record = verify(run, candidates, profiler.measure_models, budget, config, data, dataset, progress)
     report.mark_verified(run.root, run.verified())
     pick = record["pick"]
