@@ -10,9 +10,10 @@ successive halving, and the pick by verified accuracy instead of inherited accur
    with the ground truth's); the better half by validation top-1 goes on to the next rung, with
    twice the epochs, trained on from where it stopped (the same cosine schedule, not
    restarted), until the last rung trains the finalist through the whole recipe. A short
-   standalone run ranks archs better than the supernet does (on the ground truth's 33 archs, τ
-   between the ranking after 2 of 12 epochs and the final one is 0.61; the reference supernet's
-   τ is 0.36), so the first rung is broad and short.
+   standalone run ranks archs better than the supernet does, so the first rung is broad and
+   short; the recipe is the ground truth's settled one (24 epochs, --verify-epochs): a 12-epoch
+   recipe, whose first rungs were 2 and 3 epochs, ranked how fast an arch starts, and dropped the
+   front's deeper archs, which start slowest (results/bench/verified_pick/pick_24-epochs.log).
 3. Every candidate's state is saved after every epoch (verify/<digest>-seed<k>.pt, atomic), so a
    stopped verification continues where it stopped and retrains no finished epoch; verify.json
    records the candidates, every rung's figures and the pick.
