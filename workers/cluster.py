@@ -145,8 +145,8 @@ def init_ray(address: str | None, num_cpus: int | None = None, progress=None) ->
     on_sigterm = signal.getsignal(signal.SIGTERM)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray starts its worker processes at niceness +15 so that they yield the CPU to its own services and to every other
-    # process: next to other work an evaluator actor then scored 20 archs in 83 s instead of 2 s, and took 111 s to
-    # start (results/bench/README.md, "Ray workers' priority"). Our workers are the work: at the driver's priority.
+    # process: beside two busy processes an evaluator actor then took 151 s to start and 128 s to score 20 archs,
+    # against 5.4 s and 3.5 s (results/bench/ray_niceness.*). Our workers are the work: at the driver's priority.
     # An explicit RAY_worker_niceness stands; a cluster's nodes keep what their `ray start` was given.
     os.environ.setdefault("RAY_worker_niceness", "0")
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
