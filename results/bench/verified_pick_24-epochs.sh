@@ -3,8 +3,8 @@
 # points) instead of the 12-epoch one (seed sd 3.74), which verified_pick.sh used.
 # The verification (verified_pick/verify-8_verify.json: 8 candidates halved at 2, 3, 6, 12 epochs of a 12-epoch recipe)
 # picked trial 98; the pick by inherited accuracy alone was trial 58; verify-4's pick was trial 32, one of the 8 too.
-# This trains all 8 candidates standalone with the 24-epoch truth's own recipe and seed (nas.bench.truth.train_curve,
-# one thread per run, 2 processes; one line per candidate in verified_pick/candidates_24-epochs.jsonl, resumable: run
+# This trains all 8 candidates standalone with the 24-epoch truth's own recipe and seed (nas.bench.truth.run, one
+# thread per run, 2 processes; one line per candidate in verified_pick/candidates_24-epochs.jsonl, resumable: run
 # it again after a stop), then compares, for each of the two `nas bench pick` files (the ground-truth archs measured
 # within the run's 0.784 ms budget with the run's own profiler, as that bench did), the picks' 24-epoch figures with the
 # best ground-truth arch within the budget (issue 23's target: pick >= that - one seed sd).
@@ -23,16 +23,12 @@ import json
 import os
 import platform
 import subprocess
-import time
-from concurrent.futures import FIRST_COMPLETED, wait
 from datetime import datetime, timezone
 from pathlib import Path
 
 from nas.arch import Arch
 from nas.bench import truth
-from nas.data import load_dataset
-from nas.io import append_line, drop_cut_tail
-from nas.pools import spawn_pool
+from nas.space_file import load_space
 from nas.standalone import Recipe
 
 bench = Path("results/bench")
@@ -40,42 +36,20 @@ records, _ = truth.read(bench / "truth_odd-one-out_24-epochs.jsonl")
 summary = truth.summarize(records)
 sd = summary["seed_sd_points"] / 100
 first = records[0]
-recipe = Recipe(**first["recipe"])
-dataset = load_dataset(first["data"], 64, 1)
-assert truth.split_digest(dataset.split) == first["split"], "the dataset's split differs from the truth's"
 verify = json.loads((bench / "verified_pick/verify-8_verify.json").read_text())
 out = bench / "verified_pick/candidates_24-epochs.jsonl"
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, {os.cpu_count()}-core {cpu}")
 
-done = {}
-if out.exists():
-    have, cut = truth.read(out)
-    if cut:
-        drop_cut_tail(out)
-    done = {r["digest"]: r for r in have}
-picks = (verify["pick"]["trial"], 32, verify["inherited_pick"]["trial"])  # trained first: the figures the target needs
-todo = sorted((c for c in verify["candidates"] if c["digest"] not in done), key=lambda c: c["trial"] not in picks)
-print(f"{len(verify['candidates'])} candidates, {len(done)} trained, {len(todo)} to train ({recipe.epochs} epochs, seed 0)")
-if todo:
-    started = time.perf_counter()
-    with spawn_pool(2, truth._init_worker, (first["data"], 64, 1)) as pool:
-        pending = {pool.submit(truth.train_curve, Arch.from_dict(c["arch"]).to_json(), 0, recipe): c for c in todo}
-        while pending:
-            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in ready:
-                c = pending.pop(future)
-                result = future.result()
-                record = {
-                    "format": truth.FORMAT, **{k: first[k] for k in ("space", "data", "split", "recipe")},
-                    "index": c["trial"], "trial": c["trial"], "digest": c["digest"], "arch": c["arch"], "seed": 0,
-                    **result, "threads": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-                append_line(out, record)
-                done[c["digest"]] = record
-                print(f"trial {c['trial']}: val {result['curve'][-1]:.4f} ({result['seconds']:.0f} s; "
-                      f"{(time.perf_counter() - started) / 60:.1f} min in all)", flush=True)
+# nas bench truth's own resumable training (one line per run; it checks the file's space, data, split and recipe):
+# the candidates as its archs, seed 0 only, the picks first (the figures the target needs).
+picks = (verify["pick"]["trial"], 32, verify["inherited_pick"]["trial"])
+ordered = sorted(verify["candidates"], key=lambda c: c["trial"] not in picks)
+space = load_space(first["space"])
+config = truth.TruthConfig(recipe=Recipe(**first["recipe"]), second_seeds=0, jobs=2)
+archs = [Arch.from_dict(c["arch"]) for c in ordered]
+done = {r["digest"]: r for r in truth.run(space, first["data"], out, config, archs=archs)}
 
 full = {d: r["curve"][-1] for d, r in done.items()}
 print(f"\n{'trial':>5} {'ms':>6} {'inherited':>9} {'verified (epochs)':>17} {'24 epochs':>9}")
@@ -108,7 +82,10 @@ import json, random, statistics
 
 read = lambda p, seed=0: {r["digest"]: r["curve"] for r in map(json.loads, open(p)) if r["seed"] == seed}  # noqa: E731
 c24, c12 = read("results/bench/truth_odd-one-out_24-epochs.jsonl"), read("results/bench/truth_odd-one-out.jsonl")
-mine = {r["trial"]: r["curve"] for r in map(json.loads, open("results/bench/verified_pick/candidates_24-epochs.jsonl"))}
+trial_of = {c["digest"]: c["trial"] for c in json.load(open("results/bench/verified_pick/verify-8_verify.json"))["candidates"]}
+mine = {
+    trial_of[r["digest"]]: r["curve"] for r in map(json.loads, open("results/bench/verified_pick/candidates_24-epochs.jsonl"))
+}
 within = [d["digest"] for d in json.load(open("results/bench/verified_pick/pick_verify-4.json"))["truth_within_budget"]]
 
 
